@@ -1,1 +1,40 @@
-"""Placeholder until its room lands."""
+"""``podbench.losses``: the loss plugin registry and the built-in losses.
+
+Example:
+    >>> import torch
+    >>> from podbench.losses import create_loss, list_losses
+    >>> loss = create_loss("pod", num_classes=10, feat_dim=16, centroid_seed=0)
+    >>> out = loss(torch.randn(32, 16), torch.randint(0, 10, (32,)))
+    >>> sorted(out.parts)
+    ['nac', 'sc']
+"""
+
+from __future__ import annotations
+
+from podbench.losses.base import LossOutput, LossPlugin, NonFiniteFeaturesError
+from podbench.losses.registry import (
+    ENTRY_POINT_GROUP,
+    LossInfo,
+    create_loss,
+    list_losses,
+    load_entry_points,
+    loss_info,
+    register_loss,
+)
+
+# Importing the built-in modules registers their losses.
+from podbench.losses import pod as _pod  # noqa: E402,F401  isort: skip
+from podbench.losses import softmax as _softmax  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "LossInfo",
+    "LossOutput",
+    "LossPlugin",
+    "NonFiniteFeaturesError",
+    "create_loss",
+    "list_losses",
+    "load_entry_points",
+    "loss_info",
+    "register_loss",
+]

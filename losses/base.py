@@ -1,0 +1,194 @@
+"""The loss plugin contract: :class:`LossPlugin` and :class:`LossOutput`.
+
+A plugin implements two methods, :meth:`LossPlugin.compute_loss` and :meth:`LossPlugin.scores`;
+the base class checks the inputs, turns off autocast (losses are computed in float32) and offers
+the hooks the engine calls around each epoch.
+
+Example:
+    >>> import torch
+    >>> from podbench.losses import create_loss
+    >>> loss = create_loss("softmax", num_classes=3, feat_dim=4)
+    >>> out = loss(torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    >>> sorted(out.parts)
+    ['ce']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from podbench.errors import UserError
+
+__all__ = ["LossOutput", "LossPlugin", "NonFiniteFeaturesError", "check_number"]
+
+
+class NonFiniteFeaturesError(FloatingPointError):
+    """Features given to a loss contain NaN or Inf: the network has diverged.
+
+    Not a :class:`~podbench.errors.UserError`: the engine records such a run as ``diverged``.
+    """
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """What a loss returns: the scalar to backpropagate and its named terms."""
+
+    total: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)
+
+
+class LossPlugin(nn.Module):
+    """Base class of every loss: a classifier head plus the objective that trains it.
+
+    Subclasses implement :meth:`compute_loss` (features, targets -> :class:`LossOutput`) and
+    :meth:`scores` (features -> (B, K) class scores). Head parameters are ordinary module
+    parameters (trained with the network); fixed centroids are buffers.
+
+    Args:
+        num_classes: K, the number of classes (at least 2).
+        feat_dim: d, the latent dimension of the features the network outputs.
+    """
+
+    #: Optimiser updates per batch; the engine calls :meth:`update_loss` with step 0..n-1.
+    updates_per_batch: ClassVar[int] = 1
+    #: Check shapes, label range and finiteness on every call (one device sync per batch).
+    validate_inputs: ClassVar[bool] = True
+
+    def __init__(self, num_classes: int, feat_dim: int, **hparams: Any) -> None:
+        super().__init__()
+        if hparams:
+            names = ", ".join(sorted(hparams))
+            raise UserError(
+                f"{type(self).__name__} got unknown hyperparameters {names}; "
+                "remove them or declare them in the plugin's __init__."
+            )
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise UserError(f"num_classes={num_classes!r} is invalid; give an integer >= 2.")
+        if isinstance(feat_dim, bool) or not isinstance(feat_dim, int) or feat_dim < 1:
+            raise UserError(f"feat_dim={feat_dim!r} is invalid; give an integer >= 1.")
+        self.num_classes = num_classes
+        self.feat_dim = feat_dim
+
+    # -- what a plugin implements -------------------------------------------------------------
+
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        """The training objective on checked float32 features (B, d) and int64 targets (B,)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss()")
+
+    def scores(self, features: Tensor) -> Tensor:
+        """(B, K) class scores on checked float32 features; argmax is the predicted class."""
+        raise NotImplementedError(f"{type(self).__name__} must implement scores()")
+
+    # -- what the engine calls ----------------------------------------------------------------
+
+    def forward(self, features: Tensor, targets: Tensor) -> LossOutput:  # type: ignore[override]
+        """Check the inputs and compute the loss in float32, outside autocast."""
+        if self.validate_inputs:
+            self.check_inputs(features, targets)
+        # Losses (norms, margins, exp) need float32 even when the network runs in bf16/fp16.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.compute_loss(features.float(), targets.long())
+
+    def predict(self, features: Tensor) -> Tensor:
+        """(B, K) class scores whose argmax is the predicted class."""
+        if self.validate_inputs:
+            self.check_features(features)
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.scores(features.float())
+
+    def update_loss(self, features: Tensor, targets: Tensor, step: int) -> LossOutput:
+        """The loss of update ``step`` (0..updates_per_batch-1) of a batch; default: forward."""
+        return self(features, targets)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the engine before training epoch ``epoch`` (counted from 0)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called by the engine after training epoch ``epoch`` (counted from 0)."""
+
+    def centroids_for_geometry(self) -> Tensor | None:
+        """(K, d) fixed centroids or the learned class weights ``predict`` uses, else None."""
+        return None
+
+    # -- input checks -------------------------------------------------------------------------
+
+    def check_features(self, features: Tensor) -> None:
+        """Raise a one-sentence error when features are not a finite (B, d) float tensor."""
+        self._check_feature_shape(features)
+        if not bool(torch.isfinite(features).all()):
+            self._raise_non_finite(features)
+
+    def check_inputs(self, features: Tensor, targets: Tensor) -> None:
+        """Raise a one-sentence error for a wrong shape, dtype, label range or non-finite input."""
+        name = type(self).__name__
+        self._check_feature_shape(features)
+        if not isinstance(targets, Tensor) or targets.dim() != 1:
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise UserError(
+                f"{name}: targets have shape {shape} but must be a 1-D tensor of class "
+                "indices; pass labels of shape (B,), not one-hot vectors."
+            )
+        if targets.shape[0] != features.shape[0]:
+            raise UserError(
+                f"{name}: {features.shape[0]} feature rows but {targets.shape[0]} targets; "
+                "pass one label per sample."
+            )
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise UserError(
+                f"{name}: targets have dtype {targets.dtype}; pass integer class indices "
+                "(torch.long)."
+            )
+        # One device sync for all three value checks.
+        finite, lo, hi = torch.stack(
+            [torch.isfinite(features).all().long(), targets.min().long(), targets.max().long()]
+        ).tolist()
+        if not finite:
+            self._raise_non_finite(features)
+        if lo < 0 or hi >= self.num_classes:
+            raise UserError(
+                f"{name}: targets range over [{lo}, {hi}] but num_classes={self.num_classes}; "
+                f"labels must lie in [0, {self.num_classes - 1}]: set num_classes to the "
+                "dataset's class count."
+            )
+
+    def _check_feature_shape(self, features: Tensor) -> None:
+        name = type(self).__name__
+        if not isinstance(features, Tensor):
+            raise UserError(
+                f"{name}: features must be a torch.Tensor of shape (B, {self.feat_dim}), "
+                f"got {type(features).__name__}; pass the network's output."
+            )
+        if features.dim() != 2 or features.shape[1] != self.feat_dim or features.shape[0] < 1:
+            raise UserError(
+                f"{name}: features have shape {tuple(features.shape)} but must be "
+                f"(B, {self.feat_dim}) with B >= 1; make the network's projection output "
+                f"feat_dim={self.feat_dim} and flatten it."
+            )
+        if not features.is_floating_point():
+            raise UserError(
+                f"{name}: features have dtype {features.dtype}; pass floating-point features."
+            )
+
+    def _raise_non_finite(self, features: Tensor) -> None:
+        bad = int((~torch.isfinite(features)).any(dim=1).sum())
+        raise NonFiniteFeaturesError(
+            f"{type(self).__name__}: {bad} of {features.shape[0]} feature rows contain NaN or "
+            "Inf; the network diverged: lower the learning rate or set grad_clip."
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, feat_dim={self.feat_dim}"
+
+
+def check_number(owner: str, name: str, value: Any, *, low: float = 0.0, strict: bool = False) -> float:
+    """``value`` as a float, or a UserError naming ``owner``'s hyperparameter ``name``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise UserError(f"{owner}: {name}={value!r} is invalid; give a finite number {bound}.")
+    return float(value)

@@ -1,0 +1,174 @@
+"""POD Loss (Zhu & Zu, IEEE TCSVT 2022): norm-adaptive cosine + sample-correlation terms.
+
+Definitions as read off the authors' code (``../shared/docs/LOSSES.md``), in our notation:
+
+- NaC: mean_i (1 - <x_i, c_{y_i}> / sqrt(||x_i||^2 + delta^2))^2 on the raw feature x.
+- SC: z_i = x_i/||x_i|| - c_{y_i}; S = Z^T Z / (B - 1); sum of the squared off-diagonal
+  entries of S over d - 1. Computed through the B x B Gram matrix when B < d, since
+  ||Z^T Z||_F = ||Z Z^T||_F, so the d x d matrix is never formed.
+- delta schedule ``official``: 0.05 in the first epoch, then alpha (e + 1) m_e after epoch e, with
+  m_e the mean over the epoch's training samples of ||x C^T||; ``mean-norm``: m_e; ``constant``:
+  ``delta_init`` throughout; ``none``: delta = 0, the normalised first published version.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from podbench.errors import UserError
+from podbench.losses.base import LossOutput, LossPlugin, check_number
+from podbench.losses.pedcc import CENTROID_CHOICES, make_centroids
+from podbench.losses.registry import register_loss
+
+__all__ = ["DELTA_SCHEDULES", "PODLoss", "pod_sc_term", "seed_from_torch"]
+
+DELTA_SCHEDULES = ("official", "mean-norm", "constant", "none")
+
+
+def seed_from_torch() -> int:
+    """A seed drawn from torch's global generator, so the run's seed fixes the centroids."""
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+def pod_sc_term(z: Tensor) -> Tensor:
+    """POD's sample-correlation term of residuals z (B, d), without forming d x d when B < d."""
+    b, d = z.shape
+    if d < 2:  # no off-diagonal entries
+        return z.new_zeros(())
+    gram = z @ z.T if b < d else z.T @ z
+    # sum_pq S_pq^2 - sum_p S_pp^2, scaled by (B-1)^2; S_pp = column sums of z*z.
+    off = gram.square().sum() - (z * z).sum(dim=0).square().sum()
+    return off / (max(b - 1, 1) ** 2 * (d - 1))
+
+
+@register_loss(
+    "pod",
+    description="POD Loss: norm-adaptive cosine to fixed PEDCC centroids + sample decorrelation",
+    reference="Zhu & Zu, 'Orthogonal and Distance-based Loss (POD Loss)...', IEEE TCSVT 2022; "
+    "code TianYuZu/POD-Loss",
+    defaults={
+        "nac_weight": 1.0,
+        "sc_weight": 1.0,
+        "delta_schedule": "official",
+        "alpha": 0.01,
+        "delta_init": 0.05,
+        "centroids": "simplex",
+        "centroid_seed": None,
+    },
+    search_space={
+        "nac_weight": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
+        "sc_weight": {"type": "float", "low": 0.01, "high": 10.0, "log": True},
+        "alpha": {"type": "float", "low": 0.001, "high": 0.1, "log": True},
+        "delta_schedule": {"type": "categorical", "choices": list(DELTA_SCHEDULES)},
+        "centroids": {"type": "categorical", "choices": list(CENTROID_CHOICES)},
+    },
+    variants={
+        "no-nac": {"nac_weight": 0.0},
+        "no-sc": {"sc_weight": 0.0},
+        "sc-0.5": {"sc_weight": 0.5},
+        "sc-2": {"sc_weight": 2.0},
+        "delta-mean-norm": {"delta_schedule": "mean-norm"},
+        "delta-constant": {"delta_schedule": "constant"},
+        "delta-none": {"delta_schedule": "none"},
+        "charge-centroids": {"centroids": "charge"},
+        "random-centroids": {"centroids": "random"},
+    },
+    fixed_centroids=True,
+    learnable_head=False,
+)
+class PODLoss(LossPlugin):
+    """POD Loss on fixed unit-norm centroids; predicts the class of largest cosine.
+
+    Args:
+        num_classes: K.
+        feat_dim: d.
+        nac_weight: weight of the NaC term (authors: 1).
+        sc_weight: weight of the SC term (authors: 1).
+        delta_schedule: ``official``, ``mean-norm``, ``constant`` or ``none``.
+        alpha: the official schedule's factor (authors: 0.01).
+        delta_init: delta in the first epoch, and throughout for ``constant`` (authors: 0.05).
+        centroids: ``simplex``, ``charge``, ``random`` or the path of a centroid file.
+        centroid_seed: seed of the generated centroids; None draws it from torch's generator.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        *,
+        nac_weight: float = 1.0,
+        sc_weight: float = 1.0,
+        delta_schedule: str = "official",
+        alpha: float = 0.01,
+        delta_init: float = 0.05,
+        centroids: str = "simplex",
+        centroid_seed: int | None = None,
+    ) -> None:
+        super().__init__(num_classes, feat_dim)
+        self.nac_weight = check_number("pod", "nac_weight", nac_weight)
+        self.sc_weight = check_number("pod", "sc_weight", sc_weight)
+        self.alpha = check_number("pod", "alpha", alpha, strict=True)
+        delta_init = check_number("pod", "delta_init", delta_init)
+        if delta_schedule not in DELTA_SCHEDULES:
+            raise UserError(
+                f"pod: delta_schedule={delta_schedule!r} is invalid; use one of "
+                f"{', '.join(DELTA_SCHEDULES)}."
+            )
+        self.delta_schedule = delta_schedule
+        seed = seed_from_torch() if centroid_seed is None else int(centroid_seed)
+        cents = make_centroids(centroids, num_classes, feat_dim, seed)
+        self.register_buffer("centroids", cents.to(torch.float32))
+        start = 0.0 if delta_schedule == "none" else delta_init
+        self.register_buffer("delta_t", torch.tensor(start, dtype=torch.float64))
+        # Running sum and count of ||x C^T|| over the epoch's training samples (delta schedule).
+        self.register_buffer("score_norm_sum", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("score_norm_count", torch.zeros((), dtype=torch.float64))
+
+    @property
+    def delta(self) -> float:
+        """The current delta of the NaC term."""
+        return float(self.delta_t)
+
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        cents = self.centroids
+        own = cents[targets]  # (B, d) centroid of each sample's class
+        dot = (features * own).sum(dim=1)
+        norm_sq = features.square().sum(dim=1)
+        # clamp: with delta = 0 (schedule "none") a zero feature would divide by zero.
+        delta_sq = self.delta_t.to(features.dtype).square()
+        cos = dot / (norm_sq + delta_sq).clamp_min(1e-12).sqrt()
+        nac = (1.0 - cos).square().mean()
+        sc = pod_sc_term(F.normalize(features, dim=1) - own)
+        if self.training and self.delta_schedule in ("official", "mean-norm"):
+            with torch.no_grad():
+                self.score_norm_sum += (features @ cents.T).norm(dim=1).sum().double()
+                self.score_norm_count += features.shape[0]
+        total = self.nac_weight * nac + self.sc_weight * sc
+        return LossOutput(total=total, parts={"nac": nac, "sc": sc})
+
+    def scores(self, features: Tensor) -> Tensor:
+        return F.normalize(features, dim=1) @ self.centroids.T
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.score_norm_sum.zero_()
+        self.score_norm_count.zero_()
+
+    def on_epoch_end(self, epoch: int) -> None:
+        count = float(self.score_norm_count)
+        if count > 0 and self.delta_schedule in ("official", "mean-norm"):
+            mean_norm = float(self.score_norm_sum) / count
+            factor = self.alpha * (epoch + 1) if self.delta_schedule == "official" else 1.0
+            self.delta_t.fill_(factor * mean_norm)
+        self.score_norm_sum.zero_()
+        self.score_norm_count.zero_()
+
+    def centroids_for_geometry(self) -> Tensor:
+        return self.centroids
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, nac_weight={self.nac_weight}, sc_weight={self.sc_weight}, "
+            f"delta_schedule={self.delta_schedule!r}"
+        )
