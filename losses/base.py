@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
-
 from podbench.errors import UserError
+from torch import Tensor, nn
 
 __all__ = ["LossOutput", "LossPlugin", "NonFiniteFeaturesError", "check_number"]
 
@@ -185,7 +184,9 @@ class LossPlugin(nn.Module):
         return f"num_classes={self.num_classes}, feat_dim={self.feat_dim}"
 
 
-def check_number(owner: str, name: str, value: Any, *, low: float = 0.0, strict: bool = False) -> float:
+def check_number(
+    owner: str, name: str, value: Any, *, low: float = 0.0, strict: bool = False
+) -> float:
     """``value`` as a float, or a UserError naming ``owner``'s hyperparameter ``name``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < low or (strict and value == low):

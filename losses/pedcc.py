@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from podbench.errors import UserError
+from torch import Tensor
 
 __all__ = [
     "CENTROID_CHOICES",

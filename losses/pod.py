@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from podbench.errors import UserError
 from podbench.losses.base import LossOutput, LossPlugin, check_number
 from podbench.losses.pedcc import CENTROID_CHOICES, make_centroids
 from podbench.losses.registry import register_loss
+from torch import Tensor
 
 __all__ = ["DELTA_SCHEDULES", "PODLoss", "pod_sc_term", "seed_from_torch"]
 

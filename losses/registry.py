@@ -97,7 +97,9 @@ def _closest(name: str, names: Mapping[str, Any] | list[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def _check_space(name: str, space: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any]) -> None:
+def _check_space(
+    name: str, space: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any]
+) -> None:
     for param, spec in space.items():
         if param not in defaults:
             raise ValueError(f"loss {name!r}: search space names {param!r}, not a hyperparameter")
@@ -203,7 +205,9 @@ def load_entry_points(*, reload: bool = False) -> dict[str, str]:
         try:
             obj = ep.load()
         except Exception as err:  # a broken plugin must not break the registry
-            _BROKEN[ep.name] = f"importing {ep.value} from {dist} failed: {type(err).__name__}: {err}"
+            _BROKEN[ep.name] = (
+                f"importing {ep.value} from {dist} failed: {type(err).__name__}: {err}"
+            )
             warnings.warn(f"podbench loss plugin {ep.name!r}: {_BROKEN[ep.name]}", stacklevel=2)
             continue
         finally:
@@ -225,7 +229,9 @@ def _resolve(name: str) -> LossInfo:
     if name in _ALIASES:
         return _REGISTRY[_ALIASES[name]]
     if name in _BROKEN:
-        raise UserError(f"loss {name!r} is installed but broken ({_BROKEN[name]}); reinstall or fix it.")
+        raise UserError(
+            f"loss {name!r} is installed but broken ({_BROKEN[name]}); reinstall or fix it."
+        )
     raise UserError(
         f"unknown loss {name!r}{_closest(name, list(_ALIASES))}; "
         f"registered losses are: {', '.join(sorted(_REGISTRY))}."

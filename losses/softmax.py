@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from podbench.errors import UserError
 from podbench.losses.base import LossOutput, LossPlugin, check_number
 from podbench.losses.registry import register_loss
+from torch import Tensor, nn
 
 __all__ = ["LabelSmoothingLoss", "SoftmaxLoss"]
 
@@ -51,7 +50,9 @@ class LabelSmoothingLoss(SoftmaxLoss):
         super().__init__(num_classes, feat_dim)
         self.epsilon = check_number("label-smoothing", "epsilon", epsilon)
         if self.epsilon >= 1.0:
-            raise UserError(f"label-smoothing: epsilon={epsilon!r} is invalid; give 0 <= epsilon < 1.")
+            raise UserError(
+                f"label-smoothing: epsilon={epsilon!r} is invalid; give 0 <= epsilon < 1."
+            )
 
     def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
         ce = F.cross_entropy(self.head(features), targets, label_smoothing=self.epsilon)
