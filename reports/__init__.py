@@ -1,1 +1,16 @@
-"""Placeholder until its room lands."""
+"""Statistical reports of a results directory: HTML, LaTeX, stats.json and figures.
+
+Reads run records only (``RESULTS/runs/*.json``), never live objects; never imports torch or Ray.
+
+Example:
+    >>> from podbench.reports import build_report
+    >>> build_report("results/quickstart", "results/quickstart/report")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from podbench.reports.build import build_report
+from podbench.reports.records import METRICS, ResultsData, load_results
+from podbench.reports.stats import MIN_BLOCKS, analyse
+
+__all__ = ["METRICS", "MIN_BLOCKS", "ResultsData", "analyse", "build_report", "load_results"]

@@ -1,0 +1,233 @@
+"""Report figures (matplotlib with the Agg backend, seaborn), drawn from the run tables.
+
+Every function returns a :class:`matplotlib.figure.Figure` or None when the results hold nothing
+to draw; :func:`render` turns a figure into PNG bytes (for the HTML) and a PDF (for LaTeX).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import scikit_posthocs as sp  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from podbench.reports.records import GEOMETRY_KEYS, MetricInfo, ResultsData, TuningStudy  # noqa: E402
+
+__all__ = [
+    "accuracy_figure",
+    "cd_figure",
+    "convergence_figure",
+    "geometry_figure",
+    "importance_figure",
+    "learning_curves_figure",
+    "optimisation_history_figure",
+    "render",
+]
+
+# Labels come from user files: never let "$" start matplotlib's math parser.
+STYLE: dict[str, Any] = {"text.parse_math": False, "svg.fonttype": "none", "pdf.fonttype": 42}
+
+
+def _palette(labels: list[str]) -> dict[str, Any]:
+    colours = sns.color_palette("colorblind", n_colors=max(len(labels), 1))
+    return {lab: colours[i % len(colours)] for i, lab in enumerate(labels)}
+
+
+def _grid(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, np.ndarray]:
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def render(fig: Figure) -> tuple[bytes, bytes]:
+    """PNG and PDF bytes of a figure; the figure is closed afterwards."""
+    png, pdf = io.BytesIO(), io.BytesIO()
+    with plt.rc_context(STYLE):
+        fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(pdf, format="pdf", bbox_inches="tight")
+    plt.close(fig)
+    return png.getvalue(), pdf.getvalue()
+
+
+def accuracy_figure(stats_result: dict[str, Any], metric: MetricInfo) -> Figure | None:
+    """Per block: each method's values over seeds (points) with the mean and its 95% CI."""
+    rows = [r for r in stats_result["per_block"] if r["n"] > 0]
+    if not rows:
+        return None
+    labels = stats_result["labels"]
+    colours = _palette(labels)
+    blocks = list(dict.fromkeys(r["block"] for r in rows))
+    with plt.rc_context(STYLE):
+        fig, axes = _grid(len(blocks))
+        for ax, block in zip(axes.flat, blocks, strict=False):
+            here = [r for r in rows if r["block"] == block]
+            for i, r in enumerate(here):
+                xs = np.full(len(r["values"]), i) + np.linspace(-0.12, 0.12, len(r["values"]))
+                ax.scatter(xs, r["values"], s=18, alpha=0.6, color=colours[r["label"]])
+                if r["ci_low"] is not None:
+                    ax.errorbar(i + 0.3, r["mean"], yerr=[[r["mean"] - r["ci_low"]],
+                                [r["ci_high"] - r["mean"]]], fmt="D", color="black", capsize=3,
+                                markersize=4)
+                else:
+                    ax.plot(i + 0.3, r["mean"], "D", color="black", markersize=4)
+            ax.set_xticks(range(len(here)), [r["label"] for r in here], rotation=30, ha="right")
+            ax.set_title(block, fontsize=9)
+            ax.set_ylabel(f"{metric.title} ({metric.unit})" if metric.unit else metric.title)
+            ax.grid(axis="y", alpha=0.3)
+        fig.suptitle("Seeds (points), mean and 95% t-interval (diamond)", fontsize=10)
+        fig.tight_layout()
+    return fig
+
+
+def learning_curves_figure(data: ResultsData, labels: list[str]) -> Figure | None:
+    """Per block: test accuracy per epoch, mean over seeds with a ±1 standard deviation band."""
+    hist = data.history.dropna(subset=["epoch", "test_acc"])
+    hist = hist[hist["status"] == "completed"].copy()
+    if hist.empty:
+        return None
+    hist["test accuracy (%)"] = hist["test_acc"] * 100
+    hist["block"] = hist["dataset"] + " / " + hist["arch"]
+    blocks = sorted(hist["block"].unique())
+    colours = _palette(labels)
+    with plt.rc_context(STYLE):
+        fig, axes = _grid(len(blocks))
+        for ax, block in zip(axes.flat, blocks, strict=False):
+            here = hist[hist["block"] == block]
+            sns.lineplot(data=here, x="epoch", y="test accuracy (%)", hue="label",
+                         hue_order=[lab for lab in labels if lab in set(here["label"])],
+                         palette=colours, errorbar="sd", ax=ax, marker="o", markersize=3)
+            ax.set_title(block, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle("Test accuracy per epoch: mean over seeds, band ±1 sd (completed runs)",
+                     fontsize=10)
+        fig.tight_layout()
+    return fig
+
+
+def cd_figure(stats_result: dict[str, Any]) -> Figure | None:
+    """Critical difference diagram (scikit-posthocs) from mean ranks and Nemenyi p-values."""
+    across = stats_result["across_blocks"]
+    if across["nemenyi"] is None or across["mean_ranks"] is None:
+        return None
+    ranks = pd.Series(across["mean_ranks"])
+    pmat = pd.DataFrame(across["nemenyi"]["p_values"]).loc[ranks.index, ranks.index]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 0.6 + 0.35 * len(ranks)))
+        sp.critical_difference_diagram(ranks, pmat, ax=ax, alpha=across["nemenyi"]["alpha"],
+                                       cd=across["nemenyi"]["cd"])
+        ax.set_title(
+            f"Mean ranks over {across['n_blocks']} blocks (1 = best); bars join methods Nemenyi "
+            f"cannot separate (CD = {across['nemenyi']['cd']:.2f})", fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def convergence_figure(stats_result: dict[str, Any]) -> Figure | None:
+    """Epochs each run needed to reach 95% of its final test accuracy."""
+    rows = [r for r in stats_result["convergence"] if r["epochs_to_95pct"] is not None]
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    labels = [lab for lab in stats_result["labels"] if lab in set(df["label"])]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) + 2), 3.4))
+        sns.stripplot(data=df, x="label", y="epochs_to_95pct", hue="block", order=labels,
+                      dodge=True, ax=ax, size=5, alpha=0.8)
+        sns.pointplot(data=df, x="label", y="epochs_to_95pct", order=labels, errorbar=None,
+                      color="black", markers="D", linestyles="none", ax=ax)
+        ax.set_ylabel("epochs to 95% of final accuracy")
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, title="block", title_fontsize=7)
+        ax.set_title("Convergence: runs (points), mean over all blocks (diamond)", fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def geometry_figure(data: ResultsData, labels: list[str]) -> Figure | None:
+    """Latent-geometry statistics of the completed runs, one panel per statistic."""
+    runs = data.runs[data.runs["status"] == "completed"].copy()
+    keys = [k for k in GEOMETRY_KEYS if runs[f"geometry.{k}"].notna().any()]
+    if not keys:
+        return None
+    runs["block"] = runs["dataset"] + " / " + runs["arch"]
+    order = [lab for lab in labels if lab in set(runs["label"])]
+    with plt.rc_context(STYLE):
+        fig, axes = _grid(len(keys), width=4.0, height=3.0)
+        for ax, key in zip(axes.flat, keys, strict=False):
+            sns.stripplot(data=runs, x="label", y=f"geometry.{key}", hue="block", order=order,
+                          dodge=True, ax=ax, size=4, alpha=0.8, legend=key == keys[0])
+            ax.set_title(key.replace("_", " "), fontsize=9)
+            ax.set_ylabel("")
+            ax.set_xlabel("")
+            ax.tick_params(axis="x", rotation=30)
+            ax.grid(axis="y", alpha=0.3)
+        if axes.flat[0].get_legend() is not None:
+            axes.flat[0].legend(fontsize=6, title="block", title_fontsize=6)
+        fig.suptitle("Latent geometry of the learned features (completed runs)", fontsize=10)
+        fig.tight_layout()
+    return fig
+
+
+def optimisation_history_figure(study: TuningStudy) -> Figure | None:
+    """Objective value per trial and the best value so far, per loss."""
+    trials = study.trials
+    if trials is None or "value" not in trials or "number" not in trials:
+        return None
+    df = trials.copy()
+    if "state" in df:
+        df = df[df["state"].astype(str).str.upper() == "COMPLETE"]
+    df = df.dropna(subset=["value"]).sort_values("number")
+    if df.empty:
+        return None
+    if "loss" not in df:
+        df["loss"] = study.name
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.5, 3.4))
+        colours = _palette(sorted(df["loss"].astype(str).unique()))
+        for loss, g in df.groupby(df["loss"].astype(str)):
+            ax.scatter(g["number"], g["value"], s=14, alpha=0.6, color=colours[loss], label=loss)
+            ax.step(g["number"], g["value"].cummax(), where="post", color=colours[loss])
+        ax.set_xlabel("trial")
+        ax.set_ylabel("objective (validation)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"Study {study.name}: trials (points) and best so far (line)", fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def importance_figure(study: TuningStudy) -> Figure | None:
+    """Hyperparameter importances (as written by the tuner), per loss."""
+    if not study.importances:
+        return None
+    rows = [
+        {"loss": loss, "parameter": p, "importance": v}
+        for loss, params in study.importances.items()
+        for p, v in params.items()
+    ]
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.5, 0.8 + 0.35 * len(df)))
+        sns.barplot(data=df, y="parameter", x="importance", hue="loss", ax=ax, orient="h")
+        ax.set_ylabel("")
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"Study {study.name}: parameter importances", fontsize=9)
+        fig.tight_layout()
+    return fig

@@ -1,0 +1,124 @@
+"""LaTeX output: booktabs tables through pandas' Styler and escaping of free text."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+from markupsafe import Markup
+
+__all__ = ["latex_escape", "latex_plain", "styler_table"]
+
+_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+# Characters pdflatex's utf8 input cannot typeset in text mode, as LaTeX commands.
+_UNICODE_MATH = {
+    "α": r"$\alpha$",
+    "χ": r"$\chi$",
+    "²": r"$^2$",
+    "×": r"$\times$",
+    "±": r"$\pm$",
+    "∞": r"$\infty$",
+    "−": r"$-$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "√": r"$\surd$",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
+# The same characters as plain ASCII, for text that Styler escapes afterwards.
+_UNICODE_PLAIN = {
+    "α": "alpha",
+    "χ": "chi",
+    "²": "^2",
+    "×": "x",
+    "±": "+/-",
+    "∞": "inf",
+    "−": "-",
+    "≥": ">=",
+    "≤": "<=",
+    "√": "sqrt",
+    "–": "-",
+    "—": "-",
+    "…": "...",
+    "‘": "'",
+    "’": "'",
+    "“": '"',
+    "”": '"',
+}
+_PATTERN = re.compile("|".join(re.escape(c) for c in {**_SPECIALS, **_UNICODE_MATH}))
+
+
+def _fallback(ch: str) -> str:
+    # T1 + utf8 covers Latin-1; anything beyond it (emoji, CJK) would stop pdflatex.
+    return ch if ord(ch) < 0x250 or ch in "–—‘’“”…" else "?"
+
+
+def latex_plain(text: str) -> str:
+    """Text with characters pdflatex cannot typeset replaced by ASCII (specials left alone)."""
+    text = "".join(_UNICODE_PLAIN.get(ch, ch) for ch in text)
+    return "".join(_fallback(ch) for ch in text)
+
+
+def latex_escape(text: str) -> str:
+    """Escape free text for LaTeX: special characters and non-Latin symbols become commands."""
+    escaped = _PATTERN.sub(lambda m: {**_SPECIALS, **_UNICODE_MATH}[m.group(0)], text)
+    return "".join(_fallback(ch) for ch in escaped)
+
+
+def styler_table(
+    df: pd.DataFrame,
+    *,
+    caption: str | None = None,
+    bold: pd.DataFrame | None = None,
+    escape_cells: bool = True,
+    column_format: str | None = None,
+) -> Markup:
+    """A booktabs table (``\\toprule``/``\\midrule``/``\\bottomrule``) rendered by pandas' Styler.
+
+    Args:
+        df: the table; index and column labels are escaped, and cells too when ``escape_cells``.
+        caption: plain text caption (escaped here).
+        bold: a boolean frame of df's shape; True cells are set in bold.
+        escape_cells: False when the cells hold LaTeX written by podbench itself (marks).
+        column_format: LaTeX column specification (default: ``l`` for the index, ``r`` for data).
+    """
+    table = df.copy()
+    table.index = [latex_plain(str(i)) for i in table.index]
+    table.columns = [latex_plain(str(c)) for c in table.columns]
+    if escape_cells:
+        table = table.map(lambda v: latex_plain(v) if isinstance(v, str) else v)
+    styler = table.style.format(escape="latex" if escape_cells else None, na_rep="--")
+    styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    if bold is not None:
+        mask = bold.to_numpy()
+        styler = styler.apply(
+            lambda _: pd.DataFrame(
+                [["font-weight: bold;" if m else "" for m in row] for row in mask],
+                index=table.index, columns=table.columns,
+            ),
+            axis=None,
+        )
+    nlevels = table.index.nlevels
+    latex = styler.to_latex(
+        hrules=True,
+        convert_css=True,
+        position="htbp",
+        position_float="centering",
+        caption=latex_escape(caption) if caption else None,
+        column_format=column_format or ("l" * nlevels + "r" * table.shape[1]),
+    )
+    # Wide tables shrink to the text width rather than run off the page.
+    latex = latex.replace("\\begin{tabular}", "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n\\begin{tabular}", 1)
+    latex = latex.replace("\\end{tabular}", "\\end{tabular}}", 1)
+    return Markup(latex)

@@ -1,0 +1,117 @@
+"""Synthetic results directories written exactly in the run-record schema of docs/CONTRACTS.md."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+def make_record(
+    label: str,
+    dataset: str,
+    arch: str,
+    seed: int,
+    final_acc: float | None,
+    *,
+    status: str = "completed",
+    epochs: int = 5,
+    suite: str = "synthetic",
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One run record; the learning curve rises geometrically to ``final_acc``."""
+    run_id = hashlib.sha256(f"{label}|{dataset}|{arch}|{seed}".encode()).hexdigest()[:16]
+    loss, _, variant = label.partition("[")
+    history = []
+    n_hist = epochs if status == "completed" else max(1, epochs // 2)
+    for e in range(n_hist):
+        acc = None if final_acc is None else final_acc * (1 - 0.5 ** (e + 1)) / (1 - 0.5 ** epochs)
+        history.append(
+            {"epoch": e, "train_loss": 1.0 / (e + 1), "parts": {"nac": 0.5 / (e + 1), "sc": 0.1},
+             "train_acc": acc, "test_acc": acc, "val_acc": None, "lr": 0.1, "seconds": 1.5}
+        )
+    completed = status == "completed"
+    return {
+        "schema": 1,
+        "run_id": run_id,
+        "suite": suite,
+        "label": label,
+        "loss": loss,
+        "variant": variant.rstrip("]") or None,
+        "dataset": dataset,
+        "arch": arch,
+        "feat_dim": 32,
+        "seed": seed,
+        "spec": {"suite": suite, "loss": loss, "variant": variant.rstrip("]") or None,
+                 "loss_params": {}, "dataset": dataset, "data_root": None, "arch": arch,
+                 "feat_dim": 32, "seed": seed, "epochs": epochs, "batch_size": 128,
+                 "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                 "nesterov": False, "schedule": "multistep", "milestones": [3], "gamma": 0.1,
+                 "grad_clip": None, "amp": "off", "channels_last": False, "compile": False,
+                 "device": "cpu", "eval_split": "test", "limit_train": None, "limit_eval": None,
+                 "max_steps": None, "cpus": 1, "gpus": 0, "checkpoint": False},
+        "status": status,
+        "error": error,
+        "history": history,
+        "final_test_acc": final_acc if completed else None,
+        "best_test_acc": final_acc if completed else None,
+        "epochs_completed": n_hist,
+        "wall_time_s": 10.0 + seed,
+        "images_per_s": 1500.0,
+        "geometry": ({"mean_cos_to_center": 0.9, "min_interclass_angle_deg": 85.0 + seed,
+                      "mean_abs_offdiag_corr": 0.05, "mean_feature_norm": 7.0}
+                     if completed else None),
+        "env": {"podbench": "0.1.0", "torch": "2.14.1", "python": "3.11.7", "device": "cpu",
+                "git_commit": "abc123", "hostname": "ci", "ray": "2.60.0"},
+        "started_at": "2026-11-28T14:00:00+00:00",
+        "finished_at": "2026-11-28T14:00:40+00:00",
+    }
+
+
+def write_results(root: Path, records: list[dict[str, Any]], suite_yaml: str | None = None) -> Path:
+    """Write records as RESULTS/runs/<run_id>.json (and suite.yaml) and return RESULTS."""
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    for rec in records:
+        (root / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec), encoding="utf-8")
+    if suite_yaml is not None:
+        (root / "suite.yaml").write_text(suite_yaml, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def results_factory(tmp_path: Path) -> Callable[..., Path]:
+    """Build a results directory from a {(label, dataset, arch): [acc per seed]} table."""
+
+    def build(
+        table: dict[tuple[str, str, str], list[float | None]],
+        *,
+        extra: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        name: str = "results",
+        suite_yaml: str | None = "name: synthetic\n",
+    ) -> Path:
+        records = [
+            make_record(label, ds, arch, seed, acc)
+            for (label, ds, arch), accs in table.items()
+            for seed, acc in enumerate(accs)
+        ]
+        return write_results(tmp_path / name, records + list(extra), suite_yaml)
+
+    return build
+
+
+def five_block_table(seed: int = 0) -> dict[tuple[str, str, str], list[float]]:
+    """Three methods on five blocks, three seeds: 'pod' best, 'ce' worst, 'center' between."""
+    rng = np.random.default_rng(seed)
+    base = {"pod": 0.92, "center": 0.90, "ce": 0.88}
+    table = {}
+    for b in range(5):
+        for label, acc in base.items():
+            table[(label, f"data{b}", "small-cnn")] = list(
+                np.round(acc - 0.01 * b + rng.normal(0, 0.003, 3), 4)
+            )
+    return table
