@@ -23,8 +23,16 @@ from podbench.losses.registry import (
 )
 
 # Importing the built-in modules registers their losses.
-from podbench.losses import pod as _pod  # noqa: E402,F401  isort: skip
-from podbench.losses import softmax as _softmax  # noqa: E402,F401  isort: skip
+from podbench.losses import (  # noqa: E402,F401  isort: skip
+    arcface,
+    center,
+    cosface,
+    cot,
+    large_margin,
+    pedcc_loss,
+    pod,
+    softmax,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP",

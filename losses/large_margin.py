@@ -1,0 +1,158 @@
+"""L-Softmax (Liu et al. 2016) and SphereFace / A-Softmax (Liu et al. 2017).
+
+The target logit ||W_y|| ||x|| cos(theta_y) becomes ||W_y|| ||x|| psi(theta_y) with
+psi(theta) = (-1)^k cos(m theta) - 2k for theta in [k pi/m, (k+1) pi/m], annealed as
+(lambda * plain + margin) / (1 + lambda) with lambda = max(lambda_min, base (1 + gamma t)^-power)
+over the training iterations t (the authors' Caffe schedule). SphereFace normalises W, no bias.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from podbench.errors import UserError
+from podbench.losses.base import LossOutput, LossPlugin, check_number
+from podbench.losses.registry import register_loss
+from torch import Tensor, nn
+
+__all__ = ["LSoftmaxLoss", "SphereFaceLoss", "chebyshev_cos", "psi"]
+
+
+def chebyshev_cos(cos: Tensor, m: int) -> Tensor:
+    """cos(m theta) as a polynomial of cos(theta) (no arccos in the gradient path)."""
+    prev, cur = torch.ones_like(cos), cos
+    if m == 0:
+        return prev
+    for _ in range(m - 1):
+        prev, cur = cur, 2.0 * cos * cur - prev
+    return cur
+
+
+def psi(cos: Tensor, m: int) -> Tensor:
+    """The large-margin angle function psi(theta) of cos(theta), monotone on [0, pi]."""
+    with torch.no_grad():
+        k = torch.floor(m * torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi).clamp(0, m - 1)
+    sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
+    return sign * chebyshev_cos(cos, m) - 2.0 * k
+
+
+def _check_margin(owner: str, margin: object) -> int:
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 1:
+        raise UserError(
+            f"{owner}: margin={margin!r} is invalid; give an integer >= 1 (1 = no margin)."
+        )
+    return margin
+
+
+_ANNEALING = {
+    "lambda_base": {"type": "float", "low": 10.0, "high": 10000.0, "log": True},
+    "lambda_gamma": {"type": "float", "low": 0.001, "high": 1.0, "log": True},
+}
+
+
+@register_loss(
+    "l-softmax",
+    description="Large-margin softmax: multiplicative angular margin on a linear head, annealed",
+    reference="Liu, Wen, Yu, Yang, 'Large-Margin Softmax Loss for Convolutional Neural "
+    "Networks', ICML 2016",
+    defaults={
+        "margin": 4,
+        "lambda_base": 1000.0,
+        "lambda_gamma": 0.12,
+        "lambda_power": 1.0,
+        "lambda_min": 0.0,
+    },
+    search_space={"margin": {"type": "int", "low": 1, "high": 4}, **_ANNEALING},
+    variants={"m2": {"margin": 2}, "m3": {"margin": 3}, "no-anneal": {"lambda_base": 0.0}},
+)
+class LSoftmaxLoss(LossPlugin):
+    """L-Softmax on a bias-free linear head; predicts argmax of W x.
+
+    Args:
+        num_classes: K.
+        feat_dim: d.
+        margin: integer angular margin m (the paper's CIFAR results use 4).
+        lambda_base, lambda_gamma, lambda_power, lambda_min: annealing
+            lambda = max(lambda_min, lambda_base (1 + lambda_gamma t)^-lambda_power).
+    """
+
+    normalize_weight = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        *,
+        margin: int = 4,
+        lambda_base: float = 1000.0,
+        lambda_gamma: float = 0.12,
+        lambda_power: float = 1.0,
+        lambda_min: float = 0.0,
+    ) -> None:
+        super().__init__(num_classes, feat_dim)
+        owner = self.loss_name  # type: ignore[attr-defined]
+        self.margin = _check_margin(owner, margin)
+        self.lambda_base = check_number(owner, "lambda_base", lambda_base)
+        self.lambda_gamma = check_number(owner, "lambda_gamma", lambda_gamma)
+        self.lambda_power = check_number(owner, "lambda_power", lambda_power)
+        self.lambda_min = check_number(owner, "lambda_min", lambda_min)
+        self.weight = nn.Parameter(torch.empty(num_classes, feat_dim))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's initialisation
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+    @property
+    def current_lambda(self) -> float:
+        """The annealing weight of the plain logit at the current training iteration."""
+        t = int(self.iteration)
+        decayed = self.lambda_base * (1.0 + self.lambda_gamma * t) ** (-self.lambda_power)
+        return max(self.lambda_min, decayed)
+
+    def _weight(self) -> Tensor:
+        return F.normalize(self.weight, dim=1) if self.normalize_weight else self.weight
+
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        weight = self._weight()
+        logits = features @ weight.T
+        plain = logits.gather(1, targets[:, None]).squeeze(1)
+        norms = weight.norm(dim=1)[targets] * features.norm(dim=1)
+        cos = (plain / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
+        lam = self.current_lambda
+        target = (lam * plain + norms * psi(cos, self.margin)) / (1.0 + lam)
+        logits = logits.scatter(1, targets[:, None], target[:, None])
+        ce = F.cross_entropy(logits, targets)
+        if self.training:
+            self.iteration += 1
+        return LossOutput(total=ce, parts={"ce": ce})
+
+    def scores(self, features: Tensor) -> Tensor:
+        return features @ self._weight().T
+
+    def centroids_for_geometry(self) -> Tensor:
+        return self.weight
+
+
+@register_loss(
+    "sphereface",
+    description="A-Softmax: angular margin with unit-norm class weights, no bias, annealed",
+    reference="Liu, Wen, Yu, Li, Raj, Song, 'SphereFace: Deep Hypersphere Embedding for Face "
+    "Recognition', CVPR 2017",
+    defaults={
+        "margin": 4,
+        "lambda_base": 1000.0,
+        "lambda_gamma": 0.12,
+        "lambda_power": 1.0,
+        "lambda_min": 5.0,
+    },
+    search_space={"margin": {"type": "int", "low": 1, "high": 4}, **_ANNEALING},
+    variants={"m2": {"margin": 2}, "m3": {"margin": 3}, "lambda-min-0": {"lambda_min": 0.0}},
+    aliases=("a-softmax",),
+)
+class SphereFaceLoss(LSoftmaxLoss):
+    """A-Softmax: L-Softmax with ||W_j|| = 1; predicts the class of largest cosine."""
+
+    normalize_weight = True
+
+    def scores(self, features: Tensor) -> Tensor:
+        return F.normalize(features, dim=1) @ self._weight().T
