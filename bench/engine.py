@@ -1,0 +1,461 @@
+"""The training engine: one function, :func:`train_run`, for suites, tuning and benchmarks.
+
+``train_run(run)`` builds the task, the network and the loss plugin a :class:`RunSpec` names,
+trains for ``run.epochs`` epochs with per-epoch evaluation, and returns the run record (the
+schema of CONTRACTS.md). It never raises for a plugin error or a diverging run: the record says
+``failed`` (with the traceback) or ``diverged`` (with the epoch). Only KeyboardInterrupt and
+other BaseExceptions escape.
+
+Per batch, for each of the plugin's ``updates_per_batch`` steps: features = model(x) (under
+autocast when AMP is on), loss = plugin.update_loss(features, y, step) (in float32),
+backward, optional gradient clipping, optimiser step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import math
+import os
+import platform
+import random
+import socket
+import subprocess
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from podbench.geometry import geometry_stats
+from podbench.specs import RunSpec
+from torch import nn
+
+__all__ = ["train_run", "RunDiverged", "environment", "seed_everything"]
+
+SCHEMA_VERSION = 1
+CHECKPOINT_NAME = "last.pt"
+
+
+class RunDiverged(FloatingPointError):
+    """The loss or the weights became NaN/Inf."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices); ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    # cuBLAS needs this set before its first use to be deterministic
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where and with what a run ran (the record's ``env``)."""
+    import podbench
+
+    name = "cpu"
+    if device.type == "cuda":
+        name = f"cuda:{torch.cuda.get_device_name(device)}"
+    return {
+        "podbench": podbench.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": name,
+        "git_commit": _git_commit(),
+        "hostname": socket.gethostname(),
+        "ray": _version("ray"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    from podbench.errors import UserError
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but no CUDA GPU is visible; set device: auto or cpu.")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _error(exc: BaseException, epoch: int | None) -> dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "epoch": epoch,
+    }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+class _Trainer:
+    """The state of one run; :func:`train_run` is its only user."""
+
+    def __init__(self, run: RunSpec, checkpoint_dir: Path | None) -> None:
+        from podbench.losses import create_loss
+        from podbench.specs import import_plugins
+        from podbench.tasks import create_arch, load_task
+
+        import_plugins(run.imports)  # plugins registered by modules the suite names
+        self.run = run
+        self.device = resolve_device(run.device)
+        self.checkpoint_dir = checkpoint_dir
+        seed_everything(run.seed)
+        use_val = run.eval_split == "val"
+        task_args = dict(
+            device=self.device, val_fraction=run.val_fraction, split_seed=run.split_seed,
+            use_val=use_val,
+        )
+        self.task = load_task(run.dataset, run.data_root, limit=run.limit_train, **task_args)
+        self.eval_task = self.task
+        if run.limit_eval != run.limit_train:  # load_task limits every split alike
+            self.eval_task = load_task(
+                run.dataset, run.data_root, limit=run.limit_eval, augment=False, **task_args
+            )
+        info = self.task.info
+        torch.manual_seed(run.seed)
+        self.model: nn.Module = create_arch(
+            run.arch, in_channels=info.channels, image_size=info.image_size,
+            feat_dim=run.feat_dim, num_classes=info.num_classes,
+        ).to(self.device)
+        torch.manual_seed(run.seed)  # centroids do not depend on the architecture's draws
+        self.plugin = create_loss(
+            run.loss, num_classes=info.num_classes, feat_dim=run.feat_dim,
+            variant=run.variant, **run.loss_params,
+        ).to(self.device)
+        if run.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if run.compile:
+            self.forward = torch.compile(self.model)
+        params = [p for p in [*self.model.parameters(), *self.plugin.parameters()] if p.requires_grad]
+        self.params = params
+        if run.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay,
+                nesterov=run.nesterov,
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay)
+        self.updates = int(getattr(self.plugin, "updates_per_batch", 1))
+        batches = math.ceil(self.task.num_train / run.batch_size)
+        self.steps_per_epoch = min(batches, run.max_steps) if run.max_steps else batches
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.step_scheduler_per_update = run.schedule == "onecycle"
+        if run.schedule == "multistep":
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                self.optimizer, milestones=list(run.milestones), gamma=run.gamma
+            )
+        elif run.schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=run.epochs)
+        elif run.schedule == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=run.lr,
+                total_steps=max(1, run.epochs * self.steps_per_epoch * self.updates),
+            )
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.amp == "fp16")
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.train_images = 0
+        self.train_seconds = 0.0
+        self.optimizer_steps = 0
+        self.current_epoch: int | None = None
+        if checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_NAME).is_file():
+            self._load_checkpoint(checkpoint_dir / CHECKPOINT_NAME)
+
+    # -- one epoch ------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.run.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        run = self.run
+        self.model.train()
+        self.plugin.train()
+        self.plugin.on_epoch_start(epoch)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        parts_sum: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        # On CPU a per-step check costs nothing; on a GPU it would sync every step.
+        check_every = 1 if self.device.type == "cpu" else 25
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = self.task.train_batches(
+            run.batch_size, seed=run.seed, epoch=epoch
+        )
+        start = time.perf_counter()
+        for index, (x, y) in enumerate(batches):
+            if index >= self.steps_per_epoch:
+                break
+            x = self._prepare(x)
+            for step in range(self.updates):
+                with self.autocast():
+                    features = self.forward(x)
+                out = self.plugin.update_loss(features, y, step)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(out.total).backward()
+                if run.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.params, run.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer_steps += 1
+                if self.step_scheduler_per_update and self.scheduler is not None:
+                    if self.optimizer_steps < self.scheduler.total_steps:  # type: ignore[attr-defined]
+                        self.scheduler.step()
+                if step == 0:
+                    total = out.total.detach()
+                    loss_sum += total * y.shape[0]
+                    for name, value in out.parts.items():
+                        part = value.detach().to(torch.float64) * y.shape[0]
+                        parts_sum[name] = parts_sum[name] + part if name in parts_sum else part
+                    with torch.no_grad():
+                        correct += (self.plugin.predict(features.detach()).argmax(dim=1) == y).sum()
+            seen += y.shape[0]
+            if (index + 1) % check_every == 0 and not bool(torch.isfinite(loss_sum)):
+                raise RunDiverged(f"the training loss became NaN/Inf at batch {index} of epoch {epoch}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.train_seconds += time.perf_counter() - start
+        self.train_images += seen
+        self.plugin.on_epoch_end(epoch)
+        if seen == 0:
+            raise RuntimeError("the training split yielded no batch; check limit_train and batch_size")
+        train_loss = float(loss_sum) / seen
+        if not math.isfinite(train_loss):
+            raise RunDiverged(f"the training loss became NaN/Inf in epoch {epoch}")
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all()):
+            raise RunDiverged(f"the weights became NaN/Inf in epoch {epoch}")
+        return {
+            "train_loss": train_loss,
+            "parts": {k: float(v) / seen for k, v in parts_sum.items()},
+            "train_acc": int(correct) / seen,
+            "lr": lr,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, split: str, *, keep_features: bool) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
+        self.model.eval()
+        self.plugin.eval()
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        count = 0
+        feats: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        for x, y in self.eval_task.eval_batches(split, self.run.batch_size):
+            with self.autocast():
+                features = self.forward(self._prepare(x))
+            correct += (self.plugin.predict(features).argmax(dim=1) == y).sum()
+            count += y.shape[0]
+            if keep_features:
+                feats.append(features.float().cpu())
+                labels.append(y.cpu())
+        if count == 0:
+            raise RuntimeError(f"the {split} split yielded no sample; check limit_eval")
+        if keep_features:
+            return int(correct) / count, torch.cat(feats), torch.cat(labels)
+        return int(correct) / count, None, None
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        assert self.checkpoint_dir is not None
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "epoch": epoch,
+            "run_id": self.run.run_id,
+            "model": self.model.state_dict(),
+            "plugin": self.plugin.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": self.history,
+            "train_images": self.train_images,
+            "train_seconds": self.train_seconds,
+            "optimizer_steps": self.optimizer_steps,
+            "torch_rng": torch.get_rng_state(),
+        }
+        path = self.checkpoint_dir / CHECKPOINT_NAME
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a killed run leaves the previous checkpoint intact
+
+    def _load_checkpoint(self, path: Path) -> None:
+        # weights_only: a checkpoint file cannot run code when loaded
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("run_id") != self.run.run_id:
+            return  # a different run's checkpoint: start afresh
+        self.model.load_state_dict(state["model"])
+        self.plugin.load_state_dict(state["plugin"])
+        if self.scheduler is not None:  # replay the schedule up to where the run stopped
+            replay = state["optimizer_steps"] if self.step_scheduler_per_update else state["epoch"] + 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for _ in range(replay):
+                    self.scheduler.step()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.history = list(state["history"])
+        self.train_images = int(state["train_images"])
+        self.train_seconds = float(state["train_seconds"])
+        self.optimizer_steps = int(state["optimizer_steps"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.start_epoch = int(state["epoch"]) + 1
+
+    def _geometry(
+        self, feats: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> dict[str, Any] | None:
+        if feats is None or labels is None:
+            return None
+        centers = self.plugin.centroids_for_geometry()
+        return geometry_stats(feats, labels, None if centers is None else centers.float())
+
+    # -- the run --------------------------------------------------------------------------
+
+    def fit(self, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any] | None:
+        """Train all epochs; returns the geometry of the last evaluation."""
+        run = self.run
+        geometry = None
+        if self.start_epoch >= run.epochs:  # trained before its record was written: re-measure
+            _, feats, labels = self.evaluate(run.eval_split, keep_features=True)
+            return self._geometry(feats, labels)
+        for epoch in range(self.start_epoch, run.epochs):
+            self.current_epoch = epoch
+            start = time.perf_counter()
+            entry_train = self.train_epoch(epoch)
+            if self.scheduler is not None and not self.step_scheduler_per_update:
+                self.scheduler.step()
+            last = epoch == run.epochs - 1
+            acc, feats, labels = self.evaluate(run.eval_split, keep_features=last)
+            entry = {
+                "epoch": epoch,
+                **entry_train,
+                "test_acc": acc if run.eval_split == "test" else None,
+                "val_acc": acc if run.eval_split == "val" else None,
+                "seconds": time.perf_counter() - start,
+            }
+            self.history.append(entry)
+            if last:
+                geometry = self._geometry(feats, labels)
+            if self.checkpoint_dir is not None:
+                self._save_checkpoint(epoch)
+            if on_epoch is not None:
+                on_epoch(dict(entry))
+        return geometry
+
+
+def train_run(
+    run: RunSpec,
+    *,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate one run; return its record (never raises for plugin errors or NaN).
+
+    Args:
+        run: the fully resolved run.
+        on_epoch: called with each epoch's history entry (for Ray reporting, pruning).
+        checkpoint_dir: where to keep ``last.pt`` after each epoch; an existing checkpoint of the
+            same run is resumed from. None: no checkpoints.
+
+    Returns:
+        The run record (CONTRACTS.md schema).
+    """
+    started_at = _now()
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "run_id": run.run_id,
+        "suite": run.suite,
+        "label": run.label,
+        "loss": run.loss,
+        "variant": run.variant,
+        "dataset": run.dataset,
+        "arch": run.arch,
+        "feat_dim": run.feat_dim,
+        "seed": run.seed,
+        "spec": run.model_dump(mode="json"),
+        "status": "completed",
+        "error": None,
+        "history": [],
+        "final_test_acc": None,
+        "best_test_acc": None,
+        "epochs_completed": 0,
+        "wall_time_s": None,
+        "images_per_s": None,
+        "geometry": None,
+        "env": None,
+        "started_at": started_at,
+        "finished_at": None,
+    }
+    trainer: _Trainer | None = None
+    device = torch.device("cpu")
+    try:
+        trainer = _Trainer(run, checkpoint_dir)
+        device = trainer.device
+        record["geometry"] = trainer.fit(on_epoch)
+    except FloatingPointError as exc:  # RunDiverged, or a plugin's NonFiniteFeaturesError
+        record["status"] = "diverged"
+        record["error"] = _error(exc, getattr(trainer, "current_epoch", None))
+    except Exception as exc:  # a plugin or data error must not stop the suite
+        record["status"] = "failed"
+        record["error"] = _error(exc, getattr(trainer, "current_epoch", None))
+    if trainer is not None:
+        history = trainer.history
+        record["history"] = history
+        record["epochs_completed"] = len(history)
+        accs = [h["test_acc"] for h in history if h.get("test_acc") is not None]
+        record["final_test_acc"] = accs[-1] if accs else None
+        record["best_test_acc"] = max(accs) if accs else None
+        if trainer.train_seconds > 0:
+            record["images_per_s"] = trainer.train_images / trainer.train_seconds
+        for entry in history:  # JSON has no NaN: a diverged part is recorded as null
+            entry["train_loss"] = _finite_or_none(entry["train_loss"])
+            entry["parts"] = {k: _finite_or_none(v) for k, v in entry["parts"].items()}
+    record["env"] = environment(device)
+    record["wall_time_s"] = time.perf_counter() - t0
+    record["finished_at"] = _now()
+    return record

@@ -1,0 +1,226 @@
+"""Ray Tune as the executor of a suite: one trial per run, records written by the trials.
+
+Each pending :class:`~podbench.specs.RunSpec` becomes one Tune trial of a function trainable with
+the run's own resources. The trial trains with :func:`~podbench.engine.train_run` and writes its
+record atomically into ``RESULTS/runs/<run_id>.json`` itself, so every finished run is on disk even
+if the driver dies. A trial whose worker died is retried ``max_failures`` times; after that the
+driver records it ``failed``. Rerunning the suite runs only the runs without a final record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from podbench.results import ResultsStore
+from podbench.specs import RunSpec
+
+__all__ = ["init_ray", "run_suite", "pending_runs", "SuiteOutcome"]
+
+# Tune would otherwise chdir into each trial's folder and relative data roots would break.
+_TRIAL_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start an embedded local Ray (explicit CPUs, no dashboard) or connect to a cluster.
+
+    Args:
+        address: an existing cluster ("auto", "HOST:PORT", "ray://..."); None = embedded.
+        num_cpus: CPUs of the embedded Ray (default: all of this machine's); ignored with address.
+    """
+    os.environ.update(_TRIAL_ENV)
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": dict(_TRIAL_ENV)}
+    if address:
+        from podbench.errors import UserError
+
+        try:
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING,
+                     log_to_driver=True)
+        except ConnectionError as err:
+            raise UserError(
+                f"--address {address}: no Ray cluster answers there ({err}); start one with "
+                "`ray start --head` or drop --address to use an embedded Ray."
+            ) from None
+        return
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        configure_logging=True,
+    )
+
+
+def _trial(config: dict[str, Any]) -> None:
+    """The Tune function trainable: train one run and write its record."""
+    import torch
+    from podbench.engine import train_run
+    from ray import tune
+
+    run = RunSpec.model_validate(config["run"])
+    torch.set_num_threads(max(1, int(run.cpus)))  # one thread per allotted CPU, no oversubscription
+    store = ResultsStore(config["results_dir"])
+    existing = store.read_record(run.run_id)
+    if existing is not None and existing.get("status") in ("completed", "diverged"):
+        tune.report({"status": existing["status"], "skipped": True})
+        return
+    checkpoint_dir = store.checkpoint_dir(run.run_id) if run.checkpoint else None
+    record = train_run(run, checkpoint_dir=checkpoint_dir)
+    store.write_record(record)
+    tune.report({"status": record["status"], "final_test_acc": record["final_test_acc"] or 0.0})
+
+
+class SuiteOutcome(dict):
+    """Counts of a suite invocation: skipped, completed, diverged, failed, interrupted."""
+
+
+def pending_runs(runs: Sequence[RunSpec], store: ResultsStore) -> list[RunSpec]:
+    """Runs without a final (completed or diverged) record."""
+    return [r for r in runs if not store.has_final(r.run_id)]
+
+
+def _make_callback(store: ResultsStore, progress: Any) -> Any:
+    from ray.tune import Callback
+
+    class _ProgressCallback(Callback):
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            run = trial.config["run"]
+            progress.run_started(_run_id(run), run.get("label", run["loss"]))
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            record = store.read_record(_run_id(trial.config["run"]))
+            if record is not None:
+                progress.run_finished(record)
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            record = _worker_failure_record(store, trial.config["run"], trial.error_file)
+            progress.run_finished(record)
+
+    return _ProgressCallback()
+
+
+def _run_id(run_json: dict[str, Any]) -> str:
+    return RunSpec.model_validate(run_json).run_id
+
+
+def _worker_failure_record(store: ResultsStore, run_json: dict[str, Any], error_file: Any) -> dict[str, Any]:
+    """The driver's record of a run whose worker died more often than allowed."""
+    from podbench.engine import _now
+
+    run = RunSpec.model_validate(run_json)
+    existing = store.read_record(run.run_id)
+    if existing is not None:  # the trial wrote its record before its worker died
+        return existing
+    message = "the worker running this run died (out of memory, killed, or node lost) on every try"
+    trace = None
+    if error_file and Path(str(error_file)).is_file():
+        trace = Path(str(error_file)).read_text(encoding="utf-8", errors="replace")[-20000:]
+    record = {
+        "schema": 1, "run_id": run.run_id, "suite": run.suite, "label": run.label,
+        "loss": run.loss, "variant": run.variant, "dataset": run.dataset, "arch": run.arch,
+        "feat_dim": run.feat_dim, "seed": run.seed, "spec": run.model_dump(mode="json"),
+        "status": "failed",
+        "error": {"type": "WorkerDied", "message": message, "traceback": trace, "epoch": None},
+        "history": [], "final_test_acc": None, "best_test_acc": None, "epochs_completed": 0,
+        "wall_time_s": None, "images_per_s": None, "geometry": None, "env": None,
+        "started_at": None, "finished_at": _now(),
+    }
+    store.write_record(record)
+    return record
+
+
+def run_suite(
+    runs: Sequence[RunSpec],
+    results_dir: str | Path,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    max_concurrent: int | None = None,
+    max_failures: int = 2,
+    progress_stream: Any = None,
+    rich_display: bool | None = None,
+) -> SuiteOutcome:
+    """Execute the runs that have no final record yet; return the counts.
+
+    Args:
+        runs: the expanded suite.
+        results_dir: the results directory (records go to ``runs/``).
+        address: Ray cluster address; None = embedded local Ray with ``num_cpus``.
+        num_cpus: CPUs of the embedded Ray.
+        max_concurrent: at most this many runs at once (None: as many as resources allow).
+        max_failures: retries of a run whose worker died.
+        progress_stream, rich_display: passed to :class:`~podbench.progress.SuiteProgress`.
+    """
+    from podbench.progress import SuiteProgress
+
+    store = ResultsStore(results_dir)
+    todo = pending_runs(runs, store)
+    skipped = len(runs) - len(todo)
+    outcome = SuiteOutcome(skipped=skipped, completed=0, diverged=0, failed=0, interrupted=0)
+    if not todo:
+        print(f"all {len(runs)} run(s) already have records in {store.root}; nothing to do.",
+              file=progress_stream, flush=True)
+        return outcome
+    init_ray(address, num_cpus)
+    import ray
+    from ray import tune
+
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    per_run = max(r.cpus for r in todo)
+    concurrency = max(1, int(cpus // per_run))
+    if max_concurrent:
+        concurrency = min(concurrency, max_concurrent)
+
+    def resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        bundle = {"CPU": float(config["run"]["cpus"])}
+        if config["run"]["gpus"]:
+            bundle["GPU"] = float(config["run"]["gpus"])
+        return tune.PlacementGroupFactory([bundle])
+
+    storage = tempfile.mkdtemp(prefix="podbench-tune-")  # Tune's own bookkeeping, not results
+    progress = SuiteProgress(
+        len(todo), skipped=skipped, concurrency=concurrency, stream=progress_stream,
+        rich_display=rich_display,
+    )
+    results_abs = str(Path(results_dir).resolve())
+    try:
+        with progress:
+            tuner = tune.Tuner(
+                tune.with_resources(_trial, resources),
+                param_space={
+                    "run": tune.grid_search([r.model_dump(mode="json") for r in todo]),
+                    "results_dir": results_abs,
+                },
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=max_concurrent or None,
+                    trial_name_creator=lambda t: f"run-{_run_id(t.config['run'])}",
+                    trial_dirname_creator=lambda t: f"run-{_run_id(t.config['run'])}",
+                ),
+                run_config=tune.RunConfig(
+                    name="podbench",
+                    storage_path=storage,
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    verbose=0,
+                    callbacks=[_make_callback(store, progress)],
+                ),
+            )
+            tuner.fit()
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    for run in todo:
+        record = store.read_record(run.run_id)
+        if record is None:
+            outcome["interrupted"] += 1
+        else:
+            outcome[record["status"]] = outcome.get(record["status"], 0) + 1
+    return outcome
