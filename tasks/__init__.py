@@ -1,1 +1,61 @@
-"""Placeholder until its room lands."""
+"""Datasets and architectures: real data read offline, a fast on-device data path, the networks.
+
+Example:
+    >>> from podbench.tasks import load_task, create_arch
+    >>> task = load_task("digits", limit=200)
+    >>> net = create_arch("small-cnn", in_channels=task.info.channels,
+    ...                   image_size=task.image_size, feat_dim=16, num_classes=10)
+    >>> x, y = next(task.train_batches(64, seed=0, epoch=0))
+    >>> net(x).shape
+    torch.Size([64, 16])
+"""
+
+from __future__ import annotations
+
+from podbench.tasks.archs import (
+    ArchInfo,
+    LatentNet,
+    arch_info,
+    count_parameters,
+    create_arch,
+    list_archs,
+    prepare_model,
+    register_arch,
+)
+from podbench.tasks.datasets import (
+    ArraySplit,
+    DatasetInfo,
+    DatasetSource,
+    FileSplit,
+    Located,
+    RawData,
+    dataset_info,
+    list_datasets,
+    load_task,
+    locate_dataset,
+    register_dataset,
+)
+from podbench.tasks.task import Task
+
+__all__ = [
+    "ArchInfo",
+    "ArraySplit",
+    "DatasetInfo",
+    "DatasetSource",
+    "FileSplit",
+    "LatentNet",
+    "Located",
+    "RawData",
+    "Task",
+    "arch_info",
+    "count_parameters",
+    "create_arch",
+    "dataset_info",
+    "list_archs",
+    "list_datasets",
+    "load_task",
+    "locate_dataset",
+    "prepare_model",
+    "register_arch",
+    "register_dataset",
+]

@@ -1,0 +1,325 @@
+"""The architecture registry: a backbone plus a linear projection to the latent dimension d.
+
+Every network returns ``model(x) -> (B, feat_dim)``; the loss plugin owns the classifier head.
+torchvision networks keep their layers; for inputs of at most 64 px they get the small-image stem
+the POD authors used (3x3 convolution, stride 1, no max-pool), so a 32 px image is not reduced to
+1x1 before the last stage.
+
+Example:
+    >>> from podbench.tasks import create_arch
+    >>> net = create_arch("small-cnn", in_channels=1, image_size=28, feat_dim=16, num_classes=10)
+    >>> net(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 16])
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from importlib.metadata import entry_points
+
+import torch
+from torch import nn
+
+from podbench.errors import UserError
+
+__all__ = [
+    "SMALL_STEM_MAX",
+    "ArchInfo",
+    "LatentNet",
+    "arch_info",
+    "count_parameters",
+    "create_arch",
+    "list_archs",
+    "prepare_model",
+    "register_arch",
+]
+
+ENTRY_POINT_GROUP = "podbench.archs"
+SMALL_STEM_MAX = 64  # inputs up to this size get the small-image stem
+
+Builder = Callable[[int, int], tuple[nn.Module, int]]
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """Metadata of a registered architecture.
+
+    Attributes:
+        name: registry name.
+        description: one line for listings.
+        reference: where the network comes from.
+        min_image_size: smallest input height = width it accepts.
+        builder: ``builder(in_channels, image_size) -> (backbone, backbone_dim)``.
+        param_count: parameters of the whole model (backbone + projection) for the configuration
+            asked of :func:`arch_info`; None until asked.
+        backbone_params: parameters of the backbone alone, for that configuration.
+        config: the configuration the counts are for.
+    """
+
+    name: str
+    description: str
+    reference: str
+    min_image_size: int
+    builder: Builder
+    param_count: int | None = None
+    backbone_params: int | None = None
+    config: dict | None = None
+
+
+class LatentNet(nn.Module):
+    """``proj(flatten(backbone(x)))``: a backbone and the Linear to the latent dimension."""
+
+    def __init__(self, backbone: nn.Module, backbone_dim: int, feat_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.proj = nn.Linear(backbone_dim, feat_dim)  # with bias, as in the POD authors' code
+        self.backbone_dim = backbone_dim
+        self.feat_dim = feat_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.flatten(self.backbone(x), 1))
+
+
+_REGISTRY: dict[str, ArchInfo] = {}
+_loaded_plugins = False
+
+
+def register_arch(
+    name: str, *, description: str, reference: str = "", min_image_size: int = 1
+) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder(in_channels, image_size) -> (backbone, backbone_dim)``.
+
+    Example:
+        >>> @register_arch("tiny-linear", description="one linear layer")
+        ... def tiny(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+        ...     return nn.Flatten(), in_channels * image_size * image_size
+    """
+
+    def decorator(builder: Builder) -> Builder:
+        _REGISTRY[name] = ArchInfo(name, description, reference, min_image_size, builder)
+        return builder
+
+    return decorator
+
+
+def _ensure_registered() -> None:
+    global _loaded_plugins
+    if _loaded_plugins:
+        return
+    _loaded_plugins = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as err:  # a broken plugin must not break the built-ins
+            warnings.warn(f"podbench architecture plugin {ep.name!r} failed to load: {err}",
+                          stacklevel=2)
+
+
+def list_archs() -> list[str]:
+    """Sorted names of the registered architectures."""
+    _ensure_registered()
+    return sorted(_REGISTRY)
+
+
+def _lookup(name: str) -> ArchInfo:
+    _ensure_registered()
+    if name not in _REGISTRY:
+        raise UserError(f"architecture '{name}' is not registered; choose one of "
+                        f"{', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[name]
+
+
+def _check(info: ArchInfo, in_channels: int, image_size: int, feat_dim: int) -> None:
+    if int(in_channels) < 1:
+        raise UserError(f"in_channels must be a positive integer, got {in_channels}.")
+    if int(feat_dim) < 1:
+        raise UserError(f"feat_dim must be a positive integer, got {feat_dim}.")
+    if int(image_size) < info.min_image_size:
+        raise UserError(f"architecture '{info.name}' needs images of at least "
+                        f"{info.min_image_size} px but image_size is {image_size}; set image_size "
+                        "(the images are resized) or choose a smaller network.")
+
+
+def create_arch(
+    name: str, *, in_channels: int, image_size: int, feat_dim: int, num_classes: int | None = None
+) -> LatentNet:
+    """Build architecture ``name``: ``model(x) -> (B, feat_dim)`` with ``.backbone``, ``.proj``.
+
+    ``num_classes`` is accepted for symmetry with the loss side; the loss owns the classifier.
+    """
+    info = _lookup(name)
+    _check(info, in_channels, image_size, feat_dim)
+    backbone, dim = info.builder(int(in_channels), int(image_size))
+    return LatentNet(backbone, dim, int(feat_dim))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def arch_info(
+    name: str, *, in_channels: int = 3, image_size: int = 32, feat_dim: int = 128
+) -> ArchInfo:
+    """Metadata of ``name`` with its parameter counts for the given configuration.
+
+    The network is built on the meta device: counting costs no memory and no initialisation.
+    """
+    info = _lookup(name)
+    _check(info, in_channels, image_size, feat_dim)
+    with torch.device("meta"):
+        model = create_arch(name, in_channels=in_channels, image_size=image_size,
+                            feat_dim=feat_dim)
+    return replace(info, param_count=count_parameters(model),
+                   backbone_params=count_parameters(model.backbone),
+                   config={"in_channels": in_channels, "image_size": image_size,
+                           "feat_dim": feat_dim})
+
+
+def prepare_model(
+    model: nn.Module,
+    device: str | torch.device = "cpu",
+    *,
+    channels_last: bool = False,
+    compile: bool = False,
+    compile_mode: str | None = None,
+) -> nn.Module:
+    """Move ``model`` to ``device``, optionally channels_last and ``torch.compile``-d.
+
+    Inputs must then be converted too: ``x.to(memory_format=torch.channels_last)``. A compiled
+    model forwards ``.backbone``/``.proj`` attribute access to the original module.
+    """
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model, mode=compile_mode)  # type: ignore[assignment]
+    return model
+
+
+# ---------------------------------------------------------------- small, CPU-friendly networks
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True)]
+
+
+@register_arch("small-cnn", description="3 conv layers (32-64-128) with BN, global average pool; "
+               "trains in seconds on a CPU", reference="podbench", min_image_size=4)
+def small_cnn(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    layers: list[nn.Module] = [*_conv_bn(in_channels, 32), nn.MaxPool2d(2),
+                               *_conv_bn(32, 64), nn.MaxPool2d(2),
+                               *_conv_bn(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), 128
+
+
+@register_arch("mlp", description="2 hidden layers of 256 units on the flattened image",
+               reference="podbench")
+def mlp(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    inputs = in_channels * image_size * image_size
+    return nn.Sequential(nn.Flatten(), nn.Linear(inputs, 256), nn.ReLU(inplace=True),
+                         nn.Linear(256, 256), nn.ReLU(inplace=True)), 256
+
+
+# ---------------------------------------------------------------- torchvision networks
+
+def _stem_conv(in_channels: int, out_channels: int, small: bool) -> nn.Conv2d:
+    conv = (nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False) if small
+            else nn.Conv2d(in_channels, out_channels, 7, 2, 3, bias=False))
+    if conv.weight.device.type != "meta":  # same initialisation torchvision gives its convs
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+def _resnet(factory: Callable[..., nn.Module], in_channels: int, image_size: int
+            ) -> tuple[nn.Module, int]:
+    net = factory(weights=None)
+    small = image_size <= SMALL_STEM_MAX
+    if small or in_channels != 3:
+        net.conv1 = _stem_conv(in_channels, 64, small)
+    if small:
+        net.maxpool = nn.Identity()
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, dim
+
+
+@register_arch("resnet18", description="ResNet-18 (basic blocks [2, 2, 2, 2])",
+               reference="torchvision.models.resnet18; He et al. 2016")
+def resnet18(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    from torchvision.models import resnet18 as factory
+
+    return _resnet(factory, in_channels, image_size)
+
+
+@register_arch("resnet34", description="ResNet-34 (basic blocks [3, 4, 6, 3])",
+               reference="torchvision.models.resnet34; He et al. 2016")
+def resnet34(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    from torchvision.models import resnet34 as factory
+
+    return _resnet(factory, in_channels, image_size)
+
+
+@register_arch("resnet50", description="ResNet-50 (bottleneck blocks [3, 4, 6, 3]), the POD "
+               "authors' network", reference="torchvision.models.resnet50; He et al. 2016")
+def resnet50(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    from torchvision.models import resnet50 as factory
+
+    return _resnet(factory, in_channels, image_size)
+
+
+@register_arch("vgg16", description="VGG-16 with batch norm; small inputs: conv features + "
+               "global average pool (512), 224 px: up to the second 4096 layer",
+               reference="torchvision.models.vgg16_bn; Simonyan & Zisserman 2015",
+               min_image_size=32)
+def vgg16(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    from torchvision.models import vgg16_bn
+
+    net = vgg16_bn(weights=None)
+    if in_channels != 3:
+        net.features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
+    if image_size <= SMALL_STEM_MAX:
+        # the 7x7 pool and 25088-input classifier assume 224 px; small inputs end at 1x1 or 2x2
+        return nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten()), 512
+    head = nn.Sequential(*list(net.classifier.children())[:-1])
+    return nn.Sequential(net.features, net.avgpool, nn.Flatten(), head), 4096
+
+
+@register_arch("densenet121", description="DenseNet-121 (growth 32, blocks [6, 12, 24, 16]); "
+               "small inputs: 3x3 stride-1 stem, no max-pool",
+               reference="torchvision.models.densenet121; Huang et al. 2017", min_image_size=8)
+def densenet121(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    from torchvision.models import densenet121 as factory
+
+    net = factory(weights=None)
+    small = image_size <= SMALL_STEM_MAX
+    if small or in_channels != 3:
+        net.features.conv0 = _stem_conv(in_channels, 64, small)
+    if small:
+        net.features.pool0 = nn.Identity()
+    dim = net.classifier.in_features
+    net.classifier = nn.Identity()
+    return net, dim
+
+
+@register_arch("mobilenet_v2", description="MobileNetV2 (width 1.0); small inputs: stride 1 in "
+               "the stem and the first 24-channel block (total stride 8)",
+               reference="torchvision.models.mobilenet_v2; Sandler et al. 2018", min_image_size=8)
+def mobilenet_v2(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    from torchvision.models import mobilenet_v2 as factory
+
+    net = factory(weights=None)
+    small = image_size <= SMALL_STEM_MAX
+    if small or in_channels != 3:
+        stem = nn.Conv2d(in_channels, 32, 3, 1 if small else 2, 1, bias=False)
+        if stem.weight.device.type != "meta":
+            nn.init.kaiming_normal_(stem.weight, mode="fan_out")
+        net.features[0][0] = stem
+    if small:
+        # the usual CIFAR adaptation: keep 32 px at 4x4 in the last stage instead of 1x1
+        net.features[2].conv[1][0].stride = (1, 1)
+    dim = net.last_channel
+    net.classifier = nn.Identity()
+    return net, dim

@@ -1,0 +1,447 @@
+"""The dataset registry and :func:`load_task`.
+
+A dataset is a :class:`DatasetInfo` (facts) next to a :class:`DatasetSource` (where its files are
+and how to read them), registered with :func:`register_dataset`. Nothing is ever downloaded: a
+source looks in the data root and says exactly what is missing and how to get it.
+
+Example:
+    >>> from podbench.tasks import load_task
+    >>> task = load_task("digits", limit=100)
+    >>> x, y = next(task.train_batches(32, seed=0, epoch=0))
+    >>> tuple(x.shape)
+    (32, 1, 8, 8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from podbench.errors import UserError
+
+__all__ = [
+    "ArraySplit",
+    "DatasetInfo",
+    "DatasetSource",
+    "FileSplit",
+    "Located",
+    "RawData",
+    "candidate_roots",
+    "dataset_info",
+    "dataset_source",
+    "list_datasets",
+    "load_task",
+    "locate_dataset",
+    "register_dataset",
+    "resolve_device",
+]
+
+ENTRY_POINT_GROUP = "podbench.datasets"
+# in-memory above this many decoded bytes would crowd a GPU: stream through DataLoader workers
+DEFAULT_STREAM_BYTES = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Facts about one dataset, in one place.
+
+    ``None`` means "not fixed": taken from the data (image folders) or not known (authors' values).
+
+    Attributes:
+        name: registry name.
+        num_classes: number of classes.
+        channels: 1 (grayscale) or 3 (RGB).
+        image_size: native height = width in pixels.
+        mean, std: per-channel normalisation constants of images scaled to [0, 1].
+        train_size, test_size: samples in the standard splits.
+        latent_dim: latent dimension d the POD/PEDCC authors used, when they used the dataset.
+        batch_size: the authors' batch size.
+        default_root: first default place looked in when no root is given.
+        how_to_get: one sentence on obtaining the files.
+        expected: what must be found in a data root.
+        description: one line for listings.
+        crop_padding: zero padding of the random-crop augmentation (0: no crop).
+        hflip: whether training images are flipped horizontally at random.
+        default_roots: every default place, in the order they are tried.
+        aliases: other accepted names.
+    """
+
+    name: str
+    num_classes: int | None
+    channels: int
+    image_size: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_size: int | None
+    test_size: int | None
+    latent_dim: int | None = None
+    batch_size: int | None = None
+    default_root: str | None = None
+    how_to_get: str = ""
+    expected: str = ""
+    description: str = ""
+    crop_padding: int = 0
+    hflip: bool = False
+    default_roots: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    needs_files: bool = True
+
+    def __post_init__(self) -> None:
+        if self.default_root is None and self.default_roots:
+            object.__setattr__(self, "default_root", self.default_roots[0])
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a source found its data.
+
+    Attributes:
+        path: the folder (or pseudo path) holding the data.
+        layout: which on-disk format was found there (e.g. "pickle", "folder", "idx").
+        files: the files the decoded arrays depend on (their mtime and size key the cache).
+    """
+
+    path: Path
+    layout: str
+    files: tuple[Path, ...] = ()
+
+
+@dataclass
+class ArraySplit:
+    """Decoded images (N, C, H, W) uint8 and labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class FileSplit:
+    """Image files not decoded yet and their labels (N,) int64."""
+
+    paths: list[str]
+    labels: torch.Tensor
+
+
+@dataclass
+class RawData:
+    """What a source reads: the train and test splits and the class names."""
+
+    train: ArraySplit | FileSplit
+    test: ArraySplit | FileSplit
+    classes: tuple[str, ...]
+
+
+class DatasetSource:
+    """Finds and reads one dataset's files. Subclass, then decorate with :func:`register_dataset`.
+
+    ``read`` of a folder-based source only lists files (cheap) and returns :class:`FileSplit`:
+    the loader decides whether to decode them once into the cache or stream them. ``read`` of an
+    array source returns :class:`ArraySplit`; set ``cache = True`` when reading it is slow.
+    """
+
+    info: ClassVar[DatasetInfo]
+    cache: ClassVar[bool] = False
+
+    def locate(self, root: Path) -> Located | None:
+        """The data under ``root``, or None when it is not there (raise UserError if malformed)."""
+        raise NotImplementedError
+
+    def read(self, located: Located, *, image_size: int | None) -> RawData:
+        """Read what :meth:`locate` found."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[DatasetSource]] = {}
+_ALIASES: dict[str, str] = {}
+_loaded_plugins = False
+
+
+def register_dataset(info: DatasetInfo) -> Callable[[type[DatasetSource]], type[DatasetSource]]:
+    """Class decorator that registers a :class:`DatasetSource` under ``info.name``.
+
+    Example:
+        >>> @register_dataset(DatasetInfo(name="my-data", num_classes=2, channels=1,
+        ...                               image_size=8, mean=(0.5,), std=(0.25,),
+        ...                               train_size=None, test_size=None))
+        ... class MyData(DatasetSource):
+        ...     ...
+    """
+
+    def decorator(cls: type[DatasetSource]) -> type[DatasetSource]:
+        if not (isinstance(cls, type) and issubclass(cls, DatasetSource)):
+            raise TypeError(f"register_dataset expects a DatasetSource subclass, got {cls!r}")
+        if len(info.mean) != info.channels or len(info.std) != info.channels:
+            raise ValueError(f"dataset {info.name!r}: mean and std need {info.channels} values")
+        cls.info = info
+        _REGISTRY[info.name] = cls
+        for alias in info.aliases:
+            _ALIASES[alias] = info.name
+        return cls
+
+    return decorator
+
+
+def _ensure_registered() -> None:
+    """Import the built-in sources and the entry-point plugins once (registration is on import)."""
+    global _loaded_plugins
+    if _loaded_plugins:
+        return
+    _loaded_plugins = True
+    from podbench.tasks import sources  # noqa: F401  (registers the built-ins)
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as err:  # a broken plugin must not break the built-ins
+            import warnings
+
+            warnings.warn(f"podbench dataset plugin {ep.name!r} failed to load: {err}",
+                          stacklevel=2)
+
+
+def list_datasets() -> list[str]:
+    """Sorted names of the registered datasets (built-ins and entry-point plugins)."""
+    _ensure_registered()
+    return sorted(_REGISTRY)
+
+
+def dataset_source(name: str) -> type[DatasetSource]:
+    """The registered source class of ``name`` (or of one of its aliases)."""
+    _ensure_registered()
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
+        raise UserError(
+            f"dataset '{name}' is not registered; choose one of {', '.join(sorted(_REGISTRY))}."
+        )
+    return _REGISTRY[key]
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Facts about dataset ``name``."""
+    return dataset_source(name).info
+
+
+def _data_env_roots() -> list[Path]:
+    env = os.environ.get("PODBENCH_DATA", "")
+    return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+
+
+def candidate_roots(name: str, root: str | Path | None = None) -> list[Path]:
+    """The folders looked in, in order: ``root`` (or $PODBENCH_DATA) and its ``<name>`` subfolder,
+    then the dataset's default places (only when no ``root`` is given)."""
+    info = dataset_info(name)
+    names = (info.name, *info.aliases)
+    bases = [Path(root).expanduser()] if root is not None else _data_env_roots()
+    out: list[Path] = []
+    for base in bases:
+        out.append(base)
+        out.extend(base / n for n in names)
+    if root is None:
+        out.extend(Path(p).expanduser() for p in info.default_roots)
+    seen: set[Path] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def locate_dataset(name: str, root: str | Path | None = None) -> tuple[Located | None, list[Path]]:
+    """Where ``name`` is found (or None) and the folders looked in."""
+    src = dataset_source(name)()
+    info = src.info
+    if not info.needs_files:
+        return src.locate(Path(".")), []
+    looked = candidate_roots(name, root)
+    for path in looked:
+        if path.is_dir():
+            found = src.locate(path)
+            if found is not None:
+                return found, looked
+    return None, looked
+
+
+def _not_found_message(info: DatasetInfo, looked: Sequence[Path]) -> str:
+    where = ", ".join(str(p) for p in looked) or "(no folder: pass a data root)"
+    return (
+        f"dataset '{info.name}' was not found: looked in {where} for {info.expected}; "
+        f"{info.how_to_get.rstrip('.')}, or pass its folder as data_root (suite file), "
+        f"--data-root, or the PODBENCH_DATA environment variable."
+    )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> cuda when available else cpu; anything else must be a valid torch device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(f"device '{device}' is not a torch device; use auto, cpu or cuda.") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' was asked for but CUDA is not available; "
+                        "use device: cpu (or auto).")
+    return dev
+
+
+@dataclass
+class _Prepared:
+    info: DatasetInfo
+    classes: tuple[str, ...]
+    train: ArraySplit | FileSplit
+    test: ArraySplit | FileSplit
+    located: Located | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _subset(split: ArraySplit | FileSplit, idx: np.ndarray) -> ArraySplit | FileSplit:
+    t = torch.as_tensor(idx, dtype=torch.long)
+    if isinstance(split, ArraySplit):
+        return ArraySplit(split.images.index_select(0, t), split.labels.index_select(0, t))
+    return FileSplit([split.paths[i] for i in idx.tolist()], split.labels.index_select(0, t))
+
+
+def _stream_threshold() -> int:
+    raw = os.environ.get("PODBENCH_STREAM_BYTES")
+    if raw is None:
+        return DEFAULT_STREAM_BYTES
+    try:
+        return int(float(raw))
+    except ValueError as err:
+        raise UserError(f"PODBENCH_STREAM_BYTES must be a number of bytes, got '{raw}'.") from err
+
+
+def load_task(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    use_val: bool = False,
+    augment: bool = True,
+    limit: int | None = None,
+    image_size: int | None = None,
+    stream: bool | None = None,
+    workers: int | None = None,
+) -> Task:
+    """Load dataset ``name`` as a :class:`~podbench.tasks.Task` on ``device``.
+
+    Args:
+        name: registered dataset name.
+        root: data root (None: $PODBENCH_DATA, then the dataset's default places).
+        device: "cpu", "cuda", "cuda:1" or "auto".
+        val_fraction: share of the training set carved out as validation when ``use_val``.
+        split_seed: seed of the stratified validation split.
+        use_val: train on the training set minus the validation split, and offer split "val".
+        augment: random crop with padding and flip (per the dataset) on training batches.
+        limit: keep the first ``limit`` samples (class-balanced) of each split.
+        image_size: size of the batches' images (default: the dataset's); image folders are
+            decoded at this size.
+        stream: True: read image files through DataLoader workers every epoch; False: decode once
+            and hold in memory; None: stream only when the decoded data would exceed
+            $PODBENCH_STREAM_BYTES (default 4 GiB).
+        workers: DataLoader workers when streaming (default: CPU count, at most 8).
+
+    Returns:
+        A Task whose batches are normalised float images on ``device`` with int64 labels.
+    """
+    from podbench.tasks import cache, formats
+    from podbench.tasks.task import TensorTask
+
+    src_cls = dataset_source(name)
+    info = src_cls.info
+    if limit is not None and int(limit) < 1:
+        raise UserError(f"limit must be a positive number of samples or null, got {limit}.")
+    if image_size is not None and int(image_size) < 1:
+        raise UserError(f"image_size must be a positive number of pixels, got {image_size}.")
+    if use_val and not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
+    dev = resolve_device(device)
+
+    located, looked = locate_dataset(name, root)
+    if located is None:
+        raise UserError(_not_found_message(info, looked))
+    src = src_cls()
+    if src.cache and located.files:
+        raw = cache.cached_arrays(info.name, located, image_size,
+                                  lambda: src.read(located, image_size=image_size))
+    else:
+        raw = src.read(located, image_size=image_size)
+
+    # facts from the data itself (image folders know their classes only once read)
+    first = raw.train
+    if isinstance(first, ArraySplit):
+        channels, native = int(first.images.shape[1]), int(first.images.shape[-1])
+    else:
+        channels, native = info.channels, formats.folder_image_size(first.paths, image_size,
+                                                                    info.image_size)
+    info = dataclasses.replace(
+        info, num_classes=len(raw.classes), channels=channels, image_size=native,
+        train_size=len(first.labels), test_size=len(raw.test.labels),
+    )
+    if len(info.mean) != channels:  # e.g. grayscale image folders: one constant per channel
+        info = dataclasses.replace(info, mean=info.mean[:1] * channels, std=info.std[:1] * channels)
+
+    # which samples of which source split each task split takes (None: all of them)
+    plan: dict[str, tuple[str, np.ndarray | None]] = {}
+    if use_val:
+        from podbench.tasks.splits import stratified_split
+
+        kept, held = stratified_split(raw.train.labels.numpy(), val_fraction, split_seed)
+        plan["train"], plan["val"] = ("train", kept), ("train", held)
+    else:
+        plan["train"] = ("train", None)
+    plan["test"] = ("test", None)
+    if limit is not None:
+        from podbench.tasks.splits import balanced_head
+
+        for key, (source, idx) in plan.items():
+            labels = getattr(raw, source).labels.numpy()
+            base = np.arange(len(labels)) if idx is None else idx
+            plan[key] = (source, base[balanced_head(labels[base], int(limit))])
+
+    def materialise(source_splits: dict[str, ArraySplit | FileSplit]) -> dict:
+        return {key: source_splits[source] if idx is None else _subset(source_splits[source], idx)
+                for key, (source, idx) in plan.items()}
+
+    source_splits: dict[str, ArraySplit | FileSplit] = {"train": raw.train, "test": raw.test}
+    file_based = any(isinstance(s, FileSplit) for s in source_splits.values())
+    if file_based:
+        sizes = [len(getattr(raw, src).labels) if idx is None else len(idx)
+                 for src, idx in plan.values()]
+        decoded_bytes = sum(sizes) * channels * native * native
+        if stream is None:
+            stream = decoded_bytes > _stream_threshold()
+        if stream:
+            from podbench.tasks.streaming import StreamingTask
+
+            return StreamingTask(info, raw.classes, materialise(source_splits), device=dev,
+                                 augment=augment, image_size=image_size or native,
+                                 workers=workers)
+        if limit is None:  # decode (or load from the cache) whole splits, then carve
+            source_splits = {k: cache.cached_decode(info.name, v, native)
+                             if isinstance(v, FileSplit) else v for k, v in source_splits.items()}
+            splits = materialise(source_splits)
+        else:  # a few samples: decode only those
+            splits = {k: cache.cached_decode(info.name, v, native) if isinstance(v, FileSplit)
+                      else v for k, v in materialise(source_splits).items()}
+    else:
+        if stream:
+            raise UserError(f"stream=True needs an image-folder dataset; '{name}' is read from "
+                            "array files and always held in memory.")
+        splits = materialise(source_splits)
+
+    tensors = {k: (v.images, v.labels) for k, v in splits.items() if isinstance(v, ArraySplit)}
+    return TensorTask(info, raw.classes, tensors, device=dev, augment=augment,
+                      image_size=image_size)
+
+
+# imported last: Task uses DatasetInfo from this module
+from podbench.tasks.task import Task  # noqa: E402
