@@ -115,3 +115,21 @@ def five_block_table(seed: int = 0) -> dict[tuple[str, str, str], list[float]]:
                 np.round(acc - 0.01 * b + rng.normal(0, 0.003, 3), 4)
             )
     return table
+
+
+@pytest.fixture(scope="session")
+def record_maker() -> Callable[..., dict[str, Any]]:
+    """The run-record builder, for tests that assemble their own results directory."""
+    return make_record
+
+
+@pytest.fixture(scope="session")
+def results_writer() -> Callable[..., Path]:
+    """Writes records (and suite.yaml) into a results directory."""
+    return write_results
+
+
+@pytest.fixture(scope="session")
+def five_blocks() -> dict[tuple[str, str, str], list[float]]:
+    """Three methods, five blocks, three seeds each."""
+    return five_block_table()
