@@ -1,0 +1,318 @@
+"""Conformance kit: the checks every loss plugin must pass, for plugin authors and our tests.
+
+Each check takes a *factory* ``(num_classes, feat_dim) -> LossPlugin`` (or a registered name)
+and raises ``AssertionError`` with a sentence saying what is wrong.
+
+Example:
+    >>> from podbench.losses.testing import run_conformance
+    >>> run_conformance("softmax")  # raises AssertionError on the first failed check
+
+In a plugin package's tests::
+
+    import pytest
+    from podbench.losses.testing import CHECKS
+
+    @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+    def test_my_loss(check):
+        check("my-loss")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from podbench.errors import UserError
+from podbench.losses.base import LossOutput, LossPlugin, NonFiniteFeaturesError
+from podbench.losses.registry import create_loss
+from torch import Tensor, nn
+
+__all__ = [
+    "CHECKS",
+    "check_bad_inputs",
+    "check_determinism",
+    "check_edge_cases",
+    "check_gradients",
+    "check_output",
+    "check_predict_agrees",
+    "check_state_dict_roundtrip",
+    "run_conformance",
+    "train_steps",
+]
+
+Factory = Callable[[int, int], LossPlugin]
+LossLike = str | Factory
+
+K, D = 4, 8  # small enough for every loss (simplex needs D >= K - 1)
+
+
+def _factory(loss: LossLike, **hparams: object) -> Factory:
+    if isinstance(loss, str):
+        return lambda k, d: create_loss(loss, num_classes=k, feat_dim=d, **hparams)
+    return loss
+
+
+def _make(loss: LossLike, seed: int = 0, k: int = K, d: int = D) -> LossPlugin:
+    torch.manual_seed(seed)
+    plugin = _factory(loss)(k, d)
+    assert isinstance(plugin, LossPlugin), (
+        f"the factory returned {type(plugin).__name__}, not a LossPlugin"
+    )
+    return plugin
+
+
+def _name(plugin: LossPlugin) -> str:
+    return getattr(plugin, "loss_name", type(plugin).__name__)
+
+
+def _batch(seed: int, b: int = 16, k: int = K, d: int = D) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, d, generator=gen) * 3.0
+    y = torch.arange(b) % k
+    return x, y
+
+
+def _all_updates(plugin: LossPlugin, x: Tensor, y: Tensor) -> list[LossOutput]:
+    return [plugin.update_loss(x, y, step) for step in range(plugin.updates_per_batch)]
+
+
+def check_output(loss: LossLike) -> None:
+    """forward returns a LossOutput of finite scalars; predict returns (B, K) finite scores."""
+    plugin = _make(loss)
+    name = _name(plugin)
+    x, y = _batch(1)
+    for step, out in enumerate(_all_updates(plugin, x, y)):
+        assert isinstance(out, LossOutput), f"{name}: update {step} returned {type(out).__name__}"
+        assert out.total.dim() == 0, f"{name}: total has shape {tuple(out.total.shape)}, not ()"
+        assert torch.isfinite(out.total), f"{name}: total of update {step} is {out.total}"
+        for part, value in out.parts.items():
+            assert isinstance(part, str) and isinstance(value, Tensor) and value.dim() == 0, (
+                f"{name}: part {part!r} is not a named scalar tensor"
+            )
+            assert torch.isfinite(value), f"{name}: part {part!r} is {value}"
+    scores = plugin.predict(x)
+    assert tuple(scores.shape) == (x.shape[0], K), (
+        f"{name}: predict gave shape {tuple(scores.shape)}, not {(x.shape[0], K)}"
+    )
+    assert bool(torch.isfinite(scores).all()), f"{name}: predict gave non-finite scores"
+    assert plugin.updates_per_batch >= 1, f"{name}: updates_per_batch must be >= 1"
+    cents = plugin.centroids_for_geometry()
+    if cents is not None:
+        assert tuple(cents.shape) == (K, D), f"{name}: centroids_for_geometry() is not (K, d)"
+
+
+def check_gradients(loss: LossLike) -> None:
+    """Every update sends a finite, non-zero gradient to the features; head parameters get one."""
+    plugin = _make(loss)
+    name = _name(plugin)
+    x, y = _batch(2)
+    for step in range(plugin.updates_per_batch):
+        feats = x.clone().requires_grad_(True)
+        out = plugin.update_loss(feats, y, step)
+        out.total.backward()
+        grad = feats.grad
+        assert grad is not None, f"{name}: update {step} sends no gradient to the features"
+        assert bool(torch.isfinite(grad).all()), f"{name}: update {step} gives non-finite gradients"
+        assert float(grad.abs().sum()) > 0, f"{name}: update {step} gives a zero feature gradient"
+    for pname, param in plugin.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None, f"{name}: parameter {pname} receives no gradient"
+            assert bool(torch.isfinite(param.grad).all()), f"{name}: {pname} has non-finite grad"
+
+
+def _separable(seed: int = 0, per_class: int = 24, p: int = 6) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(K, p, generator=gen) * 3.0
+    y = torch.arange(K).repeat_interleave(per_class)
+    x = means[y] + 0.3 * torch.randn(len(y), p, generator=gen)
+    return x, y
+
+
+def train_steps(
+    plugin: LossPlugin,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int = 4,
+    batch_size: int = 32,
+    lr: float = 0.01,
+    seed: int = 0,
+) -> None:
+    """Train model and plugin together the way the engine does (hooks, several updates)."""
+    params = list(model.parameters()) + [p for p in plugin.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    plugin.train()
+    for epoch in range(epochs):
+        plugin.on_epoch_start(epoch)
+        order = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), batch_size):
+            idx = order[start : start + batch_size]
+            for step in range(plugin.updates_per_batch):
+                out = plugin.update_loss(model(x[idx]), y[idx], step)
+                opt.zero_grad()
+                out.total.backward()
+                opt.step()
+        plugin.on_epoch_end(epoch)
+
+
+def check_predict_agrees(loss: LossLike) -> None:
+    """On separable data, training the objective lowers it and predict then classifies right."""
+    plugin = _make(loss)
+    name = _name(plugin)
+    x, y = _separable()
+    torch.manual_seed(0)
+    model = nn.Linear(x.shape[1], D)
+    with torch.no_grad():
+        plugin.eval()
+        before = float(plugin(model(x), y).total)
+    train_steps(plugin, model, x, y, epochs=12)
+    model.eval()
+    plugin.eval()
+    with torch.no_grad():
+        after = float(plugin(model(x), y).total)
+        accuracy = float((plugin.predict(model(x)).argmax(dim=1) == y).float().mean())
+    assert accuracy >= 0.95, f"{name}: after training, predict is right on {accuracy:.0%} only"
+    assert after < before, f"{name}: training did not lower the loss ({before:.4g} -> {after:.4g})"
+
+
+def check_state_dict_roundtrip(loss: LossLike) -> None:
+    """Loading a trained plugin's state_dict into a fresh one (other seed) reproduces it."""
+    a = _make(loss, seed=0)
+    name = _name(a)
+    x, y = _separable()
+    torch.manual_seed(0)
+    train_steps(a, nn.Linear(x.shape[1], D), x, y, epochs=2)
+    b = _make(loss, seed=1)
+    b.load_state_dict(a.state_dict())
+    a.eval()
+    b.eval()
+    feats, labels = _batch(3)
+    with torch.no_grad():
+        ta, tb = a(feats, labels).total, b(feats, labels).total
+        pa, pb = a.predict(feats), b.predict(feats)
+    assert torch.equal(ta, tb), f"{name}: loss differs after a state_dict round trip ({ta} vs {tb})"
+    assert torch.equal(pa, pb), f"{name}: predict differs after a state_dict round trip"
+
+
+def check_determinism(loss: LossLike) -> None:
+    """The same seed gives the same plugin, loss values and gradients."""
+    results = []
+    for _ in range(2):
+        plugin = _make(loss, seed=7)
+        x, y = _batch(4)
+        x.requires_grad_(True)
+        totals = []
+        for out in _all_updates(plugin, x, y):
+            out.total.backward()
+            totals.append(out.total.detach())
+        results.append((torch.stack(totals), x.grad.clone()))
+    name = _name(plugin)
+    assert torch.equal(results[0][0], results[1][0]), f"{name}: the same seed gives other losses"
+    assert torch.equal(results[0][1], results[1][1]), f"{name}: the same seed gives other gradients"
+
+
+def _edge_batches() -> dict[str, tuple[Tensor, Tensor]]:
+    x, _ = _batch(5, b=8)
+    return {
+        "one sample": (x[:1], torch.tensor([2])),
+        "one class": (x, torch.full((8,), 1)),
+        "one sample per class": (x[:K], torch.arange(K)),
+        "a zero feature": (torch.cat([torch.zeros(1, D), x[:3]]), torch.tensor([0, 1, 2, 3])),
+        "huge features": (x * 1e4, torch.arange(8) % K),
+        "tiny features": (x * 1e-6, torch.arange(8) % K),
+    }
+
+
+def check_edge_cases(loss: LossLike) -> None:
+    """No NaN or Inf, in training and eval mode, on degenerate batches."""
+    for mode in ("train", "eval"):
+        plugin = _make(loss)
+        name = _name(plugin)
+        plugin.train(mode == "train")
+        for case, (x, y) in _edge_batches().items():
+            for step in range(plugin.updates_per_batch):
+                feats = x.clone().requires_grad_(True)
+                out = plugin.update_loss(feats, y, step)
+                assert torch.isfinite(out.total), f"{name} ({mode}): {case} gives loss {out.total}"
+                out.total.backward()
+                assert bool(torch.isfinite(feats.grad).all()), (
+                    f"{name} ({mode}): {case} gives non-finite gradients"
+                )
+            with torch.no_grad():
+                assert bool(torch.isfinite(plugin.predict(x)).all()), (
+                    f"{name} ({mode}): {case} gives non-finite scores"
+                )
+            for pname, param in plugin.named_parameters():
+                if param.grad is not None:
+                    assert bool(torch.isfinite(param.grad).all()), (
+                        f"{name} ({mode}): {case} gives {pname} a non-finite gradient"
+                    )
+                    param.grad = None
+
+
+def check_bad_inputs(loss: LossLike) -> None:
+    """Wrong shapes, labels out of range and non-finite features raise clear errors."""
+    plugin = _make(loss)
+    name = _name(plugin)
+    x, y = _batch(6, b=6)
+    bad: dict[str, tuple[object, object, type[Exception]]] = {
+        "features of the wrong width": (torch.randn(6, D + 1), y, UserError),
+        "3-D features": (torch.randn(6, D, 1), y, UserError),
+        "1-D features": (torch.randn(D), y[:1], UserError),
+        "an empty batch": (torch.randn(0, D), y[:0], UserError),
+        "a label equal to K": (x, torch.tensor([0, 1, 2, 3, 0, K]), UserError),
+        "a negative label": (x, torch.tensor([0, 1, 2, 3, 0, -1]), UserError),
+        "one-hot targets": (x, torch.eye(K)[y % K], UserError),
+        "float targets": (x, y.float(), UserError),
+        "fewer targets than rows": (x, y[:5], UserError),
+        "integer features": (x.long(), y, UserError),
+        "a NaN feature": (
+            x.clone().index_fill_(0, torch.tensor([2]), float("nan")),
+            y,
+            NonFiniteFeaturesError,
+        ),
+        "an Inf feature": (
+            x.clone().index_fill_(0, torch.tensor([0]), math.inf),
+            y,
+            NonFiniteFeaturesError,
+        ),
+    }
+    for case, (feats, targets, error) in bad.items():
+        for step in range(plugin.updates_per_batch):
+            try:
+                plugin.update_loss(feats, targets, step)  # type: ignore[arg-type]
+            except error as err:
+                assert str(err).strip(), f"{name}: {case} raises an empty message"
+            except Exception as err:  # noqa: BLE001  the kit reports what was raised instead
+                raise AssertionError(
+                    f"{name}: {case} raised {type(err).__name__}: {err}, not {error.__name__}"
+                ) from err
+            else:
+                raise AssertionError(f"{name}: {case} raised no error (update {step})")
+    try:
+        plugin.predict(torch.randn(3, D + 2))
+    except UserError:
+        pass
+    else:
+        raise AssertionError(f"{name}: predict accepts features of the wrong width")
+
+
+CHECKS: tuple[Callable[[LossLike], None], ...] = (
+    check_output,
+    check_gradients,
+    check_predict_agrees,
+    check_state_dict_roundtrip,
+    check_determinism,
+    check_edge_cases,
+    check_bad_inputs,
+)
+
+
+def run_conformance(loss: LossLike) -> None:
+    """Run every check of the kit on a registered name or a factory ``(K, d) -> LossPlugin``."""
+    for check in CHECKS:
+        check(loss)
