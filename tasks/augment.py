@@ -3,18 +3,53 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["epoch_generator", "normalise", "random_crop_flip", "resize_batch"]
+__all__ = ["EpochPlan", "epoch_generator", "epoch_plan", "normalise", "random_crop_flip",
+           "resize_batch"]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator that depends only on ``(seed, epoch)``, so runs replay on any device."""
     state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Order and per-sample random choices of one training epoch.
+
+    Attributes:
+        order: (N,) permutation of the training samples.
+        offsets: (N, 2) crop offsets in ``[0, 2 * padding]`` per position of ``order``, or None.
+        flips: (N,) bool per position of ``order``, or None.
+        seeds: (N,) int64 per-sample seeds for augmentations drawn in workers, or None.
+    """
+
+    order: torch.Tensor
+    offsets: torch.Tensor | None
+    flips: torch.Tensor | None
+    seeds: torch.Tensor | None = None
+
+
+def epoch_plan(
+    n: int, seed: int, epoch: int, *, padding: int, hflip: bool, sample_seeds: bool = False
+) -> EpochPlan:
+    """Draw one epoch's order and augmentation choices, on the CPU, from ``(seed, epoch)`` only.
+
+    Drawn per sample (not per batch), so the epoch is the same for any batch size and device, and
+    the in-memory and streaming paths see the same crops.
+    """
+    gen = epoch_generator(seed, epoch)
+    order = torch.randperm(n, generator=gen)
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen) if padding > 0 else None
+    flips = (torch.rand(n, generator=gen) < 0.5) if hflip else None
+    seeds = torch.randint(0, 2**62, (n,), generator=gen) if sample_seeds else None
+    return EpochPlan(order, offsets, flips, seeds)
 
 
 def random_crop_flip(

@@ -50,7 +50,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) != expected:
         raise UserError(f"IDX file {path} holds {len(data)} bytes but its header {dims} needs "
                         f"{expected}; the file is truncated or corrupt, replace it.")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    # a writable copy: torch refuses to own read-only buffers
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
 # ---------------------------------------------------------------- CIFAR python pickles

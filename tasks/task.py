@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from podbench.errors import UserError
-from podbench.tasks.augment import epoch_generator, normalise, random_crop_flip, resize_batch
+from podbench.tasks.augment import epoch_plan, normalise, random_crop_flip, resize_batch
 
 if TYPE_CHECKING:
     from podbench.tasks.datasets import DatasetInfo
@@ -122,15 +122,11 @@ class TensorTask(Task):
         self._check_batch_size(batch_size)
         x_all, y_all = self._data["train"]
         n = self.num_train
-        gen = epoch_generator(seed, epoch)
-        order = torch.randperm(n, generator=gen)
         pad = self.info.crop_padding if self.augment else 0
-        # random choices are drawn per sample on the CPU: same result on any device and batch size
-        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen) if pad > 0 else None
-        flips = (torch.rand(n, generator=gen) < 0.5) if self.augment and self.info.hflip else None
-        order = order.to(self.device)
-        offsets = offsets.to(self.device) if offsets is not None else None
-        flips = flips.to(self.device) if flips is not None else None
+        plan = epoch_plan(n, seed, epoch, padding=pad, hflip=self.augment and self.info.hflip)
+        order = plan.order.to(self.device)
+        offsets = plan.offsets.to(self.device) if plan.offsets is not None else None
+        flips = plan.flips.to(self.device) if plan.flips is not None else None
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             if drop_last and stop - start < batch_size:
