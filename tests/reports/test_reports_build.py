@@ -1,0 +1,318 @@
+"""The report on synthetic results directories: files, numbers, escaping, LaTeX, a real browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import stats
+
+from podbench.cli import main as podbench_main
+from podbench.errors import UserError
+from podbench.reports import build_report
+
+SCRIPT_LABEL = "<script>alert(1)</script>"
+TEX_LABEL = "pod[no-sc]_x&y%"
+DIVERGED_MSG = "loss is NaN <b>bold</b>"
+FAILED_MSG = "CUDA out of memory & <oops>"
+CHROMIUM = Path("/usr/bin/chromium")
+PDFLATEX = shutil.which("pdflatex")
+
+
+def _strict_json(path: Path) -> Any:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"stats.json holds {name}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+class _Page(HTMLParser):
+    """Collects tags, attributes and table ids of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _parse(html: str) -> _Page:
+    page = _Page()
+    page.feed(html)
+    return page
+
+
+@pytest.fixture(scope="module")
+def full_report(
+    tmp_path_factory: pytest.TempPathFactory,
+    record_maker: Callable[..., dict[str, Any]],
+    results_writer: Callable[..., Path],
+    five_blocks: dict[tuple[str, str, str], list[float]],
+) -> dict[str, Any]:
+    """Five blocks, three methods, plus odd labels, a diverged and a failed run, and a study."""
+    root = tmp_path_factory.mktemp("full") / "results"
+    records = [
+        record_maker(label, ds, arch, seed, acc)
+        for (label, ds, arch), accs in five_blocks.items()
+        for seed, acc in enumerate(accs)
+    ]
+    records += [record_maker(SCRIPT_LABEL, "data0", "small-cnn", s, 0.5 + 0.01 * s) for s in (0, 1)]
+    records.append(record_maker(TEX_LABEL, "data0", "small-cnn", 0, 0.6))
+    records.append(record_maker(
+        "pod", "data0", "small-cnn", 7, None, status="diverged",
+        error={"type": "Divergence", "message": DIVERGED_MSG, "traceback": "", "epoch": 2}))
+    records.append(record_maker(
+        "center", "data1", "small-cnn", 8, None, status="failed",
+        error={"type": "RuntimeError", "message": FAILED_MSG, "traceback": "Traceback ...",
+               "epoch": 0}))
+    results_writer(root, records, "name: synthetic\nlosses: ['<script>x</script>']\n")
+    study = root / "tune" / "pod-study"
+    study.mkdir(parents=True)
+    pd.DataFrame({
+        "number": range(6), "loss": ["pod"] * 6,
+        "state": ["COMPLETE"] * 5 + ["PRUNED"],
+        "value": [0.80, 0.85, 0.83, 0.88, 0.86, None],
+        "params_alpha": [0.1, 0.5, 1.0, 2.0, 5.0, 3.0], "epochs": [3] * 6,
+    }).to_csv(study / "trials.csv", index=False)
+    (study / "importances.json").write_text(json.dumps({"pod": {"alpha": 0.7, "beta": 0.3}}))
+    out = root.parent / "out"
+    html_path = build_report(root, out, control="pod", rope=1.0)
+    return {
+        "root": root,
+        "out": out,
+        "html_path": html_path,
+        "html": html_path.read_text(encoding="utf-8"),
+        "stats": _strict_json(out / "stats.json"),
+        "tex": (out / "report.tex").read_text(encoding="utf-8"),
+        "table": five_blocks,
+    }
+
+
+def test_report_files_are_written(full_report: dict[str, Any]) -> None:
+    out = full_report["out"]
+    assert full_report["html_path"] == out / "report.html"
+    for name in ("accuracy", "learning_curves", "critical_difference", "convergence", "geometry",
+                 "tune_0_history", "tune_0_importances"):
+        assert (out / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_failed_and_diverged_runs_are_counted_and_explained(full_report: dict[str, Any]) -> None:
+    s = full_report["stats"]
+    assert s["counts"] == {"runs": 50, "completed": 48, "diverged": 1, "failed": 1, "used": 48}
+    excluded = {e["status"]: e for e in s["excluded_runs"]}
+    assert excluded["diverged"]["error_message"] == DIVERGED_MSG
+    assert excluded["diverged"]["error_epoch"] == 2
+    assert excluded["failed"]["error_type"] == "RuntimeError"
+    pod0 = next(r for r in s["per_block"] if r["label"] == "pod" and r["block"] == "data0 / small-cnn")
+    assert (pod0["n_runs"], pod0["n_completed"], pod0["n_diverged"]) == (4, 3, 1)
+    html = full_report["html"]
+    assert "(3/4)" in html  # the table cell says one pod run of data0 is missing from the mean
+    assert "1 run(s) diverged and 1 failed" in html
+    assert "CUDA out of memory &amp; &lt;oops&gt;" in html
+    assert "loss is NaN &lt;b&gt;bold&lt;/b&gt;" in html
+
+
+def test_per_block_summary_matches_numpy(full_report: dict[str, Any]) -> None:
+    s, table = full_report["stats"], full_report["table"]
+    for r in s["per_block"]:
+        key = (r["label"], r["dataset"], r["arch"])
+        if key not in table:
+            continue
+        x = np.array(table[key]) * 100
+        half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+        assert r["mean"] == pytest.approx(x.mean())
+        assert r["std"] == pytest.approx(x.std(ddof=1))
+        assert r["ci_low"] == pytest.approx(x.mean() - half)
+    x = np.array(table[("pod", "data0", "small-cnn")]) * 100
+    cell = f"{x.mean():.2f} ± {x.std(ddof=1):.2f}"
+    assert f'<td class="best">{cell}' in full_report["html"]
+
+
+def test_tests_across_blocks_match_scipy(full_report: dict[str, Any]) -> None:
+    s, table = full_report["stats"], full_report["table"]
+    assert s["primary_analysis"] == "across-blocks"
+    methods = ["pod", "ce", "center"]
+    means = np.array([[np.mean(table[(m, f"data{b}", "small-cnn")]) * 100 for m in methods]
+                      for b in range(5)])
+    across = s["across_blocks"]
+    assert across["methods"] == methods and across["n_blocks"] == 5
+    left_out = {m["label"] for m in across["methods_left_out"]}
+    assert left_out == {SCRIPT_LABEL, TEX_LABEL}
+    ranks = stats.rankdata(-means, axis=1).mean(axis=0)
+    assert [across["mean_ranks"][m] for m in methods] == pytest.approx(ranks)
+    chi2 = stats.friedmanchisquare(*means.T).statistic
+    assert across["friedman"]["chi2"] == pytest.approx(chi2)
+    cd = 2.343 * np.sqrt(3 * 4 / (6 * 5))  # Demšar's q_0.05 for k = 3
+    assert across["nemenyi"]["cd"] == pytest.approx(cd, abs=1e-3)
+    wil = {w["label"]: w for w in across["wilcoxon"]}
+    p_ce = stats.wilcoxon(means[:, 1], means[:, 0]).pvalue
+    p_center = stats.wilcoxon(means[:, 2], means[:, 0]).pvalue
+    assert wil["ce"]["p"] == pytest.approx(p_ce)
+    lo, hi = sorted([p_ce, p_center])
+    assert sorted([wil["ce"]["p_holm"], wil["center"]["p_holm"]]) == pytest.approx(
+        [min(1.0, 2 * lo), min(1.0, max(2 * lo, hi))])
+    bayes = {b["label"]: b for b in across["bayesian"]}
+    assert bayes["ce"]["p_control_better"] > 0.95  # ce is ~4 points worse on every block
+    verdicts = " ".join(s["verdicts"])
+    for words in ("Iman–Davenport", "Wilcoxon signed-rank", "Bayesian signed-rank", "Nemenyi"):
+        assert words in verdicts
+
+
+def test_every_string_is_escaped_and_page_is_self_contained(full_report: dict[str, Any]) -> None:
+    html = full_report["html"]
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;script&gt;x&lt;/script&gt;" in html  # from suite.yaml
+    page = _parse(html)
+    assert not [t for t, _ in page.tags if t in ("script", "link", "iframe", "object")]
+    images = [a for t, a in page.tags if t == "img"]
+    assert len(images) == 7
+    for attrs in images:
+        src = attrs["src"] or ""
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as img:
+            img.verify()
+    for _, attrs in page.tags:
+        for name in ("src", "href", "action"):
+            value = attrs.get(name) or ""
+            assert not value.startswith(("http:", "https:", "//")), value
+    table_ids = {a.get("id") for t, a in page.tags if t == "table"}
+    assert {"main-table", "across-table", "within-table", "failures-table",
+            "provenance-table"} <= table_ids
+
+
+def test_latex_uses_booktabs_via_styler_and_escapes(full_report: dict[str, Any]) -> None:
+    tex = full_report["tex"]
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\usepackage{booktabs}"):
+        assert rule in tex
+    assert "pod[no-sc]\\_x\\&y\\%" in tex
+    assert "\\bfseries" in tex  # the best cell
+    assert tex.count("\\includegraphics") == 7
+    assert "Iman–Davenport" in tex or "Iman--Davenport" in tex
+
+
+@pytest.mark.skipif(PDFLATEX is None, reason="pdflatex not found: apt-get install "
+                    "texlive-latex-recommended texlive-fonts-recommended lmodern")
+def test_latex_report_compiles_with_pdflatex(full_report: dict[str, Any], tmp_path: Path) -> None:
+    work = tmp_path / "tex"
+    shutil.copytree(full_report["out"], work)
+    proc = subprocess.run(
+        [str(PDFLATEX), "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=work, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (work / "report.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def _chromium(url: str, user_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={user_dir}", "--enable-logging=stderr", "--v=0",
+         "--dump-dom", url],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def _console_lines(stderr: str) -> list[str]:
+    # Chromium logs every console message (errors, CSP violations) as ":CONSOLE" lines.
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not found: apt-get install chromium")
+def test_report_in_headless_chromium(full_report: dict[str, Any], tmp_path: Path) -> None:
+    # The detector first: a page with a console error must be caught.
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!DOCTYPE html><html><body><script>console.error('boom')</script></body></html>")
+    assert any("boom" in line for line in _console_lines(_chromium(bad.as_uri(), tmp_path / "u1").stderr))
+
+    proc = _chromium(full_report["html_path"].as_uri(), tmp_path / "u2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _console_lines(proc.stderr) == []
+    dom = _parse(proc.stdout)
+    ids = {a.get("id") for t, a in dom.tags if t == "table"}
+    assert {"main-table", "across-table", "failures-table", "provenance-table"} <= ids
+    assert len([a for t, a in dom.tags if t == "img"]) == 7
+    assert not [t for t, _ in dom.tags if t == "script"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in proc.stdout
+
+
+@pytest.fixture
+def quickstart_dir(results_factory: Callable[..., Path]) -> Path:
+    """One block, as in the quickstart: two methods, three seeds."""
+    return results_factory({
+        ("pod", "fashion-mnist", "small-cnn"): [0.90, 0.91, 0.905],
+        ("softmax", "fashion-mnist", "small-cnn"): [0.86, 0.87, 0.865],
+    })
+
+
+def test_cli_report_on_one_block_compares_seeds(quickstart_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "qs-report"
+    assert podbench_main(["report", str(quickstart_dir), "--out", str(out)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    s = _strict_json(out / "stats.json")
+    assert s["primary_analysis"] == "within-blocks"
+    assert "at least 5" in s["primary_reason"] and "Welch" in s["primary_reason"]
+    across = s["across_blocks"]
+    assert across["friedman"] is None and across["wilcoxon"] == [] and across["bayesian"] == []
+    (comp,) = s["within_blocks"][0]["comparisons"]
+    p = stats.ttest_ind([86, 87, 86.5], [90, 91, 90.5], equal_var=False).pvalue
+    assert comp["p"] == pytest.approx(p) and comp["p_holm"] == pytest.approx(p)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Friedman" not in html and "Welch" in html
+    assert "critical_difference" not in html
+
+
+def test_default_output_folder_and_automatic_control(quickstart_dir: Path) -> None:
+    path = build_report(quickstart_dir, control=None)
+    assert path == quickstart_dir / "report" / "report.html"
+    assert _strict_json(path.with_name("stats.json"))["control"] == "pod"
+
+
+def test_cli_user_errors_exit_2_with_one_line(quickstart_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    cases = [
+        ["report", str(tmp_path / "nowhere")],
+        ["report", str(quickstart_dir), "--control", "nosuch"],
+        ["report", str(quickstart_dir), "--alpha", "1.5"],
+    ]
+    empty = tmp_path / "empty"
+    (empty / "runs").mkdir(parents=True)
+    cases.append(["report", str(empty)])
+    for argv in cases:
+        capsys.readouterr()
+        assert podbench_main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("podbench report: error:") and "\n" not in err, err
+        assert "Traceback" not in err
+    with pytest.raises(UserError, match="--control 'nosuch'.*pod, softmax"):
+        build_report(quickstart_dir, tmp_path / "x", control="nosuch")
+
+
+def test_corrupt_or_foreign_records_are_user_errors(quickstart_dir: Path, tmp_path: Path) -> None:
+    bad = quickstart_dir / "runs" / "zz.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="zz.json is not valid JSON"):
+        build_report(quickstart_dir, tmp_path / "a")
+    bad.write_text(json.dumps({"schema": 1, "run_id": "x", "label": "pod"}))
+    with pytest.raises(UserError, match="lacks the field"):
+        build_report(quickstart_dir, tmp_path / "b")
+    bad.write_text(json.dumps({"schema": 1, "run_id": "x", "label": "pod", "dataset": "d",
+                               "arch": "a", "seed": 0, "status": "exploded"}))
+    with pytest.raises(UserError, match="status"):
+        build_report(quickstart_dir, tmp_path / "c")
