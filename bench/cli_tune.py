@@ -1,0 +1,131 @@
+"""``podbench tune``: tune loss hyperparameters with Optuna on Ray, the same budget for every loss.
+
+Examples:
+    podbench tune tune-quickstart --num-cpus 2
+    podbench tune tune-quickstart --set n_trials=20            # resumes, runs 8 more per loss
+    podbench tune my-tune.yaml --storage postgresql://me@db/podbench --address auto
+    podbench tune tune-quickstart --seeds 5                    # then rerun the best points
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from podbench.errors import UserError
+
+__all__ = ["add_tune_arguments", "run_tune"]
+
+DEFAULT_RESULTS_ROOT = Path("podbench-results")
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "spec",
+        metavar="TUNE_FILE",
+        help="a tune YAML file or a built-in name (tune-quickstart, tune-pod-cifar10)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field (dotted keys, YAML values), e.g. --set n_trials=8; repeatable",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"results directory (default: {DEFAULT_RESULTS_ROOT}/<study name>); "
+        "outputs go to DIR/tune/<study>/",
+    )
+    parser.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="Optuna storage URL (default: sqlite:///DIR/tune/<study>/optuna.db); use a "
+        "server database such as postgresql://... on a cluster",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="address of a running Ray cluster (HOST:PORT or 'auto'); default: embedded local Ray",
+    )
+    parser.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPUs of the embedded Ray (default: all of this machine's)",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run at most N trials at once (overrides the file's max_concurrent)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="afterwards, rerun each loss's best point over N seeds on the test set as ordinary "
+        "suite runs (records in DIR/runs/, for the report)",
+    )
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{flag} {value}: must be a positive integer; e.g. {flag} 2.")
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from podbench.results import ResultsStore
+    from podbench.tune import load_tune, rerun_best, run_study
+
+    _positive(args.num_cpus, "--num-cpus")
+    _positive(args.max_concurrent, "--max-concurrent")
+    _positive(args.seeds, "--seeds")
+    overrides = list(args.overrides)
+    if args.max_concurrent:
+        overrides.append(f"max_concurrent={args.max_concurrent}")
+    spec = load_tune(args.spec, overrides)  # every check before anything starts
+    results = Path(args.results) if args.results else DEFAULT_RESULTS_ROOT / spec.name
+    if results.exists() and not results.is_dir():
+        raise UserError(f"--results {results}: exists and is not a directory; give a folder path.")
+    outcome = run_study(
+        spec, results, storage=args.storage, address=args.address, num_cpus=args.num_cpus
+    )
+    for label, study in outcome.studies.items():
+        states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
+        counts = ", ".join(
+            f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail") if states.count(s)
+        )
+        best = outcome.best.get(label)
+        best_text = (
+            f"best val acc {best['val_acc']:.4f} (trial {best['trial']})"
+            if best
+            else "no completed trial"
+        )
+        print(f"{label}: {outcome.ran.get(label, 0)} trial(s) run now; {counts}; {best_text}")
+    folder = results / "tune" / spec.name
+    print(
+        f"tuning outputs: {folder} (trials.csv, best.yaml, importances.json); storage: {outcome.storage_url}"
+    )
+    if args.seeds:
+        counts = rerun_best(
+            outcome, results, args.seeds, address=args.address, num_cpus=args.num_cpus
+        )
+        store = ResultsStore(results)
+        table = store.write_table()
+        print(
+            f"best points over {args.seeds} seed(s): {counts.get('completed', 0)} completed, "
+            f"{counts.get('diverged', 0)} diverged, {counts.get('failed', 0)} failed, "
+            f"{counts.get('skipped', 0)} already done; table: {table}"
+        )
+        if counts.get("failed", 0) or counts.get("interrupted", 0):
+            return 1
+    return 0
