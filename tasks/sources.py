@@ -6,6 +6,7 @@ and PEDCC-Loss authors' code); the others are the usual training-set statistics.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -120,6 +121,10 @@ def _split_folder(root: Path, *names: str) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
 
+def _count_dirs(folder: Path) -> int:
+    return sum(1 for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
 class _Cifar(DatasetSource):
     """The python-pickle batches or a ``train/<class>/``, ``test/<class>/`` image-folder tree."""
 
@@ -143,7 +148,9 @@ class _Cifar(DatasetSource):
                 raise UserError(f"{folder} holds only part of the {self.info.name} python "
                                 f"batches (missing {', '.join(missing)}); extract the whole "
                                 "archive there again.")
-        if _split_folder(root, "train") and _split_folder(root, "test", "val"):
+        train = _split_folder(root, "train")
+        if train and _split_folder(root, "test", "val") and \
+                _count_dirs(train) == self.info.num_classes:  # another dataset's folder otherwise
             return Located(root, "folder")
         return None
 
