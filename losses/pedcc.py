@@ -131,14 +131,21 @@ def pedcc_random(num_classes: int, feat_dim: int, seed: int = 0) -> Tensor:
 # -- loading the authors' files ----------------------------------------------------------------
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle names something a centroid file never needs."""
+
+
 def _storage_from_bytes(data: bytes) -> Any:
     # torch's own _load_from_bytes unpickles with weights_only=False; this one stays restricted.
-    return torch.load(io.BytesIO(data), weights_only=True)
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _Refused(str(err).splitlines()[0]) from None
 
 
 def _rebuild_tensor(storage: Any, *args: Any) -> Tensor:
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
-        raise pickle.UnpicklingError(f"a tensor is rebuilt from a {type(storage).__name__}")
+        raise _Refused(f"a tensor is rebuilt from a {type(storage).__name__}")
     return torch._utils._rebuild_tensor_v2(storage, *args)
 
 
@@ -155,10 +162,10 @@ class _CentroidUnpickler(pickle.Unpickler):
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"forbidden global {module}.{name}") from None
+            raise _Refused(f"forbidden global {module}.{name}") from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError(f"forbidden persistent id {pid!r}")
+        raise _Refused(f"forbidden persistent id {pid!r}")
 
 
 def _as_matrix(obj: Any, path: Path) -> Tensor:
@@ -211,12 +218,12 @@ def load_centroids(path: str | Path) -> Tensor:
         else:
             with path.open("rb") as fh:
                 obj = _CentroidUnpickler(fh).load()
-    except (pickle.UnpicklingError, RuntimeError) as err:
+    except _Refused as err:
         raise UserError(
             f"centroids file {path} was refused ({err}): it is not a plain file of tensors and "
             "could run code when loaded; regenerate it with podbench.losses.pedcc."
         ) from None
-    except (EOFError, ValueError, OSError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
         raise UserError(
             f"centroids file {path} could not be read ({type(err).__name__}: {err}); give a "
             "pickled dict of tensors, a torch.save file or a .npy array."

@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from podbench.losses import list_losses
 from podbench.losses.testing import CHECKS
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI machine has 2 cores shared by every test
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
