@@ -16,7 +16,6 @@ import jinja2
 import numpy as np
 import pandas as pd
 from markupsafe import Markup
-
 from podbench.errors import UserError
 from podbench.reports import figures as figs
 from podbench.reports.latex import latex_escape, styler_table
@@ -99,20 +98,23 @@ def _main_table(result: dict[str, Any], metric: MetricInfo) -> dict[str, Any]:
             if c["std"] is not None:
                 text += f" ± {c['std']:.2f}"
             note = "" if c["n"] == c["n_runs"] else f"({c['n']}/{c['n_runs']})"
-            row_cells.append({
-                "text": text,
-                "bold": c["mean"] is not None and best is not None and np.isclose(c["mean"], best),
-                "mark": marks.get((block, lab), ""),
-                "note": note,
-            })
+            row_cells.append(
+                {
+                    "text": text,
+                    "bold": c["mean"] is not None
+                    and best is not None
+                    and np.isclose(c["mean"], best),
+                    "mark": marks.get((block, lab), ""),
+                    "note": note,
+                }
+            )
         rows.append({"block": block, "cells": row_cells})
     ranks = result["across_blocks"]["mean_ranks"]
     rank_row = None
     if ranks:
         best_rank = min(ranks.values())
         rank_row = [
-            {"text": _fmt(ranks.get(lab)), "bold": ranks.get(lab) == best_rank}
-            for lab in labels
+            {"text": _fmt(ranks.get(lab)), "bold": ranks.get(lab) == best_rank} for lab in labels
         ]
     return {"labels": labels, "rows": rows, "rank_row": rank_row}
 
@@ -123,11 +125,14 @@ def _main_latex(table: dict[str, Any], metric: MetricInfo, control: str) -> Mark
     index = []
     for row in table["rows"]:
         index.append(row["block"])
-        data.append([
-            c["text"].replace("±", r"$\pm$").replace("–", "--") + mark_tex.get(c["mark"], "")
-            + (f" {c['note']}" if c["note"] else "")
-            for c in row["cells"]
-        ])
+        data.append(
+            [
+                c["text"].replace("±", r"$\pm$").replace("–", "--")
+                + mark_tex.get(c["mark"], "")
+                + (f" {c['note']}" if c["note"] else "")
+                for c in row["cells"]
+            ]
+        )
         bold.append([c["bold"] for c in row["cells"]])
     if table["rank_row"]:
         index.append("mean rank")
@@ -158,10 +163,20 @@ def _figure_entries(
         ("geometry", "Latent geometry", figs.geometry_figure(data, labels)),
     ]
     for i, study in enumerate(data.studies):
-        specs.append((f"tune_{i}_history", f"Tuning study {study.name}: optimisation history",
-                      figs.optimisation_history_figure(study)))
-        specs.append((f"tune_{i}_importances", f"Tuning study {study.name}: parameter importances",
-                      figs.importance_figure(study)))
+        specs.append(
+            (
+                f"tune_{i}_history",
+                f"Tuning study {study.name}: optimisation history",
+                figs.optimisation_history_figure(study),
+            )
+        )
+        specs.append(
+            (
+                f"tune_{i}_importances",
+                f"Tuning study {study.name}: parameter importances",
+                figs.importance_figure(study),
+            )
+        )
     entries = []
     for name, title, fig in specs:
         if fig is None:
@@ -169,12 +184,14 @@ def _figure_entries(
         png, pdf = figs.render(fig)
         _atomic_write(out_dir / "figures" / f"{name}.png", png)
         _atomic_write(out_dir / "figures" / f"{name}.pdf", pdf)
-        entries.append({
-            "name": name,
-            "title": title,
-            "png_b64": base64.b64encode(png).decode("ascii"),
-            "pdf": f"figures/{name}.pdf",
-        })
+        entries.append(
+            {
+                "name": name,
+                "title": title,
+                "png_b64": base64.b64encode(png).decode("ascii"),
+                "pdf": f"figures/{name}.pdf",
+            }
+        )
     return entries
 
 
@@ -204,8 +221,17 @@ def _provenance(data: ResultsData) -> dict[str, Any]:
         "report_generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "report_tools": {
             dist: _version(dist)
-            for dist in ("podbench", "pandas", "scipy", "scikit-posthocs", "baycomp",
-                         "statsmodels", "matplotlib", "seaborn", "jinja2")
+            for dist in (
+                "podbench",
+                "pandas",
+                "scipy",
+                "scikit-posthocs",
+                "baycomp",
+                "statsmodels",
+                "matplotlib",
+                "seaborn",
+                "jinja2",
+            )
         },
         "suite_yaml": data.suite_yaml,
     }
@@ -218,34 +244,38 @@ def _tables(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     bayes = {b["label"]: b for b in result["across_blocks"]["bayesian"]}
     for w in result["across_blocks"]["wilcoxon"]:
         b = bayes.get(w["label"], {})
-        comparisons.append({
-            "method": w["label"],
-            f"diff vs {ctrl}": _fmt(w["mean_diff"]),
-            "W/T/L": f"{w['wins']}/{w['ties']}/{w['losses']}",
-            "Wilcoxon p": _fmt_p(w["p"]),
-            "Holm p": _fmt_p(w["p_holm"]),
-            "Cliff's delta": _fmt(w["cliffs_delta"]),
-            "Cohen's dz": _fmt(w["cohens_dz"]),
-            "P(better)": _fmt(b.get("p_other_better"), 3),
-            "P(equiv.)": _fmt(b.get("p_equivalent"), 3),
-            f"P({ctrl} better)": _fmt(b.get("p_control_better"), 3),
-        })
+        comparisons.append(
+            {
+                "method": w["label"],
+                f"diff vs {ctrl}": _fmt(w["mean_diff"]),
+                "W/T/L": f"{w['wins']}/{w['ties']}/{w['losses']}",
+                "Wilcoxon p": _fmt_p(w["p"]),
+                "Holm p": _fmt_p(w["p_holm"]),
+                "Cliff's delta": _fmt(w["cliffs_delta"]),
+                "Cohen's dz": _fmt(w["cohens_dz"]),
+                "P(better)": _fmt(b.get("p_other_better"), 3),
+                "P(equiv.)": _fmt(b.get("p_equivalent"), 3),
+                f"P({ctrl} better)": _fmt(b.get("p_control_better"), 3),
+            }
+        )
     within = []
     for w in result["within_blocks"]:
         for c in w["comparisons"]:
-            within.append({
-                "block": w["block"],
-                "method": c["label"],
-                "seeds": f"{c['n']} vs {c['n_control']}",
-                f"diff vs {ctrl}": _fmt(c["mean_diff"]),
-                "Welch t": _fmt(c["t"], 3),
-                "df": _fmt(c["df"], 1),
-                "p": _fmt_p(c["p"]),
-                "Holm p": _fmt_p(c["p_holm"]),
-                "Cohen's d": _fmt(c["cohens_d"]),
-                "Cliff's delta": _fmt(c["cliffs_delta"]),
-                "note": c["note"] or "",
-            })
+            within.append(
+                {
+                    "block": w["block"],
+                    "method": c["label"],
+                    "seeds": f"{c['n']} vs {c['n_control']}",
+                    f"diff vs {ctrl}": _fmt(c["mean_diff"]),
+                    "Welch t": _fmt(c["t"], 3),
+                    "df": _fmt(c["df"], 1),
+                    "p": _fmt_p(c["p"]),
+                    "Holm p": _fmt_p(c["p_holm"]),
+                    "Cohen's d": _fmt(c["cohens_d"]),
+                    "Cliff's delta": _fmt(c["cliffs_delta"]),
+                    "note": c["note"] or "",
+                }
+            )
     excluded = [
         {
             "block": e["block"],
@@ -263,13 +293,15 @@ def _tables(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     if not conv.empty:
         for (block, label), g in conv.groupby(["block", "label"], sort=False):
             reached = g["epochs_to_95pct"].dropna()
-            convergence.append({
-                "block": block,
-                "method": label,
-                "runs": str(len(g)),
-                "mean epochs to 95%": _fmt(float(reached.mean()), 1) if len(reached) else "–",
-                "epochs run": _fmt(float(g["epochs"].mean()), 1),
-            })
+            convergence.append(
+                {
+                    "block": block,
+                    "method": label,
+                    "runs": str(len(g)),
+                    "mean epochs to 95%": _fmt(float(reached.mean()), 1) if len(reached) else "–",
+                    "epochs run": _fmt(float(g["epochs"].mean()), 1),
+                }
+            )
     geometry = [
         {
             "block": g["block"],
@@ -278,8 +310,13 @@ def _tables(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         }
         for g in result["geometry"]
     ]
-    return {"comparisons": comparisons, "within": within, "excluded": excluded,
-            "convergence": convergence, "geometry": geometry}
+    return {
+        "comparisons": comparisons,
+        "within": within,
+        "excluded": excluded,
+        "convergence": convergence,
+        "geometry": geometry,
+    }
 
 
 def _latex_rows(rows: list[dict[str, Any]], caption: str, index: str) -> Markup | None:
@@ -292,15 +329,21 @@ def _latex_rows(rows: list[dict[str, Any]], caption: str, index: str) -> Markup 
 
 def _environment(latex: bool) -> jinja2.Environment:
     if not latex:
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                                 undefined=jinja2.StrictUndefined)
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATES),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
         return env
     # LaTeX: delimiters that never clash with braces; every value escaped unless Markup.
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
-        block_start_string="<%", block_end_string="%>",
-        variable_start_string="<<", variable_end_string=">>",
-        comment_start_string="<#", comment_end_string="#>",
+        block_start_string="<%",
+        block_end_string="%>",
+        variable_start_string="<<",
+        variable_end_string=">>",
+        comment_start_string="<#",
+        comment_end_string="#>",
         autoescape=False,
         undefined=jinja2.StrictUndefined,
         finalize=lambda v: v if isinstance(v, Markup) else latex_escape(str(v)),
@@ -364,8 +407,10 @@ def build_report(
     result = analyse(data, control=chosen, metric=info, rope=rope, alpha=alpha)
     result["verdicts"] = verdicts(result)
     result["provenance"] = _provenance(data)
-    _atomic_write(out / "stats.json",
-                  json.dumps(_jsonable(result), indent=2, allow_nan=False, ensure_ascii=False))
+    _atomic_write(
+        out / "stats.json",
+        json.dumps(_jsonable(result), indent=2, allow_nan=False, ensure_ascii=False),
+    )
 
     fig_entries = _figure_entries(data, result, info, out)
     main = _main_table(result, info)
@@ -402,8 +447,10 @@ def build_report(
         ),
         "excluded": _latex_rows(tables["excluded"], "Runs that did not complete.", "block"),
     }
-    tex = _environment(latex=True).get_template("report.tex.j2").render(
-        **context, latex_tables=latex_tables
+    tex = (
+        _environment(latex=True)
+        .get_template("report.tex.j2")
+        .render(**context, latex_tables=latex_tables)
     )
     _atomic_write(out / "report.tex", tex)
     return out / "report.html"

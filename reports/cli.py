@@ -11,29 +11,53 @@ __all__ = ["add_report_arguments", "run_report"]
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the report command's arguments to ``parser``."""
-    parser.add_argument("results_dir", metavar="RESULTS_DIR",
-                        help="results directory written by `podbench run` (holds runs/*.json)")
-    parser.add_argument("--out", default=None, metavar="OUT",
-                        help="output directory (default: RESULTS_DIR/report)")
-    parser.add_argument("--control", default=None,
-                        help="method (record label) every other is compared with "
-                             "(default: pod when present, else the label with the most runs)")
-    parser.add_argument("--rope", type=float, default=1.0,
-                        help="region of practical equivalence for the Bayesian test, in accuracy "
-                             "points (default: 1.0)")
-    parser.add_argument("--metric", default="final_test_acc", choices=sorted(METRICS),
-                        help="compared metric of the run records (default: final_test_acc)")
-    parser.add_argument("--alpha", type=float, default=0.05,
-                        help="significance level (default: 0.05)")
+    parser.add_argument(
+        "results_dir",
+        metavar="RESULTS_DIR",
+        help="results directory written by `podbench run` (holds runs/*.json)",
+    )
+    parser.add_argument(
+        "--out", default=None, metavar="OUT", help="output directory (default: RESULTS_DIR/report)"
+    )
+    parser.add_argument(
+        "--control",
+        default=None,
+        help="method (record label) every other is compared with "
+        "(default: pod when present, else the label with the most runs)",
+    )
+    parser.add_argument(
+        "--rope",
+        type=float,
+        default=1.0,
+        help="region of practical equivalence for the Bayesian test, in accuracy "
+        "points (default: 1.0)",
+    )
+    parser.add_argument(
+        "--metric",
+        default="final_test_acc",
+        choices=sorted(METRICS),
+        help="compared metric of the run records (default: final_test_acc)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.05, help="significance level (default: 0.05)"
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:
     """Build the report; user mistakes raise podbench.errors.UserError (exit 2)."""
     from podbench.reports.build import build_report  # heavy imports only when the command runs
 
-    path = build_report(args.results_dir, args.out, control=args.control, rope=args.rope,
-                        metric=args.metric, alpha=args.alpha)
+    path = build_report(
+        args.results_dir,
+        args.out,
+        control=args.control,
+        rope=args.rope,
+        metric=args.metric,
+        alpha=args.alpha,
+    )
     print(f"report written: {path}")
-    print(f"  also {path.with_name('report.tex')}, {path.with_name('stats.json')}, "
-          f"{path.parent / 'figures'}/")
+    print(
+        f"  also {path.with_name('report.tex')}, {path.with_name('stats.json')}, "
+        f"{path.parent / 'figures'}/"
+    )
     return 0

@@ -19,7 +19,6 @@ import pandas as pd  # noqa: E402
 import scikit_posthocs as sp  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-
 from podbench.reports.records import GEOMETRY_KEYS, MetricInfo, ResultsData, TuningStudy  # noqa: E402
 
 __all__ = [
@@ -34,7 +33,7 @@ __all__ = [
 ]
 
 # Labels come from user files: never let "$" start matplotlib's math parser.
-STYLE: dict[str, Any] = {"text.parse_math": False, "svg.fonttype": "none", "pdf.fonttype": 42}
+STYLE: Any = {"text.parse_math": False, "svg.fonttype": "none", "pdf.fonttype": 42}
 
 
 def _palette(labels: list[str]) -> dict[str, Any]:
@@ -77,9 +76,15 @@ def accuracy_figure(stats_result: dict[str, Any], metric: MetricInfo) -> Figure 
                 xs = np.full(len(r["values"]), i) + np.linspace(-0.12, 0.12, len(r["values"]))
                 ax.scatter(xs, r["values"], s=18, alpha=0.6, color=colours[r["label"]])
                 if r["ci_low"] is not None:
-                    ax.errorbar(i + 0.3, r["mean"], yerr=[[r["mean"] - r["ci_low"]],
-                                [r["ci_high"] - r["mean"]]], fmt="D", color="black", capsize=3,
-                                markersize=4)
+                    ax.errorbar(
+                        i + 0.3,
+                        r["mean"],
+                        yerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]],
+                        fmt="D",
+                        color="black",
+                        capsize=3,
+                        markersize=4,
+                    )
                 else:
                     ax.plot(i + 0.3, r["mean"], "D", color="black", markersize=4)
             ax.set_xticks(range(len(here)), [r["label"] for r in here], rotation=30, ha="right")
@@ -105,14 +110,24 @@ def learning_curves_figure(data: ResultsData, labels: list[str]) -> Figure | Non
         fig, axes = _grid(len(blocks))
         for ax, block in zip(axes.flat, blocks, strict=False):
             here = hist[hist["block"] == block]
-            sns.lineplot(data=here, x="epoch", y="test accuracy (%)", hue="label",
-                         hue_order=[lab for lab in labels if lab in set(here["label"])],
-                         palette=colours, errorbar="sd", ax=ax, marker="o", markersize=3)
+            sns.lineplot(
+                data=here,
+                x="epoch",
+                y="test accuracy (%)",
+                hue="label",
+                hue_order=[lab for lab in labels if lab in set(here["label"])],
+                palette=colours,
+                errorbar="sd",
+                ax=ax,
+                marker="o",
+                markersize=3,
+            )
             ax.set_title(block, fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.suptitle("Test accuracy per epoch: mean over seeds, band ±1 sd (completed runs)",
-                     fontsize=10)
+        fig.suptitle(
+            "Test accuracy per epoch: mean over seeds, band ±1 sd (completed runs)", fontsize=10
+        )
         fig.tight_layout()
     return fig
 
@@ -126,11 +141,14 @@ def cd_figure(stats_result: dict[str, Any]) -> Figure | None:
     pmat = pd.DataFrame(across["nemenyi"]["p_values"]).loc[ranks.index, ranks.index]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(7, 0.6 + 0.35 * len(ranks)))
-        sp.critical_difference_diagram(ranks, pmat, ax=ax, alpha=across["nemenyi"]["alpha"],
-                                       cd=across["nemenyi"]["cd"])
+        sp.critical_difference_diagram(
+            ranks, pmat, ax=ax, alpha=across["nemenyi"]["alpha"], cd=across["nemenyi"]["cd"]
+        )
         ax.set_title(
             f"Mean ranks over {across['n_blocks']} blocks (1 = best); bars join methods Nemenyi "
-            f"cannot separate (CD = {across['nemenyi']['cd']:.2f})", fontsize=9)
+            f"cannot separate (CD = {across['nemenyi']['cd']:.2f})",
+            fontsize=9,
+        )
         fig.tight_layout()
     return fig
 
@@ -144,10 +162,28 @@ def convergence_figure(stats_result: dict[str, Any]) -> Figure | None:
     labels = [lab for lab in stats_result["labels"] if lab in set(df["label"])]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) + 2), 3.4))
-        sns.stripplot(data=df, x="label", y="epochs_to_95pct", hue="block", order=labels,
-                      dodge=True, ax=ax, size=5, alpha=0.8)
-        sns.pointplot(data=df, x="label", y="epochs_to_95pct", order=labels, errorbar=None,
-                      color="black", markers="D", linestyles="none", ax=ax)
+        sns.stripplot(
+            data=df,
+            x="label",
+            y="epochs_to_95pct",
+            hue="block",
+            order=labels,
+            dodge=True,
+            ax=ax,
+            size=5,
+            alpha=0.8,
+        )
+        sns.pointplot(
+            data=df,
+            x="label",
+            y="epochs_to_95pct",
+            order=labels,
+            errorbar=None,
+            color="black",
+            markers="D",
+            linestyles="none",
+            ax=ax,
+        )
         ax.set_ylabel("epochs to 95% of final accuracy")
         ax.set_xlabel("")
         ax.tick_params(axis="x", rotation=30)
@@ -169,8 +205,18 @@ def geometry_figure(data: ResultsData, labels: list[str]) -> Figure | None:
     with plt.rc_context(STYLE):
         fig, axes = _grid(len(keys), width=4.0, height=3.0)
         for ax, key in zip(axes.flat, keys, strict=False):
-            sns.stripplot(data=runs, x="label", y=f"geometry.{key}", hue="block", order=order,
-                          dodge=True, ax=ax, size=4, alpha=0.8, legend=key == keys[0])
+            sns.stripplot(
+                data=runs,
+                x="label",
+                y=f"geometry.{key}",
+                hue="block",
+                order=order,
+                dodge=True,
+                ax=ax,
+                size=4,
+                alpha=0.8,
+                legend=key == keys[0],
+            )
             ax.set_title(key.replace("_", " "), fontsize=9)
             ax.set_ylabel("")
             ax.set_xlabel("")

@@ -76,6 +76,16 @@ def latex_escape(text: str) -> str:
     return "".join(_fallback(ch) for ch in escaped)
 
 
+def _unique(names: list[str]) -> list[str]:
+    """Distinct names (Styler needs them) when two labels look alike after ASCII fallback."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
 def styler_table(
     df: pd.DataFrame,
     *,
@@ -94,8 +104,10 @@ def styler_table(
         column_format: LaTeX column specification (default: ``l`` for the index, ``r`` for data).
     """
     table = df.copy()
-    table.index = [latex_plain(str(i)) for i in table.index]
-    table.columns = [latex_plain(str(c)) for c in table.columns]
+    index = [latex_plain(str(i)) for i in table.index]
+    # Styler.apply needs a unique index; plain rendering keeps repeated block names as they are.
+    table.index = _unique(index) if bold is not None else index
+    table.columns = _unique([latex_plain(str(c)) for c in table.columns])
     if escape_cells:
         table = table.map(lambda v: latex_plain(v) if isinstance(v, str) else v)
     styler = table.style.format(escape="latex" if escape_cells else None, na_rep="--")
@@ -105,7 +117,8 @@ def styler_table(
         styler = styler.apply(
             lambda _: pd.DataFrame(
                 [["font-weight: bold;" if m else "" for m in row] for row in mask],
-                index=table.index, columns=table.columns,
+                index=table.index,
+                columns=table.columns,
             ),
             axis=None,
         )
@@ -119,6 +132,10 @@ def styler_table(
         column_format=column_format or ("l" * nlevels + "r" * table.shape[1]),
     )
     # Wide tables shrink to the text width rather than run off the page.
-    latex = latex.replace("\\begin{tabular}", "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n\\begin{tabular}", 1)
+    latex = latex.replace(
+        "\\begin{tabular}",
+        "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n\\begin{tabular}",
+        1,
+    )
     latex = latex.replace("\\end{tabular}", "\\end{tabular}}", 1)
     return Markup(latex)

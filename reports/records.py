@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 from podbench.errors import UserError
 
 __all__ = [
@@ -166,7 +165,9 @@ def _read_study(folder: Path) -> TuningStudy | None:
     if imp_path.is_file():
         raw = _read_json(imp_path)
         if not isinstance(raw, dict):
-            raise UserError(f"{imp_path} must map each loss to {{param: importance}}; rerun tuning.")
+            raise UserError(
+                f"{imp_path} must map each loss to {{param: importance}}; rerun tuning."
+            )
         importances = {
             str(loss): {str(p): float(v) for p, v in (params or {}).items()}
             for loss, params in raw.items()
@@ -191,13 +192,13 @@ def load_results(results_dir: str | Path) -> ResultsData:
     """
     root = Path(results_dir)
     if not root.is_dir():
-        raise UserError(f"results directory {root} does not exist; pass the folder `podbench run` wrote.")
+        raise UserError(
+            f"results directory {root} does not exist; pass the folder `podbench run` wrote."
+        )
     runs_dir = root / "runs"
     paths = sorted(runs_dir.glob("*.json")) if runs_dir.is_dir() else []
     if not paths:
-        raise UserError(
-            f"{runs_dir} holds no run records (*.json); run a suite into {root} first."
-        )
+        raise UserError(f"{runs_dir} holds no run records (*.json); run a suite into {root} first.")
     records = [_check_record(_read_json(p), p) for p in paths]
     runs = pd.DataFrame([_flat_row(r) for r in records])
     hist_rows = []
@@ -223,8 +224,20 @@ def load_results(results_dir: str | Path) -> ResultsData:
             )
     history = pd.DataFrame(
         hist_rows,
-        columns=["run_id", "label", "dataset", "arch", "seed", "status", "epoch",
-                 "train_loss", "train_acc", "test_acc", "val_acc", "lr"],
+        columns=[
+            "run_id",
+            "label",
+            "dataset",
+            "arch",
+            "seed",
+            "status",
+            "epoch",
+            "train_loss",
+            "train_acc",
+            "test_acc",
+            "val_acc",
+            "lr",
+        ],
     )
     for col in ("epoch", "train_loss", "train_acc", "test_acc", "val_acc", "lr"):
         history[col] = pd.to_numeric(history[col], errors="coerce")

@@ -10,17 +10,17 @@ blocks the seeds are compared within each block (Welch's t-test, Holm within the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import baycomp
 import numpy as np
 import pandas as pd
 import scikit_posthocs as sp
+from numpy.typing import ArrayLike
+from podbench.reports.records import GEOMETRY_KEYS, MetricInfo, ResultsData
 from scipy import stats
 from statsmodels.stats.multitest import multipletests  # a dependency of scikit-posthocs
-
-from podbench.reports.records import GEOMETRY_KEYS, MetricInfo, ResultsData
 
 __all__ = [
     "MIN_BLOCKS",
@@ -81,14 +81,14 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return [float(p) for p in multipletests(np.asarray(pvalues, float), method="holm")[1]]
 
 
-def cliffs_delta(x: Sequence[float], y: Sequence[float]) -> float:
+def cliffs_delta(x: ArrayLike, y: ArrayLike) -> float:
     """Cliff's delta: P(X > Y) - P(X < Y) over all pairs, in [-1, 1]."""
     a = np.asarray(x, float)[:, None]
     b = np.asarray(y, float)[None, :]
     return float(np.sign(a - b).mean())
 
 
-def cohens_d(x: Sequence[float], y: Sequence[float]) -> float | None:
+def cohens_d(x: ArrayLike, y: ArrayLike) -> float | None:
     """Cohen's d of two independent samples with the pooled standard deviation."""
     a, b = np.asarray(x, float), np.asarray(y, float)
     if a.size < 2 or b.size < 2:
@@ -193,8 +193,8 @@ def wilcoxon_vs_control(
 
 
 def bayesian_signed_rank(
-    control: Sequence[float],
-    other: Sequence[float],
+    control: ArrayLike,
+    other: ArrayLike,
     rope: float,
     *,
     nsamples: int = BAYES_SAMPLES,
@@ -214,11 +214,15 @@ def bayesian_signed_rank(
     else:
         left, right = baycomp.SignedRankTest.probs(x, y, 0, nsamples=nsamples, random_state=seed)
         eq = 0.0
-    return {"p_control_better": float(left), "p_equivalent": float(eq), "p_other_better": float(right)}
+    return {
+        "p_control_better": float(left),
+        "p_equivalent": float(eq),
+        "p_other_better": float(right),
+    }
 
 
 def welch_vs_control(
-    groups: dict[str, Sequence[float]], control: str, alpha: float = 0.05
+    groups: Mapping[str, Sequence[float]], control: str, alpha: float = 0.05
 ) -> list[dict[str, Any]]:
     """Welch's t-test of each method's seeds against the control's, Holm within the family.
 
@@ -261,7 +265,9 @@ def welch_vs_control(
     return results
 
 
-def epochs_to_fraction(test_acc: Sequence[float], final: float, fraction: float = 0.95) -> int | None:
+def epochs_to_fraction(
+    test_acc: Sequence[float], final: float, fraction: float = 0.95
+) -> int | None:
     """Epochs (counted from 1) until test accuracy first reaches ``fraction`` of ``final``."""
     target = fraction * final
     for i, acc in enumerate(test_acc):
@@ -389,16 +395,24 @@ def analyse(
     dropped_methods: list[str] = []
     if len(complete) < MIN_BLOCKS:
         by_method = means.dropna(axis=1, how="any")
-        if (len(by_method) >= MIN_BLOCKS and by_method.shape[1] >= 2
-                and control in by_method.columns):
+        if (
+            len(by_method) >= MIN_BLOCKS
+            and by_method.shape[1] >= 2
+            and control in by_method.columns
+        ):
             dropped_methods = [lab for lab in means.columns if lab not in by_method.columns]
             complete = by_method
     methods_in_table = [lab for lab in labels if lab in complete.columns]
     incomplete_blocks = [
         {
             "block": _block_key(d, a),
-            "missing": [lab for lab in labels if (d, a) not in means.index
-                        or lab not in means.columns or pd.isna(means.loc[(d, a), lab])],
+            "missing": [
+                lab
+                for lab in labels
+                if (d, a) not in means.index
+                or lab not in means.columns
+                or pd.isna(means.loc[(d, a), lab])
+            ],
         }
         for d, a in blocks
         if (d, a) not in complete.index
@@ -417,9 +431,14 @@ def analyse(
         },
         "incomplete_blocks": incomplete_blocks,
         "methods_left_out": [
-            {"label": lab, "blocks_without_completed_run": [
-                _block_key(d, a) for d, a in blocks
-                if (d, a) not in means.index or pd.isna(means.loc[(d, a), lab])]}
+            {
+                "label": lab,
+                "blocks_without_completed_run": [
+                    _block_key(d, a)
+                    for d, a in blocks
+                    if (d, a) not in means.index or pd.isna(means.loc[(d, a), lab])
+                ],
+            }
             for lab in dropped_methods
         ],
         "friedman": None,
@@ -447,8 +466,10 @@ def analyse(
             across["nemenyi"] = {
                 **cd,
                 "alpha": alpha,
-                "p_values": {a: {b: float(pmat.loc[a, b]) for b in methods_in_table}
-                             for a in methods_in_table},
+                "p_values": {
+                    a: {b: float(pmat.loc[a, b]) for b in methods_in_table}
+                    for a in methods_in_table
+                },
             }
         across["wilcoxon"] = wilcoxon_vs_control(oriented, control, alpha)
         for w in across["wilcoxon"]:
@@ -471,10 +492,14 @@ def analyse(
         elif k < 2:
             why = "fewer than two methods have completed runs in the same blocks"
         else:
+            blocks_txt = (
+                "1 block (dataset × architecture) has"
+                if n_blocks == 1
+                else (f"{n_blocks} blocks (dataset × architecture) have")
+            )
             why = (
-                f"only {n_blocks} block(s) (dataset × architecture) have a completed run of every "
-                f"method, and tests across blocks need at least {MIN_BLOCKS} to mean anything "
-                "(Demšar 2006)"
+                f"only {blocks_txt} a completed run of every method, and tests across blocks "
+                f"need at least {MIN_BLOCKS} to mean anything (Demšar 2006)"
             )
         reason = (
             f"{why[0].upper()}{why[1:]}; so the seeds are compared within each block instead "
@@ -511,11 +536,17 @@ def analyse(
         geometry.append(entry)
 
     counts = {
-        status: int((runs["status"] == status).sum()) for status in ("completed", "diverged", "failed")
+        status: int((runs["status"] == status).sum())
+        for status in ("completed", "diverged", "failed")
     }
     return {
-        "metric": {"name": metric.name, "title": metric.title, "unit": metric.unit,
-                   "scale": metric.scale, "higher_is_better": metric.higher_is_better},
+        "metric": {
+            "name": metric.name,
+            "title": metric.title,
+            "unit": metric.unit,
+            "scale": metric.scale,
+            "higher_is_better": metric.higher_is_better,
+        },
         "control": control,
         "alpha": alpha,
         "rope": rope,
@@ -547,9 +578,15 @@ def verdicts(result: dict[str, Any]) -> list[str]:
         fr = across["friedman"]
         if fr is not None:
             if fr["p"] is None:
-                out.append("Friedman's test could not be computed: every block ranks all methods equal.")
+                out.append(
+                    "Friedman's test could not be computed: every block ranks all methods equal."
+                )
             else:
-                f_txt = "F = ∞" if fr.get("F_infinite") else f"F({fr['df1']}, {fr['df2']}) = {fr['F']:.3f}"
+                f_txt = (
+                    "F = ∞"
+                    if fr.get("F_infinite")
+                    else f"F({fr['df1']}, {fr['df2']}) = {fr['F']:.3f}"
+                )
                 decision = "differ" if fr["p"] < alpha else "cannot be told apart"
                 out.append(
                     f"Friedman's test with the Iman–Davenport correction over {fr['n_blocks']} blocks "
@@ -568,7 +605,8 @@ def verdicts(result: dict[str, Any]) -> list[str]:
                 out.append(f"{w['label']} vs {ctrl}: {w['note']}.")
                 continue
             sig = (
-                f"significantly {direction} than {ctrl}" if w["significant"]
+                f"significantly {direction} than {ctrl}"
+                if w["significant"]
                 else f"not significantly different from {ctrl}"
             )
             out.append(
@@ -579,8 +617,11 @@ def verdicts(result: dict[str, Any]) -> list[str]:
             )
         for b in across["bayesian"]:
             probs = (b["p_other_better"], b["p_equivalent"], b["p_control_better"])
-            words = (f"{b['label']} is practically better", "they are practically equivalent",
-                     f"{ctrl} is practically better")
+            words = (
+                f"{b['label']} is practically better",
+                "they are practically equivalent",
+                f"{ctrl} is practically better",
+            )
             best = int(np.argmax(probs))
             conclusion = (
                 f"{words[best]} with probability {probs[best]:.2f}"
@@ -603,7 +644,8 @@ def verdicts(result: dict[str, Any]) -> list[str]:
                     continue
                 direction = "better" if c["better"] else "worse"
                 sig = (
-                    f"significantly {direction} than {ctrl}" if c["significant"]
+                    f"significantly {direction} than {ctrl}"
+                    if c["significant"]
                     else f"not significantly different from {ctrl}"
                 )
                 d_txt = f", Cohen's d {c['cohens_d']:+.2f}" if c["cohens_d"] is not None else ""

@@ -30,10 +30,18 @@ def make_record(
     history = []
     n_hist = epochs if status == "completed" else max(1, epochs // 2)
     for e in range(n_hist):
-        acc = None if final_acc is None else final_acc * (1 - 0.5 ** (e + 1)) / (1 - 0.5 ** epochs)
+        acc = None if final_acc is None else final_acc * (1 - 0.5 ** (e + 1)) / (1 - 0.5**epochs)
         history.append(
-            {"epoch": e, "train_loss": 1.0 / (e + 1), "parts": {"nac": 0.5 / (e + 1), "sc": 0.1},
-             "train_acc": acc, "test_acc": acc, "val_acc": None, "lr": 0.1, "seconds": 1.5}
+            {
+                "epoch": e,
+                "train_loss": 1.0 / (e + 1),
+                "parts": {"nac": 0.5 / (e + 1), "sc": 0.1},
+                "train_acc": acc,
+                "test_acc": acc,
+                "val_acc": None,
+                "lr": 0.1,
+                "seconds": 1.5,
+            }
         )
     completed = status == "completed"
     return {
@@ -47,14 +55,39 @@ def make_record(
         "arch": arch,
         "feat_dim": 32,
         "seed": seed,
-        "spec": {"suite": suite, "loss": loss, "variant": variant.rstrip("]") or None,
-                 "loss_params": {}, "dataset": dataset, "data_root": None, "arch": arch,
-                 "feat_dim": 32, "seed": seed, "epochs": epochs, "batch_size": 128,
-                 "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-                 "nesterov": False, "schedule": "multistep", "milestones": [3], "gamma": 0.1,
-                 "grad_clip": None, "amp": "off", "channels_last": False, "compile": False,
-                 "device": "cpu", "eval_split": "test", "limit_train": None, "limit_eval": None,
-                 "max_steps": None, "cpus": 1, "gpus": 0, "checkpoint": False},
+        "spec": {
+            "suite": suite,
+            "loss": loss,
+            "variant": variant.rstrip("]") or None,
+            "loss_params": {},
+            "dataset": dataset,
+            "data_root": None,
+            "arch": arch,
+            "feat_dim": 32,
+            "seed": seed,
+            "epochs": epochs,
+            "batch_size": 128,
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "nesterov": False,
+            "schedule": "multistep",
+            "milestones": [3],
+            "gamma": 0.1,
+            "grad_clip": None,
+            "amp": "off",
+            "channels_last": False,
+            "compile": False,
+            "device": "cpu",
+            "eval_split": "test",
+            "limit_train": None,
+            "limit_eval": None,
+            "max_steps": None,
+            "cpus": 1,
+            "gpus": 0,
+            "checkpoint": False,
+        },
         "status": status,
         "error": error,
         "history": history,
@@ -63,11 +96,25 @@ def make_record(
         "epochs_completed": n_hist,
         "wall_time_s": 10.0 + seed,
         "images_per_s": 1500.0,
-        "geometry": ({"mean_cos_to_center": 0.9, "min_interclass_angle_deg": 85.0 + seed,
-                      "mean_abs_offdiag_corr": 0.05, "mean_feature_norm": 7.0}
-                     if completed else None),
-        "env": {"podbench": "0.1.0", "torch": "2.14.1", "python": "3.11.7", "device": "cpu",
-                "git_commit": "abc123", "hostname": "ci", "ray": "2.60.0"},
+        "geometry": (
+            {
+                "mean_cos_to_center": 0.9,
+                "min_interclass_angle_deg": 85.0 + seed,
+                "mean_abs_offdiag_corr": 0.05,
+                "mean_feature_norm": 7.0,
+            }
+            if completed
+            else None
+        ),
+        "env": {
+            "podbench": "0.1.0",
+            "torch": "2.14.1",
+            "python": "3.11.7",
+            "device": "cpu",
+            "git_commit": "abc123",
+            "hostname": "ci",
+            "ray": "2.60.0",
+        },
         "started_at": "2026-11-28T14:00:00+00:00",
         "finished_at": "2026-11-28T14:00:40+00:00",
     }

@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from scipy import stats
-
 from podbench.cli import main as podbench_main
 from podbench.errors import UserError
 from podbench.reports import build_report
+from scipy import stats
 
 SCRIPT_LABEL = "<script>alert(1)</script>"
 TEX_LABEL = "pod[no-sc]_x&y%"
@@ -70,22 +69,46 @@ def full_report(
     ]
     records += [record_maker(SCRIPT_LABEL, "data0", "small-cnn", s, 0.5 + 0.01 * s) for s in (0, 1)]
     records.append(record_maker(TEX_LABEL, "data0", "small-cnn", 0, 0.6))
-    records.append(record_maker(
-        "pod", "data0", "small-cnn", 7, None, status="diverged",
-        error={"type": "Divergence", "message": DIVERGED_MSG, "traceback": "", "epoch": 2}))
-    records.append(record_maker(
-        "center", "data1", "small-cnn", 8, None, status="failed",
-        error={"type": "RuntimeError", "message": FAILED_MSG, "traceback": "Traceback ...",
-               "epoch": 0}))
+    records.append(
+        record_maker(
+            "pod",
+            "data0",
+            "small-cnn",
+            7,
+            None,
+            status="diverged",
+            error={"type": "Divergence", "message": DIVERGED_MSG, "traceback": "", "epoch": 2},
+        )
+    )
+    records.append(
+        record_maker(
+            "center",
+            "data1",
+            "small-cnn",
+            8,
+            None,
+            status="failed",
+            error={
+                "type": "RuntimeError",
+                "message": FAILED_MSG,
+                "traceback": "Traceback ...",
+                "epoch": 0,
+            },
+        )
+    )
     results_writer(root, records, "name: synthetic\nlosses: ['<script>x</script>']\n")
     study = root / "tune" / "pod-study"
     study.mkdir(parents=True)
-    pd.DataFrame({
-        "number": range(6), "loss": ["pod"] * 6,
-        "state": ["COMPLETE"] * 5 + ["PRUNED"],
-        "value": [0.80, 0.85, 0.83, 0.88, 0.86, None],
-        "params_alpha": [0.1, 0.5, 1.0, 2.0, 5.0, 3.0], "epochs": [3] * 6,
-    }).to_csv(study / "trials.csv", index=False)
+    pd.DataFrame(
+        {
+            "number": range(6),
+            "loss": ["pod"] * 6,
+            "state": ["COMPLETE"] * 5 + ["PRUNED"],
+            "value": [0.80, 0.85, 0.83, 0.88, 0.86, None],
+            "params_alpha": [0.1, 0.5, 1.0, 2.0, 5.0, 3.0],
+            "epochs": [3] * 6,
+        }
+    ).to_csv(study / "trials.csv", index=False)
     (study / "importances.json").write_text(json.dumps({"pod": {"alpha": 0.7, "beta": 0.3}}))
     out = root.parent / "out"
     html_path = build_report(root, out, control="pod", rope=1.0)
@@ -103,8 +126,15 @@ def full_report(
 def test_report_files_are_written(full_report: dict[str, Any]) -> None:
     out = full_report["out"]
     assert full_report["html_path"] == out / "report.html"
-    for name in ("accuracy", "learning_curves", "critical_difference", "convergence", "geometry",
-                 "tune_0_history", "tune_0_importances"):
+    for name in (
+        "accuracy",
+        "learning_curves",
+        "critical_difference",
+        "convergence",
+        "geometry",
+        "tune_0_history",
+        "tune_0_importances",
+    ):
         assert (out / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
@@ -117,7 +147,9 @@ def test_failed_and_diverged_runs_are_counted_and_explained(full_report: dict[st
     assert excluded["diverged"]["error_message"] == DIVERGED_MSG
     assert excluded["diverged"]["error_epoch"] == 2
     assert excluded["failed"]["error_type"] == "RuntimeError"
-    pod0 = next(r for r in s["per_block"] if r["label"] == "pod" and r["block"] == "data0 / small-cnn")
+    pod0 = next(
+        r for r in s["per_block"] if r["label"] == "pod" and r["block"] == "data0 / small-cnn"
+    )
     assert (pod0["n_runs"], pod0["n_completed"], pod0["n_diverged"]) == (4, 3, 1)
     html = full_report["html"]
     assert "(3/4)" in html  # the table cell says one pod run of data0 is missing from the mean
@@ -140,14 +172,20 @@ def test_per_block_summary_matches_numpy(full_report: dict[str, Any]) -> None:
     x = np.array(table[("pod", "data0", "small-cnn")]) * 100
     cell = f"{x.mean():.2f} ± {x.std(ddof=1):.2f}"
     assert f'<td class="best">{cell}' in full_report["html"]
+    # ce is about 4 points below pod in every block: Welch + Holm marks each ce cell as worse
+    x = np.array(table[("ce", "data2", "small-cnn")]) * 100
+    ce_cell = f'<td>{x.mean():.2f} ± {x.std(ddof=1):.2f}<span class="mark worse">▼</span>'
+    assert ce_cell in full_report["html"]
+    assert full_report["html"].count('<span class="mark worse">') >= 10
 
 
 def test_tests_across_blocks_match_scipy(full_report: dict[str, Any]) -> None:
     s, table = full_report["stats"], full_report["table"]
     assert s["primary_analysis"] == "across-blocks"
     methods = ["pod", "ce", "center"]
-    means = np.array([[np.mean(table[(m, f"data{b}", "small-cnn")]) * 100 for m in methods]
-                      for b in range(5)])
+    means = np.array(
+        [[np.mean(table[(m, f"data{b}", "small-cnn")]) * 100 for m in methods] for b in range(5)]
+    )
     across = s["across_blocks"]
     assert across["methods"] == methods and across["n_blocks"] == 5
     left_out = {m["label"] for m in across["methods_left_out"]}
@@ -164,7 +202,8 @@ def test_tests_across_blocks_match_scipy(full_report: dict[str, Any]) -> None:
     assert wil["ce"]["p"] == pytest.approx(p_ce)
     lo, hi = sorted([p_ce, p_center])
     assert sorted([wil["ce"]["p_holm"], wil["center"]["p_holm"]]) == pytest.approx(
-        [min(1.0, 2 * lo), min(1.0, max(2 * lo, hi))])
+        [min(1.0, 2 * lo), min(1.0, max(2 * lo, hi))]
+    )
     bayes = {b["label"]: b for b in across["bayesian"]}
     assert bayes["ce"]["p_control_better"] > 0.95  # ce is ~4 points worse on every block
     verdicts = " ".join(s["verdicts"])
@@ -191,8 +230,13 @@ def test_every_string_is_escaped_and_page_is_self_contained(full_report: dict[st
             value = attrs.get(name) or ""
             assert not value.startswith(("http:", "https:", "//")), value
     table_ids = {a.get("id") for t, a in page.tags if t == "table"}
-    assert {"main-table", "across-table", "within-table", "failures-table",
-            "provenance-table"} <= table_ids
+    assert {
+        "main-table",
+        "across-table",
+        "within-table",
+        "failures-table",
+        "provenance-table",
+    } <= table_ids
 
 
 def test_latex_uses_booktabs_via_styler_and_escapes(full_report: dict[str, Any]) -> None:
@@ -205,14 +249,20 @@ def test_latex_uses_booktabs_via_styler_and_escapes(full_report: dict[str, Any])
     assert "Iman–Davenport" in tex or "Iman--Davenport" in tex
 
 
-@pytest.mark.skipif(PDFLATEX is None, reason="pdflatex not found: apt-get install "
-                    "texlive-latex-recommended texlive-fonts-recommended lmodern")
+@pytest.mark.skipif(
+    PDFLATEX is None,
+    reason="pdflatex not found: apt-get install "
+    "texlive-latex-recommended texlive-fonts-recommended lmodern",
+)
 def test_latex_report_compiles_with_pdflatex(full_report: dict[str, Any], tmp_path: Path) -> None:
     work = tmp_path / "tex"
     shutil.copytree(full_report["out"], work)
     proc = subprocess.run(
         [str(PDFLATEX), "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
-        cwd=work, capture_output=True, text=True, timeout=120,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (work / "report.pdf").read_bytes()[:5] == b"%PDF-"
@@ -220,11 +270,24 @@ def test_latex_report_compiles_with_pdflatex(full_report: dict[str, Any], tmp_pa
 
 def _chromium(url: str, user_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", f"--user-data-dir={user_dir}", "--enable-logging=stderr", "--v=0",
-         "--dump-dom", url],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={user_dir}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -233,12 +296,18 @@ def _console_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ":CONSOLE" in line]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not found: apt-get install chromium")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium not found: apt-get install chromium"
+)
 def test_report_in_headless_chromium(full_report: dict[str, Any], tmp_path: Path) -> None:
     # The detector first: a page with a console error must be caught.
     bad = tmp_path / "bad.html"
-    bad.write_text("<!DOCTYPE html><html><body><script>console.error('boom')</script></body></html>")
-    assert any("boom" in line for line in _console_lines(_chromium(bad.as_uri(), tmp_path / "u1").stderr))
+    bad.write_text(
+        "<!DOCTYPE html><html><body><script>console.error('boom')</script></body></html>"
+    )
+    assert any(
+        "boom" in line for line in _console_lines(_chromium(bad.as_uri(), tmp_path / "u1").stderr)
+    )
 
     proc = _chromium(full_report["html_path"].as_uri(), tmp_path / "u2")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -254,14 +323,17 @@ def test_report_in_headless_chromium(full_report: dict[str, Any], tmp_path: Path
 @pytest.fixture
 def quickstart_dir(results_factory: Callable[..., Path]) -> Path:
     """One block, as in the quickstart: two methods, three seeds."""
-    return results_factory({
-        ("pod", "fashion-mnist", "small-cnn"): [0.90, 0.91, 0.905],
-        ("softmax", "fashion-mnist", "small-cnn"): [0.86, 0.87, 0.865],
-    })
+    return results_factory(
+        {
+            ("pod", "fashion-mnist", "small-cnn"): [0.90, 0.91, 0.905],
+            ("softmax", "fashion-mnist", "small-cnn"): [0.86, 0.87, 0.865],
+        }
+    )
 
 
-def test_cli_report_on_one_block_compares_seeds(quickstart_dir: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_report_on_one_block_compares_seeds(
+    quickstart_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "qs-report"
     assert podbench_main(["report", str(quickstart_dir), "--out", str(out)]) == 0
     assert "report.html" in capsys.readouterr().out
@@ -284,8 +356,9 @@ def test_default_output_folder_and_automatic_control(quickstart_dir: Path) -> No
     assert _strict_json(path.with_name("stats.json"))["control"] == "pod"
 
 
-def test_cli_user_errors_exit_2_with_one_line(quickstart_dir: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_user_errors_exit_2_with_one_line(
+    quickstart_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cases = [
         ["report", str(tmp_path / "nowhere")],
         ["report", str(quickstart_dir), "--control", "nosuch"],
@@ -312,7 +385,18 @@ def test_corrupt_or_foreign_records_are_user_errors(quickstart_dir: Path, tmp_pa
     bad.write_text(json.dumps({"schema": 1, "run_id": "x", "label": "pod"}))
     with pytest.raises(UserError, match="lacks the field"):
         build_report(quickstart_dir, tmp_path / "b")
-    bad.write_text(json.dumps({"schema": 1, "run_id": "x", "label": "pod", "dataset": "d",
-                               "arch": "a", "seed": 0, "status": "exploded"}))
+    bad.write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "run_id": "x",
+                "label": "pod",
+                "dataset": "d",
+                "arch": "a",
+                "seed": 0,
+                "status": "exploded",
+            }
+        )
+    )
     with pytest.raises(UserError, match="status"):
         build_report(quickstart_dir, tmp_path / "c")

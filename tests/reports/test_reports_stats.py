@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-
 from podbench.reports.stats import (
     bayesian_signed_rank,
     cliffs_delta,
@@ -22,6 +20,7 @@ from podbench.reports.stats import (
     welch_vs_control,
     wilcoxon_vs_control,
 )
+from scipy import stats
 
 # Six blocks, four methods, no ties; higher is better. Ranks worked by hand:
 #   A: 1 2 1 1 3 2 = 10   B: 2 1 2 3 2 3 = 13   C: 3 3 4 2 1 4 = 17   D: 4 4 3 4 4 1 = 20
@@ -108,8 +107,14 @@ def test_iman_davenport_with_complete_agreement_is_infinite() -> None:
 @pytest.mark.parametrize(
     ("k", "alpha", "q_table"),
     # Demšar (2006), Table 5: two-tailed Nemenyi critical values
-    [(2, 0.05, 1.960), (3, 0.05, 2.343), (4, 0.05, 2.569), (5, 0.05, 2.728), (10, 0.05, 3.164),
-     (4, 0.10, 2.291)],
+    [
+        (2, 0.05, 1.960),
+        (3, 0.05, 2.343),
+        (4, 0.05, 2.569),
+        (5, 0.05, 2.728),
+        (10, 0.05, 3.164),
+        (4, 0.10, 2.291),
+    ],
 )
 def test_nemenyi_q_alpha_matches_demsar_table(k: int, alpha: float, q_table: float) -> None:
     assert nemenyi_critical_difference(k, 10, alpha)["q_alpha"] == pytest.approx(q_table, abs=1e-3)
@@ -117,7 +122,9 @@ def test_nemenyi_q_alpha_matches_demsar_table(k: int, alpha: float, q_table: flo
 
 def test_nemenyi_cd_for_k4_n6() -> None:
     # CD = 2.569 * sqrt(4*5 / (6*6)) = 2.569 * 0.745356
-    assert nemenyi_critical_difference(4, 6)["cd"] == pytest.approx(2.569 * math.sqrt(20 / 36), abs=1e-3)
+    assert nemenyi_critical_difference(4, 6)["cd"] == pytest.approx(
+        2.569 * math.sqrt(20 / 36), abs=1e-3
+    )
 
 
 def test_wilcoxon_vs_control_with_exact_p_and_holm_by_hand() -> None:
@@ -166,16 +173,21 @@ def test_welch_matches_its_formula_and_holm() -> None:
 
 
 def test_welch_refuses_to_give_a_p_value_it_cannot() -> None:
-    rows = {r["label"]: r for r in welch_vs_control(
-        {"ctrl": [90.0, 91.0], "one": [80.0], "flat": [90.0, 90.0]}, "ctrl")}
+    rows = {
+        r["label"]: r
+        for r in welch_vs_control(
+            {"ctrl": [90.0, 91.0], "one": [80.0], "flat": [90.0, 90.0]}, "ctrl"
+        )
+    }
     assert rows["one"]["p"] is None and "at least 2" in rows["one"]["note"]
     assert rows["flat"]["p"] is not None  # the control varies, so Welch is defined
     rows = welch_vs_control({"ctrl": [90.0, 90.0], "flat": [91.0, 91.0]}, "ctrl")
     assert rows[0]["p"] is None and "no variation" in rows[0]["note"]
 
 
-def _dirichlet_signed_rank(control: np.ndarray, other: np.ndarray, rope: float, n: int,
-                           seed: int) -> np.ndarray:
+def _dirichlet_signed_rank(
+    control: np.ndarray, other: np.ndarray, rope: float, n: int, seed: int
+) -> np.ndarray:
     """Benavoli et al. (2014), written independently: Dirichlet(0.5, 1, ..., 1) weights on the
     pseudo-observation 0 and the differences; the three regions from Walsh averages."""
     z = np.concatenate([[0.0], other - control])
@@ -209,8 +221,9 @@ def test_bayesian_signed_rank_limits_by_hand() -> None:
     far = bayesian_signed_rank(control, control + 5, rope=1.0)
     assert far["p_other_better"] > 0.99
     # every difference within ±0.2 of zero: practically equivalent
-    near = bayesian_signed_rank(control, control + np.array([0.1, -0.2, 0.05, 0.0, -0.1, 0.2, 0.1]),
-                                rope=1.0)
+    near = bayesian_signed_rank(
+        control, control + np.array([0.1, -0.2, 0.05, 0.0, -0.1, 0.2, 0.1]), rope=1.0
+    )
     assert near["p_equivalent"] > 0.99
     # without a ROPE there are only two outcomes
     worse = bayesian_signed_rank(control, control - 3, rope=0.0)
@@ -222,3 +235,81 @@ def test_epochs_to_fraction_by_hand() -> None:
     assert epochs_to_fraction([0.5, 0.8, 0.9, 0.95], 0.95) == 4
     assert epochs_to_fraction([0.91, 0.8], 0.95) == 1
     assert epochs_to_fraction([0.1, float("nan")], 0.95) is None
+
+
+def test_two_methods_over_six_blocks_use_wilcoxon_without_friedman(
+    results_factory, record_maker
+) -> None:
+    from podbench.reports.records import load_results, metric_info
+    from podbench.reports.stats import analyse
+
+    pod = [0.90, 0.85, 0.80, 0.70, 0.95, 0.60]
+    ce = [0.89, 0.86, 0.78, 0.67, 0.91, 0.55]
+    table = {}
+    for b in range(6):
+        table[("pod", f"d{b}", "mlp")] = [pod[b], pod[b] + 0.002]
+        table[("ce", f"d{b}", "mlp")] = [ce[b], ce[b] + 0.002]
+    data = load_results(results_factory(table))
+    out = analyse(data, control="pod", metric=metric_info("final_test_acc"), rope=1.0, alpha=0.05)
+    across = out["across_blocks"]
+    assert out["primary_analysis"] == "across-blocks"
+    assert across["friedman"] is None and across["nemenyi"] is None
+    (w,) = across["wilcoxon"]
+    diffs = (np.array(ce) - np.array(pod)) * 100
+    assert w["p"] == pytest.approx(stats.wilcoxon(diffs).pvalue)
+    assert w["p_holm"] == pytest.approx(w["p"])  # one comparison: Holm changes nothing
+    assert (w["wins"], w["losses"]) == (1, 5)
+    assert w["mean_diff"] == pytest.approx(diffs.mean())
+    assert w["cohens_dz"] == pytest.approx(diffs.mean() / diffs.std(ddof=1))
+    assert across["mean_ranks"] == pytest.approx({"pod": 7 / 6, "ce": 11 / 6})
+
+
+def test_lower_is_better_metric_flips_ranks_and_verdicts(results_factory) -> None:
+    from podbench.reports.records import load_results, metric_info
+    from podbench.reports.stats import analyse
+
+    # conftest's records have wall_time_s = 10 + seed for every method: make 'slow' slower
+    root = results_factory(
+        {("pod", f"d{b}", "mlp"): [0.9, 0.9] for b in range(5)}
+        | {("slow", f"d{b}", "mlp"): [0.9, 0.9] for b in range(5)}
+    )
+    data = load_results(root)
+    data.runs.loc[data.runs["label"] == "slow", "wall_time_s"] += 5.0
+    out = analyse(data, control="pod", metric=metric_info("wall_time_s"), rope=0.5, alpha=0.05)
+    assert out["across_blocks"]["mean_ranks"] == {"pod": 1.0, "slow": 2.0}
+    (w,) = out["across_blocks"]["wilcoxon"]
+    assert w["mean_diff"] == pytest.approx(5.0) and w["better"] is False
+    (b,) = out["across_blocks"]["bayesian"]
+    assert b["p_control_better"] > 0.95
+
+
+def test_control_without_completed_runs_in_a_block_gives_no_p_value(
+    results_factory, record_maker
+) -> None:
+    from podbench.reports.records import load_results, metric_info
+    from podbench.reports.stats import analyse
+
+    diverged = [
+        record_maker(
+            "pod",
+            "d0",
+            "mlp",
+            s,
+            None,
+            status="diverged",
+            error={"type": "Divergence", "message": "nan", "traceback": "", "epoch": 1},
+        )
+        for s in (0, 1)
+    ]
+    root = results_factory({("ce", "d0", "mlp"): [0.8, 0.82]}, extra=diverged)
+    out = analyse(
+        load_results(root),
+        control="pod",
+        metric=metric_info("final_test_acc"),
+        rope=1.0,
+        alpha=0.05,
+    )
+    (block,) = out["within_blocks"]
+    assert block["comparisons"] == [] and "no completed run" in block["note"]
+    assert out["counts"]["diverged"] == 2 and len(out["excluded_runs"]) == 2
+    assert out["primary_analysis"] == "within-blocks"
