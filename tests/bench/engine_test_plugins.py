@@ -1,0 +1,80 @@
+"""Loss plugins that misbehave on purpose, for the engine's tests only.
+
+Suites name this module under ``imports:`` so that Ray workers register them too (the tests put
+this folder on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from podbench.losses import LossOutput, LossPlugin, register_loss
+
+
+class _Linear(LossPlugin):
+    def __init__(self, num_classes: int, feat_dim: int) -> None:
+        super().__init__(num_classes, feat_dim)
+        self.head = nn.Linear(feat_dim, num_classes)
+
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        ce = F.cross_entropy(self.head(features), targets)
+        return LossOutput(total=ce, parts={"ce": ce})
+
+    def scores(self, features: Tensor) -> Tensor:
+        return self.head(features)
+
+
+@register_loss("test-raising", description="raises in its second training batch", defaults={})
+class RaisingLoss(_Linear):
+    def __init__(self, num_classes: int, feat_dim: int) -> None:
+        super().__init__(num_classes, feat_dim)
+        self.calls = 0
+
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("test-raising: deliberate plugin failure")
+        return super().compute_loss(features, targets)
+
+
+@register_loss(
+    "test-nan", description="its loss turns NaN in epoch `at_epoch`", defaults={"at_epoch": 0}
+)
+class NanLoss(_Linear):
+    def __init__(self, num_classes: int, feat_dim: int, *, at_epoch: int = 0) -> None:
+        super().__init__(num_classes, feat_dim)
+        self.at_epoch = at_epoch
+        self.epoch = 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        out = super().compute_loss(features, targets)
+        if self.epoch >= self.at_epoch:
+            bad = out.total * torch.tensor(float("nan"))
+            return LossOutput(total=bad, parts={"ce": bad})
+        return out
+
+
+@register_loss(
+    "test-die-once",
+    description="kills its own process the first time it trains (marker file absent)",
+    defaults={"marker": ""},
+)
+class DieOnceLoss(_Linear):
+    def __init__(self, num_classes: int, feat_dim: int, *, marker: str = "") -> None:
+        super().__init__(num_classes, feat_dim)
+        self.marker = marker
+
+    def on_epoch_start(self, epoch: int) -> None:
+        marker = Path(self.marker)
+        if self.marker and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-run, as under the OOM killer
