@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,7 +23,7 @@ from podbench.reports import build_report
 from scipy import stats
 
 SCRIPT_LABEL = "<script>alert(1)</script>"
-TEX_LABEL = "pod[no-sc]_x&y%"
+TEX_LABEL = "pod[no-sc]_x&y%$"
 DIVERGED_MSG = "loss is NaN <b>bold</b>"
 FAILED_MSG = "CUDA out of memory & <oops>"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -243,7 +244,7 @@ def test_latex_uses_booktabs_via_styler_and_escapes(full_report: dict[str, Any])
     tex = full_report["tex"]
     for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\usepackage{booktabs}"):
         assert rule in tex
-    assert "pod[no-sc]\\_x\\&y\\%" in tex
+    assert "pod[no-sc]\\_x\\&y\\%\\$" in tex
     assert "\\bfseries" in tex  # the best cell
     assert tex.count("\\includegraphics") == 7
     assert "Iman–Davenport" in tex or "Iman--Davenport" in tex
@@ -400,3 +401,14 @@ def test_corrupt_or_foreign_records_are_user_errors(quickstart_dir: Path, tmp_pa
     )
     with pytest.raises(UserError, match="status"):
         build_report(quickstart_dir, tmp_path / "c")
+
+
+def test_reports_never_import_torch_or_ray() -> None:
+    code = (
+        "import sys, podbench.reports, podbench.reports.cli, podbench.reports.build\n"
+        "bad = [m for m in ('torch', 'ray', 'podbench.engine', 'podbench.losses', 'podbench.tasks')"
+        " if m in sys.modules]\n"
+        "print(bad); raise SystemExit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
