@@ -270,19 +270,39 @@ def resnet50(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     return _resnet(factory, in_channels, image_size)
 
 
+def _vgg_init(module: nn.Module) -> None:
+    """torchvision VGG's initialisation (its __init__ applies it only to what it builds)."""
+    if any(p.is_meta for p in module.parameters()):  # counting parameters only
+        return
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 @register_arch("vgg16", description="VGG-16 with batch norm; small inputs: conv features + "
                "global average pool (512), 224 px: up to the second 4096 layer",
                reference="torchvision.models.vgg16_bn; Simonyan & Zisserman 2015",
                min_image_size=32)
 def vgg16(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     from torchvision.models import vgg16_bn
+    from torchvision.models.vgg import cfgs, make_layers
 
+    if image_size <= SMALL_STEM_MAX:
+        # the 7x7 pool and 25088-input classifier assume 224 px; small inputs end at 1x1 or 2x2
+        features = make_layers(cfgs["D"], batch_norm=True)  # VGG-16's convolutions, no classifier
+        if in_channels != 3:
+            features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
+        _vgg_init(features)
+        return nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten()), 512
     net = vgg16_bn(weights=None)
     if in_channels != 3:
         net.features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
-    if image_size <= SMALL_STEM_MAX:
-        # the 7x7 pool and 25088-input classifier assume 224 px; small inputs end at 1x1 or 2x2
-        return nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten()), 512
+        _vgg_init(net.features[0])
     head = nn.Sequential(*list(net.classifier.children())[:-1])
     return nn.Sequential(net.features, net.avgpool, nn.Flatten(), head), 4096
 
