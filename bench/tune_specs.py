@@ -190,7 +190,7 @@ class LossTune(BaseModel):
     loss: str | None = None  # the registered name; None: the key in `losses`
     variant: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    space: dict[str, Param | None] = Field(default_factory=dict)
+    space: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -229,11 +229,7 @@ class TuneSpec(RunSettings):
     n_startup_trials: int = Field(10, ge=0)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     storage: str | None = None
-    space: dict[str, Param | None] = Field(
-        default_factory=lambda: {
-            k: param_adapter.validate_python(v) for k, v in DEFAULT_SPACE.items()
-        }
-    )
+    space: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     losses: dict[str, LossTune] = Field(min_length=1)
 
     @field_validator("eval_split", mode="before")
@@ -244,12 +240,6 @@ class TuneSpec(RunSettings):
                 "tuning reads only the validation split; remove eval_split (it is 'val')"
             )
         return value
-
-    @field_validator("space", mode="before")
-    @classmethod
-    def _default_space_kept(cls, value: Any) -> Any:
-        # A file's `space` adds to or replaces entries of the default one (lr, weight_decay).
-        return {**DEFAULT_SPACE, **value} if isinstance(value, dict) else value
 
     @field_validator("losses", mode="before")
     @classmethod
@@ -293,29 +283,47 @@ class TuneSpec(RunSettings):
         """The run settings every trial shares, before sampled values."""
         return RunSettings.model_validate(self.model_dump(include=set(RunSettings.model_fields)))
 
-    def loss_space(self, label: str) -> dict[str, FloatParam | IntParam | CategoricalParam]:
-        """The search space of one loss: its plugin's, then the file's `space`, then its own.
+    def space_entries(self, label: str) -> dict[str, tuple[dict[str, Any], str]]:
+        """The raw search space of one loss with where each entry came from.
 
-        A ``null`` entry removes a parameter; a parameter fixed in ``params`` is not tuned.
+        Layers, each over the one before: lr and weight_decay for every loss, the plugin's own
+        space, the file's ``space``, the loss's ``space``. ``null`` removes a parameter; an entry
+        without ``type`` narrows the one below (only its given keys change); a parameter fixed in
+        ``params`` (or a fixed ``variant``) is not tuned.
         """
         from podbench.losses import loss_info
 
         entry = self.losses[label]
-        merged: dict[str, Any] = {
-            k: param_adapter.validate_python(dict(v))
-            for k, v in loss_info(self.loss_name(label)).search_space.items()
+        merged: dict[str, tuple[dict[str, Any], str]] = {
+            k: (dict(v), "the default space") for k, v in DEFAULT_SPACE.items()
         }
-        for layer in (self.space, entry.space):
+        plugin = loss_info(self.loss_name(label)).search_space
+        merged.update(
+            {
+                k: (dict(v), f"the search space of {self.loss_name(label)}")
+                for k, v in plugin.items()
+            }
+        )
+        for layer, prefix in ((self.space, "space"), (entry.space, f"losses.{label}.space")):
             for key, value in layer.items():
                 if value is None:
                     merged.pop(key, None)
+                elif "type" not in value and key in merged:
+                    merged[key] = ({**merged[key][0], **value}, f"{prefix}.{key}")
                 else:
-                    merged[key] = value
+                    merged[key] = (dict(value), f"{prefix}.{key}")
         for key in entry.params:
             merged.pop(key, None)
         if entry.variant is not None:
             merged.pop("variant", None)
         return dict(sorted(merged.items()))
+
+    def loss_space(self, label: str) -> dict[str, FloatParam | IntParam | CategoricalParam]:
+        """The validated search space of one loss (see :meth:`space_entries`)."""
+        return {
+            k: param_adapter.validate_python(raw)
+            for k, (raw, _) in self.space_entries(label).items()
+        }
 
     def distributions(self, label: str) -> dict[str, optuna.distributions.BaseDistribution]:
         """Optuna distributions of one loss's search space."""
@@ -446,10 +454,24 @@ def _check_names(spec: TuneSpec, source: str) -> None:
                     f"{source}: field '{where}.params.{key}': '{name}' has no hyperparameter "
                     f"'{key}'; use one of {', '.join(sorted(hparams)) or '(none)'}."
                 )
-        space = spec.loss_space(label)
+        space: dict[str, FloatParam | IntParam | CategoricalParam] = {}
+        fields: dict[str, str] = {}
+        for key, (raw, origin) in spec.space_entries(label).items():
+            fields[key] = origin
+            try:
+                space[key] = param_adapter.validate_python(raw)
+            except ValidationError as err:
+                first = err.errors()[0]
+                msg = first["msg"].removeprefix("Value error, ")
+                if first["type"] in ("union_tag_not_found", "union_tag_invalid"):
+                    msg = "give type: float, int or categorical (with low/high or choices)"
+                elif first["type"] == "extra_forbidden":
+                    msg = f"unknown key '{first['loc'][-1]}'; use type, low, high, log, step or choices"
+                elif first["type"] == "missing":
+                    msg = f"'{first['loc'][-1]}' is missing; add it"
+                raise UserError(f"{source}: field '{origin}': {msg} (for {label}).") from None
         for key, param in space.items():
-            in_file = key in entry.space
-            field = f"{where}.space.{key}" if in_file else f"space.{key}"
+            field = fields[key]
             if key in TUNABLE_RUN_FIELDS:
                 if key == "variant":
                     bad = [

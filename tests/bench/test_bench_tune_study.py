@@ -1,0 +1,203 @@
+"""Tiny real studies on digits through Ray: completion, equal budget, resume, pruning, no test reads.
+
+One embedded Ray (2 CPUs) serves the module. Its workers run a setup hook that wraps
+``podbench.tasks.load_task`` to append every split a trial's Task reads to a file, so the test can
+see what the real trial processes touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from podbench.specs import SuiteSpec
+from podbench.tune import budget_used, run_study, storage_url, study_name
+from podbench.tune_specs import TuneSpec
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def tiny_spec(name: str, **changes: object) -> TuneSpec:
+    data: dict[str, object] = {
+        "name": name,
+        "dataset": "digits",
+        "arch": "mlp",
+        "feat_dim": 16,
+        "epochs": 2,
+        "n_trials": 3,
+        "n_startup_trials": 2,
+        "batch_size": 64,
+        "schedule": "constant",
+        "max_concurrent": 2,
+        "early_stopping": {"grace_period": 1, "reduction_factor": 2},
+        "losses": {
+            "softmax": {},
+            "pod": {"space": {"centroids": None, "alpha": None, "delta_schedule": None}},
+        },
+    }
+    data.update(changes)
+    return TuneSpec.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def split_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Start Ray whose workers log (pid, use_val, split) of every Task read to this file."""
+    import ray
+
+    log = tmp_path_factory.mktemp("splits") / "reads.jsonl"
+    log.touch()
+
+    def record_reads() -> None:  # runs in every Ray worker before any task
+        import podbench.tasks as tasks
+
+        original = tasks.load_task
+
+        def load_task(*args, **kwargs):  # type: ignore[no-untyped-def]
+            task = original(*args, **kwargs)
+            use_val = bool(kwargs.get("use_val", False))
+            inner = task.eval_batches
+
+            def eval_batches(split, batch_size):  # type: ignore[no-untyped-def]
+                with open(log, "a") as fh:
+                    fh.write(
+                        json.dumps({"pid": os.getpid(), "use_val": use_val, "split": split}) + "\n"
+                    )
+                return inner(split, batch_size)
+
+            task.eval_batches = eval_batches
+            with open(log, "a") as fh:
+                fh.write(json.dumps({"pid": os.getpid(), "use_val": use_val, "split": None}) + "\n")
+            return task
+
+        tasks.load_task = load_task
+
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={
+            "worker_process_setup_hook": record_reads,
+            "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"},
+        },
+        logging_level="WARNING",
+    )
+    yield log
+    ray.shutdown()
+
+
+def reads(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def test_tiny_study_completes_with_equal_budgets_and_never_reads_test(
+    split_log: Path, tmp_path: Path
+) -> None:
+    before = len(reads(split_log))
+    spec = tiny_spec("tiny")
+    outcome = run_study(spec, tmp_path)
+    folder = tmp_path / "tune" / "tiny"
+
+    table = pd.read_csv(folder / "trials.csv")
+    assert {
+        "number",
+        "loss",
+        "state",
+        "value",
+        "epochs_run",
+        "params_lr",
+        "params_weight_decay",
+        "params_sc_weight",
+    } <= set(table.columns)
+    # equal budget: the same number of trials and at most the same epochs for every loss
+    assert table.groupby("loss").size().to_dict() == {"pod": 3, "softmax": 3}
+    assert set(table["state"]) <= {"COMPLETE", "PRUNED"}
+    assert (table["epochs_run"] <= 2).all()
+    assert (table.loc[table["state"] == "COMPLETE", "epochs_run"] == 2).all()
+    done = table[table["state"] == "COMPLETE"]
+    assert ((done["value"] > 0.1) & (done["value"] <= 1)).all()  # better than chance on 10 classes
+
+    # the best point and its rerun suite agree with the table
+    best = yaml.safe_load((folder / "best.yaml").read_text())
+    for label, group in done.groupby("loss"):
+        top = group.loc[group["value"].idxmax()]
+        entry = best["losses"][label]
+        assert entry["trial"] == top["number"] and math.isclose(entry["val_acc"], top["value"])
+        suite = SuiteSpec.model_validate(entry["suite"])
+        assert suite.eval_split == "test" and math.isclose(suite.lr, top["params_lr"])
+
+    imps = json.loads((folder / "importances.json").read_text())
+    for label, group in done.groupby("loss"):
+        if len(group) >= 2:
+            assert set(imps[label]) <= {
+                c.removeprefix("params_") for c in table.columns if c.startswith("params_")
+            }
+            assert math.isclose(sum(imps[label].values()), 1.0, rel_tol=1e-6)
+    assert outcome.ran == {"softmax": 3, "pod": 3}
+
+    # what the trial processes read: tasks built with a validation split, and only "val" evaluated
+    seen = reads(split_log)[before:]
+    assert seen, "the workers' setup hook recorded nothing"
+    assert all(r["use_val"] for r in seen)
+    assert {r["split"] for r in seen} - {None} == {"val"}
+
+
+def test_resume_keeps_trials_and_adds_to_the_target(split_log: Path, tmp_path: Path) -> None:
+    spec = tiny_spec("resume", losses={"softmax": {}})
+    run_study(spec, tmp_path)
+    url = storage_url(spec, tmp_path)
+    study = optuna.load_study(study_name=study_name(spec, "softmax"), storage=url)
+    first = [(t.number, t.params, t.value, t.state) for t in study.get_trials()]
+    assert len(first) == 3
+
+    # an interrupted driver leaves a RUNNING trial behind: it must not count nor block
+    study.ask()
+
+    bigger = tiny_spec("resume", losses={"softmax": {}}, n_trials=5)
+    outcome = run_study(bigger, tmp_path)
+    assert outcome.interrupted == {"softmax": 1} and outcome.ran == {"softmax": 2}
+    study = optuna.load_study(study_name=study_name(spec, "softmax"), storage=url)
+    trials = study.get_trials()
+    assert [(t.number, t.params, t.value, t.state) for t in trials[:3]] == first
+    assert trials[3].state == optuna.trial.TrialState.FAIL and trials[3].user_attrs["interrupted"]
+    assert budget_used(study) == 5
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4, 5]
+    assert all(t.state.is_finished() for t in trials)
+
+    again = run_study(bigger, tmp_path)  # at the target: runs nothing
+    assert again.ran == {"softmax": 0}
+    assert len(optuna.load_study(study_name=study_name(spec, "softmax"), storage=url).trials) == 6
+    table = pd.read_csv(tmp_path / "tune" / "resume" / "trials.csv")
+    assert list(table["number"]) == [0, 1, 2, 3, 4, 5]
+
+
+def test_absurd_learning_rate_is_stopped_early(split_log: Path, tmp_path: Path) -> None:
+    spec = tiny_spec(
+        "absurd",
+        epochs=4,
+        max_concurrent=1,  # the enqueued points run in order
+        space={"lr": {"type": "float", "low": 1e-3, "high": 1e3, "log": True}},
+        losses={
+            "softmax": {
+                "enqueue": [
+                    {"lr": 0.1, "weight_decay": 1e-4},
+                    {"lr": 0.05, "weight_decay": 1e-4},
+                    {"lr": 1000.0, "weight_decay": 1e-4},
+                ]
+            }
+        },
+    )
+    run_study(spec, tmp_path)
+    table = pd.read_csv(tmp_path / "tune" / "absurd" / "trials.csv")
+    absurd = table[table["params_lr"] == 1000.0].iloc[0]
+    assert absurd["state"] == "PRUNED"
+    assert absurd["epochs_run"] < 4
+    sane = table[table["params_lr"] < 1.0]
+    assert (sane["state"] == "COMPLETE").any()
