@@ -141,7 +141,7 @@ class _Trainer:
         use_val = run.eval_split == "val"
         task_args = dict(
             device=self.device, val_fraction=run.val_fraction, split_seed=run.split_seed,
-            use_val=use_val,
+            use_val=use_val, image_size=run.image_size,
         )
         self.task = load_task(run.dataset, run.data_root, limit=run.limit_train, **task_args)
         self.eval_task = self.task
@@ -150,14 +150,15 @@ class _Trainer:
                 run.dataset, run.data_root, limit=run.limit_eval, augment=False, **task_args
             )
         info = self.task.info
+        num_classes = len(self.task.classes)  # image folders know their classes only when read
         torch.manual_seed(run.seed)
         self.model: nn.Module = create_arch(
-            run.arch, in_channels=info.channels, image_size=info.image_size,
-            feat_dim=run.feat_dim, num_classes=info.num_classes,
+            run.arch, in_channels=info.channels, image_size=self.task.image_size,
+            feat_dim=run.feat_dim, num_classes=num_classes,
         ).to(self.device)
         torch.manual_seed(run.seed)  # centroids do not depend on the architecture's draws
         self.plugin = create_loss(
-            run.loss, num_classes=info.num_classes, feat_dim=run.feat_dim,
+            run.loss, num_classes=num_classes, feat_dim=run.feat_dim,
             variant=run.variant, **run.loss_params,
         ).to(self.device)
         if run.channels_last:

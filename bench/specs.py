@@ -71,6 +71,7 @@ NON_RESULT_FIELDS = frozenset({"suite", "label", "cpus", "gpus", "checkpoint", "
 # Authors' milestones 30/60/90 of 100 epochs, scaled to the run's epoch count.
 AUTHORS_MILESTONE_FRACTIONS = (0.3, 0.6, 0.9)
 DEFAULT_EPOCHS = 100  # the authors' budget (LOSSES.md)
+DEFAULT_BATCH_SIZE = 128  # for datasets the authors did not use
 
 
 class RunSettings(BaseModel):
@@ -107,6 +108,7 @@ class RunSettings(BaseModel):
     gpus: float = Field(0.0, ge=0)
     checkpoint: bool = False
     data_root: str | None = None
+    image_size: int | None = Field(None, ge=1)
     imports: list[str] = Field(default_factory=list)
 
     @field_validator("milestones")
@@ -192,7 +194,9 @@ class LossEntry(BaseModel):
             for values in product(*(self.grid[k] for k in keys)):
                 point = dict(zip(keys, values, strict=True))
                 # grid points and variants are different methods: each gets its own label
-                inner = ([variant] if variant else []) + [f"{k}={v}" for k, v in point.items()]
+                # a custom label for one variant names that variant already
+                show_variant = variant is not None and (self.variants is not None or not self.label)
+                inner = ([variant] if show_variant else []) + [f"{k}={v}" for k, v in point.items()]
                 base = self.label or self.name
                 label = f"{base}[{','.join(inner)}]" if inner else base
                 out.append((variant, {**self.params, **point}, label))
@@ -326,16 +330,23 @@ def resolve_run(
         settings: shared run settings (a suite's or a tune file's).
         suite: suite or study name (not part of run_id).
         loss, dataset, arch, seed, variant, loss_params: the run's grid point.
-        feat_dim: latent dimension; None = the dataset's (authors') latent dimension.
+        feat_dim: latent dimension; None = the dataset's (authors') latent dimension (a
+            UserError naming ``feat_dim`` when the dataset has none).
         data_root: overrides ``settings.data_root`` when given.
-        batch_size: overrides ``settings.batch_size`` when given; None in both = the dataset's.
+        batch_size: overrides ``settings.batch_size`` when given; None in both = the dataset's
+            (authors'), else 128.
         label: the compared method's name; None = ``loss`` or ``loss[variant]``.
     """
     from podbench.tasks import dataset_info
 
     info = dataset_info(dataset)
     fields = settings.model_dump()
-    fields["batch_size"] = batch_size or settings.batch_size or int(info.batch_size)
+    fields["batch_size"] = batch_size or settings.batch_size or int(info.batch_size or DEFAULT_BATCH_SIZE)
+    if feat_dim is None and info.latent_dim is None:
+        raise UserError(
+            f"feat_dim: dataset '{dataset}' has no authors' latent dimension to default to; "
+            "set feat_dim (e.g. feat_dim: 32) in the suite."
+        )
     if data_root is not None:
         fields["data_root"] = data_root
     if settings.milestones is None:
@@ -518,8 +529,17 @@ def loss_hparam_names(name: str) -> set[str]:
     return set(loss_info(name).defaults)
 
 
-def load_suite(path_or_name: str | Path, overrides: Sequence[str] = ()) -> SuiteSpec:
+def load_suite(
+    path_or_name: str | Path, overrides: Sequence[str] = (), *, build_losses: bool = True
+) -> SuiteSpec:
     """Load and fully validate a suite (a YAML file or a built-in name) with ``--set`` overrides.
+
+    Args:
+        path_or_name: a YAML file or a built-in suite name.
+        overrides: ``key=value`` strings (dotted keys, YAML values), applied before validation.
+        build_losses: also build each distinct loss once on CPU, so that a value the loss
+            rejects (e.g. feat_dim too small for simplex centroids) fails here; PEDCC's charge
+            model for hundreds of classes makes this take tens of seconds.
 
     Raises:
         UserError: one sentence naming the field path and the fix.
@@ -536,10 +556,39 @@ def load_suite(path_or_name: str | Path, overrides: Sequence[str] = ()) -> Suite
         raise validation_error_to_user_error(err, source) from None
     _check_names(spec, source)
     try:
-        spec.expand()
+        runs = spec.expand()
     except ValidationError as err:  # e.g. a dataset default that breaks a constraint
         raise validation_error_to_user_error(err, source) from None
+    if build_losses:
+        _check_losses_build(spec, runs, source)
     return spec
+
+
+def _check_losses_build(spec: SuiteSpec, runs: Sequence[RunSpec], source: str) -> None:
+    """Build each distinct loss once on CPU so bad values (e.g. d too small) fail before any run."""
+    from podbench.losses import create_loss
+    from podbench.tasks import dataset_info
+
+    entry_of = {entry.name: i for i, entry in enumerate(spec.losses)}
+    seen: set[str] = set()
+    for run in runs:
+        key = json.dumps([run.loss, run.variant, run.loss_params, run.dataset, run.feat_dim],
+                         sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        num_classes = dataset_info(run.dataset).num_classes
+        if num_classes is None:  # an image folder: its classes are known only when read
+            continue
+        try:
+            create_loss(run.loss, num_classes=int(num_classes),
+                        feat_dim=run.feat_dim, variant=run.variant, **run.loss_params)
+        except UserError as err:
+            where = f"losses.{entry_of.get(run.loss, 0)}"
+            raise UserError(
+                f"{source}: field '{where}' ({run.label} on {run.dataset}, feat_dim={run.feat_dim}): "
+                f"{str(err).rstrip('.')}."
+            ) from None
 
 
 def __getattr__(name: str) -> Any:
