@@ -225,3 +225,18 @@ def test_best_suites_rerun_the_best_point_on_test_over_seeds() -> None:
     }
     # both methods belong to one suite, so the report compares them
     assert {r.suite for rs in runs.values() for r in rs} == {"tiny-best"}
+
+
+def test_cli_bad_tune_file_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from podbench.cli import main
+
+    data = {**TINY, "losses": {"pod": {"n_trials": 9}}}
+    code = main(["tune", str(write(tmp_path, data)), "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "losses.pod" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing written before the file is valid
+    assert main(["tune", "tune-quickstart", "--seeds", "0"]) == 2
+    assert "--seeds 0" in capsys.readouterr().err
