@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.metadata
 import inspect
@@ -61,7 +62,7 @@ class LossInfo:
     learnable_head: bool
     updates_per_batch: int
     aliases: tuple[str, ...] = ()
-    source: str = "podbench"  # or the distribution that provided it through an entry point
+    source: str = "podbench"  # or the distribution that provides the class
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def params_for(self, variant: str | None = None, **hparams: Any) -> dict[str, Any]:
@@ -89,12 +90,16 @@ _REGISTRY: dict[str, LossInfo] = {}
 _ALIASES: dict[str, str] = {}
 _BROKEN: dict[str, str] = {}  # entry-point name -> why it could not be loaded
 _entry_points_loaded = False
-_current_source = "podbench"
 
 
 def _closest(name: str, names: Mapping[str, Any] | list[str]) -> str:
     match = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _source_of(cls: type) -> str:
+    """``podbench`` for built-ins, else the class's module (entry points refine it)."""
+    return "podbench" if cls.__module__.split(".")[0] == "podbench" else cls.__module__
 
 
 def _check_space(
@@ -166,7 +171,7 @@ def register_loss(
             learnable_head=learnable_head,
             updates_per_batch=int(cls.updates_per_batch),
             aliases=tuple(aliases),
-            source=_current_source,
+            source=_source_of(cls),
         )
         for key in (name, *info.aliases):
             existing = _REGISTRY.get(_ALIASES.get(key, key))
@@ -195,13 +200,13 @@ def load_entry_points(*, reload: bool = False) -> dict[str, str]:
     Returns {entry-point name: reason} for the plugins that could not be loaded (they are also
     reported with a warning, and creating them raises a :class:`UserError` saying why).
     """
-    global _entry_points_loaded, _current_source
+    global _entry_points_loaded
     if _entry_points_loaded and not reload:
         return dict(_BROKEN)
     _entry_points_loaded = True
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else "an unknown distribution"
-        _current_source = dist
+        before = set(_REGISTRY)
         try:
             obj = ep.load()
         except Exception as err:  # a broken plugin must not break the registry
@@ -211,7 +216,11 @@ def load_entry_points(*, reload: bool = False) -> dict[str, str]:
             warnings.warn(f"podbench loss plugin {ep.name!r}: {_BROKEN[ep.name]}", stacklevel=2)
             continue
         finally:
-            _current_source = "podbench"
+            provided = set(_REGISTRY) - before
+        if isinstance(obj, type) and vars(obj).get("loss_name") in _REGISTRY:
+            provided.add(vars(obj)["loss_name"])
+        for name in provided:  # record which distribution provides the loss
+            _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], source=dist)
         registered = vars(obj).get("loss_name") in _REGISTRY if isinstance(obj, type) else True
         if isinstance(obj, type) and issubclass(obj, LossPlugin) and not registered:
             _BROKEN[ep.name] = f"{ep.value} from {dist} is not decorated with @register_loss"
@@ -224,8 +233,7 @@ def load_entry_points(*, reload: bool = False) -> dict[str, str]:
 def _resolve(name: str) -> LossInfo:
     if not isinstance(name, str):
         raise UserError(f"loss name must be a string, got {name!r}; use one of list_losses().")
-    if name not in _ALIASES:
-        load_entry_points()
+    load_entry_points()  # once per process; later calls return at once
     if name in _ALIASES:
         return _REGISTRY[_ALIASES[name]]
     if name in _BROKEN:
