@@ -372,9 +372,12 @@ def resolve_run(
 
 
 def builtin_suites() -> list[str]:
-    """Names of the suites shipped in ``podbench.suites``."""
+    """Names of the suites shipped in ``podbench.suites`` (tune files, ``tune-*``, excluded)."""
     folder = importlib.resources.files("podbench.suites")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in folder.iterdir()
+        if p.name.endswith(".yaml") and not p.name.startswith("tune-")
+    )
 
 
 def read_spec_mapping(path_or_name: str | Path, *, kind: str = "suite") -> tuple[dict[str, Any], str]:
