@@ -237,8 +237,47 @@ def _provenance(data: ResultsData) -> dict[str, Any]:
     }
 
 
-def _tables(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def _tuning_rows(studies: list[Any]) -> list[dict[str, Any]]:
+    """Per study and loss: trials by state and the best completed trial's value and settings."""
+    rows = []
+    for study in studies:
+        trials = study.trials
+        if trials is None or trials.empty or "value" not in trials:
+            continue
+        if "loss" not in trials:
+            trials = trials.assign(loss=study.name)
+        for loss, g in trials.groupby(trials["loss"].astype(str), sort=True):
+            states = g["state"].astype(str).str.upper() if "state" in g else None
+            done = g[states == "COMPLETE"] if states is not None else g
+            done = done.dropna(subset=["value"])
+            best = done.loc[done["value"].idxmax()] if not done.empty else None
+            params = [c for c in g.columns if str(c).startswith("params_")]
+            rows.append(
+                {
+                    "study": study.name,
+                    "loss": loss,
+                    "trials": str(len(g)),
+                    "complete": str(len(done)),
+                    "pruned": str(int((states == "PRUNED").sum())) if states is not None else "–",
+                    "failed": str(int((states == "FAIL").sum())) if states is not None else "–",
+                    "best value": _fmt(None if best is None else float(best["value"]), 4),
+                    "best settings": "–"
+                    if best is None
+                    else ", ".join(
+                        f"{c[len('params_') :]}={best[c]:.4g}"
+                        if isinstance(best[c], float)
+                        else f"{c[len('params_') :]}={best[c]}"
+                        for c in params
+                        if pd.notna(best[c])
+                    ),
+                }
+            )
+    return rows
+
+
+def _tables(result: dict[str, Any], studies: list[Any]) -> dict[str, list[dict[str, Any]]]:
     """Flat rows for the secondary tables (shared by HTML and LaTeX)."""
+    tuning = _tuning_rows(studies)
     ctrl = result["control"]
     comparisons = []
     bayes = {b["label"]: b for b in result["across_blocks"]["bayesian"]}
@@ -312,6 +351,7 @@ def _tables(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     ]
     return {
         "comparisons": comparisons,
+        "tuning": tuning,
         "within": within,
         "excluded": excluded,
         "convergence": convergence,
@@ -414,7 +454,7 @@ def build_report(
 
     fig_entries = _figure_entries(data, result, info, out)
     main = _main_table(result, info)
-    tables = _tables(result)
+    tables = _tables(result, data.studies)
     prov = result["provenance"]
     context: dict[str, Any] = {
         "title": "podbench report: " + (", ".join(prov["suites"]) or data.root.name),

@@ -50,6 +50,28 @@ def _grid(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, np.n
     return fig, axes
 
 
+def _rotate_labels(ax: Any) -> None:
+    # Long method names: slanted and right-aligned so neighbours do not collide.
+    for tick in ax.get_xticklabels():
+        tick.set_rotation(30)
+        tick.set_horizontalalignment("right")
+
+
+def _legend_outside(ax: Any, title: str | None = None) -> None:
+    handles, names = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(
+            handles,
+            names,
+            fontsize=7,
+            title=title,
+            title_fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0.0,
+        )
+
+
 def render(fig: Figure) -> tuple[bytes, bytes]:
     """PNG and PDF bytes of a figure; the figure is closed afterwards."""
     png, pdf = io.BytesIO(), io.BytesIO()
@@ -87,7 +109,8 @@ def accuracy_figure(stats_result: dict[str, Any], metric: MetricInfo) -> Figure 
                     )
                 else:
                     ax.plot(i + 0.3, r["mean"], "D", color="black", markersize=4)
-            ax.set_xticks(range(len(here)), [r["label"] for r in here], rotation=30, ha="right")
+            ax.set_xticks(range(len(here)), [r["label"] for r in here])
+            _rotate_labels(ax)
             ax.set_title(block, fontsize=9)
             ax.set_ylabel(f"{metric.title} ({metric.unit})" if metric.unit else metric.title)
             ax.grid(axis="y", alpha=0.3)
@@ -124,7 +147,7 @@ def learning_curves_figure(data: ResultsData, labels: list[str]) -> Figure | Non
             )
             ax.set_title(block, fontsize=9)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="lower right")
         fig.suptitle(
             "Test accuracy per epoch: mean over seeds, band ±1 sd (completed runs)", fontsize=10
         )
@@ -140,14 +163,29 @@ def cd_figure(stats_result: dict[str, Any]) -> Figure | None:
     ranks = pd.Series(across["mean_ranks"])
     pmat = pd.DataFrame(across["nemenyi"]["p_values"]).loc[ranks.index, ranks.index]
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(7, 0.6 + 0.35 * len(ranks)))
-        sp.critical_difference_diagram(
-            ranks, pmat, ax=ax, alpha=across["nemenyi"]["alpha"], cd=across["nemenyi"]["cd"]
+        fig, ax = plt.subplots(figsize=(7, 1.2 + 0.35 * len(ranks)))
+        # The library draws its CD bar over the tick labels; ours goes above them instead.
+        sp.critical_difference_diagram(ranks, pmat, ax=ax, alpha=across["nemenyi"]["alpha"])
+        cd = across["nemenyi"]["cd"]
+        start = float(ranks.min())
+        trans = ax.get_xaxis_transform()  # x in rank units, y in axes fraction
+        ax.plot(
+            [start, start + cd], [1.22, 1.22], color="black", lw=2, transform=trans, clip_on=False
+        )
+        ax.text(
+            start + cd / 2,
+            1.27,
+            f"CD = {cd:.2f}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            transform=trans,
         )
         ax.set_title(
             f"Mean ranks over {across['n_blocks']} blocks (1 = best); bars join methods Nemenyi "
-            f"cannot separate (CD = {across['nemenyi']['cd']:.2f})",
+            "cannot separate",
             fontsize=9,
+            pad=42,
         )
         fig.tight_layout()
     return fig
@@ -186,9 +224,9 @@ def convergence_figure(stats_result: dict[str, Any]) -> Figure | None:
         )
         ax.set_ylabel("epochs to 95% of final accuracy")
         ax.set_xlabel("")
-        ax.tick_params(axis="x", rotation=30)
+        _rotate_labels(ax)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, title="block", title_fontsize=7)
+        _legend_outside(ax, "block")
         ax.set_title("Convergence: runs (points), mean over all blocks (diamond)", fontsize=9)
         fig.tight_layout()
     return fig
@@ -220,10 +258,22 @@ def geometry_figure(data: ResultsData, labels: list[str]) -> Figure | None:
             ax.set_title(key.replace("_", " "), fontsize=9)
             ax.set_ylabel("")
             ax.set_xlabel("")
-            ax.tick_params(axis="x", rotation=30)
+            _rotate_labels(ax)
             ax.grid(axis="y", alpha=0.3)
+        handles, names = axes.flat[0].get_legend_handles_labels()
         if axes.flat[0].get_legend() is not None:
-            axes.flat[0].legend(fontsize=6, title="block", title_fontsize=6)
+            axes.flat[0].get_legend().remove()
+        if handles:
+            axes.flat[len(keys) - 1].legend(
+                handles,
+                names,
+                fontsize=7,
+                title="block",
+                title_fontsize=7,
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                borderaxespad=0.0,
+            )
         fig.suptitle("Latent geometry of the learned features (completed runs)", fontsize=10)
         fig.tight_layout()
     return fig
@@ -251,7 +301,7 @@ def optimisation_history_figure(study: TuningStudy) -> Figure | None:
         ax.set_xlabel("trial")
         ax.set_ylabel("objective (validation)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend_outside(ax, "loss")
         ax.set_title(f"Study {study.name}: trials (points) and best so far (line)", fontsize=9)
         fig.tight_layout()
     return fig

@@ -48,6 +48,40 @@ class _Page(HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
+class _TableText(HTMLParser):
+    """The cell texts of one table, row by row."""
+
+    def __init__(self, table_id: str) -> None:
+        super().__init__()
+        self.table_id, self.inside, self.rows = table_id, False, []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and dict(attrs).get("id") == self.table_id:
+            self.inside = True
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self.inside = False
+        elif self.inside and tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append("".join(self.cell).strip())
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def _table_rows(html: str, table_id: str) -> list[list[str]]:
+    parser = _TableText(table_id)
+    parser.feed(html)
+    return parser.rows
+
+
 def _parse(html: str) -> _Page:
     page = _Page()
     page.feed(html)
@@ -156,6 +190,12 @@ def test_failed_and_diverged_runs_are_counted_and_explained(full_report: dict[st
     assert "(3/4)" in html  # the table cell says one pod run of data0 is missing from the mean
     assert "1 run(s) diverged and 1 failed" in html
     assert "CUDA out of memory &amp; &lt;oops&gt;" in html
+    header, *rows = _table_rows(html, "failures-table")
+    assert header == ["block", "method", "seed", "status", "epoch", "error"]
+    assert sorted(rows) == [
+        ["data0 / small-cnn", "pod", "7", "diverged", "2", f"Divergence: {DIVERGED_MSG}"],
+        ["data1 / small-cnn", "center", "8", "failed", "0", f"RuntimeError: {FAILED_MSG}"],
+    ]
     assert "loss is NaN &lt;b&gt;bold&lt;/b&gt;" in html
 
 
@@ -232,6 +272,7 @@ def test_every_string_is_escaped_and_page_is_self_contained(full_report: dict[st
             assert not value.startswith(("http:", "https:", "//")), value
     table_ids = {a.get("id") for t, a in page.tags if t == "table"}
     assert {
+        "tuning-table",
         "main-table",
         "across-table",
         "within-table",
@@ -412,3 +453,21 @@ def test_reports_never_import_torch_or_ray() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_tuning_study_is_summarised(full_report: dict[str, Any]) -> None:
+    header, *rows = _table_rows(full_report["html"], "tuning-table")
+    assert header[:8] == [
+        "study",
+        "loss",
+        "trials",
+        "complete",
+        "pruned",
+        "failed",
+        "best value",
+        "best settings",
+    ]
+    # 6 trials: 5 complete, 1 pruned; best value 0.88 at alpha = 2.0 (written in the fixture)
+    assert rows == [["pod-study", "pod", "6", "5", "1", "0", "0.8800", "alpha=2"]]
+    html = full_report["html"]
+    assert 'id="fig-tune_0_history"' in html and 'id="fig-tune_0_importances"' in html
