@@ -313,3 +313,15 @@ def test_control_without_completed_runs_in_a_block_gives_no_p_value(
     assert block["comparisons"] == [] and "no completed run" in block["note"]
     assert out["counts"]["diverged"] == 2 and len(out["excluded_runs"]) == 2
     assert out["primary_analysis"] == "within-blocks"
+
+
+def test_bayesian_signed_rank_closed_form_with_one_difference() -> None:
+    # One block, difference d = 3 points, ROPE r = 1. The Dirichlet(0.5, 1) weights on the
+    # pseudo-observation 0 and on d are (1 - w, w) with w ~ Beta(1, 0.5). Walsh averages:
+    # (0+0)/2 = 0 in the ROPE, (0+d)/2 = 1.5 and d = 3 to the right, nothing to the left:
+    #   theta_right = 2(1-w)w + w^2 = w(2 - w), theta_rope = (1 - w)^2.
+    # Right wins iff 2w^2 - 4w + 1 < 0 iff w > 1 - 1/sqrt(2); P(w > c) = (1 - c)^0.5 = 2^(-1/4).
+    got = bayesian_signed_rank([80.0], [83.0], rope=1.0, nsamples=20000, seed=3)
+    assert got["p_other_better"] == pytest.approx(2**-0.25, abs=0.012)
+    assert got["p_equivalent"] == pytest.approx(1 - 2**-0.25, abs=0.012)
+    assert got["p_control_better"] == 0.0
