@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-
 from podbench.reports.latex import latex_escape, latex_plain, styler_table
 
 
