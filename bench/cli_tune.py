@@ -116,16 +116,16 @@ def run_tune(args: argparse.Namespace) -> int:
         f"tuning outputs: {folder} (trials.csv, best.yaml, importances.json); storage: {outcome.storage_url}"
     )
     if args.seeds:
-        counts = rerun_best(
+        reruns = rerun_best(
             outcome, results, args.seeds, address=args.address, num_cpus=args.num_cpus
         )
         store = ResultsStore(results)
         table = store.write_table()
         print(
-            f"best points over {args.seeds} seed(s): {counts.get('completed', 0)} completed, "
-            f"{counts.get('diverged', 0)} diverged, {counts.get('failed', 0)} failed, "
-            f"{counts.get('skipped', 0)} already done; table: {table}"
+            f"best points over {args.seeds} seed(s): {reruns.get('completed', 0)} completed, "
+            f"{reruns.get('diverged', 0)} diverged, {reruns.get('failed', 0)} failed, "
+            f"{reruns.get('skipped', 0)} already done; table: {table}"
         )
-        if counts.get("failed", 0) or counts.get("interrupted", 0):
+        if reruns.get("failed", 0) or reruns.get("interrupted", 0):
             return 1
     return 0

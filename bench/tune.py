@@ -412,8 +412,13 @@ def best_points(spec: TuneSpec, studies: dict[str, optuna.Study]) -> dict[str, d
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not done:
             continue
-        top = max(done, key=lambda t: (t.value, -t.number))  # ties: the earliest trial
-        best[label] = {"trial": top.number, METRIC: float(top.value), "params": dict(top.params)}
+        # ties: the earliest trial
+        top = max(done, key=lambda t: (float(t.value or 0.0), -t.number))
+        best[label] = {
+            "trial": top.number,
+            METRIC: float(top.value or 0.0),
+            "params": dict(top.params),
+        }
     return best
 
 
@@ -432,6 +437,7 @@ def trials_table(studies: dict[str, optuna.Study]) -> pd.DataFrame:
                 ),
                 "epochs_run": t.user_attrs.get(_ATTR_EPOCHS, len(t.intermediate_values)),
                 "duration_s": t.duration.total_seconds() if t.duration is not None else None,
+                "completed_at": t.datetime_complete.isoformat() if t.datetime_complete else None,
                 "run_id": t.user_attrs.get(_ATTR_RUN_ID),
                 "error": t.user_attrs.get(_ATTR_ERROR),
             }

@@ -20,9 +20,12 @@ and the losses to tune::
       pod:
         params: {centroids: simplex}          # fixed, not tuned
         space:                                # over the loss's own search space
-          sc_weight: {type: float, low: 0.1, high: 3.0, log: true}
+          sc_weight: {type: float, low: 0.1, high: 3.0, log: true}   # replaced
+          nac_weight: {high: 3.0}             # no type: narrows the plugin's range
           alpha: null                         # null: not tuned (the default is used)
           feat_dim: {type: categorical, choices: [16, 32, 64]}
+        enqueue:                              # first trials, e.g. the authors' setting
+          - {lr: 0.1, sc_weight: 1.0}
 
 Space keys that name a run setting (``lr``, ``weight_decay``, ``feat_dim``, ``variant``, ...) tune
 that setting; every other key is a hyperparameter of the loss. ``load_tune(path_or_name,
@@ -227,7 +230,7 @@ class TuneSpec(RunSettings):
     eval_split: Literal["val"] = "val"
     max_concurrent: int | None = Field(None, ge=1)
     n_startup_trials: int = Field(10, ge=0)
-    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    early_stopping: EarlyStopping = Field(default_factory=lambda: EarlyStopping.model_validate({}))
     storage: str | None = None
     space: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     losses: dict[str, LossTune] = Field(min_length=1)

@@ -203,3 +203,46 @@ def test_absurd_learning_rate_is_stopped_early(split_log: Path, tmp_path: Path) 
         assert absurd["status"] in {"pruned", "diverged"}
         first = group[group["number"] == 0].iloc[0]
         assert first["state"] == "COMPLETE" and first["epochs_run"] == 4
+
+
+def test_cli_seeds_reruns_best_points_on_test_as_suite_runs(
+    split_log: Path, tmp_path: Path
+) -> None:
+    from podbench.cli import main
+
+    spec = {
+        "name": "seeded",
+        "dataset": "digits",
+        "arch": "mlp",
+        "feat_dim": 16,
+        "epochs": 1,
+        "n_trials": 2,
+        "batch_size": 64,
+        "schedule": "constant",
+        "max_concurrent": 2,
+        "early_stopping": {"enabled": False},
+        "losses": {"softmax": {}, "pod": {"params": {"centroids": "simplex"}}},
+    }
+    path = tmp_path / "seeded.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    before = len(reads(split_log))
+    assert main(["tune", str(path), "--results", str(tmp_path / "r"), "--seeds", "2"]) == 0
+    best = yaml.safe_load((tmp_path / "r" / "tune" / "seeded" / "best.yaml").read_text())["losses"]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "runs").glob("*.json")]
+    assert sorted((r["label"], r["seed"]) for r in records) == [
+        ("pod", 0),
+        ("pod", 1),
+        ("softmax", 0),
+        ("softmax", 1),
+    ]
+    for r in records:
+        assert r["status"] == "completed" and r["spec"]["eval_split"] == "test"
+        assert r["final_test_acc"] is not None and r["suite"] == "seeded-best"
+        assert math.isclose(r["spec"]["lr"], best[r["label"]]["params"]["lr"])
+        if r["loss"] == "pod":
+            assert r["spec"]["loss_params"]["centroids"] == "simplex"
+    assert (tmp_path / "r" / "results.csv").is_file()
+    # the tuning trials read "val" only; the reruns are what read "test"
+    splits = [r["split"] for r in reads(split_log)[before:] if r["split"]]
+    first_test = splits.index("test")
+    assert set(splits[:first_test]) == {"val"} and set(splits[first_test:]) == {"test"}
