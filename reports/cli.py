@@ -29,14 +29,16 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         "--rope",
         type=float,
         default=1.0,
-        help="region of practical equivalence for the Bayesian test, in accuracy "
-        "points (default: 1.0)",
+        help="half-width of the region of practical equivalence of the Bayesian test, in "
+        "accuracy points (in the metric's unit for other metrics; default: 1.0)",
     )
     parser.add_argument(
         "--metric",
         default="final_test_acc",
         choices=sorted(METRICS),
-        help="compared metric of the run records (default: final_test_acc)",
+        metavar="NAME",
+        help=f"compared metric of the run records, one of {', '.join(METRICS)} "
+        "(default: final_test_acc)",
     )
     parser.add_argument(
         "--alpha", type=float, default=0.05, help="significance level (default: 0.05)"

@@ -367,9 +367,12 @@ def analyse(
         if control in family and len(family) > 1:
             oriented = {lab: [sign * x for x in v] for lab, v in family.items()}
             comps = welch_vs_control(oriented, control, alpha)
-            for c in comps:  # report differences in the metric's own direction
+            for c in comps:  # report differences in the metric's own direction (method - control)
                 if c["mean_diff"] is not None:
                     c["mean_diff"] *= sign
+                for key in ("cohens_d", "cliffs_delta"):  # effect sizes share that direction
+                    if c[key] is not None:
+                        c[key] *= sign
                 c["better"] = None if c["mean_diff"] is None else (sign * c["mean_diff"] > 0)
             note = None
         else:
@@ -479,6 +482,7 @@ def analyse(
         for w in across["wilcoxon"]:
             w["mean_diff"] *= sign
             w["median_diff"] *= sign
+            w["cliffs_delta"] *= sign
             w["better"] = sign * w["mean_diff"] > 0
             x, c = complete[w["label"]].to_numpy(float), complete[control].to_numpy(float)
             w["cohens_dz"] = (

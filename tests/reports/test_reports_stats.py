@@ -279,6 +279,12 @@ def test_lower_is_better_metric_flips_ranks_and_verdicts(results_factory) -> Non
     assert out["across_blocks"]["mean_ranks"] == {"pod": 1.0, "slow": 2.0}
     (w,) = out["across_blocks"]["wilcoxon"]
     assert w["mean_diff"] == pytest.approx(5.0) and w["better"] is False
+    assert w["cliffs_delta"] == 1.0  # effect sizes keep the sign of method minus control
+    within = out["within_blocks"][0]["comparisons"][0]
+    # seeds 0, 1 -> pod 10, 11 s and slow 15, 16 s: d = 5 / sd(0.707), delta = +1, slower = worse
+    assert within["mean_diff"] == pytest.approx(5.0)
+    assert within["cohens_d"] == pytest.approx(5 / np.sqrt(0.5))
+    assert within["cliffs_delta"] == 1.0 and within["better"] is False
     (b,) = out["across_blocks"]["bayesian"]
     assert b["p_control_better"] > 0.95
 
