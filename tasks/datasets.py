@@ -104,14 +104,16 @@ class Located:
     """Where a source found its data.
 
     Attributes:
-        path: the folder (or pseudo path) holding the data.
+        path: the folder, archive (or pseudo path) holding the data.
         layout: which on-disk format was found there (e.g. "pickle", "folder", "idx").
         files: the files the decoded arrays depend on (their mtime and size key the cache).
+        cache: cache what ``read`` returns (slow reads such as archives), whatever the source.
     """
 
     path: Path
     layout: str
     files: tuple[Path, ...] = ()
+    cache: bool = False
 
 
 @dataclass
@@ -258,7 +260,7 @@ def locate_dataset(name: str, root: str | Path | None = None) -> tuple[Located |
         return src.locate(Path(".")), []
     looked = candidate_roots(name, root)
     for path in looked:
-        if path.is_dir():
+        if path.is_dir() or path.is_file():  # a file: an archive of an image-folder tree
             found = src.locate(path)
             if found is not None:
                 return found, looked
@@ -369,7 +371,7 @@ def load_task(
     if located is None:
         raise UserError(_not_found_message(info, looked))
     src = src_cls()
-    if src.cache and located.files:
+    if (src.cache or located.cache) and located.files:
         raw = cache.cached_arrays(info.name, located, image_size,
                                   lambda: src.read(located, image_size=image_size))
     else:

@@ -6,7 +6,11 @@ import gzip
 import io
 import os
 import pickle
-from collections.abc import Sequence
+import re
+import tarfile
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,10 @@ from podbench.errors import UserError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "decode_image_blobs",
     "decode_image_files",
+    "is_archive",
+    "read_image_archive",
     "folder_image_size",
     "read_cifar_pickle",
     "read_idx",
@@ -170,45 +177,141 @@ def _fit(img: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(img, [size, size])
 
 
-def _decode_one(path: str, data: torch.Tensor) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+@contextmanager
+def _quiet_torchvision_io() -> Iterator[None]:
+    """torchvision 0.29 warns on every decode that TorchCodec will take over; it still works."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities",
+                                category=DeprecationWarning)
+        yield
 
+
+def _tv_io() -> object | None:
+    """torchvision.io when it can decode images (libjpeg/libpng built in), else None."""
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError:
-        pass
+        import torchvision.io as tv_io
+
+        return tv_io if hasattr(tv_io, "decode_jpeg") and hasattr(tv_io, "decode_image") else None
+    except ImportError:
+        return None
+
+
+def read_bytes(path: str) -> bytes:
+    """A file's bytes; an unreadable file is a UserError naming it."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as err:
+        raise UserError(f"image file {path} could not be read ({err}); check it exists and is "
+                        "readable.") from err
+
+
+def _decode_one(path: str, data: bytes) -> torch.Tensor:
+    """One encoded image -> (3, H, W) uint8 RGB; libjpeg/libpng first, Pillow for the rest."""
+    tv_io = _tv_io()
+    if tv_io is not None:
+        try:
+            with _quiet_torchvision_io():
+                return tv_io.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                          mode=tv_io.ImageReadMode.RGB)
+        except RuntimeError:
+            pass
     from PIL import Image  # formats libjpeg/libpng do not cover (bmp, gif, tiff, ...)
 
     try:
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+        with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"))
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise UserError(f"image file {path} could not be decoded ({err}); replace it or remove it "
                         "from the folder.") from err
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def decode_image_files(paths: Sequence[str], size: int, chunk: int = 1024) -> torch.Tensor:
-    """Decode image files into one (N, 3, size, size) uint8 tensor (RGB, resized if needed)."""
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+def decode_image_blobs(names: Sequence[str], blobs: Sequence[bytes], size: int) -> torch.Tensor:
+    """Encoded images -> one (N, 3, size, size) uint8 tensor (RGB, resized if needed).
 
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    for start in range(0, len(paths), chunk):
-        names = paths[start:start + chunk]
-        try:
-            blobs = [read_file(p) for p in names]
-        except RuntimeError as err:
-            raise UserError(f"an image file under {Path(names[0]).parent} could not be read "
-                            f"({err}); check the folder's permissions.") from err
-        jpeg = all(p.lower().endswith(_JPEG) for p in names)
+    ``names`` only serve error messages.
+    """
+    tv_io = _tv_io()
+    out = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8)
+    chunk = 1024
+    for start in range(0, len(blobs), chunk):
+        part_names, part = names[start:start + chunk], blobs[start:start + chunk]
         images: list[torch.Tensor] | None = None
-        if jpeg:
+        if tv_io is not None and all(n.lower().endswith(_JPEG) for n in part_names):
             try:  # one call for the whole chunk: much faster than one per file
-                images = decode_jpeg(blobs, mode=ImageReadMode.RGB)
+                with _quiet_torchvision_io():
+                    images = tv_io.decode_jpeg(
+                        [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in part],
+                        mode=tv_io.ImageReadMode.RGB)
             except RuntimeError:
                 images = None  # find the bad file one by one below
         if images is None:
-            images = [_decode_one(p, b) for p, b in zip(names, blobs, strict=True)]
+            images = [_decode_one(n, b) for n, b in zip(part_names, part, strict=True)]
         for i, img in enumerate(images):
             out[start + i] = _fit(img, size)
     return out
+
+
+def decode_image_files(paths: Sequence[str], size: int, chunk: int = 1024) -> torch.Tensor:
+    """Decode image files into one (N, 3, size, size) uint8 tensor (RGB, resized if needed)."""
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for start in range(0, len(paths), chunk):  # bounded memory: a chunk of encoded files at once
+        names = paths[start:start + chunk]
+        out[start:start + len(names)] = decode_image_blobs(names, [read_bytes(p) for p in names],
+                                                           size)
+    return out
+
+
+# ---------------------------------------------------------------- image-folder archives
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+_SPLIT_MEMBER = re.compile(r"(?:^|/)(train|test|val)/([^/]+)/([^/]+)$")
+
+
+def is_archive(path: Path) -> bool:
+    """Whether ``path`` is a tar archive podbench reads image folders from."""
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def read_image_archive(
+    archive: Path, size: int | None
+) -> tuple[dict[str, tuple[torch.Tensor, np.ndarray]], tuple[str, ...]]:
+    """A tar of a ``train/<class>/``, ``test/<class>/`` (or ``val/``) tree, decoded in memory.
+
+    Returns ``{"train": (images, labels), "test": (images, labels)}`` and the class names; files
+    are ordered by class, then name, as when read from the extracted folders.
+    """
+    found: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": [], "val": []}
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                match = _SPLIT_MEMBER.search(member.name) if member.isfile() else None
+                if match is None or not _is_image(match.group(3)):
+                    continue
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    found[match.group(1)].append((match.group(2), match.group(3), handle.read()))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise UserError(f"archive {archive} could not be read ({err}); replace it with an intact "
+                        "copy or extract it and point the data root at the folder.") from err
+    test = found["test"] or found["val"]
+    if not found["train"] or not test:
+        raise UserError(f"archive {archive} holds no train/<class>/ and test/<class>/ images; "
+                        "expected an image-folder tree inside it.")
+    classes = tuple(sorted({cls for cls, _, _ in found["train"]}))
+    index = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for split, items in (("train", found["train"]), ("test", test)):
+        unknown = sorted({cls for cls, _, _ in items} - set(index))
+        if unknown:
+            raise UserError(f"archive {archive} has {split} classes {', '.join(unknown)} that "
+                            "train/ lacks; every class needs training images.")
+        items.sort(key=lambda e: (index[e[0]], e[1]))
+        names = [f"{archive}:{split}/{cls}/{name}" for cls, name, _ in items]
+        blobs = [b for _, _, b in items]
+        if size is None:
+            size = int(min(_decode_one(names[0], blobs[0]).shape[-2:]))
+        labels = np.asarray([index[cls] for cls, _, _ in items], dtype=np.int64)
+        out[split] = (decode_image_blobs(names, blobs, size), labels)
+    return out, classes

@@ -23,7 +23,14 @@ from podbench.tasks.datasets import (
     RawData,
     register_dataset,
 )
-from podbench.tasks.formats import read_cifar_pickle, read_idx, read_svhn_mat, scan_class_folders
+from podbench.tasks.formats import (
+    is_archive,
+    read_cifar_pickle,
+    read_idx,
+    read_image_archive,
+    read_svhn_mat,
+    scan_class_folders,
+)
 
 __all__ = ["DIGITS_TEST_SIZE", "SYNTHETIC"]
 
@@ -137,6 +144,8 @@ class _Cifar(DatasetSource):
     cache = False
 
     def locate(self, root: Path) -> Located | None:
+        if root.is_file():
+            return _archive(root)
         for folder in (root / self.pickle_dir, root):
             present = [f for f in self.pickle_files if (folder / f).is_file()]
             if len(present) == len(self.pickle_files):
@@ -155,7 +164,7 @@ class _Cifar(DatasetSource):
         return None
 
     def read(self, located: Located, *, image_size: int | None) -> RawData:
-        if located.layout == "folder":
+        if located.layout in ("folder", "archive"):
             return _read_folder_pair(located.path, self.info, image_size)
         parts = [read_cifar_pickle(located.path / f) for f in self.pickle_files]
         xs, ys = [], []
@@ -178,8 +187,20 @@ class _Cifar(DatasetSource):
         return RawData(train, _arrays(xs[-1], ys[-1]), classes)
 
 
+def _archive(root: Path) -> Located | None:
+    """A tar of an image-folder tree, decoded in memory once and cached."""
+    return Located(root, "archive", (root,), cache=True) if is_archive(root) else None
+
+
 def _read_folder_pair(root: Path, info: DatasetInfo, image_size: int | None) -> RawData:
-    """``root/train/<class>/`` and ``root/test/<class>/`` (or ``val/``) as file lists."""
+    """``root/train/<class>/`` and ``root/test/<class>/`` (or ``val/``) as file lists, or the
+    decoded images of such a tree in a tar archive."""
+    if is_archive(root):
+        splits, classes = read_image_archive(root, image_size or info.image_size)
+        if info.num_classes is not None and len(classes) != info.num_classes:
+            raise UserError(f"archive {root} has {len(classes)} classes in train/ but "
+                            f"{info.name} has {info.num_classes}; use the {info.name} archive.")
+        return RawData(_arrays(*splits["train"]), _arrays(*splits["test"]), classes)
     train_dir = _split_folder(root, "train")
     test_dir = _split_folder(root, "test", "val")
     assert train_dir is not None and test_dir is not None  # checked by locate
@@ -203,8 +224,8 @@ _CIFAR_GET = ("download the python version from https://www.cs.toronto.edu/~kriz
     train_size=50000, test_size=10000, latent_dim=256, batch_size=200,
     default_roots=_defaults("cifar10", "cifar-10"), crop_padding=4, hflip=True,
     how_to_get=_CIFAR_GET.format(archive="cifar-10-python.tar.gz"),
-    expected="cifar-10-batches-py/ (data_batch_1..5, test_batch) or train/<class>/ and "
-             "test/<class>/ image folders",
+    expected="cifar-10-batches-py/ (data_batch_1..5, test_batch), or train/<class>/ and "
+             "test/<class>/ image folders (or a .tar/.tar.gz of them)",
     description="CIFAR-10 (Krizhevsky 2009), 32x32 RGB, 10 classes",
 ))
 class Cifar10(_Cifar):
@@ -221,8 +242,8 @@ class Cifar10(_Cifar):
     mean=POD_MEAN, std=POD_STD, train_size=50000, test_size=10000, latent_dim=512,
     batch_size=128, default_roots=_defaults("cifar100", "cifar-100"), crop_padding=4, hflip=True,
     how_to_get=_CIFAR_GET.format(archive="cifar-100-python.tar.gz"),
-    expected="cifar-100-python/ (train, test, meta) or train/<class>/ and test/<class>/ "
-             "image folders",
+    expected="cifar-100-python/ (train, test, meta), or train/<class>/ and test/<class>/ "
+             "image folders (or a .tar/.tar.gz of them)",
     description="CIFAR-100 (Krizhevsky 2009), 32x32 RGB, 100 fine classes",
 ))
 class Cifar100(_Cifar):
@@ -399,12 +420,15 @@ class TinyImageNet(DatasetSource):
     hflip=True,
     how_to_get="arrange the images as ROOT/train/<class>/<image> and ROOT/test/<class>/<image> "
                "(FaceScrub, ImageNet-100, ...)",
-    expected="train/<class>/ and test/<class>/ (or val/<class>/) folders of images",
+    expected="train/<class>/ and test/<class>/ (or val/<class>/) folders of images, or a "
+             ".tar/.tar.gz of them",
     description="any train/<class>/, test/<class>/ tree (e.g. FaceScrub, ImageNet-100); "
                 "ImageNet normalisation",
 ))
 class ImageFolder(DatasetSource):
     def locate(self, root: Path) -> Located | None:
+        if root.is_file():
+            return _archive(root)
         if _split_folder(root, "train") and _split_folder(root, "test", "val"):
             return Located(root, "folder")
         return None

@@ -70,14 +70,13 @@ class _ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, item: _Item) -> tuple[torch.Tensor, torch.Tensor]:
-        from torchvision.io import read_file
         from torchvision.transforms.v2 import functional as TF
 
-        from podbench.tasks.formats import _decode_one, _fit
+        from podbench.tasks.formats import _decode_one, _fit, read_bytes
 
         index, top, left, flip, seed = item
         path = self.paths[index]
-        img = _decode_one(path, read_file(path))
+        img = _decode_one(path, read_bytes(path))
         if self.large and self.train:  # ImageNet-style: random resized crop, then flip
             box = _random_resized_crop_box(img.shape[-2], img.shape[-1],
                                            torch.Generator().manual_seed(seed))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -41,22 +40,28 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 
 
 @pytest.fixture(scope="session")
-def cifar_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The full CIFAR-10 JPEG image-folder tree (train/<class>/, test/<class>/)."""
-    root = tmp_path_factory.mktemp("cifar10-jpeg")
-    with tarfile.open(cifar_tarball()) as tar:
-        tar.extractall(root, filter="data")
-    return root
+def cifar_archive() -> Path:
+    """The real CIFAR-10 JPEG tarball (an image-folder tree), read in place by the loader."""
+    return cifar_tarball()
 
 
 @pytest.fixture(scope="session")
-def cifar_tiny(cifar_jpeg: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 training and 6 test images per class of the real data (first by file name)."""
+def cifar_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 training and 6 test images per class of the real data (first by file name), extracted.
+
+    Only these members are extracted: writing all 60,000 files costs more than decoding them.
+    """
     root = tmp_path_factory.mktemp("cifar10-tiny")
-    for split, per_class in (("train", 12), ("test", 6)):
-        for cls in CIFAR10_CLASSES:
-            dest = root / split / cls
-            dest.mkdir(parents=True)
-            for name in sorted(os.listdir(cifar_jpeg / split / cls))[:per_class]:
-                shutil.copy2(cifar_jpeg / split / cls / name, dest / name)
+    with tarfile.open(cifar_tarball()) as tar:
+        names = [m.name for m in tar.getmembers() if m.isfile()]
+    by_folder: dict[str, list[str]] = {}
+    for name in names:
+        by_folder.setdefault(os.path.dirname(name), []).append(name)
+    keep = set()
+    for folder, items in by_folder.items():
+        keep.update(sorted(items)[:12 if folder.startswith("train/") else 6])
+    with tarfile.open(cifar_tarball(), "r|gz") as tar:  # one forward pass, no seeking back
+        for member in tar:
+            if member.name in keep:
+                tar.extract(member, root, filter="data")
     return root
