@@ -279,6 +279,20 @@ def _tables(result: dict[str, Any], studies: list[Any]) -> dict[str, list[dict[s
     """Flat rows for the secondary tables (shared by HTML and LaTeX)."""
     tuning = _tuning_rows(studies)
     ctrl = result["control"]
+    summary = [
+        {
+            "block": r["block"],
+            "method": r["label"],
+            "runs": str(r["n_runs"]),
+            "completed": str(r["n_completed"]),
+            "diverged": str(r["n_diverged"]),
+            "failed": str(r["n_failed"]),
+            "mean": _fmt(r["mean"]),
+            "std": _fmt(r["std"]),
+            "95% CI": "–" if r["ci_low"] is None else f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+        }
+        for r in result["per_block"]
+    ]
     comparisons = []
     bayes = {b["label"]: b for b in result["across_blocks"]["bayesian"]}
     for w in result["across_blocks"]["wilcoxon"]:
@@ -352,6 +366,7 @@ def _tables(result: dict[str, Any], studies: list[Any]) -> dict[str, list[dict[s
     return {
         "comparisons": comparisons,
         "tuning": tuning,
+        "summary": summary,
         "within": within,
         "excluded": excluded,
         "convergence": convergence,
@@ -486,6 +501,12 @@ def build_report(
             "block",
         ),
         "excluded": _latex_rows(tables["excluded"], "Runs that did not complete.", "block"),
+        "summary": _latex_rows(
+            tables["summary"],
+            f"{info.title} per block and method over the completed runs: mean, standard "
+            "deviation and the 95% Student-t confidence interval of the mean.",
+            "block",
+        ),
     }
     tex = (
         _environment(latex=True)

@@ -213,6 +213,30 @@ def test_per_block_summary_matches_numpy(full_report: dict[str, Any]) -> None:
     x = np.array(table[("pod", "data0", "small-cnn")]) * 100
     cell = f"{x.mean():.2f} ± {x.std(ddof=1):.2f}"
     assert f'<td class="best">{cell}' in full_report["html"]
+    header, *rows = _table_rows(full_report["html"], "summary-table")
+    assert header == [
+        "block",
+        "method",
+        "runs",
+        "completed",
+        "diverged",
+        "failed",
+        "mean",
+        "std",
+        "95% CI",
+    ]
+    lo, hi = stats.t.interval(0.95, x.size - 1, loc=x.mean(), scale=stats.sem(x))
+    assert [
+        "data0 / small-cnn",
+        "pod",
+        "4",
+        "3",
+        "1",
+        "0",
+        f"{x.mean():.2f}",
+        f"{x.std(ddof=1):.2f}",
+        f"[{lo:.2f}, {hi:.2f}]",
+    ] in rows
     # ce is about 4 points below pod in every block: Welch + Holm marks each ce cell as worse
     x = np.array(table[("ce", "data2", "small-cnn")]) * 100
     ce_cell = f'<td>{x.mean():.2f} ± {x.std(ddof=1):.2f}<span class="mark worse">▼</span>'
