@@ -518,7 +518,11 @@ def analyse(
     # Convergence: epochs to reach 95% of the run's final test accuracy.
     convergence = []
     hist = data.history
-    for r in ok.itertuples():
+    order = {lab: i for i, lab in enumerate(labels)}
+    ok_sorted = ok.assign(_order=ok["label"].map(order)).sort_values(
+        ["dataset", "arch", "_order", "seed"]
+    )
+    for r in ok_sorted.itertuples():
         h = hist[hist["run_id"] == r.run_id].sort_values("epoch")
         final = r.final_test_acc if pd.notna(r.final_test_acc) else None
         if h.empty or final is None:
@@ -542,6 +546,7 @@ def analyse(
             vals = g[f"geometry.{key}"].dropna()
             entry[key] = float(vals.mean()) if len(vals) else None
         geometry.append(entry)
+    geometry.sort(key=lambda e: (e["block"], order[e["label"]]))
 
     counts = {
         status: int((runs["status"] == status).sum())
