@@ -75,6 +75,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("copyreg", "_reconstructor"),
         ("__builtin__", "object"),
         ("builtins", "object"),
+        ("_codecs", "encode"),  # bytes inside protocol-2 pickles written by Python 3
     }
 
     def find_class(self, module: str, name: str) -> object:
