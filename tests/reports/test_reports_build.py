@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -281,6 +282,7 @@ def test_every_string_is_escaped_and_page_is_self_contained(full_report: dict[st
     assert "<script" not in html.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;script&gt;x&lt;/script&gt;" in html  # from suite.yaml
+    assert not re.search(r"\b(nan|inf)\b", html, re.IGNORECASE)  # never an undefined number
     page = _parse(html)
     assert not [t for t, _ in page.tags if t in ("script", "link", "iframe", "object")]
     images = [a for t, a in page.tags if t == "img"]
@@ -495,3 +497,24 @@ def test_tuning_study_is_summarised(full_report: dict[str, Any]) -> None:
     assert rows == [["pod-study", "pod", "6", "5", "1", "0", "0.8800", "alpha=2"]]
     html = full_report["html"]
     assert 'id="fig-tune_0_history"' in html and 'id="fig-tune_0_importances"' in html
+
+
+def test_report_when_every_run_failed(
+    results_factory: Callable[..., Path], record_maker: Callable[..., dict[str, Any]]
+) -> None:
+    err = {"type": "ValueError", "message": "bad input", "traceback": "", "epoch": 0}
+    failed = [
+        record_maker(label, "d", "a", seed, None, status="failed", error=err)
+        for label in ("pod", "ce")
+        for seed in (0, 1)
+    ]
+    path = build_report(results_factory({}, extra=failed), control="pod")
+    s = _strict_json(path.with_name("stats.json"))
+    assert s["counts"] == {"runs": 4, "completed": 0, "diverged": 0, "failed": 4, "used": 0}
+    assert s["verdicts"] == [
+        "d / a: no comparison, the control 'pod' has no completed run in this block."
+    ]
+    html = path.read_text(encoding="utf-8")
+    assert len(_table_rows(html, "failures-table")) == 5
+    assert "No figure: nothing was recorded that could be drawn." in html
+    assert "p = " not in html and not re.search(r"\bnan\b", html, re.IGNORECASE)
