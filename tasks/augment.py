@@ -108,4 +108,6 @@ def normalise(
     device = images.device
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean_t) / std_t
+    # one conversion and two in-place passes: x * 1/(255 std) - mean/std
+    out = images.to(torch.float32, copy=True)
+    return out.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
