@@ -407,6 +407,7 @@ def train_run(
     """
     started_at = _now()
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "run_id": run.run_id,
@@ -426,6 +427,7 @@ def train_run(
         "best_test_acc": None,
         "epochs_completed": 0,
         "wall_time_s": None,
+        "cpu_time_s": None,
         "images_per_s": None,
         "geometry": None,
         "env": None,
@@ -458,5 +460,6 @@ def train_run(
             entry["parts"] = {k: _finite_or_none(v) for k, v in entry["parts"].items()}
     record["env"] = environment(device)
     record["wall_time_s"] = time.perf_counter() - t0
+    record["cpu_time_s"] = time.process_time() - cpu0  # this process's CPU time, all threads
     record["finished_at"] = _now()
     return record

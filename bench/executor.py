@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         from podbench.errors import UserError
 
+        _check_reachable(address)
         try:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING,
                      log_to_driver=True)
@@ -59,6 +61,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log_to_driver=True,
         configure_logging=True,
     )
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on HOST:PORT that nothing listens on (Ray itself retries for minutes)."""
+    from podbench.errors import UserError
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://..." and the like: leave them to Ray
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"--address {address}: nothing answers there ({err.strerror or err}); start a cluster "
+            "with `ray start --head` or drop --address to use an embedded Ray."
+        ) from None
 
 
 def _trial(config: dict[str, Any]) -> None:
@@ -171,6 +190,8 @@ def run_suite(
         print(f"all {len(runs)} run(s) already have records in {store.root}; nothing to do.",
               file=progress_stream, flush=True)
         return outcome
+    # Tune's own tables would interleave with our progress lines; verbose=0 then prints nothing
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     init_ray(address, num_cpus)
     import ray
     from ray import tune

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from podbench.losses import LossOutput, LossPlugin, register_loss
+from torch import Tensor, nn
 
 
 class _Linear(LossPlugin):
@@ -78,3 +77,9 @@ class DieOnceLoss(_Linear):
         if self.marker and not marker.exists():
             marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-run, as under the OOM killer
+
+
+@register_loss("test-die-always", description="kills its own process whenever it trains", defaults={})
+class DieAlwaysLoss(_Linear):
+    def on_epoch_start(self, epoch: int) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
