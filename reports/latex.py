@@ -56,6 +56,7 @@ _UNICODE_PLAIN = {
     "“": '"',
     "”": '"',
 }
+LONG_TABLE_ROWS = 30  # taller tables would not fit on one page as a float
 _PATTERN = re.compile("|".join(re.escape(c) for c in {**_SPECIALS, **_UNICODE_MATH}))
 
 
@@ -123,13 +124,25 @@ def styler_table(
             axis=None,
         )
     nlevels = table.index.nlevels
+    col_format = column_format or ("l" * nlevels + "r" * table.shape[1])
+    cap = latex_escape(caption) if caption else None
+    if len(table) > LONG_TABLE_ROWS:
+        # A float cannot break across pages: long tables become longtables in small type.
+        latex = styler.to_latex(
+            hrules=True,
+            convert_css=True,
+            environment="longtable",
+            caption=cap,
+            column_format=col_format,
+        )
+        return Markup("{\\footnotesize\\setlength{\\tabcolsep}{4pt}\n" + latex + "}\n")
     latex = styler.to_latex(
         hrules=True,
         convert_css=True,
         position="htbp",
         position_float="centering",
-        caption=latex_escape(caption) if caption else None,
-        column_format=column_format or ("l" * nlevels + "r" * table.shape[1]),
+        caption=cap,
+        column_format=col_format,
     )
     # Wide tables shrink to the text width rather than run off the page.
     latex = latex.replace(

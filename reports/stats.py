@@ -637,7 +637,7 @@ def verdicts(result: dict[str, Any]) -> list[str]:
             )
             best = int(np.argmax(probs))
             conclusion = (
-                f"{words[best]} with probability {probs[best]:.2f}"
+                f"{words[best]} with probability {probs[best]:.3f}"
                 if probs[best] >= 0.95
                 else "no conclusion reaches probability 0.95"
             )

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pandas as pd
+import pytest
 from podbench.reports.latex import latex_escape, latex_plain, styler_table
 
 
@@ -32,3 +37,31 @@ def test_styler_table_is_booktabs_with_escaped_labels_and_bold() -> None:
     assert "r\\%1 & \\bfseries 1.0 & 3.0 \\\\" in lines
     assert "r\\#2 & 2.0 & \\bfseries 4.0 \\\\" in lines
     assert "\\caption{caption $\\alpha$\\_1}" in lines
+
+
+def test_long_tables_break_across_pages(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {"value": [f"{i}.0" for i in range(80)]}, index=[f"row_{i}" for i in range(80)]
+    )
+    tex = str(styler_table(df, caption="eighty rows"))
+    assert "\\begin{longtable}" in tex and "\\end{longtable}" in tex and "\\toprule" in tex
+    assert "\\begin{table}" not in tex  # a float cannot break across pages
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        pytest.skip("pdflatex not found: apt-get install texlive-latex-recommended")
+    doc = (
+        "\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
+        "\\usepackage{longtable}\\usepackage{graphicx}\\begin{document}\n"
+        + tex
+        + "\\end{document}\n"
+    )
+    (tmp_path / "t.tex").write_text(doc, encoding="utf-8")
+    proc = subprocess.run(
+        [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "Output written on t.pdf (2 pages" in proc.stdout
