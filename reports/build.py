@@ -486,13 +486,14 @@ def build_report(
     html = _environment(latex=False).get_template("report.html.j2").render(**context)
     _atomic_write(out / "report.html", html)
 
+    diff_unit = "points" if info.unit == "%" else info.unit  # differences of percentages
     latex_tables = {
         "main": _main_latex(main, info, chosen),
         "comparisons": _latex_rows(
             tables["comparisons"],
-            f"Across blocks, each method against {chosen}: mean difference ({info.unit}), "
+            f"Across blocks, each method against {chosen}: mean difference ({diff_unit}), "
             "Wilcoxon signed-rank with Holm's correction, effect sizes and the Bayesian "
-            f"signed-rank posterior (ROPE ±{rope:g} {info.unit}).",
+            f"signed-rank posterior (ROPE ±{rope:g} {diff_unit}).",
             "method",
         ),
         "within": _latex_rows(
