@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import cast
 from importlib.metadata import entry_points
 
 import torch
@@ -241,7 +242,7 @@ def _resnet(factory: Callable[..., nn.Module], in_channels: int, image_size: int
         net.conv1 = _stem_conv(in_channels, 64, small)
     if small:
         net.maxpool = nn.Identity()
-    dim = net.fc.in_features
+    dim = cast(nn.Linear, net.fc).in_features
     net.fc = nn.Identity()
     return net, dim
 

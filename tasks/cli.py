@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from podbench.errors import UserError
 from podbench.tasks.archs import arch_info, list_archs
@@ -33,7 +34,7 @@ def dataset_rows(data_root: str | None = None) -> list[dict]:
     rows = []
     for name in list_datasets():
         info = dataset_info(name)
-        row = {"name": name, "classes": info.num_classes, "channels": info.channels,
+        row: dict[str, Any] = {"name": name, "classes": info.num_classes, "channels": info.channels,
                "image_size": info.image_size, "train": info.train_size, "test": info.test_size,
                "latent_dim": info.latent_dim, "batch_size": info.batch_size,
                "description": info.description}
@@ -58,7 +59,7 @@ def dataset_rows(data_root: str | None = None) -> list[dict]:
 
 def arch_rows(in_channels: int = 3, image_size: int = 32, feat_dim: int = 128) -> list[dict]:
     """One dict per architecture with its parameter counts for the given input."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_archs():
         try:
             info = arch_info(name, in_channels=in_channels, image_size=image_size,

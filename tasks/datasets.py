@@ -248,8 +248,7 @@ def candidate_roots(name: str, root: str | Path | None = None) -> list[Path]:
         out.extend(base / n for n in names)
     if root is None:
         out.extend(Path(p).expanduser() for p in info.default_roots)
-    seen: set[Path] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    return list(dict.fromkeys(out))  # first occurrence of each, in order
 
 
 def locate_dataset(name: str, root: str | Path | None = None) -> tuple[Located | None, list[Path]]:

@@ -11,6 +11,7 @@ import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,7 @@ def _quiet_torchvision_io() -> Iterator[None]:
         yield
 
 
-def _tv_io() -> object | None:
+def _tv_io() -> Any:
     """torchvision.io when it can decode images (libjpeg/libpng built in), else None."""
     try:
         import torchvision.io as tv_io

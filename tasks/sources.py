@@ -47,9 +47,11 @@ def _defaults(*names: str) -> tuple[str, ...]:
     return tuple(f"{base}/{n}" for n in names for base in (USER_DATA, SYSTEM_DATA))
 
 
-def _arrays(x: np.ndarray, y: np.ndarray) -> ArraySplit:
-    return ArraySplit(torch.from_numpy(np.ascontiguousarray(x)),
-                      torch.from_numpy(np.asarray(y, dtype=np.int64)))
+def _arrays(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> ArraySplit:
+    images = x.contiguous() if isinstance(x, torch.Tensor) else torch.from_numpy(
+        np.ascontiguousarray(x))
+    labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    return ArraySplit(images, labels)
 
 
 # ---------------------------------------------------------------- scikit-learn digits
@@ -171,7 +173,7 @@ class _Cifar(DatasetSource):
         for name, part in zip(self.pickle_files, parts, strict=True):
             data, labels = part.get("data"), part.get(self.label_key)
             if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 \
-                    or labels is None or len(labels) != data.shape[0]:
+                    or not isinstance(labels, (list, np.ndarray)) or len(labels) != data.shape[0]:
                 raise UserError(f"CIFAR batch file {located.path / name} lacks 'data' (N, 3072) "
                                 f"and '{self.label_key}' (N); replace it with the original file.")
             xs.append(data.reshape(-1, 3, 32, 32))
@@ -181,7 +183,7 @@ class _Cifar(DatasetSource):
         meta = located.path / self.meta_file
         if meta.is_file():
             names = read_cifar_pickle(meta).get(self.names_key)
-            if names is not None and len(names) == len(classes):
+            if isinstance(names, (list, tuple)) and len(names) == len(classes):
                 classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
         train = _arrays(np.concatenate(xs[:n_train]), np.concatenate(ys[:n_train]))
         return RawData(train, _arrays(xs[-1], ys[-1]), classes)
