@@ -218,3 +218,31 @@ def test_argument_errors() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
             load_task("digits", device="cuda")
+
+
+@pytest.mark.parametrize(("dataset", "arch", "epochs", "floor"), [
+    ("synthetic", "small-cnn", 3, 0.9),
+    ("digits", "mlp", 8, 0.9),
+])
+def test_batches_are_learnable(dataset: str, arch: str, epochs: int, floor: float) -> None:
+    # labels that did not match their images (or broken augmentation) would keep accuracy at chance
+    from podbench.tasks import create_arch
+
+    torch.manual_seed(0)
+    task = load_task(dataset)
+    model = create_arch(arch, in_channels=task.info.channels, image_size=task.image_size,
+                        feat_dim=32, num_classes=len(task.classes))
+    head = torch.nn.Linear(32, len(task.classes))
+    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
+    for epoch in range(epochs):
+        model.train()
+        for x, y in task.train_batches(64, seed=0, epoch=epoch):
+            loss = torch.nn.functional.cross_entropy(head(model(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        correct = sum(int((head(model(x)).argmax(1) == y).sum())
+                      for x, y in task.eval_batches("test", 256))
+    assert correct / task.num_samples("test") >= floor
