@@ -424,8 +424,6 @@ def analyse(
         for d, a in blocks
         if (d, a) not in complete.index
     ]
-    if dropped_methods:
-        incomplete_blocks = []
     n_blocks, k = len(complete), len(methods_in_table)
     across: dict[str, Any] = {
         "n_blocks": n_blocks,

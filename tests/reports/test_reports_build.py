@@ -256,6 +256,7 @@ def test_tests_across_blocks_match_scipy(full_report: dict[str, Any]) -> None:
     assert across["methods"] == methods and across["n_blocks"] == 5
     left_out = {m["label"] for m in across["methods_left_out"]}
     assert left_out == {SCRIPT_LABEL, TEX_LABEL}
+    assert across["incomplete_blocks"] == []  # every block kept once those two are left out
     ranks = stats.rankdata(-means, axis=1).mean(axis=0)
     assert [across["mean_ranks"][m] for m in methods] == pytest.approx(ranks)
     chi2 = stats.friedmanchisquare(*means.T).statistic
