@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import ClassVar
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from podbench.errors import UserError
+from podbench.tasks.task import Task
 
 __all__ = [
     "ArraySplit",
@@ -291,16 +292,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-@dataclass
-class _Prepared:
-    info: DatasetInfo
-    classes: tuple[str, ...]
-    train: ArraySplit | FileSplit
-    test: ArraySplit | FileSplit
-    located: Located | None = None
-    notes: list[str] = field(default_factory=list)
-
-
 def _subset(split: ArraySplit | FileSplit, idx: np.ndarray) -> ArraySplit | FileSplit:
     t = torch.as_tensor(idx, dtype=torch.long)
     if isinstance(split, ArraySplit):
@@ -435,14 +426,11 @@ def load_task(
                       else v for k, v in materialise(source_splits).items()}
     else:
         if stream:
-            raise UserError(f"stream=True needs an image-folder dataset; '{name}' is read from "
-                            "array files and always held in memory.")
+            raise UserError(f"stream=True needs image files in folders, but dataset '{name}' at "
+                            f"{located.path} is read as arrays (or from an archive) and always "
+                            "held in memory; leave stream unset.")
         splits = materialise(source_splits)
 
     tensors = {k: (v.images, v.labels) for k, v in splits.items() if isinstance(v, ArraySplit)}
     return TensorTask(info, raw.classes, tensors, device=dev, augment=augment,
                       image_size=image_size)
-
-
-# imported last: Task uses DatasetInfo from this module
-from podbench.tasks.task import Task  # noqa: E402

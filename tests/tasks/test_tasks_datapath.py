@@ -202,7 +202,7 @@ def test_stream_threshold_from_environment(cifar_tiny: Path, monkeypatch) -> Non
     monkeypatch.setenv("PODBENCH_STREAM_BYTES", "1000")
     task = load_task("cifar10", cifar_tiny, workers=0, limit=20)
     assert type(task).__name__ == "StreamingTask"
-    with pytest.raises(UserError, match="stream=True needs an image-folder dataset"):
+    with pytest.raises(UserError, match="stream=True needs image files in folders"):
         load_task("digits", stream=True)
 
 
