@@ -335,6 +335,8 @@ def _tune_loss(spec: TuneSpec, label: str, study: optuna.Study, todo: int) -> No
 
     # our own one line per trial instead of Tune's tables
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C must end the whole tuning run, not only this loss's Tuner (which would return)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     bridge = _Bridge(spec, label, study)
     resources = {"cpu": spec.cpus, "gpu": spec.gpus}
     bookkeeping = tempfile.mkdtemp(prefix="podbench-tune-")  # Tune's own files, not results
@@ -389,16 +391,18 @@ def run_study(
         study = open_study(spec, label, store)
         outcome.studies[label] = study
         outcome.interrupted[label] = reap_interrupted(study)
-    for label, study in outcome.studies.items():
-        todo = spec.n_trials - budget_used(study)
-        outcome.ran[label] = max(0, todo)
-        if todo <= 0:
-            continue
-        init_ray(address, num_cpus)
-        _tune_loss(spec, label, study, todo)
-    outcome.best = best_points(spec, outcome.studies)
-    if write:
-        write_outputs(outcome, results_dir)
+    try:
+        for label, study in outcome.studies.items():
+            todo = spec.n_trials - budget_used(study)
+            outcome.ran[label] = max(0, todo)
+            if todo <= 0:
+                continue
+            init_ray(address, num_cpus)
+            _tune_loss(spec, label, study, todo)
+    finally:  # also on Ctrl-C: the outputs show what finished (a rerun resumes from there)
+        outcome.best = best_points(spec, outcome.studies)
+        if write:
+            write_outputs(outcome, results_dir)
     return outcome
 
 

@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from podbench.errors import UserError
 from podbench.specs import SuiteSpec
 from podbench.tune import budget_used, run_study, storage_url, study_name
 from podbench.tune_specs import TuneSpec
@@ -171,6 +172,10 @@ def test_resume_keeps_trials_and_adds_to_the_target(split_log: Path, tmp_path: P
     assert [t.number for t in trials] == [0, 1, 2, 3, 4, 5]
     assert all(t.state.is_finished() for t in trials)
 
+    # a changed objective cannot continue the study: the message names what changed
+    with pytest.raises(UserError, match="epochs"):
+        run_study(tiny_spec("resume", losses={"softmax": {}}, n_trials=5, epochs=3), tmp_path)
+
     again = run_study(bigger, tmp_path)  # at the target: runs nothing
     assert again.ran == {"softmax": 0}
     assert len(optuna.load_study(study_name=study_name(spec, "softmax"), storage=url).trials) == 6
@@ -194,7 +199,10 @@ def test_absurd_learning_rate_is_stopped_early(split_log: Path, tmp_path: Path) 
         space={"lr": {"type": "float", "low": 1e-3, "high": 1e3, "log": True}},
         losses={"softmax": {"enqueue": points}, "pod": {"space": pod_fixed, "enqueue": points}},
     )
-    run_study(spec, tmp_path)
+    elsewhere = tmp_path / "elsewhere" / "studies.db"
+    elsewhere.parent.mkdir()
+    run_study(spec, tmp_path, storage=f"sqlite:///{elsewhere}")
+    assert elsewhere.is_file() and not (tmp_path / "tune" / "absurd" / "optuna.db").exists()
     table = pd.read_csv(tmp_path / "tune" / "absurd" / "trials.csv")
     for label, group in table.groupby("loss"):
         absurd = group[group["params_lr"] == 1000.0].iloc[0]
