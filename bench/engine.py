@@ -220,12 +220,13 @@ class _Trainer:
         self.plugin.train()
         self.plugin.on_epoch_start(epoch)
         lr = float(self.optimizer.param_groups[0]["lr"])
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        parts_sum: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        # On CPU a per-step check costs nothing; on a GPU it would sync every step.
-        check_every = 1 if self.device.type == "cpu" else 25
+        # Per-batch values stay on the device in lists (append is the cheapest op); they are
+        # reduced once per epoch, and checked for NaN every `check_every` batches.
+        totals: list[torch.Tensor] = []
+        parts: list[dict[str, torch.Tensor]] = []
+        corrects: list[torch.Tensor] = []
+        sizes: list[int] = []
+        check_every = 25
         batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = self.task.train_batches(
             run.batch_size, seed=run.seed, epoch=epoch
         )
@@ -249,33 +250,37 @@ class _Trainer:
                 if self.step_scheduler_per_update and self.scheduler is not None:
                     if self.optimizer_steps < self.scheduler.total_steps:  # type: ignore[attr-defined]
                         self.scheduler.step()
-                if step == 0:
-                    total = out.total.detach()
-                    loss_sum += total * y.shape[0]
-                    for name, value in out.parts.items():
-                        part = value.detach().to(torch.float64) * y.shape[0]
-                        parts_sum[name] = parts_sum[name] + part if name in parts_sum else part
+                if step == 0:  # the batch's loss and accuracy before its updates
+                    totals.append(out.total.detach())
+                    parts.append({k: v.detach() for k, v in out.parts.items()})
                     with torch.no_grad():
-                        correct += (self.plugin.predict(features.detach()).argmax(dim=1) == y).sum()
-            seen += y.shape[0]
-            if (index + 1) % check_every == 0 and not bool(torch.isfinite(loss_sum)):
-                raise RunDiverged(f"the training loss became NaN/Inf at batch {index} of epoch {epoch}")
+                        corrects.append((self.plugin.predict(features.detach()).argmax(dim=1) == y).sum())
+            sizes.append(int(y.shape[0]))
+            if len(totals) % check_every == 0 and not bool(torch.isfinite(torch.stack(totals[-check_every:])).all()):
+                raise RunDiverged(f"the training loss became NaN/Inf by batch {index} of epoch {epoch}")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.train_seconds += time.perf_counter() - start
+        seen = sum(sizes)
         self.train_images += seen
         self.plugin.on_epoch_end(epoch)
         if seen == 0:
             raise RuntimeError("the training split yielded no batch; check limit_train and batch_size")
-        train_loss = float(loss_sum) / seen
+        weights = torch.tensor(sizes, dtype=torch.float64)
+        loss_values = torch.stack(totals).to(torch.float64).cpu()
+        train_loss = float((loss_values * weights).sum()) / seen
         if not math.isfinite(train_loss):
             raise RunDiverged(f"the training loss became NaN/Inf in epoch {epoch}")
         if not bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all()):
             raise RunDiverged(f"the weights became NaN/Inf in epoch {epoch}")
+        part_means = {
+            name: float((torch.stack([p[name] for p in parts]).to(torch.float64).cpu() * weights).sum()) / seen
+            for name in (parts[0] if parts else {})
+        }
         return {
             "train_loss": train_loss,
-            "parts": {k: float(v) / seen for k, v in parts_sum.items()},
-            "train_acc": int(correct) / seen,
+            "parts": part_means,
+            "train_acc": int(torch.stack(corrects).sum()) / seen,
             "lr": lr,
         }
 

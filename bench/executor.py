@@ -108,22 +108,42 @@ def pending_runs(runs: Sequence[RunSpec], store: ResultsStore) -> list[RunSpec]:
     return [r for r in runs if not store.has_final(r.run_id)]
 
 
+# Driver-side progress displays by key: Tune pickles its RunConfig (callbacks included), and a
+# display holds a stream that may not pickle (pytest's capture, a rich console).
+_PROGRESS: dict[int, Any] = {}
+
+
 def _make_callback(store: ResultsStore, progress: Any) -> Any:
     from ray.tune import Callback
 
+    key = id(progress)
+    _PROGRESS[key] = progress
+
     class _ProgressCallback(Callback):
+        def __init__(self) -> None:
+            self.key = key
+            self.root = str(store.root)
+
+        def _progress(self) -> Any:
+            return _PROGRESS.get(self.key)
+
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            run = trial.config["run"]
-            progress.run_started(_run_id(run), run.get("label", run["loss"]))
+            progress = self._progress()
+            if progress is not None:
+                run = trial.config["run"]
+                progress.run_started(_run_id(run), run.get("label") or run["loss"])
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            record = store.read_record(_run_id(trial.config["run"]))
-            if record is not None:
+            progress = self._progress()
+            record = ResultsStore(self.root).read_record(_run_id(trial.config["run"]))
+            if progress is not None and record is not None:
                 progress.run_finished(record)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            record = _worker_failure_record(store, trial.config["run"], trial.error_file)
-            progress.run_finished(record)
+            record = _worker_failure_record(ResultsStore(self.root), trial.config["run"], trial.error_file)
+            progress = self._progress()
+            if progress is not None:
+                progress.run_finished(record)
 
     return _ProgressCallback()
 
@@ -237,6 +257,7 @@ def run_suite(
             )
             tuner.fit()
     finally:
+        _PROGRESS.pop(id(progress), None)
         shutil.rmtree(storage, ignore_errors=True)
     for run in todo:
         record = store.read_record(run.run_id)

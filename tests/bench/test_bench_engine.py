@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from podbench.engine import train_run
 from podbench.specs import RunSettings, RunSpec, resolve_run
 

@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.distance import cdist
-
 from podbench.geometry import geometry_stats
+from scipy.spatial.distance import cdist
 
 
 def _reference(x: np.ndarray, y: np.ndarray, centers: np.ndarray | None) -> dict[str, float]:
