@@ -50,21 +50,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def baseline_rate(folder: Path, batch: int, batches: int, workers: int,
-                  device: torch.device) -> float:
+def baseline_rate(
+    folder: Path, batch: int, batches: int, workers: int, device: torch.device
+) -> float:
     """Images/second of torchvision ImageFolder + transforms + DataLoader (after its 1st batch)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
     info_mean, info_std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), transforms.Normalize(info_mean, info_std),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(info_mean, info_std),
+        ]
+    )
     data = datasets.ImageFolder(str(folder / "train"), transform=transform)
-    loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                        drop_last=True)
+    loader = DataLoader(
+        data,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=True,
+    )
     it = iter(loader)
     x, _ = next(it)  # worker start-up is not throughput
     x.to(device, non_blocking=True)
@@ -93,28 +104,48 @@ def fast_rate(task, batch: int, epochs: int, device: torch.device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="CIFAR-10 JPEG tarball (train/<class>/, test/<class>/)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="CIFAR-10 JPEG tarball (train/<class>/, test/<class>/)",
+    )
     parser.add_argument("--batch", type=int, default=200, help="batch size (authors': 200)")
     parser.add_argument("--epochs", type=int, default=3, help="fast-path epochs timed")
-    parser.add_argument("--baseline-batches", type=int, default=60,
-                        help="baseline batches timed (a full epoch takes minutes)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="baseline DataLoader workers (default: CPU count)")
+    parser.add_argument(
+        "--baseline-batches",
+        type=int,
+        default=60,
+        help="baseline batches timed (a full epoch takes minutes)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="baseline DataLoader workers (default: CPU count)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the fast path (default 1: per-batch work is small, "
-                             "and the baseline's workers take the other cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the fast path (default 1: per-batch work is small, "
+        "and the baseline's workers take the other cores)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if not args.data.is_file():
-        raise SystemExit(f"bench_data: {args.data} is missing; pass --data PATH to the CIFAR-10 "
-                         "JPEG tarball (shared/data/cifar10-jpeg-q75.tar.gz).")
+        raise SystemExit(
+            f"bench_data: {args.data} is missing; pass --data PATH to the CIFAR-10 "
+            "JPEG tarball (shared/data/cifar10-jpeg-q75.tar.gz)."
+        )
     folder = extracted(args.data)
-    print(f"data: {folder} (CIFAR-10 JPEG q75, 50,000 training images); device {device}; "
-          f"batch {args.batch}; torch threads {torch.get_num_threads()}; "
-          f"baseline workers {args.workers}")
+    print(
+        f"data: {folder} (CIFAR-10 JPEG q75, 50,000 training images); device {device}; "
+        f"batch {args.batch}; torch threads {torch.get_num_threads()}; "
+        f"baseline workers {args.workers}"
+    )
 
     with tempfile.TemporaryDirectory() as fresh_cache:
         os.environ["PODBENCH_CACHE"] = fresh_cache  # time a first decode, not an old cache
@@ -133,8 +164,10 @@ def main() -> None:
     print(f"first load (decode 60,000 JPEGs + write cache): {first_load:8.2f} s")
     print(f"cached load:                                    {cached_load:8.2f} s")
     print(f"podbench fast path:           {fast:12,.0f} images/s  ({args.epochs} epochs)")
-    print(f"torchvision ImageFolder+DataLoader: {base:6,.0f} images/s  "
-          f"({args.baseline_batches} batches)")
+    print(
+        f"torchvision ImageFolder+DataLoader: {base:6,.0f} images/s  "
+        f"({args.baseline_batches} batches)"
+    )
     print(f"ratio fast / baseline (steady state):         {fast / base:8.1f}x")
     print(f"ratio with the first decode in one epoch:     {first_epoch_fast / base:8.1f}x")
 
