@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 from podbench.errors import UserError
 from podbench.tasks.archs import arch_info, list_archs
+from podbench.tasks.cache import cache_dir
 from podbench.tasks.datasets import dataset_info, list_datasets, locate_dataset
 
 __all__ = ["add_tasks_arguments", "arch_rows", "dataset_rows", "run_tasks"]
@@ -129,4 +131,9 @@ def run_tasks(args: argparse.Namespace) -> int:
     for r in archs:
         table.add_row(r["name"], _fmt(r["params"]), _fmt(r["backbone_params"]), r["description"])
     console.print(table)
+    env_root = os.environ.get("PODBENCH_DATA")
+    root = args.data_root or (f"$PODBENCH_DATA={env_root}" if env_root
+                              else "default places only (give --data-root or $PODBENCH_DATA)")
+    console.print(f"data root: {root}; decoded-data cache: {cache_dir()} ($PODBENCH_CACHE)",
+                  highlight=False)
     return 0
