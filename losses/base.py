@@ -119,7 +119,9 @@ class LossPlugin(nn.Module):
     def check_features(self, features: Tensor) -> None:
         """Raise a one-sentence error when features are not a finite (B, d) float tensor."""
         self._check_feature_shape(features)
-        if not bool(torch.isfinite(features).all()):
+        if not math.isfinite(float(features.detach().sum())) and not bool(
+            torch.isfinite(features).all()
+        ):
             self._raise_non_finite(features)
 
     def check_inputs(self, features: Tensor, targets: Tensor) -> None:
@@ -142,11 +144,13 @@ class LossPlugin(nn.Module):
                 f"{name}: targets have dtype {targets.dtype}; pass integer class indices "
                 "(torch.long)."
             )
-        # One device sync for all three value checks.
-        finite, lo, hi = torch.stack(
-            [torch.isfinite(features).all().long(), targets.min().long(), targets.max().long()]
+        # One device sync for the three value checks; a NaN or Inf anywhere makes the sum
+        # non-finite (one fast pass, unlike isfinite), and overflow is told apart below.
+        total, lo, hi = torch.stack(
+            [features.detach().sum().double(), targets.min().double(), targets.max().double()]
         ).tolist()
-        if not finite:
+        lo, hi = int(lo), int(hi)
+        if not math.isfinite(total) and not bool(torch.isfinite(features).all()):
             self._raise_non_finite(features)
         if lo < 0 or hi >= self.num_classes:
             raise UserError(

@@ -13,6 +13,8 @@ Definitions as read off the authors' code (``../shared/docs/LOSSES.md``), in our
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from podbench.errors import UserError
@@ -21,7 +23,7 @@ from podbench.losses.pedcc import CENTROID_CHOICES, make_centroids
 from podbench.losses.registry import register_loss
 from torch import Tensor
 
-__all__ = ["DELTA_SCHEDULES", "PODLoss", "pod_sc_term", "seed_from_torch"]
+__all__ = ["DELTA_SCHEDULES", "PODLoss", "pod_terms", "seed_from_torch"]
 
 DELTA_SCHEDULES = ("official", "mean-norm", "constant", "none")
 
@@ -31,15 +33,91 @@ def seed_from_torch() -> int:
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
-def pod_sc_term(z: Tensor) -> Tensor:
-    """POD's sample-correlation term of residuals z (B, d), without forming d x d when B < d."""
-    b, d = z.shape
-    if d < 2:  # no off-diagonal entries
-        return z.new_zeros(())
-    gram = z @ z.T if b < d else z.T @ z
-    # sum_pq S_pq^2 - sum_p S_pp^2, scaled by (B-1)^2; S_pp = column sums of z*z.
-    off = gram.square().sum() - (z * z).sum(dim=0).square().sum()
-    return off / (max(b - 1, 1) ** 2 * (d - 1))
+def _symmetric_gram(m: Tensor) -> tuple[Tensor, Tensor]:
+    """(M M^T, ||M M^T||_F^2) computing only the upper row blocks of the symmetric Gram matrix.
+
+    With M cut into q row blocks, q (q + 1) / 2 of the q^2 block products are needed: for
+    q = 4, 10 of 16 (a third fewer multiply-adds than ``M @ M.T``).
+    """
+    n = m.shape[0]
+    q = min(4, n // 64)
+    if q < 2:
+        gram = m @ m.T
+        return gram, gram.square().sum()
+    blocks = m.tensor_split(q)
+    rows: list[list[Tensor]] = [[m.new_empty(0)] * q for _ in range(q)]
+    frob_sq = m.new_zeros(())
+    for i in range(q):
+        for j in range(i, q):
+            g = blocks[i] @ blocks[j].T
+            rows[i][j] = g
+            rows[j][i] = g.T
+            frob_sq = frob_sq + (1.0 if i == j else 2.0) * g.square().sum()
+    return torch.cat([torch.cat(r, dim=1) for r in rows], dim=0), frob_sq
+
+
+class _PODTerms(torch.autograd.Function):
+    """POD's NaC and SC terms in one pass, with a hand-written backward.
+
+    Autograd of the plain formulas spends about twenty passes over the (B, d) features and two
+    matmuls on the backward of the Gram matrix; the gradients written out need eight passes and
+    one matmul (d SC / d Z = 4 (Z Z^T Z - Z diag(S_pp)) / ((B-1)^2 (d-1))). A test checks them
+    against autograd of the plain formulas.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, own: Tensor, delta_sq: Tensor, dot: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        b, d = x.shape
+        norm = torch.linalg.vector_norm(x, dim=1)
+        inv_norm = 1.0 / norm.clamp_min(1e-12)  # as F.normalize
+        if dot is None:
+            dot = torch.linalg.vecdot(x, own)
+        # sqrt(||x||^2 + delta^2): the norm of [x, delta]; clamped for delta = 0 and x = 0
+        r = (norm.square() + delta_sq).sqrt().clamp_min(1e-12)
+        err = 1.0 - dot / r
+        nac = err.square().mean()
+        xh = x * inv_norm[:, None]
+        z = xh - own
+        scale = 1.0 / (max(b - 1, 1) ** 2 * max(d - 1, 1))
+        wide = b < d  # the smaller Gram matrix: ||Z Z^T||_F = ||Z^T Z||_F
+        gram, frob_sq = _symmetric_gram(z if wide else z.T)
+        col_sq = (z * z).sum(dim=0)  # (B - 1) S_pp; 10x faster than vector_norm over dim 0
+        sc = (frob_sq - col_sq.square().sum()) * scale if d > 1 else x.new_zeros(())
+        ctx.save_for_backward(x, own, xh, z, inv_norm, r, dot, err, gram, col_sq)
+        ctx.wide, ctx.scale = wide, scale
+        return nac, sc
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g_nac: Tensor, g_sc: Tensor) -> tuple[Tensor, None, None, None]:
+        x, own, xh, z, inv_norm, r, dot, err, gram, col_sq = ctx.saved_tensors
+        b, d = x.shape
+        # NaC: d/dx_i (1 - <x_i, c_i> / r_i)^2 / B = -(2 e_i / B) (c_i / r_i - <x_i, c_i> x_i / r_i^3)
+        coef = (-2.0 / b) * g_nac * err / r
+        grad = own * coef[:, None]
+        grad.addcmul_(x, (-coef * dot / r.square())[:, None])
+        if d > 1:
+            gz = gram @ z if ctx.wide else z @ gram
+            gz.addcmul_(z, col_sq[None, :], value=-1.0)  # 4 scale (Z Z^T Z - Z diag(S_pp)) below
+            # through z = x / ||x|| - c: (g - x_hat <x_hat, g>) / ||x||
+            gz.addcmul_(xh, torch.linalg.vecdot(xh, gz)[:, None], value=-1.0)
+            grad.addcmul_(gz, ((4.0 * ctx.scale) * g_sc * inv_norm)[:, None])
+        return grad, None, None, None
+
+
+def pod_terms(
+    features: Tensor, own: Tensor, delta: Tensor | float, dot: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """POD's (NaC, SC) of features (B, d) given each sample's own centroid (B, d) and delta.
+
+    ``dot``: the precomputed <x_i, c_{y_i}> (B,), when the caller has the scores x C^T anyway.
+    """
+    delta_sq = torch.as_tensor(delta, dtype=features.dtype, device=features.device).square()
+    dot = None if dot is None else dot.detach()
+    nac, sc = _PODTerms.apply(features, own.detach(), delta_sq, dot)
+    return nac, sc
 
 
 @register_loss(
@@ -133,17 +211,14 @@ class PODLoss(LossPlugin):
     def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
         cents = self.centroids
         own = cents[targets]  # (B, d) centroid of each sample's class
-        dot = (features * own).sum(dim=1)
-        norm_sq = features.square().sum(dim=1)
-        # clamp: with delta = 0 (schedule "none") a zero feature would divide by zero.
-        delta_sq = self.delta_t.to(features.dtype).square()
-        cos = dot / (norm_sq + delta_sq).clamp_min(1e-12).sqrt()
-        nac = (1.0 - cos).square().mean()
-        sc = pod_sc_term(F.normalize(features, dim=1) - own)
+        dot = None
         if self.training and self.delta_schedule in ("official", "mean-norm"):
             with torch.no_grad():
-                self.score_norm_sum += (features @ cents.T).norm(dim=1).sum().double()
+                scores = features @ cents.T  # the delta statistic needs all of x C^T
+                self.score_norm_sum += torch.linalg.vector_norm(scores, dim=1).sum().double()
                 self.score_norm_count += features.shape[0]
+                dot = scores.gather(1, targets[:, None]).squeeze(1)
+        nac, sc = pod_terms(features, own, self.delta_t, dot)
         total = self.nac_weight * nac + self.sc_weight * sc
         return LossOutput(total=total, parts={"nac": nac, "sc": sc})
 

@@ -285,3 +285,33 @@ def test_losses_cot_complement_entropy_matches_numpy():
         plugin.head.weight.zero_()
         plugin.head.bias.zero_()
     assert plugin.update_loss(_t(x), torch.tensor(y), 1).total.item() == pytest.approx(-1.0)
+
+
+def _pod_autograd(x: torch.Tensor, own: torch.Tensor, delta: float) -> torch.Tensor:
+    """Plain-autograd POD (NaC + SC with the d x d matrix) for checking the written-out backward."""
+    r = (x.square().sum(1) + delta**2).sqrt()
+    nac = ((1 - (x * own).sum(1) / r) ** 2).mean()
+    z = torch.nn.functional.normalize(x, dim=1) - own
+    s = z.T @ z / (x.shape[0] - 1)
+    sc = (s.square().sum() - torch.diagonal(s).square().sum()) / (x.shape[1] - 1)
+    return 0.7 * nac + 1.3 * sc
+
+
+@pytest.mark.parametrize(("b", "d"), [(9, 5), (5, 9), (200, 300), (300, 130)])
+@pytest.mark.parametrize("delta", [0.0, 0.05, 3.0])
+def test_losses_pod_gradient_matches_autograd_of_the_formula(b, d, delta):
+    from podbench.losses.pod import pod_terms
+
+    gen = torch.Generator().manual_seed(b * d)
+    x = (torch.randn(b, d, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
+    own = torch.nn.functional.normalize(
+        torch.randn(b, d, generator=gen, dtype=torch.float64), dim=1
+    )
+    expected = _pod_autograd(x, own, delta)
+    (want,) = torch.autograd.grad(expected, x)
+    for dot in (None, (x * own).sum(1)):  # the plugin passes <x, c_y> from the delta scores
+        nac, sc = pod_terms(x, own, delta, dot)
+        total = 0.7 * nac + 1.3 * sc
+        (got,) = torch.autograd.grad(total, x)
+        assert total.item() == pytest.approx(expected.item(), rel=1e-12)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
