@@ -35,11 +35,12 @@ import optuna
 import pandas as pd
 import yaml
 from optuna.trial import TrialState
+from pydantic import ValidationError
+
 from podbench.errors import UserError
 from podbench.results import atomic_write_text
 from podbench.specs import RunSpec, SuiteSpec
 from podbench.tune_specs import TUNABLE_RUN_FIELDS, TuneSpec, load_tune
-from pydantic import ValidationError
 
 __all__ = [
     "StudyOutcome",
@@ -84,7 +85,7 @@ def study_name(spec: TuneSpec, label: str) -> str:
     return f"{spec.name}/{label}"
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
+def _storage(url: str, origin: str) -> optuna.storages.BaseStorage:
     try:
         if url.startswith("sqlite:"):
             # a reader (optuna-dashboard) may hold the file briefly: wait instead of failing
@@ -92,7 +93,7 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.get_storage(url)
     except Exception as err:  # bad URL, missing driver, unreachable server
         raise UserError(
-            f"--storage {url}: Optuna cannot open this storage ({err.__class__.__name__}: "
+            f"{origin} {url}: Optuna cannot open this storage ({err.__class__.__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); give an RDB URL such as "
             "sqlite:///path/optuna.db or postgresql://user@host/db."
         ) from None
@@ -281,8 +282,9 @@ def _scheduler(bridge: _Bridge) -> Any:
 def _tune_trial(config: dict[str, Any]) -> None:
     """The Tune function trainable: one trial = one run on the validation split."""
     import torch
-    from podbench.engine import train_run
     from ray import tune
+
+    from podbench.engine import train_run
 
     if "invalid" in config:
         tune.report(
@@ -385,7 +387,7 @@ def run_study(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(spec, results_dir, storage)
-    store = _storage(url)
+    store = _storage(url, "--storage" if storage else "tune file field 'storage':")
     outcome = StudyOutcome(spec=spec, storage_url=url, studies={})
     for label in spec.losses:
         study = open_study(spec, label, store)

@@ -43,6 +43,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import optuna
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
 from podbench.errors import UserError
 from podbench.specs import (
     RunSettings,
@@ -52,15 +62,6 @@ from podbench.specs import (
     read_spec_mapping,
     resolve_run,
     validation_error_to_user_error,
-)
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    field_validator,
-    model_validator,
 )
 
 __all__ = [

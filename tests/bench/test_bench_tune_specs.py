@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+
 from podbench.errors import UserError
 from podbench.specs import SuiteSpec
 from podbench.tune import best_suites
@@ -240,3 +241,16 @@ def test_cli_bad_tune_file_exits_2_with_one_line(
     assert not (tmp_path / "r").exists()  # nothing written before the file is valid
     assert main(["tune", "tune-quickstart", "--seeds", "0"]) == 2
     assert "--seeds 0" in capsys.readouterr().err
+
+
+def test_cli_unusable_storage_is_a_user_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from podbench.cli import main
+
+    path = write(tmp_path, TINY)
+    code = main(
+        ["tune", str(path), "--results", str(tmp_path / "r"), "--storage", "nosuchdb://x/y"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "--storage nosuchdb://x/y" in err and "postgresql://" in err

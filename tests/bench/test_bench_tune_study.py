@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+
 from podbench.errors import UserError
 from podbench.specs import SuiteSpec
 from podbench.tune import budget_used, run_study, storage_url, study_name
