@@ -1,0 +1,56 @@
+"""Built-in suites smoke-run for a few steps: paper suites on substitute data, CPU suites on real data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from podbench.engine import train_run
+from podbench.specs import builtin_suites, load_suite
+
+SMOKE = ["epochs=1", "max_steps=2", "batch_size=16", "limit_train=64", "limit_eval=32",
+         "seeds=[0]", "device=cpu", "gpus=0", "cpus=1"]
+PAPER = sorted(n for n in builtin_suites() if n.startswith("paper-"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_suite_smoke_runs_every_loss_on_synthetic_data(name: str) -> None:
+    # the authors' optimiser, schedule and losses; synthetic 16 px data (native size), a small CNN
+    spec = load_suite(name, [*SMOKE, "datasets=[synthetic]", "archs=[small-cnn]", "feat_dim=8",
+                             "image_size=null"])
+    runs = spec.expand()
+    assert len(runs) == 10
+    for run in runs:
+        record = train_run(run)
+        assert record["status"] == "completed", (run.label, record["error"])
+        assert record["history"][0]["lr"] == pytest.approx(0.1)
+
+
+def test_paper_architecture_smoke_runs() -> None:
+    # ResNet-50 with the small-image stem, as in every paper suite, for two steps
+    spec = load_suite("paper-cifar10", [*SMOKE, "datasets=[synthetic]", "feat_dim=8",
+                                        "losses=[pod]", "batch_size=4", "limit_eval=8"])
+    (run,) = spec.expand()
+    assert run.arch == "resnet50"
+    record = train_run(run)
+    assert record["status"] == "completed", record["error"]
+
+
+@pytest.mark.parametrize("name", ["quickstart", "pod-ablation"])
+def test_cpu_suites_smoke_run_on_real_fashion_mnist(name: str) -> None:
+    spec = load_suite(name, [*SMOKE, "max_steps=1"])
+    runs = spec.expand()
+    assert {r.dataset for r in runs} == {"fashion-mnist"}
+    for run in runs:
+        record = train_run(run)
+        assert record["status"] == "completed", (run.label, record["error"])
