@@ -149,7 +149,11 @@ def _write_report(results: Path) -> None:
     build_report = getattr(reports, "build_report", None)
     if build_report is None:
         return
-    out = build_report(results, results / "report")
+    try:
+        out = build_report(results, results / "report")
+    except UserError as err:  # e.g. too few runs for statistics: the runs themselves are fine
+        print(f"report: not written ({err})")
+        return
     print(f"report: {out if out is not None else results / 'report'}")
 
 
@@ -172,9 +176,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def run_results(args: argparse.Namespace) -> int:
-    from podbench.results import ResultsStore
     from rich.console import Console
     from rich.table import Table
+
+    from podbench.results import ResultsStore
 
     store = ResultsStore.open_existing(args.results)
     summary = store.summary()

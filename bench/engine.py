@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from podbench.geometry import geometry_stats
 from podbench.specs import RunSpec
-from torch import nn
 
 __all__ = ["train_run", "RunDiverged", "environment", "seed_everything"]
 

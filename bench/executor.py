@@ -83,8 +83,9 @@ def _check_reachable(address: str) -> None:
 def _trial(config: dict[str, Any]) -> None:
     """The Tune function trainable: train one run and write its record."""
     import torch
-    from podbench.engine import train_run
     from ray import tune
+
+    from podbench.engine import train_run
 
     run = RunSpec.model_validate(config["run"])
     torch.set_num_threads(max(1, int(run.cpus)))  # one thread per allotted CPU, no oversubscription

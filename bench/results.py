@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
+
 from podbench.errors import UserError
 
 __all__ = ["ResultsStore", "atomic_write_text", "flatten_record", "FINAL_STATUSES"]

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from podbench.errors import UserError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -50,6 +49,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from podbench.errors import UserError
 
 __all__ = [
     "DatasetEntry",

@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+
 from podbench.engine import _Trainer
 from podbench.specs import RunSettings, resolve_run
 

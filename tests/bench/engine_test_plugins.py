@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from podbench.losses import LossOutput, LossPlugin, register_loss
 from torch import Tensor, nn
+
+from podbench.losses import LossOutput, LossPlugin, register_loss
 
 
 class _Linear(LossPlugin):

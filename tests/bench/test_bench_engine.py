@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from podbench.engine import train_run
 from podbench.specs import RunSettings, RunSpec, resolve_run
 

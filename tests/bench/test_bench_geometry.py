@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from podbench.geometry import geometry_stats
 from scipy.spatial.distance import cdist
+
+from podbench.geometry import geometry_stats
 
 
 def _reference(x: np.ndarray, y: np.ndarray, centers: np.ndarray | None) -> dict[str, float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from podbench.errors import UserError
 from podbench.results import ResultsStore, atomic_write_text
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from podbench.cli import main
 from podbench.errors import UserError
 from podbench.specs import RunSpec, SuiteSpec, apply_overrides, builtin_suites, load_suite
