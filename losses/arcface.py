@@ -10,11 +10,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from podbench.errors import UserError
 from podbench.losses.base import LossOutput, check_number
 from podbench.losses.cosface import NormalizedHead
 from podbench.losses.registry import register_loss
-from torch import Tensor
 
 __all__ = ["ArcFaceLoss", "arc_margin"]
 

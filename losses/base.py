@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from podbench.errors import UserError
 from torch import Tensor, nn
+
+from podbench.errors import UserError
 
 __all__ = ["LossOutput", "LossPlugin", "NonFiniteFeaturesError", "check_number"]
 
@@ -53,6 +54,8 @@ class LossPlugin(nn.Module):
         feat_dim: d, the latent dimension of the features the network outputs.
     """
 
+    #: The registered name (set by :func:`~podbench.losses.register_loss`).
+    loss_name: ClassVar[str] = ""
     #: Optimiser updates per batch; the engine calls :meth:`update_loss` with step 0..n-1.
     updates_per_batch: ClassVar[int] = 1
     #: Check shapes, label range and finiteness on every call (one device sync per batch).

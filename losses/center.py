@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from podbench.losses.base import LossOutput, check_number
 from podbench.losses.registry import register_loss
 from podbench.losses.softmax import SoftmaxLoss
-from torch import Tensor
 
 __all__ = ["CenterLoss"]
 
@@ -30,6 +31,8 @@ __all__ = ["CenterLoss"]
 )
 class CenterLoss(SoftmaxLoss):
     """Args: num_classes K, feat_dim d, lam (0.003) weight of the centre term, alpha (0.5)."""
+
+    centers: Tensor
 
     def __init__(
         self, num_classes: int, feat_dim: int, *, lam: float = 0.003, alpha: float = 0.5

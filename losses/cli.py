@@ -6,9 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from podbench.losses.registry import LossInfo, list_losses, load_entry_points, loss_info
 from rich.console import Console
 from rich.table import Table
+
+from podbench.losses.registry import LossInfo, list_losses, load_entry_points, loss_info
 
 __all__ = ["add_losses_arguments", "info_as_dict", "run_losses"]
 

@@ -6,9 +6,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from podbench.losses.base import LossOutput, LossPlugin, check_number
 from podbench.losses.registry import register_loss
-from torch import Tensor, nn
 
 __all__ = ["CosFaceLoss", "NormalizedHead"]
 

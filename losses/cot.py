@@ -12,11 +12,12 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from podbench.errors import UserError
 from podbench.losses.base import LossOutput
 from podbench.losses.registry import register_loss
 from podbench.losses.softmax import SoftmaxLoss
-from torch import Tensor
 
 __all__ = ["COTLoss", "complement_entropy"]
 

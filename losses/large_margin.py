@@ -12,10 +12,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from podbench.errors import UserError
 from podbench.losses.base import LossOutput, LossPlugin, check_number
 from podbench.losses.registry import register_loss
-from torch import Tensor, nn
 
 __all__ = ["LSoftmaxLoss", "SphereFaceLoss", "chebyshev_cos", "psi"]
 
@@ -79,6 +80,7 @@ class LSoftmaxLoss(LossPlugin):
     """
 
     normalize_weight = False
+    iteration: Tensor
 
     def __init__(
         self,
@@ -92,7 +94,7 @@ class LSoftmaxLoss(LossPlugin):
         lambda_min: float = 0.0,
     ) -> None:
         super().__init__(num_classes, feat_dim)
-        owner = self.loss_name  # type: ignore[attr-defined]
+        owner = self.loss_name
         self.margin = _check_margin(owner, margin)
         self.lambda_base = check_number(owner, "lambda_base", lambda_base)
         self.lambda_gamma = check_number(owner, "lambda_gamma", lambda_gamma)

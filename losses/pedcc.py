@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from podbench.errors import UserError
 from torch import Tensor
+
+from podbench.errors import UserError
 
 __all__ = [
     "CENTROID_CHOICES",

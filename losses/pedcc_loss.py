@@ -9,12 +9,13 @@ authors' latest code) or its mean over B * d (``mean``, an older version).
 from __future__ import annotations
 
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from podbench.errors import UserError
 from podbench.losses.base import LossOutput, LossPlugin, check_number
 from podbench.losses.pedcc import make_centroids
 from podbench.losses.pod import seed_from_torch
 from podbench.losses.registry import register_loss
-from torch import Tensor, nn
 
 __all__ = ["PEDCCLoss"]
 
@@ -61,6 +62,8 @@ class PEDCCLoss(LossPlugin):
         centroids: ``charge`` (authors), ``simplex``, ``random`` or a centroid file.
         centroid_seed: seed of generated centroids; None draws it from torch's generator.
     """
+
+    centroids: Tensor
 
     def __init__(
         self,

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from podbench.errors import UserError
 from podbench.losses.base import LossOutput, LossPlugin, check_number
 from podbench.losses.pedcc import CENTROID_CHOICES, make_centroids
 from podbench.losses.registry import register_loss
-from torch import Tensor
 
 __all__ = ["DELTA_SCHEDULES", "PODLoss", "pod_terms", "seed_from_torch"]
 
@@ -169,6 +170,11 @@ class PODLoss(LossPlugin):
         centroids: ``simplex``, ``charge``, ``random`` or the path of a centroid file.
         centroid_seed: seed of the generated centroids; None draws it from torch's generator.
     """
+
+    centroids: Tensor
+    delta_t: Tensor
+    score_norm_sum: Tensor
+    score_norm_count: Tensor
 
     def __init__(
         self,

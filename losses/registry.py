@@ -188,7 +188,7 @@ def register_loss(
         _ALIASES[name] = name
         for alias in info.aliases:
             _ALIASES[alias] = name
-        cls.loss_name = name  # type: ignore[attr-defined]
+        cls.loss_name = name
         return cls
 
     return decorate

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from podbench.errors import UserError
 from podbench.losses.base import LossOutput, LossPlugin, check_number
 from podbench.losses.registry import register_loss
-from torch import Tensor, nn
 
 __all__ = ["LabelSmoothingLoss", "SoftmaxLoss"]
 

@@ -23,10 +23,11 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch import Tensor, nn
+
 from podbench.errors import UserError
 from podbench.losses.base import LossOutput, LossPlugin, NonFiniteFeaturesError
 from podbench.losses.registry import create_loss
-from torch import Tensor, nn
 
 __all__ = [
     "CHECKS",
@@ -47,9 +48,9 @@ LossLike = str | Factory
 K, D = 4, 8  # small enough for every loss (simplex needs D >= K - 1)
 
 
-def _factory(loss: LossLike, **hparams: object) -> Factory:
+def _factory(loss: LossLike) -> Factory:
     if isinstance(loss, str):
-        return lambda k, d: create_loss(loss, num_classes=k, feat_dim=d, **hparams)
+        return lambda k, d: create_loss(loss, num_classes=k, feat_dim=d)
     return loss
 
 
@@ -63,7 +64,7 @@ def _make(loss: LossLike, seed: int = 0, k: int = K, d: int = D) -> LossPlugin:
 
 
 def _name(plugin: LossPlugin) -> str:
-    return getattr(plugin, "loss_name", type(plugin).__name__)
+    return plugin.loss_name or type(plugin).__name__
 
 
 def _batch(seed: int, b: int = 16, k: int = K, d: int = D) -> tuple[Tensor, Tensor]:
@@ -209,6 +210,7 @@ def check_determinism(loss: LossLike) -> None:
         for out in _all_updates(plugin, x, y):
             out.total.backward()
             totals.append(out.total.detach())
+        assert x.grad is not None, f"{_name(plugin)}: no gradient reaches the features"
         results.append((torch.stack(totals), x.grad.clone()))
     name = _name(plugin)
     assert torch.equal(results[0][0], results[1][0]), f"{name}: the same seed gives other losses"
@@ -239,6 +241,7 @@ def check_edge_cases(loss: LossLike) -> None:
                 out = plugin.update_loss(feats, y, step)
                 assert torch.isfinite(out.total), f"{name} ({mode}): {case} gives loss {out.total}"
                 out.total.backward()
+                assert feats.grad is not None, f"{name}: no gradient reaches the features"
                 assert bool(torch.isfinite(feats.grad).all()), (
                     f"{name} ({mode}): {case} gives non-finite gradients"
                 )
