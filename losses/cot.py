@@ -25,8 +25,10 @@ __all__ = ["COTLoss", "complement_entropy"]
 def complement_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean normalised entropy of softmax over the non-target classes (computed in log space)."""
     b, k = logits.shape
-    # Drop the target column (no -inf: it would make the gradient NaN through 0 * log 0).
-    others = logits[~F.one_hot(targets, k).bool()].view(b, k - 1)
+    # Drop the target column by gather (no -inf: 0 * log 0 would make the gradient NaN; no
+    # boolean indexing: it would sync the device).
+    cols = torch.arange(k - 1, device=logits.device).expand(b, k - 1)
+    others = logits.gather(1, cols + (cols >= targets[:, None]).long())
     log_q = torch.log_softmax(others, dim=1)
     entropy = -(log_q.exp() * log_q).sum(dim=1).mean()
     return entropy / math.log(k - 1) if k > 2 else entropy

@@ -104,12 +104,16 @@ class LSoftmaxLoss(LossPlugin):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's initialisation
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
+    def _lambda(self) -> Tensor:
+        # a tensor on the device: reading the iteration count would sync every batch
+        t = self.iteration.to(torch.float64)
+        decayed = self.lambda_base * (1.0 + self.lambda_gamma * t) ** (-self.lambda_power)
+        return decayed.clamp_min(self.lambda_min).float()
+
     @property
     def current_lambda(self) -> float:
         """The annealing weight of the plain logit at the current training iteration."""
-        t = int(self.iteration)
-        decayed = self.lambda_base * (1.0 + self.lambda_gamma * t) ** (-self.lambda_power)
-        return max(self.lambda_min, decayed)
+        return float(self._lambda())
 
     def _weight(self) -> Tensor:
         return F.normalize(self.weight, dim=1) if self.normalize_weight else self.weight
@@ -120,7 +124,7 @@ class LSoftmaxLoss(LossPlugin):
         plain = logits.gather(1, targets[:, None]).squeeze(1)
         norms = weight.norm(dim=1)[targets] * features.norm(dim=1)
         cos = (plain / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
-        lam = self.current_lambda
+        lam = self._lambda()
         target = (lam * plain + norms * psi(cos, self.margin)) / (1.0 + lam)
         logits = logits.scatter(1, targets[:, None], target[:, None])
         ce = F.cross_entropy(logits, targets)
