@@ -124,9 +124,7 @@ def run_run(args: argparse.Namespace) -> int:
     if results.exists() and not results.is_dir():
         raise UserError(f"--results {results}: exists and is not a directory; give a folder path.")
     store = ResultsStore(results)
-    store.write_suite(
-        {**suite.model_dump(mode="json"), "runs": [r.run_id for r in runs]}
-    )
+    store.write_suite(suite.model_dump(mode="json"))  # with --set applied: rerunnable as is
     outcome = run_suite(
         runs, results, address=args.address, num_cpus=args.num_cpus,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,

@@ -197,7 +197,8 @@ class LossEntry(BaseModel):
                 # grid points and variants are different methods: each gets its own label
                 # a custom label for one variant names that variant already
                 show_variant = variant is not None and (self.variants is not None or not self.label)
-                inner = ([variant] if show_variant else []) + [f"{k}={v}" for k, v in point.items()]
+                inner = [variant] if show_variant and variant is not None else []
+                inner += [f"{k}={v}" for k, v in point.items()]
                 base = self.label or self.name
                 label = f"{base}[{','.join(inner)}]" if inner else base
                 out.append((variant, {**self.params, **point}, label))
@@ -284,9 +285,10 @@ class SuiteSpec(RunSettings):
         settings = self.settings()
         runs: list[RunSpec] = []
         seen: set[str] = set()
+        dims_grid: list[int | None] = list(self.feat_dim) if self.feat_dim else [None]
         for ds in self.datasets:
             for arch in self.archs:
-                for dims in self.feat_dim or [None]:
+                for dims in dims_grid:
                     for entry in self.losses:
                         for variant, params, label in entry.expand():
                             for seed in self.seeds:

@@ -107,11 +107,13 @@ def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path)
 
     table = pd.read_csv(results / "results.csv")
     assert len(table) == 4 and set(table["status"]) == {"completed"}
-    assert (results / "suite.yaml").is_file()
+    assert _podbench("validate", str(results / "suite.yaml")).returncode == 0  # provenance reruns
 
-    again = _podbench("run", str(suite), "--results", str(results), "--no-report")
+    again = _podbench("run", str(suite), "--results", str(results))  # with the report this time
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert len(_records(results)) == 4
+    assert f"report: {results / 'report' / 'report.html'}" in again.stdout
+    assert (results / "report" / "report.html").is_file()
 
     summary = _podbench("results", str(results))
     assert summary.returncode == 0, summary.stderr
