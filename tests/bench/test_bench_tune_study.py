@@ -124,7 +124,8 @@ def test_tiny_study_completes_with_equal_budgets_and_never_reads_test(
     assert (table["epochs_run"] <= 2).all()
     assert (table.loc[table["state"] == "COMPLETE", "epochs_run"] == 2).all()
     done = table[table["state"] == "COMPLETE"]
-    assert ((done["value"] > 0.1) & (done["value"] <= 1)).all()  # better than chance on 10 classes
+    assert ((done["value"] >= 0) & (done["value"] <= 1)).all()
+    assert (done.groupby("loss")["value"].max() > 0.3).all()  # well above chance (0.1)
 
     # the best point and its rerun suite agree with the table
     best = yaml.safe_load((folder / "best.yaml").read_text())
