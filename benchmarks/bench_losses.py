@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+
 from podbench.losses import create_loss, list_losses
 from podbench.losses.base import LossOutput, LossPlugin
 from podbench.losses.pod import PODLoss

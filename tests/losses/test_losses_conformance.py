@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from podbench.losses import list_losses
 from podbench.losses.testing import CHECKS
 

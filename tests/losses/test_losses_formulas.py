@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.special import log_softmax, logsumexp
+
 from podbench.losses import create_loss
 from podbench.losses.large_margin import psi
-from scipy.special import log_softmax, logsumexp
 
 RNG = np.random.default_rng(0)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from podbench.errors import UserError
 from podbench.losses import create_loss
 from podbench.losses.pedcc import (

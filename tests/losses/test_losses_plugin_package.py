@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +32,11 @@ def _fake_distribution(site: Path, name: str, entry_points: str) -> None:
 @pytest.mark.slow
 def test_losses_example_package_installs_and_plugs_in(tmp_path):
     site = tmp_path / "site"
+    source = tmp_path / "podbench-focal-loss"  # pip builds in the source tree: keep ours clean
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     pip = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(EXAMPLE)],
+         "--target", str(site), str(source)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert pip.returncode == 0, pip.stderr

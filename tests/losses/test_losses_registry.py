@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from podbench.cli import main
 from podbench.errors import UserError
 from podbench.losses import LossPlugin, create_loss, list_losses, loss_info, register_loss

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from podbench.losses import LossOutput, LossPlugin, register_loss
 from podbench.losses.base import check_number
-from torch import Tensor, nn
 
 
 @register_loss(

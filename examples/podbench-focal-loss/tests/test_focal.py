@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from podbench.losses import create_loss, list_losses
 from podbench.losses.testing import CHECKS
 
