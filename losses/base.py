@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -195,7 +196,8 @@ def check_number(
     owner: str, name: str, value: Any, *, low: float = 0.0, strict: bool = False
 ) -> float:
     """``value`` as a float, or a UserError naming ``owner``'s hyperparameter ``name``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # numbers.Real: numpy scalars from Optuna or YAML count too; bool does not
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < low or (strict and value == low):
         bound = f"> {low:g}" if strict else f">= {low:g}"
         raise UserError(f"{owner}: {name}={value!r} is invalid; give a finite number {bound}.")

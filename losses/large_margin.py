@@ -9,6 +9,7 @@ over the training iterations t (the authors' Caffe schedule). SphereFace normali
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +41,13 @@ def psi(cos: Tensor, m: int) -> Tensor:
 
 
 def _check_margin(owner: str, margin: object) -> int:
-    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 1:
+    if isinstance(margin, float) and margin.is_integer():  # 4.0 from a YAML file or a sampler
+        margin = int(margin)
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Integral) or margin < 1:
         raise UserError(
             f"{owner}: margin={margin!r} is invalid; give an integer >= 1 (1 = no margin)."
         )
-    return margin
+    return int(margin)
 
 
 _ANNEALING = {

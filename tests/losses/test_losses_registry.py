@@ -9,7 +9,7 @@ import torch
 
 from podbench.cli import main
 from podbench.errors import UserError
-from podbench.losses import LossPlugin, create_loss, list_losses, loss_info, register_loss
+from podbench.losses import LossPlugin, create_loss, list_losses, loss_info, register_loss, registry
 from podbench.losses.base import LossOutput
 
 
@@ -90,7 +90,7 @@ def test_losses_user_errors_name_the_field_and_the_fix(kwargs, words):
     assert message.count(". ") == 0 and message.endswith(".")  # one sentence
 
 
-def test_losses_register_rejects_inconsistent_metadata():
+def test_losses_register_rejects_inconsistent_metadata(scratch_registry):
     class Tiny(LossPlugin):
         def __init__(self, num_classes: int, feat_dim: int, *, w: float = 1.0) -> None:
             super().__init__(num_classes, feat_dim)
@@ -111,7 +111,14 @@ def test_losses_register_rejects_inconsistent_metadata():
     assert "tiny-x" not in list_losses()
 
 
-def test_losses_user_plugin_registers_and_is_created_by_name():
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Losses registered by a test vanish after it (other rooms' tests list the registry)."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
+
+
+def test_losses_user_plugin_registers_and_is_created_by_name(scratch_registry):
     @register_loss("test-registry-mse", description="MSE to one-hot", defaults={"scale": 2.0})
     class OneHotMSE(LossPlugin):
         def __init__(self, num_classes: int, feat_dim: int, *, scale: float = 2.0) -> None:
@@ -165,3 +172,19 @@ def test_losses_cli_unknown_name_exits_2_without_traceback(capsys):
     assert main(["losses", "arcfce"]) == 2
     err = capsys.readouterr().err
     assert "did you mean 'arcface'" in err and "Traceback" not in err
+
+
+def test_losses_registered_in_a_test_do_not_leak():
+    assert "test-registry-mse" not in list_losses()
+
+
+def test_losses_numeric_hyperparameters_from_yaml_or_samplers():
+    np = pytest.importorskip("numpy")
+    plugin = create_loss("l-softmax", num_classes=3, feat_dim=4, margin=3.0)
+    assert plugin.margin == 3 and isinstance(plugin.margin, int)
+    plugin = create_loss("cosface", num_classes=3, feat_dim=4, s=np.float32(16), m=np.int64(0))
+    assert (plugin.s, plugin.m) == (16.0, 0.0)
+    with pytest.raises(UserError, match="margin=2.5"):
+        create_loss("l-softmax", num_classes=3, feat_dim=4, margin=2.5)
+    with pytest.raises(UserError, match="s=True"):
+        create_loss("cosface", num_classes=3, feat_dim=4, s=True)
