@@ -116,10 +116,6 @@ def open_study(spec: TuneSpec, label: str, storage: optuna.storages.BaseStorage)
         if es.enabled
         else optuna.pruners.NopPruner()
     )
-    # constant liar: running trials count as bad, so parallel asks do not pile on one point
-    sampler = optuna.samplers.TPESampler(
-        seed=spec.seed, constant_liar=True, n_startup_trials=spec.n_startup_trials
-    )
     existing = {
         s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
     }
@@ -128,9 +124,15 @@ def open_study(spec: TuneSpec, label: str, storage: optuna.storages.BaseStorage)
         storage=storage,
         study_name=name,
         direction="maximize",
-        sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
+    )
+    # constant liar: running trials count as bad, so parallel asks do not pile on one point.
+    # Seeded by the trials so far: a resumed study must not redraw its first random points.
+    study.sampler = optuna.samplers.TPESampler(
+        seed=spec.seed + len(study.get_trials(deepcopy=False)),
+        constant_liar=True,
+        n_startup_trials=spec.n_startup_trials,
     )
     if name not in existing:
         study.set_user_attr(_FINGERPRINT, fingerprint)

@@ -153,7 +153,8 @@ def test_tiny_study_completes_with_equal_budgets_and_never_reads_test(
 
 
 def test_resume_keeps_trials_and_adds_to_the_target(split_log: Path, tmp_path: Path) -> None:
-    spec = tiny_spec("resume", losses={"softmax": {}})
+    # all 5 trials in the random start-up phase: a resumed sampler must not redraw the first points
+    spec = tiny_spec("resume", losses={"softmax": {}}, n_startup_trials=10)
     run_study(spec, tmp_path)
     url = storage_url(spec, tmp_path)
     study = optuna.load_study(study_name=study_name(spec, "softmax"), storage=url)
@@ -163,7 +164,7 @@ def test_resume_keeps_trials_and_adds_to_the_target(split_log: Path, tmp_path: P
     # an interrupted driver leaves a RUNNING trial behind: it must not count nor block
     study.ask()
 
-    bigger = tiny_spec("resume", losses={"softmax": {}}, n_trials=5)
+    bigger = tiny_spec("resume", losses={"softmax": {}}, n_trials=5, n_startup_trials=10)
     outcome = run_study(bigger, tmp_path)
     assert outcome.interrupted == {"softmax": 1} and outcome.ran == {"softmax": 2}
     study = optuna.load_study(study_name=study_name(spec, "softmax"), storage=url)
@@ -173,10 +174,15 @@ def test_resume_keeps_trials_and_adds_to_the_target(split_log: Path, tmp_path: P
     assert budget_used(study) == 5
     assert [t.number for t in trials] == [0, 1, 2, 3, 4, 5]
     assert all(t.state.is_finished() for t in trials)
+    drawn = [tuple(sorted(t.params.items())) for t in trials if t.params]
+    assert len(set(drawn)) == len(drawn)  # no point tried twice
 
     # a changed objective cannot continue the study: the message names what changed
     with pytest.raises(UserError, match="epochs"):
-        run_study(tiny_spec("resume", losses={"softmax": {}}, n_trials=5, epochs=3), tmp_path)
+        run_study(
+            tiny_spec("resume", losses={"softmax": {}}, n_trials=5, n_startup_trials=10, epochs=3),
+            tmp_path,
+        )
 
     again = run_study(bigger, tmp_path)  # at the target: runs nothing
     assert again.ran == {"softmax": 0}
