@@ -47,14 +47,12 @@ def _symmetric_gram(m: Tensor) -> tuple[Tensor, Tensor]:
         return gram, gram.square().sum()
     blocks = m.tensor_split(q)
     rows: list[list[Tensor]] = [[m.new_empty(0)] * q for _ in range(q)]
-    frob_sq = m.new_zeros(())
     for i in range(q):
         for j in range(i, q):
-            g = blocks[i] @ blocks[j].T
-            rows[i][j] = g
-            rows[j][i] = g.T
-            frob_sq = frob_sq + (1.0 if i == j else 2.0) * g.square().sum()
-    return torch.cat([torch.cat(r, dim=1) for r in rows], dim=0), frob_sq
+            rows[i][j] = blocks[i] @ blocks[j].T
+            rows[j][i] = rows[i][j].T
+    gram = torch.cat([torch.cat(r, dim=1) for r in rows], dim=0)
+    return gram, gram.square().sum()
 
 
 class _PODTerms(torch.autograd.Function):
