@@ -215,8 +215,7 @@ def load_entry_points(*, reload: bool = False) -> dict[str, str]:
             )
             warnings.warn(f"podbench loss plugin {ep.name!r}: {_BROKEN[ep.name]}", stacklevel=2)
             continue
-        finally:
-            provided = set(_REGISTRY) - before
+        provided = set(_REGISTRY) - before
         if isinstance(obj, type) and vars(obj).get("loss_name") in _REGISTRY:
             provided.add(vars(obj)["loss_name"])
         for name in provided:  # record which distribution provides the loss
