@@ -442,6 +442,10 @@ def train_run(
     }
     trainer: _Trainer | None = None
     device = torch.device("cpu")
+    # seed_everything switches torch to deterministic kernels for this run only
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn_flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     try:
         trainer = _Trainer(run, checkpoint_dir)
         device = trainer.device
@@ -452,6 +456,9 @@ def train_run(
     except Exception as exc:  # a plugin or data error must not stop the suite
         record["status"] = "failed"
         record["error"] = _error(exc, getattr(trainer, "current_epoch", None))
+    finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn_flags
     if trainer is not None:
         history = trainer.history
         record["history"] = history

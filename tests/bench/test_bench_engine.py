@@ -57,6 +57,7 @@ def test_record_schema_and_determinism() -> None:
     assert first["env"]["torch"] == torch.__version__ and first["env"]["device"] == "cpu"
     assert len(first["env"]["git_commit"] or "0" * 40) == 40
     assert first["spec"]["seed"] == 0 and first["run_id"] == _run("pod").run_id
+    assert not torch.are_deterministic_algorithms_enabled()  # the run's setting did not leak
     assert set(first["geometry"]) == {"mean_cos_to_center", "min_interclass_angle_deg",
                                       "mean_abs_offdiag_corr", "mean_feature_norm"}
 

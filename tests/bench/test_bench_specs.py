@@ -141,6 +141,11 @@ def test_cli_exit_2_and_nothing_written(tmp_path: Path, capsys: pytest.CaptureFi
     assert not results.exists()
 
 
+def test_validate_accepts_builtin_tune_files(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "tune-quickstart"]) == 0
+    assert "valid tune file" in capsys.readouterr().out
+
+
 def test_console_script_reports_field_path_with_exit_2(tmp_path: Path) -> None:
     bad = _write(tmp_path, SMALL, "bad.yaml")
     exe = Path(sys.executable).with_name("podbench")
