@@ -37,7 +37,7 @@ def complement_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 @register_loss(
     "cot",
     description="Complement Objective Training: a CE update, then a complement-entropy update",
-    reference="Chen, Chen, Lin, Chang, Chen, Hsu, Tsai, 'Complement Objective Training', ICLR 2019",
+    reference="Chen et al., 'Complement Objective Training', ICLR 2019",
     defaults={},
 )
 class COTLoss(SoftmaxLoss):

@@ -23,8 +23,8 @@ __all__ = ["PEDCCLoss"]
 @register_loss(
     "pedcc",
     description="PEDCC-Loss: AM-Softmax on fixed PEDCC centroids + MSE to the own centroid",
-    reference="Zhu, Zu et al., 'A new loss function for CNN classifier based on predefined "
-    "evenly-distributed class centroids', IEEE Access 2019; code ZLeopard/PEDCC-Loss",
+    reference="Zhu et al., 'A New Loss Function for CNN Classifier Based on Predefined "
+    "Evenly-Distributed Class Centroids', IEEE Access 2019; code ZLeopard/PEDCC-Loss",
     defaults={
         "s": 15.0,
         "m": 0.5,

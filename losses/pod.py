@@ -122,8 +122,8 @@ def pod_terms(
 @register_loss(
     "pod",
     description="POD Loss: norm-adaptive cosine to fixed PEDCC centroids + sample decorrelation",
-    reference="Zhu & Zu, 'Orthogonal and Distance-based Loss (POD Loss)...', IEEE TCSVT 2022; "
-    "code TianYuZu/POD-Loss",
+    reference="Zhu & Zu, POD Loss, IEEE Transactions on Circuits and Systems for Video "
+    "Technology (TCSVT) 2022; code TianYuZu/POD-Loss",
     defaults={
         "nac_weight": 1.0,
         "sc_weight": 1.0,
