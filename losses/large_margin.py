@@ -3,7 +3,9 @@
 The target logit ||W_y|| ||x|| cos(theta_y) becomes ||W_y|| ||x|| psi(theta_y) with
 psi(theta) = (-1)^k cos(m theta) - 2k for theta in [k pi/m, (k+1) pi/m], annealed as
 (lambda * plain + margin) / (1 + lambda) with lambda = max(lambda_min, base (1 + gamma t)^-power)
-over the training iterations t (the authors' Caffe schedule). SphereFace normalises W, no bias.
+over the training iterations t (the form and constants of the SphereFace authors' Caffe layer:
+base 1000, gamma 0.12, power 1, floor 5; L-Softmax here uses the same decay with floor 0).
+SphereFace normalises W and has no bias.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class LSoftmaxLoss(LossPlugin):
     Args:
         num_classes: K.
         feat_dim: d.
-        margin: integer angular margin m (the paper's CIFAR results use 4).
+        margin: integer angular margin m (the paper compares 2, 3 and 4).
         lambda_base, lambda_gamma, lambda_power, lambda_min: annealing
             lambda = max(lambda_min, lambda_base (1 + lambda_gamma t)^-lambda_power).
     """
