@@ -21,7 +21,7 @@ if [ -n "$missing" ]; then
 fi
 
 python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=68" wheel
 # torch first, pinned, so pip does not pull a multi-GB build from the index.
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 if [ "$with_test" = 1 ]; then

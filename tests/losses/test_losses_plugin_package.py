@@ -96,3 +96,10 @@ def test_losses_plugin_docs_show_the_example_files_unchanged():
         text = (EXAMPLE / rel).read_text()
         assert text in doc, f"docs/plugins.md no longer shows examples/podbench-focal-loss/{rel}"
     assert "pip install --no-deps --no-build-isolation ./examples/podbench-focal-loss" in doc
+
+
+def test_readme_shows_the_example_plugin_unchanged():
+    readme = (ROOT / "README.md").read_text()
+    text = (EXAMPLE / "podbench_focal_loss/__init__.py").read_text()
+    assert text in readme, "README.md no longer shows examples/podbench-focal-loss's plugin module"
+    assert 'focal = "podbench_focal_loss:FocalLoss"' in readme
