@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from podbench.tasks import load_task
 from podbench.tasks.cache import cache_dir
 

@@ -16,6 +16,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 from markupsafe import Markup
+
 from podbench.errors import UserError
 from podbench.reports import figures as figs
 from podbench.reports.latex import latex_escape, styler_table

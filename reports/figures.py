@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 import scikit_posthocs as sp  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
 from podbench.reports.records import GEOMETRY_KEYS, MetricInfo, ResultsData, TuningStudy  # noqa: E402
 
 __all__ = [

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from podbench.errors import UserError
 
 __all__ = [

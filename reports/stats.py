@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 import scikit_posthocs as sp
 from numpy.typing import ArrayLike
-from podbench.reports.records import GEOMETRY_KEYS, MetricInfo, ResultsData
 from scipy import stats
 from statsmodels.stats.multitest import multipletests  # a dependency of scikit-posthocs
+
+from podbench.reports.records import GEOMETRY_KEYS, MetricInfo, ResultsData
 
 __all__ = [
     "MIN_BLOCKS",

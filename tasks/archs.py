@@ -17,8 +17,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import cast
 from importlib.metadata import entry_points
+from typing import cast
 
 import torch
 from torch import nn

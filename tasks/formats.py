@@ -11,8 +11,8 @@ import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
+
 from podbench.cli import main as podbench_main
 from podbench.errors import UserError
 from podbench.reports import build_report
-from scipy import stats
 
 SCRIPT_LABEL = "<script>alert(1)</script>"
 TEX_LABEL = "pod[no-sc]_x&y%$"

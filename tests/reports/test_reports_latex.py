@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from podbench.reports.latex import latex_escape, latex_plain, styler_table
 
 

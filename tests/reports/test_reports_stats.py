@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
+
 from podbench.reports.stats import (
     bayesian_signed_rank,
     cliffs_delta,
@@ -20,7 +22,6 @@ from podbench.reports.stats import (
     welch_vs_control,
     wilcoxon_vs_control,
 )
-from scipy import stats
 
 # Six blocks, four methods, no ties; higher is better. Ranks worked by hand:
 #   A: 1 2 1 1 3 2 = 10   B: 2 1 2 3 2 3 = 13   C: 3 3 4 2 1 4 = 17   D: 4 4 3 4 4 1 = 20

@@ -9,8 +9,8 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import tarfile
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
