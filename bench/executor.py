@@ -46,7 +46,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         _check_reachable(address)
         try:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING,
-                     log_to_driver=True)
+                     log_to_driver=False)
         except ConnectionError as err:
             raise UserError(
                 f"--address {address}: no Ray cluster answers there ({err}); start one with "
@@ -58,7 +58,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         include_dashboard=False,
         runtime_env=runtime_env,
         logging_level=logging.WARNING,
-        log_to_driver=True,
+        # run errors are in the records; worker chatter (Ray's SIGTERM of idle actors) is noise
+        log_to_driver=False,
         configure_logging=True,
     )
 
