@@ -4,7 +4,11 @@ Each pending :class:`~podbench.specs.RunSpec` becomes one Tune trial of a functi
 the run's own resources. The trial trains with :func:`~podbench.engine.train_run` and writes its
 record atomically into ``RESULTS/runs/<run_id>.json`` itself, so every finished run is on disk even
 if the driver dies. A trial whose worker died is retried ``max_failures`` times; after that the
-driver records it ``failed``. Rerunning the suite runs only the runs without a final record.
+driver records it ``failed``. Rerunning the suite runs only the runs without a final record
+(completed or diverged; failed runs are tried again).
+
+On a cluster of several machines the results directory must be on storage every node sees (NFS,
+a shared volume), since the trials write their records there themselves.
 """
 
 from __future__ import annotations
