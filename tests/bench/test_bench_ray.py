@@ -65,7 +65,8 @@ def _records(results: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))}
 
 
-def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path, how: str) -> None:
     suite = _suite(tmp_path, SMALL)
     results = tmp_path / "results"
     # one run at a time, so that the driver can be killed between two finished runs
@@ -79,8 +80,13 @@ def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path)
     while time.monotonic() < deadline and not list((results / "runs").glob("*.json")):
         assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
         time.sleep(0.2)
-    os.kill(driver.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
-    driver.wait(timeout=30)
+    if how == "kill":
+        os.kill(driver.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
+    else:
+        os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+    output, _ = driver.communicate(timeout=60)
+    if how == "ctrl-c":
+        assert driver.returncode != 0, output  # an interrupted suite is not a success
     before = {p.name: p.read_bytes() for p in (results / "runs").glob("*.json")}
     assert 1 <= len(before) < 4
     time.sleep(3)  # a worker of the dead driver must not keep writing (Ray fate-shares it)
