@@ -120,6 +120,8 @@ def run_run(args: argparse.Namespace) -> int:
         raise UserError("--max-failures: must be 0 or more; e.g. --max-failures 2.")
     suite = load_suite(args.spec, args.overrides)  # every check before anything is written
     runs = suite.expand()
+    if not args.address:  # on a cluster the data lives on the workers, not necessarily here
+        _check_data_present(suite, args.spec)
     results = Path(args.results) if args.results else DEFAULT_RESULTS_ROOT / suite.name
     if results.exists() and not results.is_dir():
         raise UserError(f"--results {results}: exists and is not a directory; give a folder path.")
@@ -139,6 +141,23 @@ def run_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _write_report(store.root)
     return 0 if outcome["failed"] == 0 and outcome["interrupted"] == 0 else 1
+
+
+def _check_data_present(suite: Any, source: str) -> None:
+    """Missing data fails here, with exit 2, rather than as one failed record per run."""
+    from podbench.tasks import dataset_info, locate_dataset
+
+    for i, ds in enumerate(suite.datasets):
+        root = ds.data_root if ds.data_root is not None else suite.data_root
+        found, looked = locate_dataset(ds.name, root)
+        if found is None:
+            info = dataset_info(ds.name)
+            where = ", ".join(str(p) for p in looked) or "(no folder given)"
+            raise UserError(
+                f"{source}: field 'datasets.{i}': dataset '{ds.name}' was not found (looked in "
+                f"{where}); {str(info.how_to_get).rstrip('.')}, or set datasets.{i}.data_root "
+                "to its folder."
+            )
 
 
 def _write_report(results: Path) -> None:

@@ -141,6 +141,19 @@ def test_cli_exit_2_and_nothing_written(tmp_path: Path, capsys: pytest.CaptureFi
     assert not results.exists()
 
 
+def test_run_with_missing_data_exits_2_before_writing(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    results = tmp_path / "results"
+    args = ["run", "quickstart", "--results", str(results), "--set", f"data_root={empty}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "field 'datasets.0': dataset 'fashion-mnist' was not found" in err and str(empty) in err
+    assert "dataset-fashion-mnist" in err  # how to get it
+    assert not results.exists()
+
+
 def test_validate_accepts_builtin_tune_files(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "tune-quickstart"]) == 0
     assert "valid tune file" in capsys.readouterr().out
