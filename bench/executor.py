@@ -58,6 +58,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             ) from None
         return
     ray.init(
+        address="local",  # always a fresh embedded Ray, never a `ray start` cluster found in /tmp
         num_cpus=num_cpus or os.cpu_count() or 1,
         include_dashboard=False,
         runtime_env=runtime_env,
