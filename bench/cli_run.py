@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--address", default=None,
-        help="address of a running Ray cluster (HOST:PORT or 'auto'); default: embedded local Ray",
+        help="address of a running Ray cluster (HOST:PORT or 'auto'); default: $RAY_ADDRESS when "
+        "set, else an embedded local Ray",
     )
     parser.add_argument(
         "--max-concurrent", type=int, default=None, metavar="N",
@@ -118,9 +120,10 @@ def run_run(args: argparse.Namespace) -> int:
     _positive(args.num_cpus, "--num-cpus")
     if args.max_failures < 0:
         raise UserError("--max-failures: must be 0 or more; e.g. --max-failures 2.")
+    address = args.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention
     suite = load_suite(args.spec, args.overrides)  # every check before anything is written
     runs = suite.expand()
-    if not args.address:  # on a cluster the data lives on the workers, not necessarily here
+    if not address:  # on a cluster the data lives on the workers, not necessarily here
         _check_data_present(suite, args.spec)
     results = Path(args.results) if args.results else DEFAULT_RESULTS_ROOT / suite.name
     if results.exists() and not results.is_dir():
@@ -128,7 +131,7 @@ def run_run(args: argparse.Namespace) -> int:
     store = ResultsStore(results)
     store.write_suite(suite.model_dump(mode="json"))  # with --set applied: rerunnable as is
     outcome = run_suite(
-        runs, results, address=args.address, num_cpus=args.num_cpus,
+        runs, results, address=address, num_cpus=args.num_cpus,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
     )
     table = store.write_table()
