@@ -11,7 +11,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -142,7 +141,7 @@ def run_run(args: argparse.Namespace) -> int:
         + f"); table: {table}"
     )
     if not args.no_report:
-        _write_report(store.root)
+        write_report(store.root)
     return 0 if outcome["failed"] == 0 and outcome["interrupted"] == 0 else 1
 
 
@@ -163,18 +162,17 @@ def _check_data_present(suite: Any, source: str) -> None:
             )
 
 
-def _write_report(results: Path) -> None:
-    """Write the report when the reports room offers ``build_report(results_dir, out_dir)``."""
-    reports = importlib.import_module("podbench.reports")
-    build_report = getattr(reports, "build_report", None)
-    if build_report is None:
-        return
+def write_report(results: Path) -> None:
+    """Write ``RESULTS/report`` after a run; a report that cannot be made never fails the runs."""
+    from podbench.reports import build_report
+
     try:
-        out = build_report(results, results / "report")
-    except UserError as err:  # e.g. too few runs for statistics: the runs themselves are fine
+        # control=None: `pod` when the suite has it, else the method with the most runs
+        out = build_report(results, results / "report", control=None)
+    except UserError as err:  # e.g. no completed run: the records themselves are fine
         print(f"report: not written ({err})")
         return
-    print(f"report: {out if out is not None else results / 'report'}")
+    print(f"report: {out}")
 
 
 # ---------------------------------------------------------------------------- results

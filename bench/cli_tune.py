@@ -83,6 +83,7 @@ def _positive(value: int | None, flag: str) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    from podbench.cli_run import write_report
     from podbench.results import ResultsStore
     from podbench.tune import load_tune, rerun_best, run_study
 
@@ -126,6 +127,7 @@ def run_tune(args: argparse.Namespace) -> int:
             f"{reruns.get('diverged', 0)} diverged, {reruns.get('failed', 0)} failed, "
             f"{reruns.get('skipped', 0)} already done; table: {table}"
         )
+        write_report(results)
         if reruns.get("failed", 0) or reruns.get("interrupted", 0):
             return 1
     return 0
