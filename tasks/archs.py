@@ -14,16 +14,15 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from importlib.metadata import entry_points
 from typing import cast
 
 import torch
 from torch import nn
 
 from podbench.errors import UserError
+from podbench.tasks.plugins import load_entry_points
 
 __all__ = [
     "SMALL_STEM_MAX",
@@ -110,12 +109,7 @@ def _ensure_registered() -> None:
     if _loaded_plugins:
         return
     _loaded_plugins = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as err:  # a broken plugin must not break the built-ins
-            warnings.warn(f"podbench architecture plugin {ep.name!r} failed to load: {err}",
-                          stacklevel=2)
+    load_entry_points(ENTRY_POINT_GROUP, "architecture")
 
 
 def list_archs() -> list[str]:

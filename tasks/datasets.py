@@ -18,7 +18,6 @@ import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from podbench.errors import UserError
+from podbench.tasks.plugins import load_entry_points
 from podbench.tasks.task import Task
 
 __all__ = [
@@ -200,14 +200,7 @@ def _ensure_registered() -> None:
     _loaded_plugins = True
     from podbench.tasks import sources  # noqa: F401  (registers the built-ins)
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as err:  # a broken plugin must not break the built-ins
-            import warnings
-
-            warnings.warn(f"podbench dataset plugin {ep.name!r} failed to load: {err}",
-                          stacklevel=2)
+    load_entry_points(ENTRY_POINT_GROUP, "dataset")
 
 
 def list_datasets() -> list[str]:
