@@ -132,7 +132,7 @@ class _Trainer:
     def __init__(self, run: RunSpec, checkpoint_dir: Path | None) -> None:
         from podbench.losses import create_loss
         from podbench.specs import import_plugins
-        from podbench.tasks import create_arch, load_task
+        from podbench.tasks import Task, create_arch, load_task
 
         import_plugins(run.imports)  # plugins registered by modules the suite names
         self.run = run
@@ -140,16 +140,17 @@ class _Trainer:
         self.checkpoint_dir = checkpoint_dir
         seed_everything(run.seed)
         use_val = run.eval_split == "val"
-        task_args = dict(
-            device=self.device, val_fraction=run.val_fraction, split_seed=run.split_seed,
-            use_val=use_val, image_size=run.image_size,
-        )
-        self.task = load_task(run.dataset, run.data_root, limit=run.limit_train, **task_args)
+        def task(limit: int | None, augment: bool) -> Task:
+            return load_task(
+                run.dataset, run.data_root, device=self.device, val_fraction=run.val_fraction,
+                split_seed=run.split_seed, use_val=use_val, image_size=run.image_size,
+                limit=limit, augment=augment,
+            )
+
+        self.task = task(run.limit_train, augment=True)
         self.eval_task = self.task
         if run.limit_eval != run.limit_train:  # load_task limits every split alike
-            self.eval_task = load_task(
-                run.dataset, run.data_root, limit=run.limit_eval, augment=False, **task_args
-            )
+            self.eval_task = task(run.limit_eval, augment=False)
         info = self.task.info
         num_classes = len(self.task.classes)  # image folders know their classes only when read
         torch.manual_seed(run.seed)

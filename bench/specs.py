@@ -345,7 +345,9 @@ def resolve_run(
     info = dataset_info(dataset)
     fields = settings.model_dump()
     fields["batch_size"] = batch_size or settings.batch_size or int(info.batch_size or DEFAULT_BATCH_SIZE)
-    if feat_dim is None and info.latent_dim is None:
+    if feat_dim is None:
+        feat_dim = info.latent_dim
+    if feat_dim is None:
         raise UserError(
             f"feat_dim: dataset '{dataset}' has no authors' latent dimension to default to; "
             "set feat_dim (e.g. feat_dim: 32) in the suite."
@@ -365,7 +367,7 @@ def resolve_run(
         loss_params=dict(loss_params or {}),
         dataset=dataset,
         arch=arch,
-        feat_dim=int(feat_dim if feat_dim is not None else info.latent_dim),
+        feat_dim=int(feat_dim),
         seed=seed,
         label=label or "",
     )
