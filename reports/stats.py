@@ -187,12 +187,17 @@ def wilcoxon_vs_control(
             res = stats.wilcoxon(x, ctrl, alternative="two-sided")
             row["statistic"], row["p"] = _num(res.statistic), _num(res.pvalue)
         results.append(row)
+    return _with_holm(results, alpha)
+
+
+
+def _with_holm(results: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
+    """Holm-adjust the p-values of the rows that have one (rows without a test stay as they are)."""
     tested = [r for r in results if r["p"] is not None]
     for r, p_adj in zip(tested, holm([r["p"] for r in tested]), strict=True):
         r["p_holm"] = p_adj
         r["significant"] = p_adj < alpha
     return results
-
 
 def bayesian_signed_rank(
     control: ArrayLike,
@@ -263,11 +268,7 @@ def welch_vs_control(
             row["t"], row["p"] = _num(res.statistic), _num(res.pvalue)
             row["df"] = _num(getattr(res, "df", None))
         results.append(row)
-    tested = [r for r in results if r["p"] is not None]
-    for r, p_adj in zip(tested, holm([r["p"] for r in tested]), strict=True):
-        r["p_holm"] = p_adj
-        r["significant"] = p_adj < alpha
-    return results
+    return _with_holm(results, alpha)
 
 
 def epochs_to_fraction(
