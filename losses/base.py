@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -43,7 +44,7 @@ class LossOutput:
     parts: dict[str, Tensor] = field(default_factory=dict)
 
 
-class LossPlugin(nn.Module):
+class LossPlugin(nn.Module, ABC):
     """Base class of every loss: a classifier head plus the objective that trains it.
 
     Subclasses implement :meth:`compute_loss` (features, targets -> :class:`LossOutput`) and
@@ -79,13 +80,13 @@ class LossPlugin(nn.Module):
 
     # -- what a plugin implements -------------------------------------------------------------
 
+    @abstractmethod
     def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
         """The training objective on checked float32 features (B, d) and int64 targets (B,)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss()")
 
+    @abstractmethod
     def scores(self, features: Tensor) -> Tensor:
         """(B, K) class scores on checked float32 features; argmax is the predicted class."""
-        raise NotImplementedError(f"{type(self).__name__} must implement scores()")
 
     # -- what the engine calls ----------------------------------------------------------------
 

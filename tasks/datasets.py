@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +143,7 @@ class RawData:
     classes: tuple[str, ...]
 
 
-class DatasetSource:
+class DatasetSource(ABC):
     """Finds and reads one dataset's files. Subclass, then decorate with :func:`register_dataset`.
 
     ``read`` of a folder-based source only lists files (cheap) and returns :class:`FileSplit`:
@@ -153,13 +154,13 @@ class DatasetSource:
     info: ClassVar[DatasetInfo]
     cache: ClassVar[bool] = False
 
+    @abstractmethod
     def locate(self, root: Path) -> Located | None:
         """The data under ``root``, or None when it is not there (raise UserError if malformed)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read(self, located: Located, *, image_size: int | None) -> RawData:
         """Read what :meth:`locate` found."""
-        raise NotImplementedError
 
 
 _REGISTRY: dict[str, type[DatasetSource]] = {}
