@@ -215,6 +215,13 @@ class DatasetEntry(BaseModel):
     batch_size: int | None = Field(None, ge=1)
 
 
+def _names_to_entries(value: Any) -> Any:
+    """``[pod, {name: softmax}]`` -> ``[{name: pod}, {name: softmax}]``: a bare name is an entry."""
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
 class SuiteSpec(RunSettings):
     """A suite file: a grid of runs plus the settings they share."""
 
@@ -229,18 +236,12 @@ class SuiteSpec(RunSettings):
     @field_validator("losses", mode="before")
     @classmethod
     def _loss_shorthand(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [{"name": v} if isinstance(v, str) else v for v in value]
-        return value
+        return _names_to_entries(value)
 
     @field_validator("datasets", mode="before")
     @classmethod
     def _dataset_shorthand(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, list):
-            return [{"name": v} if isinstance(v, str) else v for v in value]
-        return value
+        return _names_to_entries([value] if isinstance(value, str) else value)
 
     @field_validator("archs", mode="before")
     @classmethod

@@ -11,27 +11,14 @@ import signal
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from podbench.losses import LossOutput, LossPlugin, register_loss
-
-
-class _Linear(LossPlugin):
-    def __init__(self, num_classes: int, feat_dim: int) -> None:
-        super().__init__(num_classes, feat_dim)
-        self.head = nn.Linear(feat_dim, num_classes)
-
-    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
-        ce = F.cross_entropy(self.head(features), targets)
-        return LossOutput(total=ce, parts={"ce": ce})
-
-    def scores(self, features: Tensor) -> Tensor:
-        return self.head(features)
+from podbench.losses import LossOutput, register_loss
+from podbench.losses.softmax import SoftmaxLoss
 
 
 @register_loss("test-raising", description="raises in its second training batch", defaults={})
-class RaisingLoss(_Linear):
+class RaisingLoss(SoftmaxLoss):
     def __init__(self, num_classes: int, feat_dim: int) -> None:
         super().__init__(num_classes, feat_dim)
         self.calls = 0
@@ -46,7 +33,7 @@ class RaisingLoss(_Linear):
 @register_loss(
     "test-nan", description="its loss turns NaN in epoch `at_epoch`", defaults={"at_epoch": 0}
 )
-class NanLoss(_Linear):
+class NanLoss(SoftmaxLoss):
     def __init__(self, num_classes: int, feat_dim: int, *, at_epoch: int = 0) -> None:
         super().__init__(num_classes, feat_dim)
         self.at_epoch = at_epoch
@@ -68,7 +55,7 @@ class NanLoss(_Linear):
     description="kills its own process the first time it trains (marker file absent)",
     defaults={"marker": ""},
 )
-class DieOnceLoss(_Linear):
+class DieOnceLoss(SoftmaxLoss):
     def __init__(self, num_classes: int, feat_dim: int, *, marker: str = "") -> None:
         super().__init__(num_classes, feat_dim)
         self.marker = marker
@@ -81,6 +68,6 @@ class DieOnceLoss(_Linear):
 
 
 @register_loss("test-die-always", description="kills its own process whenever it trains", defaults={})
-class DieAlwaysLoss(_Linear):
+class DieAlwaysLoss(SoftmaxLoss):
     def on_epoch_start(self, epoch: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
