@@ -30,12 +30,33 @@ __all__ = [
 DEFAULT_RESULTS_ROOT = Path("podbench-results")
 
 
-def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SUITE", help="a suite YAML file or a built-in suite name")
+def add_spec_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    metavar: str = "SUITE",
+    what: str = "a suite YAML file or a built-in suite name",
+    example: str = "epochs=2",
+) -> None:
+    """The spec argument and its ``--set`` overrides, shared by run, validate and tune."""
+    parser.add_argument("spec", metavar=metavar, help=what)
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a field (dotted keys, YAML values), e.g. --set epochs=2; repeatable",
+        help=f"override a field (dotted keys, YAML values), e.g. --set {example}; repeatable",
     )
+
+
+def results_folder(given: str | Path | None, name: str) -> Path:
+    """``--results`` or ``podbench-results/<name>``; an existing file there is a user error."""
+    results = Path(given) if given else DEFAULT_RESULTS_ROOT / name
+    if results.exists() and not results.is_dir():
+        raise UserError(f"--results {results}: exists and is not a directory; give a folder path.")
+    return results
+
+
+def positive(value: int | None, flag: str) -> None:
+    """A count flag must be 1 or more when given."""
+    if value is not None and value < 1:
+        raise UserError(f"{flag} {value}: must be a positive integer; e.g. {flag} 2.")
 
 
 def _is_tune_file(spec: str) -> bool:
@@ -54,7 +75,7 @@ def _is_tune_file(spec: str) -> bool:
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_spec_arguments(parser)
+    add_spec_arguments(parser)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -80,7 +101,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_spec_arguments(parser)
+    add_spec_arguments(parser)
     parser.add_argument(
         "--results", type=Path, default=None, metavar="DIR",
         help=f"results directory (default: {DEFAULT_RESULTS_ROOT}/<suite name>)",
@@ -105,18 +126,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
 
 
-def _positive(value: int | None, flag: str) -> None:
-    if value is not None and value < 1:
-        raise UserError(f"{flag} {value}: must be a positive integer; e.g. {flag} 2.")
-
-
 def run_run(args: argparse.Namespace) -> int:
     from podbench.executor import run_suite
     from podbench.results import ResultsStore
     from podbench.specs import load_suite
 
-    _positive(args.max_concurrent, "--max-concurrent")
-    _positive(args.num_cpus, "--num-cpus")
+    positive(args.max_concurrent, "--max-concurrent")
+    positive(args.num_cpus, "--num-cpus")
     if args.max_failures < 0:
         raise UserError("--max-failures: must be 0 or more; e.g. --max-failures 2.")
     address = args.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention
@@ -124,9 +140,7 @@ def run_run(args: argparse.Namespace) -> int:
     runs = suite.expand()
     if not address:  # on a cluster the data lives on the workers, not necessarily here
         _check_data_present(suite, args.spec)
-    results = Path(args.results) if args.results else DEFAULT_RESULTS_ROOT / suite.name
-    if results.exists() and not results.is_dir():
-        raise UserError(f"--results {results}: exists and is not a directory; give a folder path.")
+    results = results_folder(args.results, suite.name)
     store = ResultsStore(results)
     store.write_suite(suite.model_dump(mode="json"))  # with --set applied: rerunnable as is
     outcome = run_suite(

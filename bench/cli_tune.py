@@ -12,26 +12,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from podbench.errors import UserError
+from podbench.cli_run import (
+    DEFAULT_RESULTS_ROOT,
+    add_spec_arguments,
+    positive,
+    results_folder,
+    write_report,
+)
 
 __all__ = ["add_tune_arguments", "run_tune"]
 
-DEFAULT_RESULTS_ROOT = Path("podbench-results")
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "spec",
+    add_spec_arguments(
+        parser,
         metavar="TUNE_FILE",
-        help="a tune YAML file or a built-in name (tune-quickstart, tune-pod-cifar10)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field (dotted keys, YAML values), e.g. --set n_trials=8; repeatable",
+        what="a tune YAML file or a built-in name (tune-quickstart, tune-pod-cifar10)",
+        example="n_trials=8",
     )
     parser.add_argument(
         "--results",
@@ -77,26 +75,18 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive(value: int | None, flag: str) -> None:
-    if value is not None and value < 1:
-        raise UserError(f"{flag} {value}: must be a positive integer; e.g. {flag} 2.")
-
-
 def run_tune(args: argparse.Namespace) -> int:
-    from podbench.cli_run import write_report
     from podbench.results import ResultsStore
     from podbench.tune import load_tune, rerun_best, run_study
 
-    _positive(args.num_cpus, "--num-cpus")
-    _positive(args.max_concurrent, "--max-concurrent")
-    _positive(args.seeds, "--seeds")
+    positive(args.num_cpus, "--num-cpus")
+    positive(args.max_concurrent, "--max-concurrent")
+    positive(args.seeds, "--seeds")
     overrides = list(args.overrides)
     if args.max_concurrent:
         overrides.append(f"max_concurrent={args.max_concurrent}")
     spec = load_tune(args.spec, overrides)  # every check before anything starts
-    results = Path(args.results) if args.results else DEFAULT_RESULTS_ROOT / spec.name
-    if results.exists() and not results.is_dir():
-        raise UserError(f"--results {results}: exists and is not a directory; give a folder path.")
+    results = results_folder(args.results, spec.name)
     outcome = run_study(
         spec, results, storage=args.storage, address=args.address, num_cpus=args.num_cpus
     )
