@@ -86,7 +86,11 @@ class LossPlugin(nn.Module, ABC):
 
     @abstractmethod
     def scores(self, features: Tensor) -> Tensor:
-        """(B, K) class scores on checked float32 features; argmax is the predicted class."""
+        """(B, K) class scores on checked float32 features; argmax is the predicted class.
+
+        Changes no buffer and no parameter, in training or eval mode: the engine calls it on
+        every training batch for the training accuracy.
+        """
 
     # -- what the engine calls ----------------------------------------------------------------
 
@@ -116,7 +120,7 @@ class LossPlugin(nn.Module, ABC):
         """Called by the engine after training epoch ``epoch`` (counted from 0)."""
 
     def centroids_for_geometry(self) -> Tensor | None:
-        """(K, d) fixed centroids or the learned class weights ``predict`` uses, else None."""
+        """(K, d) class centres: fixed centroids, learned class weights or centres, else None."""
         return None
 
     # -- input checks -------------------------------------------------------------------------

@@ -2,9 +2,14 @@
 
 The target logit ||W_y|| ||x|| cos(theta_y) becomes ||W_y|| ||x|| psi(theta_y) with
 psi(theta) = (-1)^k cos(m theta) - 2k for theta in [k pi/m, (k+1) pi/m], annealed as
-(lambda * plain + margin) / (1 + lambda) with lambda = max(lambda_min, base (1 + gamma t)^-power)
-over the training iterations t (the form and constants of the SphereFace authors' Caffe layer:
-base 1000, gamma 0.12, power 1, floor 5; L-Softmax here uses the same decay with floor 0).
+(lambda * plain + margin) / (1 + lambda) with lambda = max(lambda_min, base (1 + gamma t)^-power),
+t the training iteration counted from 1 (both authors' Caffe layers add 1 to the iteration before
+computing lambda). Each loss keeps its own authors' constants:
+
+- L-Softmax (LargeMargin_Softmax_Loss, the CIFAR prototxts): base 1000, gamma 2.5e-5, power 35,
+  lambda_min 0; lambda falls below 1e-7 of the plain logit within 40,000 iterations;
+- SphereFace (sphereface, the face prototxt): base 1000, gamma 0.12, power 1, lambda_min 5.
+
 SphereFace normalises W and has no bias.
 """
 
@@ -52,10 +57,7 @@ def _check_margin(owner: str, margin: object) -> int:
     return int(margin)
 
 
-_ANNEALING = {
-    "lambda_base": {"type": "float", "low": 10.0, "high": 10000.0, "log": True},
-    "lambda_gamma": {"type": "float", "low": 0.001, "high": 1.0, "log": True},
-}
+_LAMBDA_BASE = {"lambda_base": {"type": "float", "low": 10.0, "high": 10000.0, "log": True}}
 
 
 @register_loss(
@@ -66,11 +68,15 @@ _ANNEALING = {
     defaults={
         "margin": 4,
         "lambda_base": 1000.0,
-        "lambda_gamma": 0.12,
-        "lambda_power": 1.0,
+        "lambda_gamma": 2.5e-5,
+        "lambda_power": 35.0,
         "lambda_min": 0.0,
     },
-    search_space={"margin": {"type": "int", "low": 1, "high": 4}, **_ANNEALING},
+    search_space={
+        "margin": {"type": "int", "low": 1, "high": 4},
+        **_LAMBDA_BASE,
+        "lambda_gamma": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
+    },
     variants={"m2": {"margin": 2}, "m3": {"margin": 3}, "no-anneal": {"lambda_base": 0.0}},
 )
 class LSoftmaxLoss(LossPlugin):
@@ -81,7 +87,8 @@ class LSoftmaxLoss(LossPlugin):
         feat_dim: d.
         margin: integer angular margin m (the paper compares 2, 3 and 4).
         lambda_base, lambda_gamma, lambda_power, lambda_min: annealing
-            lambda = max(lambda_min, lambda_base (1 + lambda_gamma t)^-lambda_power).
+            lambda = max(lambda_min, lambda_base (1 + lambda_gamma t)^-lambda_power) at training
+            iteration t = 1, 2, ... (the authors': 1000, 2.5e-5, 35, 0).
     """
 
     normalize_weight = False
@@ -94,8 +101,8 @@ class LSoftmaxLoss(LossPlugin):
         *,
         margin: int = 4,
         lambda_base: float = 1000.0,
-        lambda_gamma: float = 0.12,
-        lambda_power: float = 1.0,
+        lambda_gamma: float = 2.5e-5,
+        lambda_power: float = 35.0,
         lambda_min: float = 0.0,
     ) -> None:
         super().__init__(num_classes, feat_dim)
@@ -117,7 +124,7 @@ class LSoftmaxLoss(LossPlugin):
 
     @property
     def current_lambda(self) -> float:
-        """The annealing weight of the plain logit at the current training iteration."""
+        """The weight of the plain logit in the latest training iteration (base before any)."""
         return float(self._lambda())
 
     def _weight(self) -> Tensor:
@@ -129,12 +136,12 @@ class LSoftmaxLoss(LossPlugin):
         plain = logits.gather(1, targets[:, None]).squeeze(1)
         norms = weight.norm(dim=1)[targets] * features.norm(dim=1)
         cos = (plain / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
+        if self.training:  # as the Caffe layers: count this iteration, then compute lambda
+            self.iteration += 1
         lam = self._lambda()
         target = (lam * plain + norms * psi(cos, self.margin)) / (1.0 + lam)
         logits = logits.scatter(1, targets[:, None], target[:, None])
         ce = F.cross_entropy(logits, targets)
-        if self.training:
-            self.iteration += 1
         return LossOutput(total=ce, parts={"ce": ce})
 
     def scores(self, features: Tensor) -> Tensor:
@@ -156,14 +163,42 @@ class LSoftmaxLoss(LossPlugin):
         "lambda_power": 1.0,
         "lambda_min": 5.0,
     },
-    search_space={"margin": {"type": "int", "low": 1, "high": 4}, **_ANNEALING},
+    search_space={
+        "margin": {"type": "int", "low": 1, "high": 4},
+        **_LAMBDA_BASE,
+        "lambda_gamma": {"type": "float", "low": 0.001, "high": 1.0, "log": True},
+    },
     variants={"m2": {"margin": 2}, "m3": {"margin": 3}, "lambda-min-0": {"lambda_min": 0.0}},
     aliases=("a-softmax",),
 )
 class SphereFaceLoss(LSoftmaxLoss):
-    """A-Softmax: L-Softmax with ||W_j|| = 1; predicts the class of largest cosine."""
+    """A-Softmax: L-Softmax with ||W_j|| = 1; predicts the class of largest cosine.
+
+    Args:
+        num_classes: K.
+        feat_dim: d.
+        margin: integer angular margin m (authors: 4).
+        lambda_base, lambda_gamma, lambda_power, lambda_min: annealing as L-Softmax's, with the
+            SphereFace authors' constants 1000, 0.12, 1, 5.
+    """
 
     normalize_weight = True
+
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        *,
+        margin: int = 4,
+        lambda_base: float = 1000.0,
+        lambda_gamma: float = 0.12,
+        lambda_power: float = 1.0,
+        lambda_min: float = 5.0,
+    ) -> None:
+        super().__init__(
+            num_classes, feat_dim, margin=margin, lambda_base=lambda_base,
+            lambda_gamma=lambda_gamma, lambda_power=lambda_power, lambda_min=lambda_min,
+        )  # fmt: skip
 
     def scores(self, features: Tensor) -> Tensor:
         return F.normalize(features, dim=1) @ self._weight().T

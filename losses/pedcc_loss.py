@@ -3,7 +3,9 @@
 Network side, as the authors built it: the features pass a parameter-free BatchNorm1d and an L2
 normalisation (both owned here), then cos_ij = <x_hat_i, c_j>. The loss is
 CE(s (cos - m [j = y])) + lam * L_MSE^n, L_MSE = sum_i ||x_hat_i - c_{y_i}||^2 (``sum``, the
-authors' latest code) or its mean over B * d (``mean``, an older version).
+authors' latest code) or its mean over B * d (``mean``, an older version). The BatchNorm's
+running statistics move once per training batch, in the loss; ``predict`` in training mode uses
+the batch's statistics without recording them.
 """
 
 from __future__ import annotations
@@ -91,15 +93,19 @@ class PEDCCLoss(LossPlugin):
         self.register_buffer("centroids", cents.float())
         self.bn = nn.BatchNorm1d(feat_dim, affine=False)
 
-    def _normalised(self, features: Tensor) -> Tensor:
+    def _normalised(self, features: Tensor, *, update_stats: bool) -> Tensor:
+        """BN(x) / ||BN(x)||; running statistics move only when ``update_stats`` (the loss)."""
         if self.training and features.shape[0] > 1:
-            out = self.bn(features)
+            if update_stats:
+                out = self.bn(features)
+            else:  # batch statistics as in training, running ones untouched (predict is pure)
+                out = F.batch_norm(features, None, None, training=True, eps=self.bn.eps)
         else:  # one sample has no batch statistics: use the running ones
             out = F.batch_norm(features, self.bn.running_mean, self.bn.running_var, eps=self.bn.eps)
         return F.normalize(out, dim=1)
 
     def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
-        xh = self._normalised(features)
+        xh = self._normalised(features, update_stats=True)
         cos = (xh @ self.centroids.T).clamp(-1.0, 1.0)
         margin = F.one_hot(targets, self.num_classes).to(cos.dtype) * self.m
         am = F.cross_entropy(self.s * (cos - margin), targets)
@@ -109,7 +115,7 @@ class PEDCCLoss(LossPlugin):
         return LossOutput(total=total, parts={"am": am, "mse": mse})
 
     def scores(self, features: Tensor) -> Tensor:
-        return self._normalised(features) @ self.centroids.T
+        return self._normalised(features, update_stats=False) @ self.centroids.T
 
     def centroids_for_geometry(self) -> Tensor:
         return self.centroids

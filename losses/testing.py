@@ -37,6 +37,7 @@ __all__ = [
     "check_gradients",
     "check_output",
     "check_predict_agrees",
+    "check_predict_is_pure",
     "check_state_dict_roundtrip",
     "run_conformance",
     "train_steps",
@@ -180,6 +181,41 @@ def check_predict_agrees(loss: LossLike) -> None:
     assert after < before, f"{name}: training did not lower the loss ({before:.4g} -> {after:.4g})"
 
 
+def _state(plugin: LossPlugin) -> dict[str, Tensor]:
+    # every buffer and parameter, copied (state_dict holds views that later updates would change)
+    return {key: value.detach().clone() for key, value in plugin.state_dict().items()}
+
+
+def check_predict_is_pure(loss: LossLike) -> None:
+    """predict and scores change no buffer and no parameter, in training or in eval mode.
+
+    The engine measures training accuracy with ``predict`` on every training batch: a
+    ``predict`` that moved state (BatchNorm running statistics, counters) would train twice.
+    """
+    for mode in ("train", "eval"):
+        plugin = _make(loss)
+        name = _name(plugin)
+        x, y = _separable()
+        torch.manual_seed(0)
+        train_steps(plugin, nn.Linear(x.shape[1], D), x, y, epochs=1)  # state away from its start
+        plugin.train(mode == "train")
+        feats, _ = _batch(8)
+        before = _state(plugin)
+        for call in ("predict", "scores"):
+            for grad in (False, True):
+                with torch.set_grad_enabled(grad):
+                    getattr(plugin, call)(feats.clone().requires_grad_(grad))
+                after = _state(plugin)
+                assert after.keys() == before.keys(), (
+                    f"{name} ({mode}): {call} adds or removes state entries"
+                )
+                for key, value in before.items():
+                    assert torch.equal(after[key], value), (
+                        f"{name} ({mode}): {call} changes {key}; predict and scores must not "
+                        "touch the plugin's state (train-accuracy predictions would train it)"
+                    )
+
+
 def check_state_dict_roundtrip(loss: LossLike) -> None:
     """Loading a trained plugin's state_dict into a fresh one (other seed) reproduces it."""
     a = _make(loss, seed=0)
@@ -308,6 +344,7 @@ CHECKS: tuple[Callable[[LossLike], None], ...] = (
     check_output,
     check_gradients,
     check_predict_agrees,
+    check_predict_is_pure,
     check_state_dict_roundtrip,
     check_determinism,
     check_edge_cases,

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from podbench.losses import LossOutput, register_loss
+from podbench.losses.pedcc_loss import PEDCCLoss
 from podbench.losses.softmax import SoftmaxLoss
 
 
@@ -71,3 +73,21 @@ class DieOnceLoss(SoftmaxLoss):
 class DieAlwaysLoss(SoftmaxLoss):
     def on_epoch_start(self, epoch: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@register_loss(
+    "test-pedcc-recording",
+    description="PEDCC-Loss that keeps every training batch's features (BN statistics test)",
+    defaults={},
+)
+class RecordingPEDCCLoss(PEDCCLoss):
+    #: the features of every training-mode loss call, in order (one list per process)
+    recorded: ClassVar[list[Tensor]] = []
+
+    def __init__(self, num_classes: int, feat_dim: int) -> None:
+        super().__init__(num_classes, feat_dim, centroids="simplex")
+
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        if self.training:
+            self.recorded.append(features.detach().clone())
+        return super().compute_loss(features, targets)

@@ -127,6 +127,28 @@ def test_grad_clip_bounds_the_first_sgd_step(tmp_path: Path) -> None:
     assert math.sqrt(moved) == pytest.approx(1e-3, rel=1e-3)
 
 
+def test_pedcc_batchnorm_statistics_move_once_per_training_batch(tmp_path: Path) -> None:
+    """Training accuracy (predict on each batch) must not update PEDCC's BatchNorm statistics."""
+    import numpy as np
+    from engine_test_plugins import RecordingPEDCCLoss
+
+    RecordingPEDCCLoss.recorded.clear()
+    run = _run("test-pedcc-recording", epochs=2, checkpoint=True)  # 2 x 7 batches (last: 16)
+    record = train_run(run, checkpoint_dir=tmp_path)
+    assert record["status"] == "completed", record["error"]
+    batches = [f.double().numpy() for f in RecordingPEDCCLoss.recorded]
+    assert len(batches) == 14
+    # BatchNorm1d(momentum 0.1) written out: one update per batch, unbiased batch variance
+    mean, var = np.zeros(16), np.ones(16)
+    for f in batches:
+        mean = 0.9 * mean + 0.1 * f.mean(axis=0)
+        var = 0.9 * var + 0.1 * f.var(axis=0, ddof=1)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)["plugin"]
+    assert int(state["bn.num_batches_tracked"]) == len(batches)
+    np.testing.assert_allclose(state["bn.running_mean"].double().numpy(), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state["bn.running_var"].double().numpy(), var, rtol=1e-5, atol=1e-6)
+
+
 def test_multistep_schedule_lr_per_epoch() -> None:
     record = train_run(_run(epochs=4, schedule="multistep", milestones=[1, 3], lr=0.1, gamma=0.5,
                             max_steps=1))

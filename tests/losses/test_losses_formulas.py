@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.special import log_softmax, logsumexp
 
-from podbench.losses import create_loss
+from podbench.losses import create_loss, loss_info
 from podbench.losses.large_margin import psi
 
 RNG = np.random.default_rng(0)
@@ -226,23 +226,52 @@ def test_losses_l_softmax_without_annealing_at_a_hand_worked_point():
     assert out.total.item() == pytest.approx(math.log1p(math.exp(other - target)), rel=1e-5)
 
 
+def _large_margin_loss(lam: float, norm_w: float, norm_x: float, theta: float, m: int) -> float:
+    """CE of two classes at angle theta from W_0 (W_1 orthogonal to W_0), the target annealed."""
+    plain = norm_w * norm_x * math.cos(theta)
+    margin = norm_w * norm_x * math.cos(m * theta)  # k = 0 since m theta < pi
+    target = (lam * plain + margin) / (1 + lam)
+    other = norm_x * math.sin(theta)  # ||W_1|| = 1 in both tests
+    return math.log1p(math.exp(other - target))
+
+
 def test_losses_sphereface_annealing_schedule():
     plugin = create_loss("sphereface", num_classes=2, feat_dim=2)
     _set_weight(plugin, [[2.0, 0.0], [0.0, 3.0]])  # A-Softmax normalises W
     theta = 0.5
     x = torch.tensor([[3 * math.cos(theta), 3 * math.sin(theta)]])
     plugin.train()
-    for t in range(4):
+    assert plugin.current_lambda == 1000.0  # before the first iteration
+    for t in range(1, 5):  # the Caffe layer counts the iteration before computing lambda
         lam = max(5.0, 1000.0 / (1 + 0.12 * t))
-        assert plugin.current_lambda == pytest.approx(lam)
         out = plugin(x, torch.tensor([0]))
-        plain = 3 * math.cos(theta)
-        margin = 3 * math.cos(4 * theta)  # ||W_0|| = 1, ||x|| = 3, k = 0 since 4 theta < pi
-        target = (lam * plain + margin) / (1 + lam)
-        other = 3 * math.sin(theta)
-        assert out.total.item() == pytest.approx(math.log1p(math.exp(other - target)), rel=1e-5)
+        assert plugin.current_lambda == pytest.approx(lam)
+        assert out.total.item() == pytest.approx(_large_margin_loss(lam, 1, 3, theta, 4), rel=1e-5)
     plugin.iteration.fill_(10**6)
     assert plugin.current_lambda == 5.0  # the floor
+
+
+def test_losses_l_softmax_anneals_with_its_authors_schedule():
+    # the L-Softmax authors' Caffe layer: lambda = 1000 (1 + 2.5e-5 t)^-35, floor 0, t from 1
+    plugin = create_loss("l-softmax", num_classes=2, feat_dim=2)
+    _set_weight(plugin, [[2.0, 0.0], [0.0, 1.0]])
+    theta = 0.3
+    x = torch.tensor([[1.5 * math.cos(theta), 1.5 * math.sin(theta)]])
+    plugin.train()
+    for start, t in [(0, 1), (1, 2), (2, 3), (999, 1000), (9_999, 10_000), (39_099, 39_100)]:
+        plugin.iteration.fill_(start)
+        lam = 1000.0 * math.pow(1.0 + 0.000025 * t, -35.0)
+        out = plugin(x, torch.tensor([0]))
+        assert int(plugin.iteration) == t
+        assert plugin.current_lambda == pytest.approx(lam, rel=1e-6)
+        assert out.total.item() == pytest.approx(
+            _large_margin_loss(lam, 2, 1.5, theta, 4), rel=1e-5
+        )
+    assert plugin.current_lambda < 1e-7  # 100 CIFAR epochs at batch 128: the full margin
+    plugin.eval()
+    plugin(x, torch.tensor([0]))
+    assert int(plugin.iteration) == 39_100  # evaluation does not advance the schedule
+    assert dict(loss_info("sphereface").defaults)["lambda_gamma"] == 0.12  # each its own
 
 
 def test_losses_center_loss_value_and_centre_update():
@@ -250,6 +279,7 @@ def test_losses_center_loss_value_and_centre_update():
     w, bias = _head(plugin)
     x = np.array([[1.0], [3.0], [-2.0]])
     y = np.array([0, 0, 1])
+    plugin.centers.zero_()  # the hand-worked numbers below start from zero centres
     plugin.train()
     out = plugin(_t(x), torch.tensor(y))
     logp = log_softmax(x @ w.T + bias, axis=1)
@@ -265,9 +295,54 @@ def test_losses_center_loss_value_and_centre_update():
     np.testing.assert_allclose(plugin.centers.numpy().ravel(), [2 / 3, -0.5], rtol=1e-6)
 
 
-def test_losses_cot_complement_entropy_matches_numpy():
-    k, d, b = 5, 4, 12
+def test_losses_center_starts_from_caffes_xavier_filler():
+    from scipy.stats import kstest
+
+    k, d = 50, 64
+    torch.manual_seed(3)
+    plugin = create_loss("center", num_classes=k, feat_dim=d)
+    c = plugin.centers.double().numpy()
+    a = math.sqrt(3.0 / d)  # Caffe XavierFiller: U(-sqrt(3 / fan_in), +), fan_in = count / K = d
+    assert c.shape == (k, d) and np.abs(c).max() <= a and np.abs(c).max() > 0.99 * a
+    assert kstest(c.ravel(), "uniform", args=(-a, 2 * a)).pvalue > 1e-3
+    assert c.var() == pytest.approx(1.0 / d, rel=0.05)  # a^2 / 3
+    torch.manual_seed(3)
+    again = create_loss("center", num_classes=k, feat_dim=d).centers
+    torch.manual_seed(4)
+    other = create_loss("center", num_classes=k, feat_dim=d).centers
+    assert torch.equal(plugin.centers, again) and not torch.equal(plugin.centers, other)
+    assert plugin.centroids_for_geometry() is plugin.centers  # geometry reads the centres
+
+
+def _released_cot_step(logits: np.ndarray, y: np.ndarray) -> float:
+    """The released code's ComplementEntropy (henry8527/COT) in numpy, its guards included."""
+    b, k = logits.shape
+    p = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+    yg_ = (1.0 - p[np.arange(b), y]) + 1e-7
+    px = p / yg_[:, None]
+    zerohot = np.ones((b, k))
+    zerohot[np.arange(b), y] = 0.0
+    return float(np.sum(px * np.log(px + 1e-10) * zerohot) / b / k)  # what its loop minimises
+
+
+@pytest.mark.parametrize("k", [5, 10, 100])
+def test_losses_cot_complement_step_is_the_released_code(k):
+    d, b = 6, 40
     plugin = create_loss("cot", num_classes=k, feat_dim=d)
+    w, bias = _head(plugin)
+    x, y = _data(b, d, k, scale=1.0)
+    comp_step = plugin.update_loss(_t(x), torch.tensor(y), 1)
+    assert comp_step.total.item() == pytest.approx(_released_cot_step(x @ w.T + bias, y), rel=1e-5)
+    # the log(K-1) variant is K / ln(K-1) times stronger
+    log_step = create_loss("cot", num_classes=k, feat_dim=d, variant="log-norm")
+    log_step.load_state_dict(plugin.state_dict())
+    ratio = log_step.update_loss(_t(x), torch.tensor(y), 1).total.item() / comp_step.total.item()
+    assert ratio == pytest.approx(k / math.log(k - 1), rel=1e-5)
+
+
+def test_losses_cot_log_norm_variant_matches_numpy():
+    k, d, b = 5, 4, 12
+    plugin = create_loss("cot", num_classes=k, feat_dim=d, variant="log-norm")
     w, bias = _head(plugin)
     x, y = _data(b, d, k)
     p = np.exp(log_softmax(x @ w.T + bias, axis=1))
