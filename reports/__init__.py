@@ -9,8 +9,16 @@ Example:
 
 from __future__ import annotations
 
+from podbench.reports.analysis import MIN_BLOCKS, Analysis, analyse
 from podbench.reports.build import build_report
 from podbench.reports.records import METRICS, ResultsData, load_results
-from podbench.reports.stats import MIN_BLOCKS, analyse
 
-__all__ = ["METRICS", "MIN_BLOCKS", "ResultsData", "analyse", "build_report", "load_results"]
+__all__ = [
+    "METRICS",
+    "MIN_BLOCKS",
+    "Analysis",
+    "ResultsData",
+    "analyse",
+    "build_report",
+    "load_results",
+]

@@ -20,6 +20,11 @@ import scikit_posthocs as sp  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from podbench.reports.analysis import (  # noqa: E402
+    AcrossBlocks,
+    BlockMethodSummary,
+    ConvergenceRun,
+)
 from podbench.reports.records import GEOMETRY_KEYS, MetricInfo, ResultsData, TuningStudy  # noqa: E402
 
 __all__ = [
@@ -83,34 +88,35 @@ def render(fig: Figure) -> tuple[bytes, bytes]:
     return png.getvalue(), pdf.getvalue()
 
 
-def accuracy_figure(stats_result: dict[str, Any], metric: MetricInfo) -> Figure | None:
+def accuracy_figure(
+    per_block: list[BlockMethodSummary], labels: list[str], metric: MetricInfo
+) -> Figure | None:
     """Per block: each method's values over seeds (points) with the mean and its 95% CI."""
-    rows = [r for r in stats_result["per_block"] if r["n"] > 0]
+    rows = [r for r in per_block if r.n > 0 and r.mean is not None]
     if not rows:
         return None
-    labels = stats_result["labels"]
     colours = _palette(labels)
-    blocks = list(dict.fromkeys(r["block"] for r in rows))
+    blocks = list(dict.fromkeys(r.block for r in rows))
     with plt.rc_context(STYLE):
         fig, axes = _grid(len(blocks))
         for ax, block in zip(axes.flat, blocks, strict=False):
-            here = [r for r in rows if r["block"] == block]
+            here = [r for r in rows if r.block == block]
             for i, r in enumerate(here):
-                xs = np.full(len(r["values"]), i) + np.linspace(-0.12, 0.12, len(r["values"]))
-                ax.scatter(xs, r["values"], s=18, alpha=0.6, color=colours[r["label"]])
-                if r["ci_low"] is not None:
+                xs = np.full(len(r.values), i) + np.linspace(-0.12, 0.12, len(r.values))
+                ax.scatter(xs, r.values, s=18, alpha=0.6, color=colours[r.label])
+                if r.ci_low is not None and r.ci_high is not None and r.mean is not None:
                     ax.errorbar(
                         i + 0.3,
-                        r["mean"],
-                        yerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]],
+                        r.mean,
+                        yerr=[[r.mean - r.ci_low], [r.ci_high - r.mean]],
                         fmt="D",
                         color="black",
                         capsize=3,
                         markersize=4,
                     )
                 else:
-                    ax.plot(i + 0.3, r["mean"], "D", color="black", markersize=4)
-            ax.set_xticks(range(len(here)), [r["label"] for r in here])
+                    ax.plot(i + 0.3, r.mean, "D", color="black", markersize=4)
+            ax.set_xticks(range(len(here)), [r.label for r in here])
             _rotate_labels(ax)
             ax.set_title(block, fontsize=9)
             ax.set_ylabel(f"{metric.title} ({metric.unit})" if metric.unit else metric.title)
@@ -156,18 +162,17 @@ def learning_curves_figure(data: ResultsData, labels: list[str]) -> Figure | Non
     return fig
 
 
-def cd_figure(stats_result: dict[str, Any]) -> Figure | None:
+def cd_figure(across: AcrossBlocks) -> Figure | None:
     """Critical difference diagram (scikit-posthocs) from mean ranks and Nemenyi p-values."""
-    across = stats_result["across_blocks"]
-    if across["nemenyi"] is None or across["mean_ranks"] is None:
+    if across.nemenyi is None or across.mean_ranks is None:
         return None
-    ranks = pd.Series(across["mean_ranks"])
-    pmat = pd.DataFrame(across["nemenyi"]["p_values"]).loc[ranks.index, ranks.index]
+    ranks = pd.Series(across.mean_ranks)
+    pmat = pd.DataFrame(across.nemenyi.p_values).loc[ranks.index, ranks.index]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(7, 1.2 + 0.35 * len(ranks)))
         # The library draws its CD bar over the tick labels; ours goes above them instead.
-        sp.critical_difference_diagram(ranks, pmat, ax=ax, alpha=across["nemenyi"]["alpha"])
-        cd = across["nemenyi"]["cd"]
+        sp.critical_difference_diagram(ranks, pmat, ax=ax, alpha=across.nemenyi.alpha)
+        cd = across.nemenyi.cd
         start = float(ranks.min())
         trans = ax.get_xaxis_transform()  # x in rank units, y in axes fraction
         ax.plot(
@@ -183,7 +188,7 @@ def cd_figure(stats_result: dict[str, Any]) -> Figure | None:
             transform=trans,
         )
         ax.set_title(
-            f"Mean ranks over {across['n_blocks']} blocks (1 = best); bars join methods Nemenyi "
+            f"Mean ranks over {across.n_blocks} blocks (1 = best); bars join methods Nemenyi "
             "cannot separate",
             fontsize=9,
             pad=42,
@@ -192,13 +197,13 @@ def cd_figure(stats_result: dict[str, Any]) -> Figure | None:
     return fig
 
 
-def convergence_figure(stats_result: dict[str, Any]) -> Figure | None:
+def convergence_figure(runs: list[ConvergenceRun], labels: list[str]) -> Figure | None:
     """Epochs each run needed to reach 95% of its final test accuracy."""
-    rows = [r for r in stats_result["convergence"] if r["epochs_to_95pct"] is not None]
+    rows = [vars(r) for r in runs if r.epochs_to_95pct is not None]
     if not rows:
         return None
     df = pd.DataFrame(rows)
-    labels = [lab for lab in stats_result["labels"] if lab in set(df["label"])]
+    labels = [lab for lab in labels if lab in set(df["label"])]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) + 2), 3.4))
         sns.stripplot(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pandas as pd
 from markupsafe import Markup
 
-__all__ = ["latex_escape", "latex_plain", "styler_table"]
+__all__ = ["latex_escape", "latex_plain", "main_table_latex", "rows_table", "styler_table"]
 
 _SPECIALS = {
     "\\": r"\textbackslash{}",
@@ -152,3 +153,43 @@ def styler_table(
     )
     latex = latex.replace("\\end{tabular}", "\\end{tabular}}", 1)
     return Markup(latex)
+
+
+def rows_table(rows: list[dict[str, str]], caption: str, index: str) -> Markup | None:
+    """A booktabs table of text rows (as built in tables.py) indexed by the column ``index``."""
+    if not rows:
+        return None
+    df = pd.DataFrame(rows).set_index(index)
+    df = df.map(lambda v: v.replace("–", "-") if isinstance(v, str) else v)
+    return styler_table(df, caption=caption)
+
+
+def main_table_latex(table: dict[str, Any], caption: str, marks: dict[str, str]) -> Markup:
+    """The blocks × methods table: cells with LaTeX marks, the best per block in bold.
+
+    ``marks`` maps each mark character of the HTML table to its LaTeX.
+    """
+    data, bold, index = [], [], []
+    for row in table["rows"]:
+        index.append(row["block"])
+        data.append(
+            [
+                c["text"].replace("±", r"$\pm$").replace("–", "--")
+                + marks.get(c["mark"], "")
+                + (f" {c['note']}" if c["note"] else "")
+                for c in row["cells"]
+            ]
+        )
+        bold.append([c["bold"] for c in row["cells"]])
+    if table["rank_row"]:
+        index.append("mean rank")
+        data.append([c["text"].replace("–", "--") for c in table["rank_row"]])
+        bold.append([c["bold"] for c in table["rank_row"]])
+    df = pd.DataFrame(data, index=index, columns=table["labels"])
+    # Cells are numbers and marks written by podbench; labels and blocks are escaped by Styler.
+    return styler_table(
+        df,
+        caption=caption,
+        bold=pd.DataFrame(bold, index=index, columns=table["labels"]),
+        escape_cells=False,
+    )

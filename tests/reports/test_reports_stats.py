@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from podbench.reports.stats import (
+    Summary,
     bayesian_signed_rank,
     cliffs_delta,
     cohens_d,
@@ -42,16 +43,16 @@ def test_describe_matches_hand_worked_t_interval() -> None:
     out = describe([1.0, 2.0, 3.0, 4.0])
     # mean 2.5, s = sqrt(5/3); t_{0.975, 3} = 3.182446 (printed t tables: 3.182)
     half = 3.182446305 * math.sqrt(5 / 3) / 2
-    assert out["n"] == 4
-    assert out["mean"] == pytest.approx(2.5)
-    assert out["std"] == pytest.approx(math.sqrt(5 / 3))
-    assert out["ci_low"] == pytest.approx(2.5 - half, abs=1e-6)
-    assert out["ci_high"] == pytest.approx(2.5 + half, abs=1e-6)
+    assert out.n == 4
+    assert out.mean == pytest.approx(2.5)
+    assert out.std == pytest.approx(math.sqrt(5 / 3))
+    assert out.ci_low == pytest.approx(2.5 - half, abs=1e-6)
+    assert out.ci_high == pytest.approx(2.5 + half, abs=1e-6)
 
 
 def test_describe_single_value_has_no_spread_or_interval() -> None:
-    assert describe([0.7]) == {"n": 1, "mean": 0.7, "std": None, "ci_low": None, "ci_high": None}
-    assert describe([])["mean"] is None
+    assert describe([0.7]) == Summary(n=1, mean=0.7, std=None, ci_low=None, ci_high=None)
+    assert describe([]).mean is None
 
 
 def test_holm_by_hand() -> None:
@@ -90,19 +91,19 @@ def test_friedman_and_iman_davenport_from_formula() -> None:
     assert chi2 == pytest.approx(5.8)  # worked by hand: 3.6 * 58/36
     f_ff = (n - 1) * chi2 / (n * (k - 1) - chi2)  # 29 / 12.2
     out = friedman_iman_davenport(FRIEDMAN_TABLE)
-    assert out["chi2"] == pytest.approx(5.8)
-    assert out["chi2_p"] == pytest.approx(stats.chi2.sf(5.8, 3))
-    assert out["F"] == pytest.approx(29 / 12.2)
-    assert (out["df1"], out["df2"]) == (3, 15)
-    assert out["p"] == pytest.approx(stats.f.sf(f_ff, 3, 15))
-    assert out["F"] == pytest.approx(f_ff)
+    assert out.chi2 == pytest.approx(5.8)
+    assert out.chi2_p == pytest.approx(stats.chi2.sf(5.8, 3))
+    assert out.F == pytest.approx(29 / 12.2)
+    assert (out.df1, out.df2) == (3, 15)
+    assert out.p == pytest.approx(stats.f.sf(f_ff, 3, 15))
+    assert out.F == pytest.approx(f_ff)
 
 
 def test_iman_davenport_with_complete_agreement_is_infinite() -> None:
     table = pd.DataFrame([[3.0, 2.0, 1.0]] * 5, columns=["a", "b", "c"])
     out = friedman_iman_davenport(table)
-    assert out["chi2"] == pytest.approx(10.0)  # N(k-1): every block ranks a > b > c
-    assert out["F"] is None and out["F_infinite"] and out["p"] == 0.0
+    assert out.chi2 == pytest.approx(10.0)  # N(k-1): every block ranks a > b > c
+    assert out.F is None and out.F_infinite and out.p == 0.0
 
 
 @pytest.mark.parametrize(
@@ -118,12 +119,12 @@ def test_iman_davenport_with_complete_agreement_is_infinite() -> None:
     ],
 )
 def test_nemenyi_q_alpha_matches_demsar_table(k: int, alpha: float, q_table: float) -> None:
-    assert nemenyi_critical_difference(k, 10, alpha)["q_alpha"] == pytest.approx(q_table, abs=1e-3)
+    assert nemenyi_critical_difference(k, 10, alpha).q_alpha == pytest.approx(q_table, abs=1e-3)
 
 
 def test_nemenyi_cd_for_k4_n6() -> None:
     # CD = 2.569 * sqrt(4*5 / (6*6)) = 2.569 * 0.745356
-    assert nemenyi_critical_difference(4, 6)["cd"] == pytest.approx(
+    assert nemenyi_critical_difference(4, 6).cd == pytest.approx(
         2.569 * math.sqrt(20 / 36), abs=1e-3
     )
 
@@ -133,57 +134,57 @@ def test_wilcoxon_vs_control_with_exact_p_and_holm_by_hand() -> None:
     better = control + np.array([0.1, 0.3, 0.2, 0.6, 0.5, 0.4])  # all 6 positive: p = 2/64
     mixed = control + np.array([0.1, -0.3, 0.2, -0.6, 0.5, 0.45])
     table = pd.DataFrame({"ctrl": control, "better": better, "mixed": mixed})
-    rows = {r["label"]: r for r in wilcoxon_vs_control(table, "ctrl")}
-    assert rows["better"]["p"] == pytest.approx(2 / 64)
+    rows = {r.label: r for r in wilcoxon_vs_control(table, "ctrl")}
+    assert rows["better"].p == pytest.approx(2 / 64)
     # mixed: ranks of |d| 0.1:1 0.2:2 0.3:3 0.45:4 0.5:5 0.6:6; W- = 3+6 = 9; two-sided exact
     p_mixed = stats.wilcoxon(mixed - control, method="exact").pvalue
     assert stats.wilcoxon(mixed - control, method="exact").statistic == 9
-    assert rows["mixed"]["p"] == pytest.approx(p_mixed)
+    assert rows["mixed"].p == pytest.approx(p_mixed)
     # Holm with two tests: smaller * 2, larger * 1 (but never below the first)
-    assert rows["better"]["p_holm"] == pytest.approx(2 * 2 / 64)
-    assert rows["mixed"]["p_holm"] == pytest.approx(max(p_mixed, 4 / 64))
-    assert (rows["better"]["wins"], rows["better"]["losses"]) == (6, 0)
-    assert rows["better"]["mean_diff"] == pytest.approx(0.35)
-    assert rows["better"]["significant"] is False  # 0.0625 > 0.05
+    assert rows["better"].p_holm == pytest.approx(2 * 2 / 64)
+    assert rows["mixed"].p_holm == pytest.approx(max(p_mixed, 4 / 64))
+    assert (rows["better"].wins, rows["better"].losses) == (6, 0)
+    assert rows["better"].mean_diff == pytest.approx(0.35)
+    assert rows["better"].significant is False  # 0.0625 > 0.05
 
 
 def test_wilcoxon_identical_columns_give_no_p_value() -> None:
     table = pd.DataFrame({"ctrl": [1.0, 2, 3, 4, 5], "same": [1.0, 2, 3, 4, 5]})
     (row,) = wilcoxon_vs_control(table, "ctrl")
-    assert row["p"] is None and row["p_holm"] is None and "identical" in row["note"]
+    assert row.p is None and row.p_holm is None and "identical" in row.note
 
 
 def test_welch_matches_its_formula_and_holm() -> None:
     ctrl = [90.0, 91.0, 92.0]
     a = [85.0, 86.0, 88.0, 87.0]
     b = [91.5, 90.5, 92.5]
-    rows = {r["label"]: r for r in welch_vs_control({"ctrl": ctrl, "a": a, "b": b}, "ctrl")}
+    rows = {r.label: r for r in welch_vs_control({"ctrl": ctrl, "a": a, "b": b}, "ctrl")}
     for label, x in (("a", a), ("b", b)):
         x_, c_ = np.array(x), np.array(ctrl)
         va, vc = x_.var(ddof=1) / x_.size, c_.var(ddof=1) / c_.size
         t = (x_.mean() - c_.mean()) / math.sqrt(va + vc)
         df = (va + vc) ** 2 / (va**2 / (x_.size - 1) + vc**2 / (c_.size - 1))
-        assert rows[label]["t"] == pytest.approx(t)
-        assert rows[label]["df"] == pytest.approx(df)
-        assert rows[label]["p"] == pytest.approx(2 * stats.t.sf(abs(t), df))
-    pa, pb = rows["a"]["p"], rows["b"]["p"]
+        assert rows[label].t == pytest.approx(t)
+        assert rows[label].df == pytest.approx(df)
+        assert rows[label].p == pytest.approx(2 * stats.t.sf(abs(t), df))
+    pa, pb = rows["a"].p, rows["b"].p
     assert pa < pb
-    assert rows["a"]["p_holm"] == pytest.approx(2 * pa)
-    assert rows["b"]["p_holm"] == pytest.approx(max(pb, 2 * pa))
-    assert rows["a"]["significant"] and not rows["b"]["significant"]
+    assert rows["a"].p_holm == pytest.approx(2 * pa)
+    assert rows["b"].p_holm == pytest.approx(max(pb, 2 * pa))
+    assert rows["a"].significant and not rows["b"].significant
 
 
 def test_welch_refuses_to_give_a_p_value_it_cannot() -> None:
     rows = {
-        r["label"]: r
+        r.label: r
         for r in welch_vs_control(
             {"ctrl": [90.0, 91.0], "one": [80.0], "flat": [90.0, 90.0]}, "ctrl"
         )
     }
-    assert rows["one"]["p"] is None and "at least 2" in rows["one"]["note"]
-    assert rows["flat"]["p"] is not None  # the control varies, so Welch is defined
-    rows = welch_vs_control({"ctrl": [90.0, 90.0], "flat": [91.0, 91.0]}, "ctrl")
-    assert rows[0]["p"] is None and "no variation" in rows[0]["note"]
+    assert rows["one"].p is None and "at least 2" in rows["one"].note
+    assert rows["flat"].p is not None  # the control varies, so Welch is defined
+    (flat,) = welch_vs_control({"ctrl": [90.0, 90.0], "flat": [91.0, 91.0]}, "ctrl")
+    assert flat.p is None and "no variation" in flat.note
 
 
 def _dirichlet_signed_rank(
@@ -209,26 +210,26 @@ def test_bayesian_signed_rank_matches_independent_dirichlet_sampling() -> None:
     other = control + np.array([0.5, 1.5, -0.3, 2.0, 0.8, 1.2])
     got = bayesian_signed_rank(control, other, rope=1.0, nsamples=20000, seed=1)
     ref = _dirichlet_signed_rank(control, other, 1.0, 40000, seed=7)
-    assert sum(got.values()) == pytest.approx(1.0)
-    assert got["p_control_better"] == pytest.approx(ref[0], abs=0.02)
-    assert got["p_equivalent"] == pytest.approx(ref[1], abs=0.02)
-    assert got["p_other_better"] == pytest.approx(ref[2], abs=0.02)
-    assert 0.05 < got["p_other_better"] < 0.95  # an informative case, not a trivial one
+    assert got.p_control_better + got.p_equivalent + got.p_other_better == pytest.approx(1.0)
+    assert got.p_control_better == pytest.approx(ref[0], abs=0.02)
+    assert got.p_equivalent == pytest.approx(ref[1], abs=0.02)
+    assert got.p_other_better == pytest.approx(ref[2], abs=0.02)
+    assert 0.05 < got.p_other_better < 0.95  # an informative case, not a trivial one
 
 
 def test_bayesian_signed_rank_limits_by_hand() -> None:
     control = np.array([80.0, 81, 82, 83, 84, 85, 86])
     # every difference +5 points, far outside a ROPE of 1: the other method is better
     far = bayesian_signed_rank(control, control + 5, rope=1.0)
-    assert far["p_other_better"] > 0.99
+    assert far.p_other_better > 0.99
     # every difference within ±0.2 of zero: practically equivalent
     near = bayesian_signed_rank(
         control, control + np.array([0.1, -0.2, 0.05, 0.0, -0.1, 0.2, 0.1]), rope=1.0
     )
-    assert near["p_equivalent"] > 0.99
+    assert near.p_equivalent > 0.99
     # without a ROPE there are only two outcomes
     worse = bayesian_signed_rank(control, control - 3, rope=0.0)
-    assert worse["p_equivalent"] == 0.0 and worse["p_control_better"] > 0.99
+    assert worse.p_equivalent == 0.0 and worse.p_control_better > 0.99
 
 
 def test_epochs_to_fraction_by_hand() -> None:
@@ -241,8 +242,8 @@ def test_epochs_to_fraction_by_hand() -> None:
 def test_two_methods_over_six_blocks_use_wilcoxon_without_friedman(
     results_factory, record_maker
 ) -> None:
+    from podbench.reports.analysis import analyse
     from podbench.reports.records import load_results, metric_info
-    from podbench.reports.stats import analyse
 
     pod = [0.90, 0.85, 0.80, 0.70, 0.95, 0.60]
     ce = [0.89, 0.86, 0.78, 0.67, 0.91, 0.55]
@@ -252,22 +253,22 @@ def test_two_methods_over_six_blocks_use_wilcoxon_without_friedman(
         table[("ce", f"d{b}", "mlp")] = [ce[b], ce[b] + 0.002]
     data = load_results(results_factory(table))
     out = analyse(data, control="pod", metric=metric_info("final_test_acc"), rope=1.0, alpha=0.05)
-    across = out["across_blocks"]
-    assert out["primary_analysis"] == "across-blocks"
-    assert across["friedman"] is None and across["nemenyi"] is None
-    (w,) = across["wilcoxon"]
+    across = out.across_blocks
+    assert out.primary_analysis == "across-blocks"
+    assert across.friedman is None and across.nemenyi is None
+    (w,) = across.wilcoxon
     diffs = (np.array(ce) - np.array(pod)) * 100
-    assert w["p"] == pytest.approx(stats.wilcoxon(diffs).pvalue)
-    assert w["p_holm"] == pytest.approx(w["p"])  # one comparison: Holm changes nothing
-    assert (w["wins"], w["losses"]) == (1, 5)
-    assert w["mean_diff"] == pytest.approx(diffs.mean())
-    assert w["cohens_dz"] == pytest.approx(diffs.mean() / diffs.std(ddof=1))
-    assert across["mean_ranks"] == pytest.approx({"pod": 7 / 6, "ce": 11 / 6})
+    assert w.p == pytest.approx(stats.wilcoxon(diffs).pvalue)
+    assert w.p_holm == pytest.approx(w.p)  # one comparison: Holm changes nothing
+    assert (w.wins, w.losses) == (1, 5)
+    assert w.mean_diff == pytest.approx(diffs.mean())
+    assert w.cohens_dz == pytest.approx(diffs.mean() / diffs.std(ddof=1))
+    assert across.mean_ranks == pytest.approx({"pod": 7 / 6, "ce": 11 / 6})
 
 
 def test_lower_is_better_metric_flips_ranks_and_verdicts(results_factory) -> None:
+    from podbench.reports.analysis import analyse
     from podbench.reports.records import load_results, metric_info
-    from podbench.reports.stats import analyse
 
     # conftest's records have wall_time_s = 10 + seed for every method: make 'slow' slower
     root = results_factory(
@@ -277,24 +278,24 @@ def test_lower_is_better_metric_flips_ranks_and_verdicts(results_factory) -> Non
     data = load_results(root)
     data.runs.loc[data.runs["label"] == "slow", "wall_time_s"] += 5.0
     out = analyse(data, control="pod", metric=metric_info("wall_time_s"), rope=0.5, alpha=0.05)
-    assert out["across_blocks"]["mean_ranks"] == {"pod": 1.0, "slow": 2.0}
-    (w,) = out["across_blocks"]["wilcoxon"]
-    assert w["mean_diff"] == pytest.approx(5.0) and w["better"] is False
-    assert w["cliffs_delta"] == 1.0  # effect sizes keep the sign of method minus control
-    within = out["within_blocks"][0]["comparisons"][0]
+    assert out.across_blocks.mean_ranks == {"pod": 1.0, "slow": 2.0}
+    (w,) = out.across_blocks.wilcoxon
+    assert w.mean_diff == pytest.approx(5.0) and w.better is False
+    assert w.cliffs_delta == 1.0  # effect sizes keep the sign of method minus control
+    within = out.within_blocks[0].comparisons[0]
     # seeds 0, 1 -> pod 10, 11 s and slow 15, 16 s: d = 5 / sd(0.707), delta = +1, slower = worse
-    assert within["mean_diff"] == pytest.approx(5.0)
-    assert within["cohens_d"] == pytest.approx(5 / np.sqrt(0.5))
-    assert within["cliffs_delta"] == 1.0 and within["better"] is False
-    (b,) = out["across_blocks"]["bayesian"]
-    assert b["p_control_better"] > 0.95
+    assert within.mean_diff == pytest.approx(5.0)
+    assert within.cohens_d == pytest.approx(5 / np.sqrt(0.5))
+    assert within.cliffs_delta == 1.0 and within.better is False
+    (b,) = out.across_blocks.bayesian
+    assert b.p_control_better > 0.95
 
 
 def test_control_without_completed_runs_in_a_block_gives_no_p_value(
     results_factory, record_maker
 ) -> None:
+    from podbench.reports.analysis import analyse
     from podbench.reports.records import load_results, metric_info
-    from podbench.reports.stats import analyse
 
     diverged = [
         record_maker(
@@ -316,10 +317,10 @@ def test_control_without_completed_runs_in_a_block_gives_no_p_value(
         rope=1.0,
         alpha=0.05,
     )
-    (block,) = out["within_blocks"]
-    assert block["comparisons"] == [] and "no completed run" in block["note"]
-    assert out["counts"]["diverged"] == 2 and len(out["excluded_runs"]) == 2
-    assert out["primary_analysis"] == "within-blocks"
+    (block,) = out.within_blocks
+    assert block.comparisons == [] and "no completed run" in block.note
+    assert out.counts.diverged == 2 and len(out.excluded_runs) == 2
+    assert out.primary_analysis == "within-blocks"
 
 
 def test_bayesian_signed_rank_closed_form_with_one_difference() -> None:
@@ -329,6 +330,6 @@ def test_bayesian_signed_rank_closed_form_with_one_difference() -> None:
     #   theta_right = 2(1-w)w + w^2 = w(2 - w), theta_rope = (1 - w)^2.
     # Right wins iff 2w^2 - 4w + 1 < 0 iff w > 1 - 1/sqrt(2); P(w > c) = (1 - c)^0.5 = 2^(-1/4).
     got = bayesian_signed_rank([80.0], [83.0], rope=1.0, nsamples=20000, seed=3)
-    assert got["p_other_better"] == pytest.approx(2**-0.25, abs=0.012)
-    assert got["p_equivalent"] == pytest.approx(1 - 2**-0.25, abs=0.012)
-    assert got["p_control_better"] == 0.0
+    assert got.p_other_better == pytest.approx(2**-0.25, abs=0.012)
+    assert got.p_equivalent == pytest.approx(1 - 2**-0.25, abs=0.012)
+    assert got.p_control_better == 0.0

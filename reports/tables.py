@@ -1,0 +1,253 @@
+"""The report's tables as rows of formatted text, shared by the HTML and the LaTeX output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from podbench.reports.analysis import Analysis
+from podbench.reports.records import TuningStudy
+
+__all__ = [
+    "BETTER_MARK",
+    "WORSE_MARK",
+    "comparison_rows",
+    "convergence_rows",
+    "excluded_rows",
+    "fmt",
+    "fmt_p",
+    "geometry_rows",
+    "main_table",
+    "secondary_tables",
+    "summary_rows",
+    "tuning_rows",
+    "within_rows",
+]
+
+BETTER_MARK, WORSE_MARK = "▲", "▼"
+Rows = list[dict[str, str]]
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    """A number with fixed digits, or an en dash when there is none."""
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value for a table cell."""
+    if p is None:
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _significance_marks(result: Analysis) -> dict[tuple[str, str], str]:
+    marks = {}
+    for w in result.within_blocks:
+        for c in w.comparisons:
+            if c.significant:
+                marks[(w.block, c.label)] = BETTER_MARK if c.better else WORSE_MARK
+    return marks
+
+
+def main_table(result: Analysis) -> dict[str, Any]:
+    """Blocks × methods: mean ± std, best in bold, marks for significance against the control."""
+    labels = result.labels
+    cells = {(r.block, r.label): r for r in result.per_block}
+    marks = _significance_marks(result)
+    higher = result.metric.higher_is_better
+    rows = []
+    for block in result.blocks:
+        means = [c.mean for lab in labels if (c := cells.get((block, lab))) and c.mean is not None]
+        best = (max(means) if higher else min(means)) if means else None
+        row_cells = []
+        for lab in labels:
+            c = cells.get((block, lab))
+            if c is None:
+                row_cells.append({"text": "not run", "bold": False, "mark": "", "note": ""})
+                continue
+            text = "–" if c.mean is None else fmt(c.mean)
+            if c.std is not None:
+                text += f" ± {c.std:.2f}"
+            row_cells.append(
+                {
+                    "text": text,
+                    "bold": c.mean is not None and best is not None and np.isclose(c.mean, best),
+                    "mark": marks.get((block, lab), ""),
+                    "note": "" if c.n == c.n_runs else f"({c.n}/{c.n_runs})",
+                }
+            )
+        rows.append({"block": block, "cells": row_cells})
+    ranks = result.across_blocks.mean_ranks
+    rank_row = None
+    if ranks:
+        best_rank = min(ranks.values())
+        rank_row = [
+            {"text": fmt(ranks.get(lab)), "bold": ranks.get(lab) == best_rank} for lab in labels
+        ]
+    return {"labels": labels, "rows": rows, "rank_row": rank_row}
+
+
+def summary_rows(result: Analysis) -> Rows:
+    """Per block and method: runs by status, mean, std and the 95% interval of the mean."""
+    return [
+        {
+            "block": r.block,
+            "method": r.label,
+            "runs": str(r.n_runs),
+            "completed": str(r.n_completed),
+            "diverged": str(r.n_diverged),
+            "failed": str(r.n_failed),
+            "mean": fmt(r.mean),
+            "std": fmt(r.std),
+            "95% CI": "–" if r.ci_low is None else f"[{r.ci_low:.2f}, {r.ci_high:.2f}]",
+        }
+        for r in result.per_block
+    ]
+
+
+def comparison_rows(result: Analysis) -> Rows:
+    """Across blocks, each method against the control: Wilcoxon, effect sizes, Bayesian test."""
+    ctrl = result.control
+    bayes = {b.label: b for b in result.across_blocks.bayesian}
+    rows = []
+    for w in result.across_blocks.wilcoxon:
+        b = bayes.get(w.label)
+        rows.append(
+            {
+                "method": w.label,
+                f"diff vs {ctrl}": fmt(w.mean_diff),
+                "W/T/L": f"{w.wins}/{w.ties}/{w.losses}",
+                "Wilcoxon p": fmt_p(w.p),
+                "Holm p": fmt_p(w.p_holm),
+                "Cliff's delta": fmt(w.cliffs_delta),
+                "Cohen's dz": fmt(w.cohens_dz),
+                "P(better)": fmt(None if b is None else b.p_other_better, 3),
+                "P(equiv.)": fmt(None if b is None else b.p_equivalent, 3),
+                f"P({ctrl} better)": fmt(None if b is None else b.p_control_better, 3),
+            }
+        )
+    return rows
+
+
+def within_rows(result: Analysis) -> Rows:
+    """Within each block, each method's seeds against the control's (Welch, Holm)."""
+    ctrl = result.control
+    return [
+        {
+            "block": w.block,
+            "method": c.label,
+            "seeds": f"{c.n} vs {c.n_control}",
+            f"diff vs {ctrl}": fmt(c.mean_diff),
+            "Welch t": fmt(c.t, 3),
+            "df": fmt(c.df, 1),
+            "p": fmt_p(c.p),
+            "Holm p": fmt_p(c.p_holm),
+            "Cohen's d": fmt(c.cohens_d),
+            "Cliff's delta": fmt(c.cliffs_delta),
+            "note": c.note or "",
+        }
+        for w in result.within_blocks
+        for c in w.comparisons
+    ]
+
+
+def excluded_rows(result: Analysis) -> Rows:
+    """The runs that did not enter the statistics, with their error."""
+    return [
+        {
+            "block": e.block,
+            "method": e.label,
+            "seed": str(e.seed),
+            "status": e.status,
+            "epoch": "–" if e.error_epoch is None else str(e.error_epoch),
+            "error": f"{e.error_type or ''}: {e.error_message or ''}".strip(": ") or e.reason,
+        }
+        for e in result.excluded_runs
+    ]
+
+
+def convergence_rows(result: Analysis) -> Rows:
+    """Per block and method: mean epochs to 95% of the final accuracy and epochs run."""
+    conv = pd.DataFrame([vars(c) for c in result.convergence])
+    if conv.empty:
+        return []
+    rows = []
+    for (block, label), g in conv.groupby(["block", "label"], sort=False):
+        reached = g["epochs_to_95pct"].dropna()
+        rows.append(
+            {
+                "block": block,
+                "method": label,
+                "runs": str(len(g)),
+                "mean epochs to 95%": fmt(float(reached.mean()), 1) if len(reached) else "–",
+                "epochs run": fmt(float(g["epochs"].mean()), 1),
+            }
+        )
+    return rows
+
+
+def geometry_rows(result: Analysis) -> Rows:
+    """Per block and method: the mean latent-geometry statistics."""
+    return [
+        {
+            "block": g.block,
+            "method": g.label,
+            **{k.replace("_", " "): fmt(v, 3) for k, v in g.means.items()},
+        }
+        for g in result.geometry
+    ]
+
+
+def _best_settings(best: pd.Series, params: list[str]) -> str:
+    return ", ".join(
+        f"{c[len('params_') :]}={best[c]:.4g}"
+        if isinstance(best[c], float)
+        else f"{c[len('params_') :]}={best[c]}"
+        for c in params
+        if pd.notna(best[c])
+    )
+
+
+def tuning_rows(studies: list[TuningStudy]) -> Rows:
+    """Per study and loss: trials by state and the best completed trial's value and settings."""
+    rows = []
+    for study in studies:
+        trials = study.trials
+        if trials is None or trials.empty or "value" not in trials:
+            continue
+        if "loss" not in trials:
+            trials = trials.assign(loss=study.name)
+        for loss, g in trials.groupby(trials["loss"].astype(str), sort=True):
+            states = g["state"].astype(str).str.upper() if "state" in g else None
+            done = g[states == "COMPLETE"] if states is not None else g
+            done = done.dropna(subset=["value"])
+            best = done.loc[done["value"].idxmax()] if not done.empty else None
+            params = [c for c in g.columns if str(c).startswith("params_")]
+            rows.append(
+                {
+                    "study": study.name,
+                    "loss": loss,
+                    "trials": str(len(g)),
+                    "complete": str(len(done)),
+                    "pruned": str(int((states == "PRUNED").sum())) if states is not None else "–",
+                    "failed": str(int((states == "FAIL").sum())) if states is not None else "–",
+                    "best value": fmt(None if best is None else float(best["value"]), 4),
+                    "best settings": "–" if best is None else _best_settings(best, params),
+                }
+            )
+    return rows
+
+
+def secondary_tables(result: Analysis, studies: list[TuningStudy]) -> dict[str, Rows]:
+    """Every table of the report other than the main one, by name."""
+    return {
+        "comparisons": comparison_rows(result),
+        "tuning": tuning_rows(studies),
+        "summary": summary_rows(result),
+        "within": within_rows(result),
+        "excluded": excluded_rows(result),
+        "convergence": convergence_rows(result),
+        "geometry": geometry_rows(result),
+    }
