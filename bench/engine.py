@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from podbench.geometry import geometry_stats
+from podbench.geometry import plugin_geometry
 from podbench.specs import RunSpec
 
 __all__ = ["train_run", "RunDiverged", "environment", "seed_everything"]
@@ -358,8 +358,7 @@ class _Trainer:
     ) -> dict[str, Any] | None:
         if feats is None or labels is None:
             return None
-        centers = self.plugin.centroids_for_geometry()
-        return geometry_stats(feats, labels, None if centers is None else centers.float())
+        return plugin_geometry(self.plugin, feats, labels)
 
     # -- the run --------------------------------------------------------------------------
 

@@ -119,6 +119,14 @@ class LossPlugin(nn.Module, ABC):
     def on_epoch_end(self, epoch: int) -> None:
         """Called by the engine after training epoch ``epoch`` (counted from 0)."""
 
+    def classified_features(self, features: Tensor) -> Tensor:
+        """The (B, d) features that :meth:`scores` classifies; default: the features themselves.
+
+        A cosine classifier returns x / ||x||, PEDCC-Loss BN(x) / ||BN(x)||. The latent-geometry
+        statistics are measured on these. Like ``scores``, it changes no state.
+        """
+        return features
+
     def centroids_for_geometry(self) -> Tensor | None:
         """(K, d) class centres: fixed centroids, learned class weights or centres, else None."""
         return None

@@ -24,7 +24,10 @@ class NormalizedHead(LossPlugin):
 
     def cosines(self, features: Tensor) -> Tensor:
         """(B, K) cosines between the features and the class weights."""
-        return F.normalize(features, dim=1) @ F.normalize(self.weight, dim=1).T
+        return self.classified_features(features) @ F.normalize(self.weight, dim=1).T
+
+    def classified_features(self, features: Tensor) -> Tensor:
+        return F.normalize(features, dim=1)
 
     def scores(self, features: Tensor) -> Tensor:
         return self.cosines(features)

@@ -201,4 +201,7 @@ class SphereFaceLoss(LSoftmaxLoss):
         )  # fmt: skip
 
     def scores(self, features: Tensor) -> Tensor:
-        return F.normalize(features, dim=1) @ self._weight().T
+        return self.classified_features(features) @ self._weight().T
+
+    def classified_features(self, features: Tensor) -> Tensor:
+        return F.normalize(features, dim=1)

@@ -115,7 +115,10 @@ class PEDCCLoss(LossPlugin):
         return LossOutput(total=total, parts={"am": am, "mse": mse})
 
     def scores(self, features: Tensor) -> Tensor:
-        return self._normalised(features, update_stats=False) @ self.centroids.T
+        return self.classified_features(features) @ self.centroids.T
+
+    def classified_features(self, features: Tensor) -> Tensor:
+        return self._normalised(features, update_stats=False)
 
     def centroids_for_geometry(self) -> Tensor:
         return self.centroids

@@ -227,7 +227,10 @@ class PODLoss(LossPlugin):
         return LossOutput(total=total, parts={"nac": nac, "sc": sc})
 
     def scores(self, features: Tensor) -> Tensor:
-        return F.normalize(features, dim=1) @ self.centroids.T
+        return self.classified_features(features) @ self.centroids.T
+
+    def classified_features(self, features: Tensor) -> Tensor:
+        return F.normalize(features, dim=1)
 
     def on_epoch_start(self, epoch: int) -> None:
         self.score_norm_sum.zero_()

@@ -102,6 +102,11 @@ def check_output(loss: LossLike) -> None:
     cents = plugin.centroids_for_geometry()
     if cents is not None:
         assert tuple(cents.shape) == (K, D), f"{name}: centroids_for_geometry() is not (K, d)"
+    classified = plugin.classified_features(x)
+    assert tuple(classified.shape) == tuple(x.shape), (
+        f"{name}: classified_features gave shape {tuple(classified.shape)}, not {tuple(x.shape)}"
+    )
+    assert bool(torch.isfinite(classified).all()), f"{name}: classified_features is not finite"
 
 
 def check_gradients(loss: LossLike) -> None:
@@ -187,7 +192,7 @@ def _state(plugin: LossPlugin) -> dict[str, Tensor]:
 
 
 def check_predict_is_pure(loss: LossLike) -> None:
-    """predict and scores change no buffer and no parameter, in training or in eval mode.
+    """predict, scores and classified_features change no buffer or parameter, in either mode.
 
     The engine measures training accuracy with ``predict`` on every training batch: a
     ``predict`` that moved state (BatchNorm running statistics, counters) would train twice.
@@ -201,7 +206,7 @@ def check_predict_is_pure(loss: LossLike) -> None:
         plugin.train(mode == "train")
         feats, _ = _batch(8)
         before = _state(plugin)
-        for call in ("predict", "scores"):
+        for call in ("predict", "scores", "classified_features"):
             for grad in (False, True):
                 with torch.set_grad_enabled(grad):
                     getattr(plugin, call)(feats.clone().requires_grad_(grad))
@@ -211,7 +216,7 @@ def check_predict_is_pure(loss: LossLike) -> None:
                 )
                 for key, value in before.items():
                     assert torch.equal(after[key], value), (
-                        f"{name} ({mode}): {call} changes {key}; predict and scores must not "
+                        f"{name} ({mode}): {call} changes {key}; it must not "
                         "touch the plugin's state (train-accuracy predictions would train it)"
                     )
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from podbench.engine import train_run
+from podbench.geometry import GEOMETRY_KEYS
 from podbench.specs import RunSettings, RunSpec, resolve_run
 
 HERE = Path(__file__).resolve().parent
@@ -58,8 +59,8 @@ def test_record_schema_and_determinism() -> None:
     assert len(first["env"]["git_commit"] or "0" * 40) == 40
     assert first["spec"]["seed"] == 0 and first["run_id"] == _run("pod").run_id
     assert not torch.are_deterministic_algorithms_enabled()  # the run's setting did not leak
-    assert set(first["geometry"]) == {"mean_cos_to_center", "min_interclass_angle_deg",
-                                      "mean_abs_offdiag_corr", "mean_feature_norm"}
+    assert set(first["geometry"]) == set(GEOMETRY_KEYS)
+    assert all(isinstance(v, float) for v in first["geometry"].values())
 
 
 def test_plugin_exception_is_recorded_as_failed_with_traceback() -> None:
