@@ -5,17 +5,27 @@ Examples:
     podbench run quickstart --results podbench-results/quickstart
     podbench run my-suite.yaml --set epochs=2 --set "seeds=[0,1]" --num-cpus 2
     podbench run my-suite.yaml --address 127.0.0.1:6379
-    podbench results podbench-results/quickstart
+    podbench results --results podbench-results/quickstart
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from podbench.cli_args import (
+    DEFAULT_RESULTS_ROOT,
+    add_ray_arguments,
+    add_results_argument,
+    add_spec_arguments,
+    given_results,
+    positive,
+    ray_address,
+    results_folder,
+)
 from podbench.errors import UserError
 
 __all__ = [
@@ -27,48 +37,19 @@ __all__ = [
     "run_validate",
 ]
 
-DEFAULT_RESULTS_ROOT = Path("podbench-results")
-
-
-def add_spec_arguments(
-    parser: argparse.ArgumentParser,
-    *,
-    metavar: str = "SUITE",
-    what: str = "a suite YAML file or a built-in suite name",
-    example: str = "epochs=2",
-) -> None:
-    """The spec argument and its ``--set`` overrides, shared by run, validate and tune."""
-    parser.add_argument("spec", metavar=metavar, help=what)
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help=f"override a field (dotted keys, YAML values), e.g. --set {example}; repeatable",
-    )
-
-
-def results_folder(given: str | Path | None, name: str) -> Path:
-    """``--results`` or ``podbench-results/<name>``; an existing file there is a user error."""
-    results = Path(given) if given else DEFAULT_RESULTS_ROOT / name
-    if results.exists() and not results.is_dir():
-        raise UserError(f"--results {results}: exists and is not a directory; give a folder path.")
-    return results
-
-
-def positive(value: int | None, flag: str) -> None:
-    """A count flag must be 1 or more when given."""
-    if value is not None and value < 1:
-        raise UserError(f"{flag} {value}: must be a positive integer; e.g. {flag} 2.")
-
 
 def _is_tune_file(spec: str) -> bool:
     """Tune files are built-in names starting with 'tune-' or YAML with a top-level 'n_trials'."""
-    from podbench.specs import read_spec_mapping
+    from podbench.spec_files import read_spec_mapping
 
-    if spec.startswith("tune-") and not Path(spec).exists():
-        return True
-    if Path(spec).is_file():
-        data, _ = read_spec_mapping(spec)
-        return "n_trials" in data
-    return False
+    path = Path(spec)
+    try:
+        if path.is_file():
+            data, _ = read_spec_mapping(spec, kind="suite or tune")
+            return "n_trials" in data
+        return spec.startswith("tune-") and not path.exists()
+    except OSError:  # a folder on the way cannot be entered: loading it as a suite says so
+        return False
 
 
 # ---------------------------------------------------------------------------- validate
@@ -79,13 +60,15 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from podbench import specs
+    from podbench.suite_spec import load_suite
 
     if _is_tune_file(args.spec):
-        tune_spec = specs.load_tune(args.spec, args.overrides)
+        from podbench.tuning import load_tune
+
+        tune_spec = load_tune(args.spec, args.overrides)
         print(f"{args.spec}: valid tune file ({type(tune_spec).__name__}).")
         return 0
-    suite = specs.load_suite(args.spec, args.overrides)
+    suite = load_suite(args.spec, args.overrides)
     runs = suite.expand()
     labels = sorted({r.label for r in runs})
     print(
@@ -102,23 +85,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser)
-    parser.add_argument(
-        "--results", type=Path, default=None, metavar="DIR",
-        help=f"results directory (default: {DEFAULT_RESULTS_ROOT}/<suite name>)",
-    )
-    parser.add_argument(
-        "--address", default=None,
-        help="address of a running Ray cluster (HOST:PORT or 'auto'); default: $RAY_ADDRESS when "
-        "set, else an embedded local Ray",
-    )
-    parser.add_argument(
-        "--max-concurrent", type=int, default=None, metavar="N",
-        help="run at most N runs at once (default: as many as the resources allow)",
-    )
-    parser.add_argument(
-        "--num-cpus", type=int, default=None, metavar="N",
-        help="CPUs of the embedded Ray (default: all of this machine's)",
-    )
+    add_results_argument(parser, default=f"{DEFAULT_RESULTS_ROOT}/<suite name>")
+    add_ray_arguments(parser, units="runs")
     parser.add_argument(
         "--max-failures", type=int, default=2, metavar="N",
         help="retries of a run whose worker died (default 2)",
@@ -129,17 +97,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def run_run(args: argparse.Namespace) -> int:
     from podbench.executor import run_suite
     from podbench.results import ResultsStore
-    from podbench.specs import load_suite
+    from podbench.suite_spec import load_suite
 
     positive(args.max_concurrent, "--max-concurrent")
     positive(args.num_cpus, "--num-cpus")
     if args.max_failures < 0:
         raise UserError("--max-failures: must be 0 or more; e.g. --max-failures 2.")
-    address = args.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention
+    address = ray_address(args.address)
     suite = load_suite(args.spec, args.overrides)  # every check before anything is written
     runs = suite.expand()
     if not address:  # on a cluster the data lives on the workers, not necessarily here
-        _check_data_present(suite, args.spec)
+        check_data_present(
+            [(f"datasets.{i}", ds.name, ds.data_root or suite.data_root, f"datasets.{i}.data_root")
+             for i, ds in enumerate(suite.datasets)],
+            args.spec,
+        )
     results = results_folder(args.results, suite.name)
     store = ResultsStore(results)
     store.write_suite(suite.model_dump(mode="json"))  # with --set applied: rerunnable as is
@@ -159,19 +131,23 @@ def run_run(args: argparse.Namespace) -> int:
     return 0 if outcome["failed"] == 0 and outcome["interrupted"] == 0 else 1
 
 
-def _check_data_present(suite: Any, source: str) -> None:
-    """Missing data fails here, with exit 2, rather than as one failed record per run."""
+def check_data_present(datasets: Sequence[tuple[str, str, str | None, str]], source: str) -> None:
+    """Missing data fails here, with exit 2, rather than as one failed record per run.
+
+    Args:
+        datasets: (field, dataset name, data root or None, the field that sets the root).
+        source: the spec file, for the message.
+    """
     from podbench.tasks import dataset_info, locate_dataset
 
-    for i, ds in enumerate(suite.datasets):
-        root = ds.data_root if ds.data_root is not None else suite.data_root
-        found, looked = locate_dataset(ds.name, root)
+    for field, name, root, root_field in datasets:
+        found, looked = locate_dataset(name, root)
         if found is None:
-            info = dataset_info(ds.name)
+            info = dataset_info(name)
             where = ", ".join(str(p) for p in looked) or "(no folder given)"
             raise UserError(
-                f"{source}: field 'datasets.{i}': dataset '{ds.name}' was not found (looked in "
-                f"{where}); {str(info.how_to_get).rstrip('.')}, or set datasets.{i}.data_root "
+                f"{source}: field '{field}': dataset '{name}' was not found (looked in "
+                f"{where}); {str(info.how_to_get).rstrip('.')}, or set {root_field} "
                 "to its folder."
             )
 
@@ -193,7 +169,7 @@ def write_report(results: Path) -> None:
 
 
 def add_results_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", type=Path, metavar="DIR", help="a results directory")
+    add_results_argument(parser, positional=True)
     parser.add_argument(
         "--write-csv", action="store_true", help="also (re)write DIR/results.csv from the records"
     )
@@ -213,14 +189,15 @@ def run_results(args: argparse.Namespace) -> int:
 
     from podbench.results import ResultsStore
 
-    store = ResultsStore.open_existing(args.results)
+    results = given_results(args)
+    store = ResultsStore.open_existing(results)
     summary = store.summary()
     if summary.empty:
-        print(f"{args.results}: no run records yet.")
+        print(f"{results}: no run records yet.")
         return 0
     if args.write_csv:
         store.write_table()
-    table = Table(title=f"{args.results}: final test accuracy per method (mean ± std over seeds)")
+    table = Table(title=f"{results}: final test accuracy per method (mean ± std over seeds)")
     for column in ("dataset", "arch", "method", "runs", "completed", "diverged", "failed",
                    "test acc", "± std", "best acc", "images/s"):
         table.add_column(column, justify="left" if column in ("dataset", "arch", "method") else "right")

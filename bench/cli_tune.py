@@ -10,18 +10,19 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from podbench.cli_run import (
+from podbench.cli_args import (
     DEFAULT_RESULTS_ROOT,
+    add_ray_arguments,
+    add_results_argument,
     add_spec_arguments,
     positive,
+    ray_address,
     results_folder,
-    write_report,
 )
+from podbench.cli_run import check_data_present, write_report
 
 __all__ = ["add_tune_arguments", "run_tune"]
-
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +32,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         what="a tune YAML file or a built-in name (tune-quickstart, tune-pod-cifar10)",
         example="n_trials=8",
     )
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help=f"results directory (default: {DEFAULT_RESULTS_ROOT}/<study name>); "
-        "outputs go to DIR/tune/<study>/",
+    add_results_argument(
+        parser,
+        default=f"{DEFAULT_RESULTS_ROOT}/<study name>; outputs go to DIR/tune/<study>/",
     )
     parser.add_argument(
         "--storage",
@@ -46,25 +43,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="Optuna storage URL (default: sqlite:///DIR/tune/<study>/optuna.db); use a "
         "server database such as postgresql://... on a cluster",
     )
-    parser.add_argument(
-        "--address",
-        default=None,
-        help="address of a running Ray cluster (HOST:PORT or 'auto'); default: embedded local Ray",
-    )
-    parser.add_argument(
-        "--num-cpus",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPUs of the embedded Ray (default: all of this machine's)",
-    )
-    parser.add_argument(
-        "--max-concurrent",
-        type=int,
-        default=None,
-        metavar="N",
-        help="run at most N trials at once (overrides the file's max_concurrent)",
-    )
+    add_ray_arguments(parser, units="trials", concurrency_default="the file's max_concurrent")
     parser.add_argument(
         "--seeds",
         type=int,
@@ -77,7 +56,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_tune(args: argparse.Namespace) -> int:
     from podbench.results import ResultsStore
-    from podbench.tune import load_tune, rerun_best, run_study
+    from podbench.tuning import load_tune, rerun_best, run_study
 
     positive(args.num_cpus, "--num-cpus")
     positive(args.max_concurrent, "--max-concurrent")
@@ -85,10 +64,13 @@ def run_tune(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.max_concurrent:
         overrides.append(f"max_concurrent={args.max_concurrent}")
+    address = ray_address(args.address)
     spec = load_tune(args.spec, overrides)  # every check before anything starts
+    if not address:  # on a cluster the data lives on the workers, not necessarily here
+        check_data_present([("dataset", spec.dataset, spec.data_root, "data_root")], args.spec)
     results = results_folder(args.results, spec.name)
     outcome = run_study(
-        spec, results, storage=args.storage, address=args.address, num_cpus=args.num_cpus
+        spec, results, storage=args.storage, address=address, num_cpus=args.num_cpus
     )
     for label, study in outcome.studies.items():
         states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
@@ -108,7 +90,7 @@ def run_tune(args: argparse.Namespace) -> int:
     )
     if args.seeds:
         reruns = rerun_best(
-            outcome, results, args.seeds, address=args.address, num_cpus=args.num_cpus
+            outcome, results, args.seeds, address=address, num_cpus=args.num_cpus
         )
         store = ResultsStore(results)
         table = store.write_table()

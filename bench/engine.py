@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from podbench.geometry import plugin_geometry
-from podbench.specs import RunSpec
+from podbench.runs import RunSpec
 
 __all__ = ["train_run", "RunDiverged", "environment", "seed_everything"]
 
@@ -131,7 +131,7 @@ class _Trainer:
 
     def __init__(self, run: RunSpec, checkpoint_dir: Path | None) -> None:
         from podbench.losses import create_loss
-        from podbench.specs import import_plugins
+        from podbench.spec_files import import_plugins
         from podbench.tasks import Task, create_arch, load_task
 
         import_plugins(run.imports)  # plugins registered by modules the suite names

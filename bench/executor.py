@@ -1,6 +1,6 @@
 """Ray Tune as the executor of a suite: one trial per run, records written by the trials.
 
-Each pending :class:`~podbench.specs.RunSpec` becomes one Tune trial of a function trainable with
+Each pending :class:`~podbench.runs.RunSpec` becomes one Tune trial of a function trainable with
 the run's own resources. The trial trains with :func:`~podbench.engine.train_run` and writes its
 record atomically into ``RESULTS/runs/<run_id>.json`` itself, so every finished run is on disk even
 if the driver dies. A trial whose worker died is retried ``max_failures`` times; after that the
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from podbench.results import ResultsStore
-from podbench.specs import RunSpec
+from podbench.runs import RunSpec
 
 __all__ = ["init_ray", "run_suite", "pending_runs", "SuiteOutcome"]
 

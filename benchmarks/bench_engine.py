@@ -21,7 +21,7 @@ import time
 import torch
 
 from podbench.engine import _Trainer
-from podbench.specs import RunSettings, resolve_run
+from podbench.runs import RunSettings, resolve_run
 
 CASES = {
     # the quickstart's network and data (a real, small convolutional workload)

@@ -17,8 +17,7 @@ import time
 
 import pandas as pd
 
-from podbench.tune import run_study
-from podbench.tune_specs import TuneSpec
+from podbench.tuning import TuneSpec, run_study
 
 LRS = [0.003, 0.01, 0.03, 0.1, 0.3]
 WDS = [1e-5, 1e-4, 1e-3]

@@ -1,9 +1,13 @@
-"""``podbench report RESULTS_DIR --out OUT``: write the statistical report of a results directory."""
+"""``podbench report --results DIR --out OUT``: write the statistical report of a results directory.
+
+``podbench report DIR`` (the folder as first argument) is the older form, still accepted.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from podbench.cli_args import add_results_argument, given_results
 from podbench.reports.records import METRICS
 
 __all__ = ["add_report_arguments", "run_report"]
@@ -11,13 +15,12 @@ __all__ = ["add_report_arguments", "run_report"]
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the report command's arguments to ``parser``."""
-    parser.add_argument(
-        "results_dir",
-        metavar="RESULTS_DIR",
-        help="results directory written by `podbench run` (holds runs/*.json)",
+    add_results_argument(
+        parser, positional=True,
+        what="results directory written by `podbench run` or `podbench tune` (holds runs/*.json)",
     )
     parser.add_argument(
-        "--out", default=None, metavar="OUT", help="output directory (default: RESULTS_DIR/report)"
+        "--out", default=None, metavar="OUT", help="output directory (default: DIR/report)"
     )
     parser.add_argument(
         "--control",
@@ -50,7 +53,7 @@ def run_report(args: argparse.Namespace) -> int:
     from podbench.reports.build import build_report  # heavy imports only when the command runs
 
     path = build_report(
-        args.results_dir,
+        given_results(args),
         args.out,
         control=args.control,
         rope=args.rope,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from podbench.specs import load_suite
+from podbench.suite_spec import load_suite
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -14,7 +14,7 @@ import torch
 
 from podbench.engine import train_run
 from podbench.geometry import GEOMETRY_KEYS
-from podbench.specs import RunSettings, RunSpec, resolve_run
+from podbench.runs import RunSettings, RunSpec, resolve_run
 
 HERE = Path(__file__).resolve().parent
 

@@ -12,7 +12,9 @@ import yaml
 
 from podbench.cli import main
 from podbench.errors import UserError
-from podbench.specs import RunSpec, SuiteSpec, apply_overrides, builtin_suites, load_suite
+from podbench.runs import RunSpec
+from podbench.spec_files import apply_overrides, builtin_suites
+from podbench.suite_spec import SuiteSpec, load_suite
 
 SMALL = """
 name: small
@@ -74,7 +76,7 @@ def test_run_id_covers_result_fields_only() -> None:
 
 
 def test_run_id_is_stable_across_processes() -> None:
-    code = "from podbench.specs import load_suite; print(load_suite('quickstart').expand()[4].run_id)"
+    code = "from podbench.suite_spec import load_suite; print(load_suite('quickstart').expand()[4].run_id)"
     ids = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin:/bin"}).stdout.strip()

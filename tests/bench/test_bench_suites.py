@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from podbench.engine import train_run
-from podbench.specs import builtin_suites, load_suite
+from podbench.spec_files import builtin_suites
+from podbench.suite_spec import load_suite
 
 SMOKE = ["epochs=1", "max_steps=2", "batch_size=16", "limit_train=64", "limit_eval=32",
          "seeds=[0]", "device=cpu", "gpus=0", "cpus=1"]

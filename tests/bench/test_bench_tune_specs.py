@@ -9,9 +9,8 @@ import pytest
 import yaml
 
 from podbench.errors import UserError
-from podbench.specs import SuiteSpec
-from podbench.tune import best_suites
-from podbench.tune_specs import TuneSpec, load_tune
+from podbench.suite_spec import SuiteSpec
+from podbench.tuning import TuneSpec, best_suites, load_tune
 
 TINY = {
     "name": "tiny",

@@ -18,9 +18,8 @@ import pytest
 import yaml
 
 from podbench.errors import UserError
-from podbench.specs import SuiteSpec
-from podbench.tune import budget_used, run_study, storage_url, study_name
-from podbench.tune_specs import TuneSpec
+from podbench.suite_spec import SuiteSpec
+from podbench.tuning import TuneSpec, budget_used, run_study, storage_url, study_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

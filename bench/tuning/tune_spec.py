@@ -1,7 +1,7 @@
-"""Tune files: YAML -> pydantic -> per-loss Optuna search spaces over ordinary runs.
+"""Tune files: the model, its per-loss Optuna search spaces over ordinary runs, and its loading.
 
 A tune file holds the run settings every trial shares (the suite fields of
-:class:`~podbench.specs.RunSettings`), one dataset and architecture, the budget every loss gets,
+:class:`~podbench.runs.RunSettings`), one dataset and architecture, the budget every loss gets,
 and the losses to tune::
 
     name: my-study              # RESULTS/tune/my-study/, the Optuna study names
@@ -36,11 +36,11 @@ set.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import optuna
 from pydantic import (
@@ -54,15 +54,8 @@ from pydantic import (
 )
 
 from podbench.errors import UserError
-from podbench.specs import (
-    RunSettings,
-    RunSpec,
-    apply_overrides,
-    loss_hparam_names,
-    read_spec_mapping,
-    resolve_run,
-    validation_error_to_user_error,
-)
+from podbench.runs import NON_RESULT_FIELDS, RunSettings, RunSpec, resolve_run
+from podbench.spec_files import NameRef, SpecFile, load_spec, validation_error_to_user_error
 
 __all__ = [
     "CategoricalParam",
@@ -70,6 +63,7 @@ __all__ = [
     "FloatParam",
     "IntParam",
     "LossTune",
+    "RUN_KEYWORDS",
     "TUNABLE_RUN_FIELDS",
     "TuneSpec",
     "load_tune",
@@ -92,57 +86,48 @@ TUNABLE_RUN_FIELDS = frozenset(
     }
 )
 # Passed to resolve_run as keywords rather than through RunSettings.
-_RUN_KEYWORDS = frozenset({"feat_dim", "batch_size", "variant"})
+RUN_KEYWORDS = frozenset({"feat_dim", "batch_size", "variant"})
 _BUDGET_FIELDS = ("n_trials", "epochs")
-_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class FloatParam(BaseModel):
-    """A float range, optionally log-uniform or stepped."""
+class _RangeParam(BaseModel):
+    """A numeric range, optionally log-uniform or stepped (one of the two)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["float"]
+    distribution_class: ClassVar[type[optuna.distributions.BaseDistribution]]
     low: float
     high: float
     log: bool = False
-    step: float | None = Field(None, gt=0)
+    step: float | None = None
 
     @model_validator(mode="after")
-    def _valid_range(self) -> FloatParam:
+    def _valid_range(self) -> _RangeParam:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and (self.low <= 0 or self.step is not None):
+        if self.log and (self.low <= 0 or self.step != type(self).model_fields["step"].default):
             raise ValueError("log: true needs low > 0 and no step")
         return self
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.FloatDistribution(
-            self.low, self.high, log=self.log, step=self.step
-        )
+        return self.distribution_class(self.low, self.high, log=self.log, step=self.step)
 
 
-class IntParam(BaseModel):
+class FloatParam(_RangeParam):
+    """A float range, optionally log-uniform or stepped."""
+
+    distribution_class = optuna.distributions.FloatDistribution
+    type: Literal["float"]
+    step: float | None = Field(None, gt=0)
+
+
+class IntParam(_RangeParam):
     """An integer range, optionally log-uniform or stepped."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    distribution_class = optuna.distributions.IntDistribution
     type: Literal["int"]
     low: int
     high: int
-    log: bool = False
     step: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _valid_range(self) -> IntParam:
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and (self.low <= 0 or self.step != 1):
-            raise ValueError("log: true needs low > 0 and step 1")
-        return self
-
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.IntDistribution(
-            self.low, self.high, log=self.log, step=self.step
-        )
 
 
 class CategoricalParam(BaseModel):
@@ -217,11 +202,9 @@ class LossTune(BaseModel):
         return self
 
 
-class TuneSpec(RunSettings):
+class TuneSpec(SpecFile):
     """A tune file (see the module docstring)."""
 
-    name: str = Field(pattern=_NAME_PATTERN)
-    description: str = ""
     dataset: str
     arch: str
     feat_dim: int | None = Field(None, ge=1)
@@ -261,8 +244,6 @@ class TuneSpec(RunSettings):
     @field_validator("losses")
     @classmethod
     def _labels(cls, value: dict[str, LossTune]) -> dict[str, LossTune]:
-        import re
-
         for label in value:
             if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\[\],=-]*$", label):
                 raise ValueError(f"loss label {label!r} may hold only letters, digits and _.-[],=")
@@ -282,10 +263,6 @@ class TuneSpec(RunSettings):
     def loss_name(self, label: str) -> str:
         """The registered loss behind a label."""
         return self.losses[label].loss or label
-
-    def settings(self) -> RunSettings:
-        """The run settings every trial shares, before sampled values."""
-        return RunSettings.model_validate(self.model_dump(include=set(RunSettings.model_fields)))
 
     def space_entries(self, label: str) -> dict[str, tuple[dict[str, Any], str]]:
         """The raw search space of one loss with where each entry came from.
@@ -359,7 +336,7 @@ class TuneSpec(RunSettings):
         }
         settings = self.settings().model_copy(
             update={
-                **{k: v for k, v in run_fields.items() if k not in _RUN_KEYWORDS},
+                **{k: v for k, v in run_fields.items() if k not in RUN_KEYWORDS},
                 "eval_split": eval_split,
             }
         )
@@ -380,25 +357,34 @@ class TuneSpec(RunSettings):
             label=label,
         )
 
+    def name_refs(self) -> Iterator[NameRef]:
+        """The registered names this file uses (a loss before its variants and hyperparameters).
+
+        A key of ``params`` or of the search space that names a run setting is not a name of
+        the loss; :func:`load_tune` checks those keys itself.
+        """
+        yield NameRef("dataset", "dataset", self.dataset)
+        yield NameRef("arch", "arch", self.arch)
+        for label, entry in self.losses.items():
+            where, name = f"losses.{label}", self.loss_name(label)
+            yield NameRef(f"{where}.loss" if entry.loss else where, "loss", name)
+            if entry.variant is not None:
+                yield NameRef(f"{where}.variant", "variant", entry.variant, loss=name)
+            for key in entry.params:
+                if key not in TUNABLE_RUN_FIELDS:
+                    yield NameRef(f"{where}.params.{key}", "hparam", key, loss=name)
+            run_settings = ", ".join(sorted(TUNABLE_RUN_FIELDS))
+            for key, (_, origin) in self.space_entries(label).items():
+                if key not in TUNABLE_RUN_FIELDS:
+                    yield NameRef(origin, "hparam", key, loss=name,
+                                  hint=f", or tune a run setting ({run_settings}), or remove it with null")
+
     def fingerprint(self, label: str) -> dict[str, Any]:
-        """What a resumed study must share with the study it continues (not the trial count)."""
-        dump = self.model_dump(
-            mode="json",
-            exclude={
-                "name",
-                "description",
-                "n_trials",
-                "max_concurrent",
-                "storage",
-                "losses",
-                "space",
-                "cpus",
-                "gpus",
-                "checkpoint",
-                "data_root",
-                "n_startup_trials",
-            },
-        )
+        """What a resumed study must share with the study it continues: what changes a trial's
+        result, not the trial count, concurrency, storage, resources or where the data lives."""
+        study_only = {"name", "description", "n_trials", "max_concurrent", "storage",
+                      "n_startup_trials", "losses", "space"}
+        dump = self.model_dump(mode="json", exclude=study_only | NON_RESULT_FIELDS)
         entry = self.losses[label]
         dump["loss"] = self.loss_name(label)
         dump["variant"] = entry.variant
@@ -406,114 +392,88 @@ class TuneSpec(RunSettings):
         dump["space"] = {k: v.model_dump(mode="json") for k, v in self.loss_space(label).items()}
         return json.loads(json.dumps(dump, sort_keys=True))
 
-    def fingerprint_hash(self, label: str) -> str:
-        text = json.dumps(self.fingerprint(label), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
 
 # ---------------------------------------------------------------------------- loading
 
 
-def _check_names(spec: TuneSpec, source: str) -> None:
-    """Unknown loss, variant, hyperparameter, dataset or architecture names fail at load time."""
-    from podbench.losses import list_losses, loss_info
-    from podbench.tasks import list_archs, list_datasets
+def load_tune(path_or_name: str | Path, overrides: Sequence[str] = ()) -> TuneSpec:
+    """Load and fully validate a tune file (a YAML file or a built-in name) with ``--set`` overrides.
 
-    if spec.dataset not in list_datasets():
-        raise UserError(
-            f"{source}: field 'dataset': unknown dataset '{spec.dataset}'; use one of "
-            f"{', '.join(list_datasets())} (see `podbench tasks`)."
-        )
-    if spec.arch not in list_archs():
-        raise UserError(
-            f"{source}: field 'arch': unknown architecture '{spec.arch}'; use one of "
-            f"{', '.join(list_archs())} (see `podbench tasks`)."
-        )
-    known = list_losses()
-    for label, entry in spec.losses.items():
-        where = f"losses.{label}"
-        name = spec.loss_name(label)
-        if name not in known:
-            field = f"{where}.loss" if entry.loss else where
+    The loading pipeline of :mod:`podbench.spec_files` (``imports:`` included), then the search
+    spaces: each entry a valid range, each ``enqueue`` point inside it, and the space's corner a
+    valid run.
+
+    Raises:
+        UserError: one sentence naming the field path and the fix.
+
+    Example:
+        >>> spec = load_tune("tune-quickstart", ["n_trials=4"])  # doctest: +SKIP
+        >>> spec.distributions("pod")
+    """
+    spec, source = load_spec(path_or_name, TuneSpec, overrides, kind="tune")
+    for label in spec.losses:
+        _check_space(spec, label, source)
+    return spec
+
+
+def _check_space(spec: TuneSpec, label: str, source: str) -> None:
+    """The search space of one loss makes valid runs (its names are checked already)."""
+    from podbench.losses import loss_info
+
+    entry, name, where = spec.losses[label], spec.loss_name(label), f"losses.{label}"
+    for key in entry.params:
+        if key in TUNABLE_RUN_FIELDS:
             raise UserError(
-                f"{source}: field '{field}': unknown loss '{name}'; use one of "
-                f"{', '.join(known)} (see `podbench losses`)."
+                f"{source}: field '{where}.params.{key}': '{key}' is a run setting, not a "
+                f"hyperparameter of '{name}'; set it at the top level or tune it in space."
             )
-        info = loss_info(name)
-        variants = sorted(info.variants)
-        if entry.variant is not None and entry.variant not in info.variants:
-            raise UserError(
-                f"{source}: field '{where}.variant': '{name}' has no variant '{entry.variant}'; "
-                f"use one of {', '.join(variants) or '(none)'} or null."
-            )
-        hparams = loss_hparam_names(name)
-        for key in entry.params:
-            if key in TUNABLE_RUN_FIELDS:
-                raise UserError(
-                    f"{source}: field '{where}.params.{key}': '{key}' is a run setting, not a "
-                    f"hyperparameter of '{name}'; set it at the top level or tune it in space."
-                )
-            if hparams is not None and key not in hparams:
-                raise UserError(
-                    f"{source}: field '{where}.params.{key}': '{name}' has no hyperparameter "
-                    f"'{key}'; use one of {', '.join(sorted(hparams)) or '(none)'}."
-                )
-        space: dict[str, FloatParam | IntParam | CategoricalParam] = {}
-        fields: dict[str, str] = {}
-        for key, (raw, origin) in spec.space_entries(label).items():
-            fields[key] = origin
-            try:
-                space[key] = param_adapter.validate_python(raw)
-            except ValidationError as err:
-                first = err.errors()[0]
-                msg = first["msg"].removeprefix("Value error, ")
-                if first["type"] in ("union_tag_not_found", "union_tag_invalid"):
-                    msg = "give type: float, int or categorical (with low/high or choices)"
-                elif first["type"] == "extra_forbidden":
-                    msg = f"unknown key '{first['loc'][-1]}'; use type, low, high, log, step or choices"
-                elif first["type"] == "missing":
-                    msg = f"'{first['loc'][-1]}' is missing; add it"
-                raise UserError(f"{source}: field '{origin}': {msg} (for {label}).") from None
-        for key, param in space.items():
-            field = fields[key]
-            if key in TUNABLE_RUN_FIELDS:
-                if key == "variant":
-                    bad = [
-                        c
-                        for c in getattr(param, "choices", [None])
-                        if c is not None and c not in info.variants
-                    ]
-                    if not isinstance(param, CategoricalParam) or bad:
-                        raise UserError(
-                            f"{source}: field '{field}': a variant is tuned as a categorical of "
-                            f"'{name}' variants ({', '.join(variants) or 'none'}) or null."
-                        )
-                continue
-            if hparams is not None and key not in hparams:
-                raise UserError(
-                    f"{source}: field '{field}': '{name}' has no hyperparameter '{key}'; tune one "
-                    f"of {', '.join(sorted(hparams))} or a run setting "
-                    f"({', '.join(sorted(TUNABLE_RUN_FIELDS))}), or remove it with null."
-                )
-        for i, point in enumerate(entry.enqueue):
-            for key, value in point.items():
-                if key not in space:
-                    raise UserError(
-                        f"{source}: field '{where}.enqueue.{i}.{key}': not in the search space "
-                        f"of '{label}' ({', '.join(space)}); remove it."
-                    )
-                if not _inside(space[key], value):
-                    raise UserError(
-                        f"{source}: field '{where}.enqueue.{i}.{key}': {value!r} lies outside "
-                        f"its search space; pick a value inside it."
-                    )
-        # every point of the space must make a valid run: check the corners now, not in a trial
+    space: dict[str, FloatParam | IntParam | CategoricalParam] = {}
+    for key, (raw, origin) in spec.space_entries(label).items():
         try:
-            spec.run_for(label, {k: _corner(p) for k, p in space.items()})
+            space[key] = param_adapter.validate_python(raw)
         except ValidationError as err:
-            raise validation_error_to_user_error(
-                err, f"{source} (losses.{label} with the space's lowest values)"
-            ) from None
+            raise UserError(f"{source}: field '{origin}': {_param_problem(err)} (for {label}).") from None
+        if key == "variant":
+            variants = loss_info(name).variants
+            choices = getattr(space[key], "choices", [None])
+            if not isinstance(space[key], CategoricalParam) or any(
+                c is not None and c not in variants for c in choices
+            ):
+                raise UserError(
+                    f"{source}: field '{origin}': a variant is tuned as a categorical of "
+                    f"'{name}' variants ({', '.join(sorted(variants)) or 'none'}) or null."
+                )
+    for i, point in enumerate(entry.enqueue):
+        for key, value in point.items():
+            if key not in space:
+                raise UserError(
+                    f"{source}: field '{where}.enqueue.{i}.{key}': not in the search space "
+                    f"of '{label}' ({', '.join(space)}); remove it."
+                )
+            if not _inside(space[key], value):
+                raise UserError(
+                    f"{source}: field '{where}.enqueue.{i}.{key}': {value!r} lies outside "
+                    f"its search space; pick a value inside it."
+                )
+    # every point of the space must make a valid run: check the corners now, not in a trial
+    try:
+        spec.run_for(label, {k: _corner(p) for k, p in space.items()})
+    except ValidationError as err:
+        raise validation_error_to_user_error(
+            err, f"{source} (losses.{label} with the space's lowest values)"
+        ) from None
+
+
+def _param_problem(err: ValidationError) -> str:
+    """What is wrong with one search-space entry, in words."""
+    first = err.errors()[0]
+    if first["type"] in ("union_tag_not_found", "union_tag_invalid"):
+        return "give type: float, int or categorical (with low/high or choices)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{first['loc'][-1]}'; use type, low, high, log, step or choices"
+    if first["type"] == "missing":
+        return f"'{first['loc'][-1]}' is missing; add it"
+    return str(first["msg"]).removeprefix("Value error, ")
 
 
 def _inside(param: FloatParam | IntParam | CategoricalParam, value: Any) -> bool:
@@ -524,23 +484,3 @@ def _inside(param: FloatParam | IntParam | CategoricalParam, value: Any) -> bool
 
 def _corner(param: FloatParam | IntParam | CategoricalParam) -> Any:
     return param.choices[0] if isinstance(param, CategoricalParam) else param.low
-
-
-def load_tune(path_or_name: str | Path, overrides: Sequence[str] = ()) -> TuneSpec:
-    """Load and fully validate a tune file (a YAML file or a built-in name) with ``--set`` overrides.
-
-    Raises:
-        UserError: one sentence naming the field path and the fix.
-
-    Example:
-        >>> spec = load_tune("tune-quickstart", ["n_trials=4"])  # doctest: +SKIP
-        >>> spec.distributions("pod")
-    """
-    data, source = read_spec_mapping(path_or_name, kind="tune")
-    data = apply_overrides(data, overrides)
-    try:
-        spec = TuneSpec.model_validate(data)
-    except ValidationError as err:
-        raise validation_error_to_user_error(err, source) from None
-    _check_names(spec, source)
-    return spec

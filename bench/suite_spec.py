@@ -1,0 +1,249 @@
+"""A suite file's model and its grid expansion into runs.
+
+A suite file names losses (with hyperparameters, grids and ablation variants), datasets,
+architectures, latent dimensions and seeds, plus the run settings every run shares::
+
+    name: my-suite
+    losses:
+      - pod
+      - {name: pod, variants: [no-sc, no-nac]}
+      - {name: cosface, params: {m: 0.35}, grid: {s: [16, 30]}}
+    datasets: [fashion-mnist]
+    archs: [small-cnn]
+    feat_dim: 32            # or a list (a grid); default: the dataset's latent dimension
+    seeds: 3                # or an explicit list [0, 1, 2]
+    epochs: 5
+    optimizer: sgd
+    lr: 0.1
+
+:func:`load_suite` reads a file through the loading pipeline of :mod:`podbench.spec_files`
+(so unknown names and bad values fail with one sentence naming the field), expands it and builds
+each distinct loss once; :meth:`SuiteSpec.expand` gives the list of
+:class:`~podbench.runs.RunSpec`, each with a stable ``run_id``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from podbench.errors import UserError
+from podbench.runs import RunSpec, resolve_run
+from podbench.spec_files import NameRef, SpecFile, load_spec, validation_error_to_user_error
+
+__all__ = ["DatasetEntry", "LossEntry", "SuiteSpec", "load_suite"]
+
+
+class LossEntry(BaseModel):
+    """A loss in a suite: fixed hyperparameters, a grid over some, and ablation variants."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    variant: str | None = None
+    variants: list[str | None] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _one_variant_field(self) -> LossEntry:
+        if self.variant is not None and self.variants is not None:
+            raise ValueError("give either variant: NAME or variants: [..], not both")
+        if self.variants is not None and not self.variants:
+            raise ValueError("variants must list at least one variant (null = the full loss)")
+        overlap = set(self.params) & set(self.grid)
+        if overlap:
+            raise ValueError(f"{sorted(overlap)} appear in both params and grid; keep one")
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key} must list at least one value")
+        return self
+
+    def expand(self) -> list[tuple[str | None, dict[str, Any], str]]:
+        """(variant, loss_params, label) for each point of this entry's grid."""
+        variants = self.variants if self.variants is not None else [self.variant]
+        keys = sorted(self.grid)
+        out = []
+        for variant in variants:
+            for values in product(*(self.grid[k] for k in keys)):
+                point = dict(zip(keys, values, strict=True))
+                # grid points and variants are different methods: each gets its own label
+                # a custom label for one variant names that variant already
+                show_variant = variant is not None and (self.variants is not None or not self.label)
+                inner = [variant] if show_variant and variant is not None else []
+                inner += [f"{k}={v}" for k, v in point.items()]
+                base = self.label or self.name
+                label = f"{base}[{','.join(inner)}]" if inner else base
+                out.append((variant, {**self.params, **point}, label))
+        return out
+
+
+class DatasetEntry(BaseModel):
+    """A dataset in a suite, optionally with its own data root and batch size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    data_root: str | None = None
+    batch_size: int | None = Field(None, ge=1)
+
+
+def _names_to_entries(value: Any) -> Any:
+    """``[pod, {name: softmax}]`` -> ``[{name: pod}, {name: softmax}]``: a bare name is an entry."""
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class SuiteSpec(SpecFile):
+    """A suite file: a grid of runs plus the settings they share."""
+
+    losses: list[LossEntry] = Field(min_length=1)
+    datasets: list[DatasetEntry] = Field(min_length=1)
+    archs: list[str] = Field(min_length=1)
+    feat_dim: list[int] | None = None
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @field_validator("losses", mode="before")
+    @classmethod
+    def _loss_shorthand(cls, value: Any) -> Any:
+        return _names_to_entries(value)
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, value: Any) -> Any:
+        return _names_to_entries([value] if isinstance(value, str) else value)
+
+    @field_validator("archs", mode="before")
+    @classmethod
+    def _arch_shorthand(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("feat_dim", mode="before")
+    @classmethod
+    def _feat_dim_shorthand(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("feat_dim")
+    @classmethod
+    def _feat_dim_positive(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(d < 1 for d in value)):
+            raise ValueError("feat_dim must be a positive integer or a non-empty list of them")
+        return value
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, value: Any) -> Any:
+        # `seeds: 3` means seeds 0, 1, 2
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError("seeds must be a count >= 1 or a list of seeds")
+            return list(range(value))
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, value: list[int]) -> list[int]:
+        if not value or len(set(value)) != len(value) or any(s < 0 for s in value):
+            raise ValueError("seeds must be distinct non-negative integers, e.g. [0, 1, 2]")
+        return value
+
+    def name_refs(self) -> Iterator[NameRef]:
+        """The registered names this suite uses, each with its field path (a loss before its
+        variants and hyperparameters)."""
+        for i, entry in enumerate(self.losses):
+            yield NameRef(f"losses.{i}.name", "loss", entry.name)
+            field = "variants" if entry.variants is not None else "variant"
+            for variant in entry.variants or [entry.variant]:
+                if variant is not None:
+                    yield NameRef(f"losses.{i}.{field}", "variant", variant, loss=entry.name)
+            for part in ("params", "grid"):
+                for key in getattr(entry, part):
+                    yield NameRef(f"losses.{i}.{part}.{key}", "hparam", key, loss=entry.name)
+        for i, ds in enumerate(self.datasets):
+            yield NameRef(f"datasets.{i}.name", "dataset", ds.name)
+        for i, arch in enumerate(self.archs):
+            yield NameRef(f"archs.{i}", "arch", arch)
+
+    def expand(self) -> list[RunSpec]:
+        """Every run of the grid, in a stable order, each fully resolved (duplicates dropped)."""
+        settings = self.settings()
+        runs: list[RunSpec] = []
+        seen: set[str] = set()
+        dims_grid: list[int | None] = list(self.feat_dim) if self.feat_dim else [None]
+        points = product(self.datasets, self.archs, dims_grid, self.losses)
+        for ds, arch, dims, entry in points:
+            for variant, params, label in entry.expand():
+                for seed in self.seeds:
+                    run = resolve_run(
+                        settings, suite=self.name, loss=entry.name, variant=variant,
+                        loss_params=params, dataset=ds.name, arch=arch, feat_dim=dims,
+                        seed=seed, data_root=ds.data_root, batch_size=ds.batch_size,
+                        label=label,
+                    )
+                    if run.run_id not in seen:  # a grid may repeat a point
+                        seen.add(run.run_id)
+                        runs.append(run)
+        return runs
+
+
+def load_suite(
+    path_or_name: str | Path, overrides: Sequence[str] = (), *, build_losses: bool = True
+) -> SuiteSpec:
+    """Load and fully validate a suite (a YAML file or a built-in name) with ``--set`` overrides.
+
+    Args:
+        path_or_name: a YAML file or a built-in suite name.
+        overrides: ``key=value`` strings (dotted keys, YAML values), applied before validation.
+        build_losses: also build each distinct loss once on CPU, so that a value the loss
+            rejects (e.g. feat_dim too small for simplex centroids) fails here; PEDCC's charge
+            model for hundreds of classes makes this take tens of seconds.
+
+    Raises:
+        UserError: one sentence naming the field path and the fix.
+
+    Example:
+        >>> spec = load_suite("quickstart", ["epochs=1"])  # doctest: +SKIP
+        >>> runs = spec.expand()
+    """
+    spec, source = load_spec(path_or_name, SuiteSpec, overrides, kind="suite")
+    try:
+        runs = spec.expand()
+    except ValidationError as err:  # e.g. a dataset default that breaks a constraint
+        raise validation_error_to_user_error(err, source) from None
+    if build_losses:
+        _check_losses_build(spec, runs, source)
+    return spec
+
+
+def _check_losses_build(spec: SuiteSpec, runs: Sequence[RunSpec], source: str) -> None:
+    """Build each distinct loss once on CPU so bad values (e.g. d too small) fail before any run."""
+    from podbench.losses import create_loss
+    from podbench.tasks import dataset_info
+
+    entry_of = {entry.name: i for i, entry in enumerate(spec.losses)}
+    seen: set[str] = set()
+    for run in runs:
+        key = json.dumps([run.loss, run.variant, run.loss_params, run.dataset, run.feat_dim],
+                         sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        num_classes = dataset_info(run.dataset).num_classes
+        if num_classes is None:  # an image folder: its classes are known only when read
+            continue
+        try:
+            create_loss(run.loss, num_classes=int(num_classes),
+                        feat_dim=run.feat_dim, variant=run.variant, **run.loss_params)
+        except UserError as err:
+            where = f"losses.{entry_of.get(run.loss, 0)}"
+            raise UserError(
+                f"{source}: field '{where}' ({run.label} on {run.dataset}, feat_dim={run.feat_dim}): "
+                f"{str(err).rstrip('.')}."
+            ) from None
