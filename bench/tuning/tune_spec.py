@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -94,7 +94,7 @@ class _RangeParam(BaseModel):
     """A numeric range, optionally log-uniform or stepped (one of the two)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    distribution_class: ClassVar[type[optuna.distributions.BaseDistribution]]
+    distribution_class: ClassVar[Callable[..., optuna.distributions.BaseDistribution]]
     low: float
     high: float
     log: bool = False
