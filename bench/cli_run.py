@@ -108,7 +108,8 @@ def run_run(args: argparse.Namespace) -> int:
     runs = suite.expand()
     if not address:  # on a cluster the data lives on the workers, not necessarily here
         check_data_present(
-            [(f"datasets.{i}", ds.name, ds.data_root or suite.data_root, f"datasets.{i}.data_root")
+            [(f"datasets.{i}", ds.name, suite.data_root if ds.data_root is None else ds.data_root,
+              f"datasets.{i}.data_root")
              for i, ds in enumerate(suite.datasets)],
             args.spec,
         )
