@@ -17,11 +17,14 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from podbench.errors import UserError
 from podbench.results import ResultsStore
 from podbench.runs import RunSpec
 
@@ -36,6 +39,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     Args:
         address: an existing cluster ("auto", "HOST:PORT", "ray://..."); None = embedded.
+            A HOST:PORT cluster is joined with its authentication token when it requires one.
         num_cpus: CPUs of the embedded Ray (default: all of this machine's); ignored with address.
     """
     os.environ.update(_TRIAL_ENV)
@@ -45,9 +49,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     runtime_env = {"env_vars": dict(_TRIAL_ENV)}
     if address:
-        from podbench.errors import UserError
-
-        _check_reachable(address)
+        if _check_reachable(address):
+            _match_cluster_auth(address)
         try:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING,
                      log_to_driver=False)
@@ -69,13 +72,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     )
 
 
-def _check_reachable(address: str) -> None:
-    """Fail fast on HOST:PORT that nothing listens on (Ray itself retries for minutes)."""
-    from podbench.errors import UserError
+def _check_reachable(address: str) -> bool:
+    """Fail fast on HOST:PORT that nothing listens on (Ray itself retries for minutes).
 
+    Returns whether ``address`` is a HOST:PORT that answered ("auto", "ray://..." are left to Ray).
+    """
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "://" in address:
-        return  # "auto", "ray://..." and the like: leave them to Ray
+        return False
     try:
         with socket.create_connection((host, int(port)), timeout=5):
             pass
@@ -84,6 +88,102 @@ def _check_reachable(address: str) -> None:
             f"--address {address}: nothing answers there ({err.strerror or err}); start a cluster "
             "with `ray start --head` or drop --address to use an embedded Ray."
         ) from None
+    return True
+
+
+# Asks the cluster's GCS for its id, as every Ray client does first. It runs in a child process:
+# Ray's C++ client logs each rejected try to stderr, and reads RAY_AUTH_MODE once per process.
+_GCS_PROBE = """
+import sys
+from ray._raylet import GcsClient
+from ray.exceptions import AuthenticationError
+try:
+    GcsClient(address=sys.argv[1])
+except AuthenticationError:
+    sys.exit(3)
+"""
+_AUTH_MODE = "RAY_AUTH_MODE"
+
+
+def _match_cluster_auth(address: str) -> None:
+    """Set this process's Ray authentication mode to the one the cluster at ``address`` uses.
+
+    Ray 2.60 turns token authentication on for ``ray start --head`` whenever the head has a token
+    (``~/.ray/auth_token``, written by any earlier local Ray), but a client given an explicit
+    address sends no token unless ``RAY_AUTH_MODE=token``; and a client that sends one to a
+    cluster without authentication loses its actors. So the cluster is asked without a token
+    first, then with this machine's token.
+    """
+    import ray.exceptions
+
+    if not hasattr(ray.exceptions, "AuthenticationError"):
+        return  # a Ray older than token authentication (2.52)
+    if os.environ.get(_AUTH_MODE, "disabled").lower() not in ("disabled", "token"):
+        return  # another scheme (Kubernetes RBAC): the user's own configuration stands
+    if _probe_gcs(address, "disabled"):
+        _set_auth_mode("disabled")
+        return
+    source = _token_source()
+    if source is None:
+        raise UserError(
+            f"--address {address}: the Ray cluster there requires its authentication token and "
+            "none was found on this machine; copy ~/.ray/auth_token from the head node to "
+            "~/.ray/auth_token here, or set RAY_AUTH_TOKEN to its content (`ray get-auth-token` "
+            "on the head node prints it)."
+        )
+    if not _probe_gcs(address, "token"):
+        variable, fix = source
+        raise UserError(
+            f"--address {address}: the Ray cluster there rejected the authentication token from "
+            f"{variable}; {fix} (`ray get-auth-token` on the head node prints it)."
+        )
+    _set_auth_mode("token")
+
+
+def _probe_gcs(address: str, mode: str) -> bool:
+    """Whether the cluster accepts a client in auth ``mode`` (False: it rejected the token)."""
+    env = dict(os.environ, **{_AUTH_MODE: mode})
+    try:
+        proc = subprocess.run([sys.executable, "-c", _GCS_PROBE, address], env=env, timeout=90,
+                              capture_output=True, text=True, check=False)
+    except subprocess.TimeoutExpired:
+        proc = None
+    if proc is not None and proc.returncode in (0, 3):
+        return proc.returncode == 0
+    raise UserError(
+        f"--address {address}: something listens there but no Ray cluster answers; give the "
+        "address `ray start --head` printed (HOST:PORT, port 6379 by default)."
+    )
+
+
+def _token_source() -> tuple[str, str] | None:
+    """Where Ray finds this machine's token (Ray's order) and how to replace it; None: nowhere."""
+    from podbench.fileio import read_user_text
+
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN", (
+            "set RAY_AUTH_TOKEN to the content of the head node's ~/.ray/auth_token")
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:  # Ray aborts the process on an unreadable or empty one: say so first
+        if not read_user_text(path, "RAY_AUTH_TOKEN_PATH token file").strip():
+            raise UserError(
+                f"RAY_AUTH_TOKEN_PATH token file {path} is empty: copy the head node's "
+                "~/.ray/auth_token there."
+            )
+        return f"RAY_AUTH_TOKEN_PATH ({path})", f"copy the head node's ~/.ray/auth_token to {path}"
+    default = Path.home() / ".ray" / "auth_token"
+    if default.is_file() and read_user_text(default, "Ray token file").strip():
+        return str(default), f"copy the head node's ~/.ray/auth_token over {default}"
+    return None
+
+
+def _set_auth_mode(mode: str) -> None:
+    """Make this process's Ray use authentication ``mode`` from now on (as Ray's switch does)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ[_AUTH_MODE] = mode
+    Config.initialize("")  # Ray caches its config; reread RAY_AUTH_MODE
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _trial(config: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -21,7 +20,9 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 PODBENCH = str(Path(sys.executable).with_name("podbench"))
-RAY = str(Path(sys.executable).with_name("ray"))
+# the `ray` command of this environment (a venv that borrows Ray's package may lack the script)
+_RAY_SCRIPT = Path(sys.executable).with_name("ray")
+RAY = [str(_RAY_SCRIPT)] if _RAY_SCRIPT.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +40,17 @@ device: cpu
 """
 
 
-def _env(token: str | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    if token is not None:  # our own cluster's token: ~/.ray/auth_token is shared by everyone
-        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
-        env.pop("RAY_AUTH_TOKEN_PATH", None)
+# Ray's token variables; a user's shell has none of them unless they set them
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _env(home: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a user's shell; ``home`` stands for another user or machine."""
+    env = {k: v for k, v in os.environ.items() if k not in _AUTH_VARS}
+    if home is not None:  # ~/.ray/auth_token is per HOME: the real one is left alone
+        home.mkdir(parents=True, exist_ok=True)
+        env["HOME"] = str(home)
+    env.update(extra)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     env.pop("RAY_ADDRESS", None)  # never join a cluster by accident
     return env
@@ -55,8 +62,9 @@ def _suite(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def _podbench(*args: str, timeout: float = 240, token: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PODBENCH, *args], capture_output=True, text=True, env=_env(token),
+def _podbench(*args: str, timeout: float = 240, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PODBENCH, *args], capture_output=True, text=True, env=env or _env(),
                           timeout=timeout, check=False)
 
 
@@ -165,60 +173,138 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def ray_cluster(tmp_path: Path):
-    """A real one-CPU Ray head on loopback, stopped by killing its own process group.
+def ray_nodes(tmp_path: Path):
+    """Starts ``ray start`` nodes as a user would, stopped at teardown within about 30 s.
 
-    ``ray stop`` would kill every Ray process on the machine (other tests' embedded clusters
-    included), so the head runs with --block in its own session and only that session is ended.
+    ``ray stop`` would stop every Ray on the machine (other tests' embedded ones too), so each node
+    runs with --block in its own session and teardown ends only those sessions. The flags added to
+    the user's command keep the node apart (temp dir, no dashboard); none touches authentication.
     """
-    port = _free_port()
-    token = secrets.token_hex(32)
-    temp_dir = Path("/tmp") / f"podbench-ray-{os.getpid()}-{port}"  # short: socket paths are limited
-    head = subprocess.Popen(
-        [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-         "--include-dashboard=false", f"--temp-dir={temp_dir}", "--block"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(token),
-        start_new_session=True,
-    )
+    temp_dir = Path("/tmp") / f"podbench-ray-{os.getpid()}-{_free_port()}"  # short: socket paths
+    nodes: list[subprocess.Popen] = []
+
+    def start(*args: str, env: dict[str, str]) -> Path:
+        log = tmp_path / f"node-{len(nodes)}.log"
+        apart = ["--include-dashboard=false", f"--temp-dir={temp_dir}"] if "--head" in args else []
+        with log.open("w") as out:
+            nodes.append(subprocess.Popen(
+                [*RAY, "start", *args, "--block", *apart],
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            ))
+        return log
+
     try:
-        address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert head.poll() is None, head.stdout.read() if head.stdout else ""
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the Ray head did not start within 90 s")
-        yield address, token
+        yield start
     finally:
-        for sig, wait in ((signal.SIGINT, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(head.pid, sig)
+        for node in reversed(nodes):  # workers first, then the head
+            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(node.pid, sig)
+                    node.wait(timeout=wait)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            try:  # whatever the node started in its session goes too
+                os.killpg(node.pid, signal.SIGKILL)
             except ProcessLookupError:
-                break
-            try:
-                head.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # whatever the head started in its session goes too
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+                pass
         subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
 
 
-def test_suite_on_a_real_cluster_with_address(tmp_path: Path, ray_cluster: tuple[str, str]) -> None:
-    address, token = ray_cluster
-    suite = _suite(tmp_path, SMALL.replace("seeds: 2", "seeds: 1"))
-    results = tmp_path / "results"
-    proc = _podbench("run", str(suite), "--results", str(results), "--address", address,
-                     "--no-report", token=token)
+def _wait_for(log: Path, text: str, timeout: float = 90) -> str:
+    """The node's log once it contains ``text`` (fails the test after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = log.read_text()
+        if text in content:
+            return content
+        time.sleep(0.5)
+    pytest.fail(f"{text!r} not in {log} after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _start_head(start, home: Path) -> str:
+    """``ray start --head --port=P --num-cpus=1`` as the README says; returns HOST:PORT."""
+    port = _free_port()
+    log = start("--head", f"--port={port}", "--num-cpus=1", env=_env(home))
+    _wait_for(log, "Ray runtime started")
+    return f"127.0.0.1:{port}"
+
+
+TWO_RUNS = SMALL.replace("seeds: 2", "seeds: 1")
+ONE_RUN = TWO_RUNS.replace("losses: [softmax, pod]", "losses: [softmax]")
+
+
+def _run_one(tmp_path: Path, address: str, env: dict[str, str], name: str,
+             suite_text: str = ONE_RUN) -> subprocess.CompletedProcess[str]:
+    suite = tmp_path / f"{name}.yaml"
+    suite.write_text(textwrap.dedent(suite_text))
+    return _podbench("run", str(suite), "--results", str(tmp_path / name), "--address", address,
+                     "--no-report", env=env)
+
+
+def _completed(proc: subprocess.CompletedProcess[str], results: Path, n: int) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = _records(results)
-    assert len(records) == 2 and all(r["status"] == "completed" for r in records.values())
+    assert len(records) == n and all(r["status"] == "completed" for r in records.values())
+
+
+def test_default_ray_start_cluster_with_token_through_address(tmp_path: Path, ray_nodes) -> None:
+    head_home = tmp_path / "head-home"
+    # any earlier local Ray on the head (ray.init, podbench's embedded runs) leaves this token
+    # behind; `ray get-auth-token --generate` writes it the same way
+    subprocess.run([*RAY, "get-auth-token", "--generate"], env=_env(head_home), check=True,
+                   capture_output=True, timeout=60)
+    token = (head_home / ".ray" / "auth_token").read_text()
+    address = _start_head(ray_nodes, head_home)
+    # Ray's default for this head
+    assert "Token authentication is enabled" in (tmp_path / "node-0.log").read_text()
+    # a worker joins as the README says
+    worker = ray_nodes(f"--address={address}", "--num-cpus=1",
+                       env=_env(head_home, RAY_AUTH_MODE="token"))
+    _wait_for(worker, "Ray runtime started")
+
+    proc = _run_one(tmp_path, address, _env(head_home), "on-head", TWO_RUNS)
+    _completed(proc, tmp_path / "on-head", 2)
+    assert "InvalidAuthToken" not in proc.stderr
+
+    # another machine with the cluster's token, each way Ray reads it
+    copied = tmp_path / "copied_token"
+    copied.write_text(token)
+    other_default = tmp_path / "other-default"
+    (other_default / ".ray").mkdir(parents=True)
+    (other_default / ".ray" / "auth_token").write_text(token)
+    for name, env in [
+        ("default-file", _env(other_default)),
+        ("token-variable", _env(tmp_path / "other-var", RAY_AUTH_TOKEN=token)),
+        ("token-path", _env(tmp_path / "other-path", RAY_AUTH_TOKEN_PATH=str(copied))),
+    ]:
+        _completed(_run_one(tmp_path, address, env, name), tmp_path / name, 1)
+
+    # no token anywhere (also through `podbench tune`), or a wrong one: one sentence, exit 2
+    no_token = _podbench("tune", "tune-quickstart", "--results", str(tmp_path / "t"), "--address",
+                         address, env=_env(tmp_path / "bare-home"), timeout=120)
+    wrong = _run_one(tmp_path, address, _env(tmp_path / "other-var", RAY_AUTH_TOKEN="0" * 64),
+                     "wrong")
+    for proc, says in [(no_token, "none was found on this machine"),
+                       (wrong, "rejected the authentication token from RAY_AUTH_TOKEN")]:
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert says in proc.stderr and "~/.ray/auth_token" in proc.stderr
+        assert "Traceback" not in proc.stderr and "nothing answers" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "wrong" / "runs").exists() or not _records(tmp_path / "wrong")
+
+
+def test_default_ray_start_cluster_without_token(tmp_path: Path, ray_nodes) -> None:
+    # a head that never ran Ray has no token: Ray starts the cluster without authentication
+    address = _start_head(ray_nodes, tmp_path / "fresh-home")
+    assert "Token authentication is disabled" in (tmp_path / "node-0.log").read_text()
+    # a client that has a token of its own must not send it (the cluster would lose its actors)
+    client_home = tmp_path / "client-home"
+    subprocess.run([*RAY, "get-auth-token", "--generate"], env=_env(client_home), check=True,
+                   capture_output=True, timeout=60)
+    _completed(_run_one(tmp_path, address, _env(client_home), "no-auth"), tmp_path / "no-auth", 1)
 
 
 def test_unreachable_address_is_a_user_error(tmp_path: Path) -> None:
