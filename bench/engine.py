@@ -1,10 +1,10 @@
 """The training engine: one function, :func:`train_run`, for suites, tuning and benchmarks.
 
 ``train_run(run)`` builds the task, the network and the loss plugin a :class:`RunSpec` names,
-trains for ``run.epochs`` epochs with per-epoch evaluation, and returns the run record (the
-schema of CONTRACTS.md). It never raises for a plugin error or a diverging run: the record says
-``failed`` (with the traceback) or ``diverged`` (with the epoch). Only KeyboardInterrupt and
-other BaseExceptions escape.
+trains for ``run.epochs`` epochs with per-epoch evaluation, and returns the run record (a
+:class:`~podbench.record.RunRecord` as plain JSON). It never raises for a plugin error or a
+diverging run: the record says ``failed`` (with the traceback) or ``diverged`` (with the epoch).
+Only KeyboardInterrupt and other BaseExceptions escape.
 
 Per batch, for each of the plugin's ``updates_per_batch`` steps: features = model(x) (under
 autocast when AMP is on), loss = plugin.update_loss(features, y, step) (in float32),
@@ -14,7 +14,6 @@ backward, optional gradient clipping, optimiser step.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import math
 import os
@@ -26,7 +25,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +33,11 @@ import torch
 from torch import nn
 
 from podbench.geometry import plugin_geometry
+from podbench.record import RunError, RunRecord, package_version, utc_now
 from podbench.runs import RunSpec
 
 __all__ = ["train_run", "RunDiverged", "environment", "seed_everything"]
 
-SCHEMA_VERSION = 1
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -72,14 +70,7 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, deterministic: bool | None = None) -> dict[str, Any]:
     """Where and with what a run ran (the record's ``env``)."""
     import podbench
 
@@ -93,13 +84,10 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": name,
         "git_commit": _git_commit(),
         "hostname": socket.gethostname(),
-        "ray": _version("ray"),
+        "ray": package_version("ray"),
         "threads": torch.get_num_threads(),
+        "deterministic": deterministic,
     }
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -113,17 +101,13 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def _error(exc: BaseException, epoch: int | None) -> dict[str, Any]:
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        "epoch": epoch,
-    }
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+def _error(exc: BaseException, epoch: int | None) -> RunError:
+    return RunError(
+        type=type(exc).__name__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        epoch=epoch,
+    )
 
 
 class _Trainer:
@@ -409,39 +393,17 @@ def train_run(
             same run is resumed from. None: no checkpoints.
 
     Returns:
-        The run record (CONTRACTS.md schema).
+        The run record: :meth:`RunRecord.to_json_dict` of a validated :class:`RunRecord`.
     """
-    started_at = _now()
+    started_at = utc_now()
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    record: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "run_id": run.run_id,
-        "suite": run.suite,
-        "label": run.label,
-        "loss": run.loss,
-        "variant": run.variant,
-        "dataset": run.dataset,
-        "arch": run.arch,
-        "feat_dim": run.feat_dim,
-        "seed": run.seed,
-        "spec": run.model_dump(mode="json"),
-        "status": "completed",
-        "error": None,
-        "history": [],
-        "final_test_acc": None,
-        "best_test_acc": None,
-        "epochs_completed": 0,
-        "wall_time_s": None,
-        "cpu_time_s": None,
-        "images_per_s": None,
-        "geometry": None,
-        "env": None,
-        "started_at": started_at,
-        "finished_at": None,
-    }
+    status = "completed"
+    error: RunError | None = None
+    geometry: dict[str, Any] | None = None
     trainer: _Trainer | None = None
     device = torch.device("cpu")
+    deterministic_used: bool | None = None
     # seed_everything switches torch to deterministic kernels for this run only
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
@@ -449,30 +411,34 @@ def train_run(
     try:
         trainer = _Trainer(run, checkpoint_dir)
         device = trainer.device
-        record["geometry"] = trainer.fit(on_epoch)
+        deterministic_used = torch.are_deterministic_algorithms_enabled()
+        geometry = trainer.fit(on_epoch)
     except FloatingPointError as exc:  # RunDiverged, or a plugin's NonFiniteFeaturesError
-        record["status"] = "diverged"
-        record["error"] = _error(exc, getattr(trainer, "current_epoch", None))
+        status, error = "diverged", _error(exc, getattr(trainer, "current_epoch", None))
     except Exception as exc:  # a plugin or data error must not stop the suite
-        record["status"] = "failed"
-        record["error"] = _error(exc, getattr(trainer, "current_epoch", None))
+        status, error = "failed", _error(exc, getattr(trainer, "current_epoch", None))
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn_flags
-    if trainer is not None:
-        history = trainer.history
-        record["history"] = history
-        record["epochs_completed"] = len(history)
-        accs = [h["test_acc"] for h in history if h.get("test_acc") is not None]
-        record["final_test_acc"] = accs[-1] if accs else None
-        record["best_test_acc"] = max(accs) if accs else None
-        if trainer.train_seconds > 0:
-            record["images_per_s"] = trainer.train_images / trainer.train_seconds
-        for entry in history:  # JSON has no NaN: a diverged part is recorded as null
-            entry["train_loss"] = _finite_or_none(entry["train_loss"])
-            entry["parts"] = {k: _finite_or_none(v) for k, v in entry["parts"].items()}
-    record["env"] = environment(device)
-    record["wall_time_s"] = time.perf_counter() - t0
-    record["cpu_time_s"] = time.process_time() - cpu0  # this process's CPU time, all threads
-    record["finished_at"] = _now()
-    return record
+    history = trainer.history if trainer is not None else []
+    accs = [h["test_acc"] for h in history if h.get("test_acc") is not None]
+    images_per_s = None
+    if trainer is not None and trainer.train_seconds > 0:
+        images_per_s = trainer.train_images / trainer.train_seconds
+    record = RunRecord.of_run(  # the record turns a NaN loss (a diverged epoch) into null
+        run,
+        status=status,
+        error=error,
+        history=history,
+        final_test_acc=accs[-1] if accs else None,
+        best_test_acc=max(accs) if accs else None,
+        epochs_completed=len(history),
+        wall_time_s=time.perf_counter() - t0,
+        cpu_time_s=time.process_time() - cpu0,  # this process's CPU time, all threads
+        images_per_s=images_per_s,
+        geometry=geometry,
+        env=environment(device, deterministic_used),
+        started_at=started_at,
+        finished_at=utc_now(),
+    )
+    return record.to_json_dict()

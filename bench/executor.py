@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from podbench.errors import UserError
+from podbench.record import RunError, RunRecord, utc_now
 from podbench.results import ResultsStore
 from podbench.runs import RunSpec
 
@@ -261,8 +262,6 @@ def _run_id(run_json: dict[str, Any]) -> str:
 
 def _worker_failure_record(store: ResultsStore, run_json: dict[str, Any], error_file: Any) -> dict[str, Any]:
     """The driver's record of a run whose worker died more often than allowed."""
-    from podbench.engine import _now
-
     run = RunSpec.model_validate(run_json)
     existing = store.read_record(run.run_id)
     if existing is not None:  # the trial wrote its record before its worker died
@@ -271,16 +270,8 @@ def _worker_failure_record(store: ResultsStore, run_json: dict[str, Any], error_
     trace = None
     if error_file and Path(str(error_file)).is_file():
         trace = Path(str(error_file)).read_text(encoding="utf-8", errors="replace")[-20000:]
-    record = {
-        "schema": 1, "run_id": run.run_id, "suite": run.suite, "label": run.label,
-        "loss": run.loss, "variant": run.variant, "dataset": run.dataset, "arch": run.arch,
-        "feat_dim": run.feat_dim, "seed": run.seed, "spec": run.model_dump(mode="json"),
-        "status": "failed",
-        "error": {"type": "WorkerDied", "message": message, "traceback": trace, "epoch": None},
-        "history": [], "final_test_acc": None, "best_test_acc": None, "epochs_completed": 0,
-        "wall_time_s": None, "images_per_s": None, "geometry": None, "env": None,
-        "started_at": None, "finished_at": _now(),
-    }
+    error = RunError(type="WorkerDied", message=message, traceback=trace, epoch=None)
+    record = RunRecord.of_run(run, status="failed", error=error, finished_at=utc_now()).to_json_dict()
     store.write_record(record)
     return record
 

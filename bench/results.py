@@ -13,10 +13,7 @@ record, whatever happens to the writer.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,57 +21,10 @@ import pandas as pd
 import yaml
 
 from podbench.errors import UserError
+from podbench.fileio import atomic_write_text
+from podbench.record import FINAL_STATUSES, RunRecord, load_record, parse_record, records_frame
 
-__all__ = ["ResultsStore", "atomic_write_text", "flatten_record", "FINAL_STATUSES"]
-
-SCHEMA_VERSION = 1
-# A record with one of these statuses is final: a rerun skips it. "failed" runs are retried.
-FINAL_STATUSES = frozenset({"completed", "diverged"})
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())  # the data is on disk before the name points at it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
-    """One flat row of a record for the consolidated table."""
-    spec = record.get("spec") or {}
-    row: dict[str, Any] = {
-        key: record.get(key)
-        for key in (
-            "run_id", "suite", "label", "loss", "variant", "dataset", "arch", "feat_dim", "seed",
-            "status", "final_test_acc", "best_test_acc", "epochs_completed", "wall_time_s",
-            "images_per_s", "started_at", "finished_at",
-        )
-    }
-    history = record.get("history") or []
-    last = history[-1] if history else {}
-    row["final_val_acc"] = last.get("val_acc")
-    row["final_train_loss"] = last.get("train_loss")
-    row["final_train_acc"] = last.get("train_acc")
-    for key, value in (record.get("geometry") or {}).items():
-        row[f"geometry_{key}"] = value
-    error = record.get("error") or {}
-    row["error_type"] = error.get("type")
-    row["error_epoch"] = error.get("epoch")
-    for key in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "amp", "device"):
-        row[f"spec_{key}"] = spec.get(key)
-    row["loss_params"] = json.dumps(spec.get("loss_params") or {}, sort_keys=True)
-    env = record.get("env") or {}
-    row["env_device"] = env.get("device")
-    row["env_git_commit"] = env.get("git_commit")
-    return row
+__all__ = ["ResultsStore", "FINAL_STATUSES"]
 
 
 class ResultsStore:
@@ -94,17 +44,19 @@ class ResultsStore:
     def checkpoint_dir(self, run_id: str) -> Path:
         return self.root / "checkpoints" / run_id
 
-    def write_record(self, record: dict[str, Any]) -> Path:
-        """Write one run record atomically; returns its path."""
-        path = self.record_path(record["run_id"])
-        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    def write_record(self, record: RunRecord | Mapping[str, Any]) -> Path:
+        """Validate one run record and write it atomically; returns its path."""
+        checked = parse_record(record, "the run record to write")
+        path = self.record_path(checked.run_id)
+        atomic_write_text(path, checked.to_json_text())
         return path
 
     def read_record(self, run_id: str) -> dict[str, Any] | None:
+        """The run's record (migrated to the current schema) as JSON, or None if it has none."""
         path = self.record_path(run_id)
-        if not path.is_file():
+        if not path.exists():
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        return load_record(path).to_json_dict()
 
     def has_final(self, run_id: str) -> bool:
         """True when the run has a record that a rerun must not repeat."""
@@ -118,12 +70,11 @@ class ResultsStore:
         for path in sorted(self.runs_dir.glob("*.json")):
             if path.name.startswith("."):
                 continue
-            yield json.loads(path.read_text(encoding="utf-8"))
+            yield load_record(path).to_json_dict()
 
     def table(self) -> pd.DataFrame:
-        """One row per run, flat columns (the content of results.csv)."""
-        rows = [flatten_record(r) for r in self.records()]
-        frame = pd.DataFrame(rows)
+        """One row per run, dot-separated columns (the content of results.csv)."""
+        frame = records_frame(self.records())
         if not frame.empty:
             frame = frame.sort_values(["dataset", "arch", "label", "seed", "run_id"], kind="stable")
         return frame.reset_index(drop=True)

@@ -112,7 +112,10 @@ def observations(data: ResultsData, metric: MetricInfo, control: str) -> Observa
             error_epoch=None if pd.isna(r.error_epoch) else int(r.error_epoch),
             reason=f"run {r.status}" if r.status != "completed" else f"no {metric.name} recorded",
         )
-        for r in runs[~runs.index.isin(used.index)].itertuples()
+        # the record's error.type column is error_type here (itertuples needs identifiers)
+        for r in runs[~runs.index.isin(used.index)]
+        .rename(columns=lambda c: c.replace(".", "_"))
+        .itertuples()
     ]
     return Observations(runs, used, labels, blocks, metric, excluded)
 

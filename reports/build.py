@@ -7,7 +7,6 @@ import dataclasses
 import datetime as _dt
 import json
 import math
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from markupsafe import Markup
 
 from podbench.errors import UserError
 from podbench.fileio import atomic_write
+from podbench.record import package_version
 from podbench.reports import figures as figs
 from podbench.reports.analysis import Analysis, analyse
 from podbench.reports.latex import latex_escape, main_table_latex, rows_table
@@ -57,13 +57,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _provenance(data: ResultsData) -> dict[str, Any]:
     """Where the results came from and which tools wrote the report."""
     runs = data.runs
@@ -89,7 +82,7 @@ def _provenance(data: ResultsData) -> dict[str, Any]:
         "first_start": min(started) if started else None,
         "last_finish": max(finished) if finished else None,
         "report_generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "report_tools": {dist: _version(dist) for dist in REPORT_TOOLS},
+        "report_tools": {dist: package_version(dist) for dist in REPORT_TOOLS},
         "suite_yaml": data.suite_yaml,
     }
 

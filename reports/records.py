@@ -1,7 +1,9 @@
 """Read a results directory (run records only) into pandas tables.
 
 Reports never import torch, Ray or the engine: everything comes from ``RESULTS/runs/*.json``,
-``RESULTS/suite.yaml`` and ``RESULTS/tune/<study>/``, as described in docs/CONTRACTS.md.
+``RESULTS/suite.yaml`` and ``RESULTS/tune/<study>/``, as described in docs/CONTRACTS.md. Records
+are read and flattened by :mod:`podbench.record`, as results.csv is: the runs table has the same
+dot-separated columns (``geometry.mean_cos_to_center``, ``env.device``, ``error.type``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import pandas as pd
 
 from podbench.errors import UserError
+from podbench.fileio import read_user_text
+from podbench.record import history_frame, load_record, records_frame
 
 __all__ = [
     "GEOMETRY_KEYS",
@@ -25,8 +29,6 @@ __all__ = [
     "metric_info",
 ]
 
-REQUIRED_FIELDS = ("run_id", "label", "dataset", "arch", "seed", "status")
-STATUSES = ("completed", "diverged", "failed")
 GEOMETRY_KEYS = (
     "mean_cos_to_center",
     "min_interclass_angle_deg",
@@ -90,72 +92,20 @@ class ResultsData:
     """Everything a report needs, read from one results directory."""
 
     root: Path
-    runs: pd.DataFrame  # one row per record, flat columns
-    history: pd.DataFrame  # one row per (run, epoch)
+    runs: pd.DataFrame  # one row per record, podbench.record.records_frame's columns
+    history: pd.DataFrame  # one row per (run, epoch): podbench.record.history_frame
     records: list[dict[str, Any]]
     suite_yaml: str | None
     studies: list[TuningStudy] = field(default_factory=list)
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_user_text(path, what))
     except json.JSONDecodeError as err:
         raise UserError(
-            f"{path} is not valid JSON ({err.msg} at line {err.lineno}); delete it and rerun that run."
+            f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno}); rerun tuning."
         ) from None
-
-
-def _check_record(rec: Any, path: Path) -> dict[str, Any]:
-    if not isinstance(rec, dict):
-        raise UserError(f"{path} does not hold a run record (a JSON object); delete it or rerun.")
-    if rec.get("schema", 1) != 1:
-        raise UserError(
-            f"{path} has schema {rec.get('schema')!r} but this podbench reads schema 1; "
-            "upgrade podbench or rerun."
-        )
-    missing = [k for k in REQUIRED_FIELDS if k not in rec]
-    if missing:
-        raise UserError(f"{path} lacks the field(s) {', '.join(missing)}; rerun that run.")
-    if rec["status"] not in STATUSES:
-        raise UserError(
-            f"{path} has status {rec['status']!r}; the field status must be one of "
-            f"{', '.join(STATUSES)}."
-        )
-    return rec
-
-
-def _flat_row(rec: dict[str, Any]) -> dict[str, Any]:
-    err = rec.get("error") or {}
-    env = rec.get("env") or {}
-    geometry = rec.get("geometry") or {}
-    row: dict[str, Any] = {
-        "run_id": str(rec["run_id"]),
-        "suite": rec.get("suite"),
-        "label": str(rec["label"]),
-        "loss": rec.get("loss"),
-        "variant": rec.get("variant"),
-        "dataset": str(rec["dataset"]),
-        "arch": str(rec["arch"]),
-        "feat_dim": rec.get("feat_dim"),
-        "seed": rec["seed"],
-        "status": rec["status"],
-        "error_type": err.get("type") if isinstance(err, dict) else None,
-        "error_message": err.get("message") if isinstance(err, dict) else str(err),
-        "error_epoch": err.get("epoch") if isinstance(err, dict) else None,
-        "final_test_acc": rec.get("final_test_acc"),
-        "best_test_acc": rec.get("best_test_acc"),
-        "epochs_completed": rec.get("epochs_completed"),
-        "wall_time_s": rec.get("wall_time_s"),
-        "images_per_s": rec.get("images_per_s"),
-        "started_at": rec.get("started_at"),
-        "finished_at": rec.get("finished_at"),
-    }
-    for key in GEOMETRY_KEYS:
-        row[f"geometry.{key}"] = geometry.get(key) if isinstance(geometry, dict) else None
-    for key in ("podbench", "torch", "python", "device", "git_commit", "hostname", "ray"):
-        row[f"env.{key}"] = env.get(key) if isinstance(env, dict) else None
-    return row
 
 
 def _read_study(folder: Path) -> TuningStudy | None:
@@ -164,7 +114,7 @@ def _read_study(folder: Path) -> TuningStudy | None:
     trials = pd.read_csv(trials_path) if trials_path.is_file() else None
     importances = None
     if imp_path.is_file():
-        raw = _read_json(imp_path)
+        raw = _read_json(imp_path, "tuning importances file")
         if not isinstance(raw, dict):
             raise UserError(
                 f"{imp_path} must map each loss to {{param: importance}}; rerun tuning."
@@ -200,54 +150,14 @@ def load_results(results_dir: str | Path) -> ResultsData:
     paths = sorted(runs_dir.glob("*.json")) if runs_dir.is_dir() else []
     if not paths:
         raise UserError(f"{runs_dir} holds no run records (*.json); run a suite into {root} first.")
-    records = [_check_record(_read_json(p), p) for p in paths]
-    runs = pd.DataFrame([_flat_row(r) for r in records])
-    hist_rows = []
-    for rec in records:
-        for entry in rec.get("history") or []:
-            if not isinstance(entry, dict):
-                continue
-            hist_rows.append(
-                {
-                    "run_id": str(rec["run_id"]),
-                    "label": str(rec["label"]),
-                    "dataset": str(rec["dataset"]),
-                    "arch": str(rec["arch"]),
-                    "seed": rec["seed"],
-                    "status": rec["status"],
-                    "epoch": entry.get("epoch"),
-                    "train_loss": entry.get("train_loss"),
-                    "train_acc": entry.get("train_acc"),
-                    "test_acc": entry.get("test_acc"),
-                    "val_acc": entry.get("val_acc"),
-                    "lr": entry.get("lr"),
-                }
-            )
-    history = pd.DataFrame(
-        hist_rows,
-        columns=[
-            "run_id",
-            "label",
-            "dataset",
-            "arch",
-            "seed",
-            "status",
-            "epoch",
-            "train_loss",
-            "train_acc",
-            "test_acc",
-            "val_acc",
-            "lr",
-        ],
-    )
-    for col in ("epoch", "train_loss", "train_acc", "test_acc", "val_acc", "lr"):
-        history[col] = pd.to_numeric(history[col], errors="coerce")
-    numeric = ["final_test_acc", "best_test_acc", "epochs_completed", "wall_time_s", "images_per_s"]
-    numeric += [f"geometry.{k}" for k in GEOMETRY_KEYS]
-    for col in numeric:
-        runs[col] = pd.to_numeric(runs[col], errors="coerce")
+    records = [load_record(p).to_json_dict() for p in paths]
+    runs = records_frame(records)
+    for key in GEOMETRY_KEYS:  # the report's geometry columns exist even when nothing measured them
+        if f"geometry.{key}" not in runs:
+            runs[f"geometry.{key}"] = float("nan")
+    history = history_frame(records)
     suite_path = root / "suite.yaml"
-    suite_yaml = suite_path.read_text(encoding="utf-8") if suite_path.is_file() else None
+    suite_yaml = read_user_text(suite_path, "suite file") if suite_path.is_file() else None
     studies = []
     tune_dir = root / "tune"
     if tune_dir.is_dir():

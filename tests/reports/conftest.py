@@ -1,15 +1,17 @@
-"""Synthetic results directories written exactly in the run-record schema of docs/CONTRACTS.md."""
+"""Synthetic results directories whose records are built through the one run-record model."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from podbench.record import RunRecord
+from podbench.results import ResultsStore
 
 
 def make_record(
@@ -24,7 +26,7 @@ def make_record(
     suite: str = "synthetic",
     error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One run record; the learning curve rises geometrically to ``final_acc``."""
+    """One run record (as JSON); the learning curve rises geometrically to ``final_acc``."""
     run_id = hashlib.sha256(f"{label}|{dataset}|{arch}|{seed}".encode()).hexdigest()[:16]
     loss, _, variant = label.partition("[")
     history = []
@@ -44,18 +46,17 @@ def make_record(
             }
         )
     completed = status == "completed"
-    return {
-        "schema": 1,
-        "run_id": run_id,
-        "suite": suite,
-        "label": label,
-        "loss": loss,
-        "variant": variant.rstrip("]") or None,
-        "dataset": dataset,
-        "arch": arch,
-        "feat_dim": 32,
-        "seed": seed,
-        "spec": {
+    return RunRecord(
+        run_id=run_id,
+        suite=suite,
+        label=label,
+        loss=loss,
+        variant=variant.rstrip("]") or None,
+        dataset=dataset,
+        arch=arch,
+        feat_dim=32,
+        seed=seed,
+        spec={
             "suite": suite,
             "loss": loss,
             "variant": variant.rstrip("]") or None,
@@ -88,15 +89,15 @@ def make_record(
             "gpus": 0,
             "checkpoint": False,
         },
-        "status": status,
-        "error": error,
-        "history": history,
-        "final_test_acc": final_acc if completed else None,
-        "best_test_acc": final_acc if completed else None,
-        "epochs_completed": n_hist,
-        "wall_time_s": 10.0 + seed,
-        "images_per_s": 1500.0,
-        "geometry": (
+        status=status,
+        error=error,
+        history=history,
+        final_test_acc=final_acc if completed else None,
+        best_test_acc=final_acc if completed else None,
+        epochs_completed=n_hist,
+        wall_time_s=10.0 + seed,
+        images_per_s=1500.0,
+        geometry=(
             {
                 "mean_cos_to_center": 0.9,
                 "min_interclass_angle_deg": 85.0 + seed,
@@ -106,7 +107,7 @@ def make_record(
             if completed
             else None
         ),
-        "env": {
+        env={
             "podbench": "0.1.0",
             "torch": "2.14.1",
             "python": "3.11.7",
@@ -115,16 +116,17 @@ def make_record(
             "hostname": "ci",
             "ray": "2.60.0",
         },
-        "started_at": "2026-11-28T14:00:00+00:00",
-        "finished_at": "2026-11-28T14:00:40+00:00",
-    }
+        started_at="2026-11-28T14:00:00+00:00",
+        finished_at="2026-11-28T14:00:40+00:00",
+    ).to_json_dict()
 
 
 def write_results(root: Path, records: list[dict[str, Any]], suite_yaml: str | None = None) -> Path:
     """Write records as RESULTS/runs/<run_id>.json (and suite.yaml) and return RESULTS."""
-    (root / "runs").mkdir(parents=True, exist_ok=True)
+    store = ResultsStore(root)
+    store.runs_dir.mkdir(parents=True, exist_ok=True)
     for rec in records:
-        (root / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec), encoding="utf-8")
+        store.write_record(rec)
     if suite_yaml is not None:
         (root / "suite.yaml").write_text(suite_yaml, encoding="utf-8")
     return root
