@@ -63,18 +63,23 @@ class ResultsStore:
         record = self.read_record(run_id)
         return record is not None and record.get("status") in FINAL_STATUSES
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """All run records, sorted by run_id (temporary files are never read)."""
+    def run_records(self) -> Iterator[RunRecord]:
+        """All run records (migrated to the current schema), sorted by run_id."""
         if not self.runs_dir.is_dir():
             return
         for path in sorted(self.runs_dir.glob("*.json")):
-            if path.name.startswith("."):
+            if path.name.startswith("."):  # temporary files are never read
                 continue
-            yield load_record(path).to_json_dict()
+            yield load_record(path)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """All run records as JSON, sorted by run_id."""
+        for record in self.run_records():
+            yield record.to_json_dict()
 
     def table(self) -> pd.DataFrame:
         """One row per run, dot-separated columns (the content of results.csv)."""
-        frame = records_frame(self.records())
+        frame = records_frame(self.run_records())
         if not frame.empty:
             frame = frame.sort_values(["dataset", "arch", "label", "seed", "run_id"], kind="stable")
         return frame.reset_index(drop=True)

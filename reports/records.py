@@ -150,12 +150,13 @@ def load_results(results_dir: str | Path) -> ResultsData:
     paths = sorted(runs_dir.glob("*.json")) if runs_dir.is_dir() else []
     if not paths:
         raise UserError(f"{runs_dir} holds no run records (*.json); run a suite into {root} first.")
-    records = [load_record(p).to_json_dict() for p in paths]
-    runs = records_frame(records)
+    models = [load_record(p) for p in paths]
+    records = [m.to_json_dict() for m in models]
+    runs = records_frame(models)
     for key in GEOMETRY_KEYS:  # the report's geometry columns exist even when nothing measured them
         if f"geometry.{key}" not in runs:
             runs[f"geometry.{key}"] = float("nan")
-    history = history_frame(records)
+    history = history_frame(models)
     suite_path = root / "suite.yaml"
     suite_yaml = read_user_text(suite_path, "suite file") if suite_path.is_file() else None
     studies = []
