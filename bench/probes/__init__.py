@@ -1,0 +1,1 @@
+"""Evaluation probes: what a run measures beyond accuracy (calibration, OOD detection, corruptions)."""
