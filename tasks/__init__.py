@@ -35,6 +35,8 @@ from podbench.tasks.datasets import (
     locate_dataset,
     register_dataset,
 )
+from podbench.tasks.label_noise import LabelNoise
+from podbench.tasks.splits import open_set_classes
 from podbench.tasks.task import Task
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetSource",
     "FileSplit",
+    "LabelNoise",
     "LatentNet",
     "Located",
     "RawData",
@@ -55,6 +58,7 @@ __all__ = [
     "list_datasets",
     "load_task",
     "locate_dataset",
+    "open_set_classes",
     "prepare_model",
     "register_arch",
     "register_dataset",

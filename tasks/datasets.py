@@ -20,12 +20,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
 
 from podbench.errors import UserError
+from podbench.tasks.label_noise import LabelNoise
 from podbench.tasks.plugins import load_entry_points
 from podbench.tasks.task import Task
 
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "podbench.datasets"
+S_co = TypeVar("S_co", "ArraySplit", "FileSplit")
 # in-memory above this many decoded bytes would crowd a GPU: stream through DataLoader workers
 DEFAULT_STREAM_BYTES = 4 * 1024**3
 
@@ -316,6 +318,8 @@ def load_task(
     image_size: int | None = None,
     stream: bool | None = None,
     workers: int | None = None,
+    known_classes: Sequence[int] | None = None,
+    label_noise: LabelNoise | None = None,
 ) -> Task:
     """Load dataset ``name`` as a :class:`~podbench.tasks.Task` on ``device``.
 
@@ -334,6 +338,11 @@ def load_task(
             and hold in memory; None: stream only when the decoded data would exceed
             $PODBENCH_STREAM_BYTES (default 4 GiB).
         workers: DataLoader workers when streaming (default: CPU count, at most 8).
+        known_classes: an open-set split: train and evaluate on these classes only, relabelled
+            0..k-1 in this order; each evaluation split also has ``<split>-unknown``, the other
+            classes' samples (labelled -1), for open-set detection.
+        label_noise: redraw the training split's labels by this noise model (validation and
+            test labels stay clean); ``Task.label_noise_rate`` is the share actually changed.
 
     Returns:
         A Task whose batches are normalised float images on ``device`` with int64 labels.
@@ -385,6 +394,8 @@ def load_task(
     else:
         plan["train"] = ("train", None)
     plan["test"] = ("test", None)
+    if known_classes is not None:
+        plan = _open_set_plan(plan, raw, known_classes)
     if limit is not None:
         from podbench.tasks.splits import balanced_head
 
@@ -398,6 +409,13 @@ def load_task(
                 for key, (source, idx) in plan.items()}
 
     source_splits: dict[str, ArraySplit | FileSplit] = {"train": raw.train, "test": raw.test}
+    classes = raw.classes
+    if known_classes is not None:  # the known classes relabelled 0..k-1, the others kept as -1
+        relabel = torch.full((len(raw.classes),), -1, dtype=torch.long)
+        relabel[list(known_classes)] = torch.arange(len(known_classes))
+        source_splits = {k: _relabelled(v, relabel[v.labels]) for k, v in source_splits.items()}
+        classes = tuple(raw.classes[c] for c in known_classes)
+        info = dataclasses.replace(info, num_classes=len(classes))
     file_based = any(isinstance(s, FileSplit) for s in source_splits.values())
     if file_based:
         sizes = [len(getattr(raw, src).labels) if idx is None else len(idx)
@@ -408,9 +426,11 @@ def load_task(
         if stream:
             from podbench.tasks.streaming import StreamingTask
 
-            return StreamingTask(info, raw.classes, materialise(source_splits), device=dev,
-                                 augment=augment, image_size=image_size or native,
-                                 workers=workers)
+            streamed, noise_rate = _with_noise(materialise(source_splits), classes, label_noise)
+            task: Task = StreamingTask(info, classes, streamed, device=dev, augment=augment,
+                                       image_size=image_size or native, workers=workers)
+            task.label_noise_rate = noise_rate
+            return task
         if limit is None:  # decode (or load from the cache) whole splits, then carve
             source_splits = {k: cache.cached_decode(info.name, v, native)
                              if isinstance(v, FileSplit) else v for k, v in source_splits.items()}
@@ -425,6 +445,45 @@ def load_task(
                             "held in memory; leave stream unset.")
         splits = materialise(source_splits)
 
+    splits, noise_rate = _with_noise(splits, classes, label_noise)
     tensors = {k: (v.images, v.labels) for k, v in splits.items() if isinstance(v, ArraySplit)}
-    return TensorTask(info, raw.classes, tensors, device=dev, augment=augment,
-                      image_size=image_size)
+    task = TensorTask(info, classes, tensors, device=dev, augment=augment, image_size=image_size)
+    task.label_noise_rate = noise_rate
+    return task
+
+
+def _relabelled(split: S_co, labels: torch.Tensor) -> S_co:
+    return dataclasses.replace(split, labels=labels)
+
+
+def _open_set_plan(
+    plan: dict[str, tuple[str, np.ndarray | None]], raw: RawData, known: Sequence[int]
+) -> dict[str, tuple[str, np.ndarray | None]]:
+    """Each split's samples of the ``known`` classes, and a ``<split>-unknown`` of the others."""
+    if len(set(known)) != len(known) or not all(0 <= c < len(raw.classes) for c in known):
+        raise UserError(f"open-set classes {list(known)} must be distinct class indices below "
+                        f"{len(raw.classes)}.")
+    out: dict[str, tuple[str, np.ndarray | None]] = {}
+    for key, (source, idx) in plan.items():
+        labels = getattr(raw, source).labels.numpy()
+        base = np.arange(len(labels)) if idx is None else idx
+        inside = np.isin(labels[base], np.asarray(known))
+        out[key] = (source, base[inside])
+        if key != "train":  # the unknown classes' training images are never shown
+            out[f"{key}-unknown"] = (source, base[~inside])
+    return out
+
+
+def _with_noise(
+    splits: dict[str, S_co], classes: Sequence[str], noise: LabelNoise | None
+) -> tuple[dict[str, S_co], float | None]:
+    """The splits with the training labels redrawn, and the share of them that changed."""
+    if noise is None:
+        return splits, None
+    from podbench.tasks.label_noise import noisy_labels, transition_matrix
+
+    matrix = transition_matrix(noise.kind, noise.rate, classes)
+    train = splits["train"]
+    noisy = torch.from_numpy(noisy_labels(train.labels.numpy(), matrix, noise.seed))
+    changed = float((noisy != train.labels).float().mean()) if len(noisy) else 0.0
+    return {**splits, "train": _relabelled(train, noisy)}, changed

@@ -7,7 +7,7 @@ from sklearn.model_selection import StratifiedShuffleSplit
 
 from podbench.errors import UserError
 
-__all__ = ["balanced_head", "stratified_split"]
+__all__ = ["balanced_head", "open_set_classes", "stratified_split"]
 
 
 def stratified_split(
@@ -64,3 +64,20 @@ def balanced_head(labels: np.ndarray, n: int) -> np.ndarray:
     rank[order] = np.arange(len(labels)) - first_of_class
     picked = np.lexsort((np.arange(len(labels)), rank))[:n]
     return np.sort(picked)
+
+
+def open_set_classes(num_classes: int, known: int, seed: int) -> tuple[int, ...]:
+    """The sorted ``known`` classes of an open-set split, drawn without replacement by ``seed``.
+
+    The other classes are the unknowns (Neal et al. 2018: 6 known of 10). The same
+    ``(num_classes, known, seed)`` gives the same classes on any machine.
+
+    Example:
+        >>> len(open_set_classes(10, 6, seed=0))
+        6
+    """
+    if not 2 <= known < num_classes:
+        raise UserError(f"open_set.known must be between 2 and {num_classes - 1} (the dataset has "
+                        f"{num_classes} classes), got {known}.")
+    picked = np.random.default_rng(seed).choice(num_classes, size=known, replace=False)
+    return tuple(sorted(int(c) for c in picked))

@@ -201,6 +201,14 @@ class StreamingTask(Task):
         for x, y in loader:
             yield self._finish(x), y.to(self.device, non_blocking=True)
 
+    def pixel_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        self._check_split(split)
+        self._check_batch_size(batch_size)
+        loader, _ = self._loader(split, batch_size, False, False)
+        for x, y in loader:
+            yield (x.to(self.device, non_blocking=True).to(torch.float32) / 255.0,
+                   y.to(self.device, non_blocking=True))
+
     def close(self) -> None:
         """Stop the worker pools (they also stop when the task is garbage-collected)."""
         for loader, _ in self._loaders.values():

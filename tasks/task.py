@@ -29,6 +29,7 @@ class Task(ABC):
         image_size: height = width of the batches' images.
         augment: whether training batches are augmented (random crop with padding, flip).
         num_train: number of training samples (the training set minus validation when use_val).
+        label_noise_rate: the share of training labels that label noise changed (None: no noise).
     """
 
     info: DatasetInfo
@@ -37,6 +38,9 @@ class Task(ABC):
     image_size: int
     augment: bool
     num_train: int
+    label_noise_rate: float | None = None
+    _mean: torch.Tensor
+    _std: torch.Tensor
 
     @property
     @abstractmethod
@@ -56,6 +60,15 @@ class Task(ABC):
     @abstractmethod
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         """Batches of ``split`` in a fixed order, normalised, never augmented."""
+
+    @abstractmethod
+    def pixel_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """Batches of ``split`` in :meth:`eval_batches`' order as [0, 1] floats of the batches'
+        size, before normalisation (for probes that corrupt or convert images)."""
+
+    def from_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images (as :meth:`pixel_batches` gives) -> the network's normalised input."""
+        return normalise(images * 255.0, self._mean, self._std)
 
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
@@ -148,3 +161,11 @@ class TensorTask(Task):
         x_all, y_all = self._data[split]
         for start in range(0, int(y_all.shape[0]), batch_size):
             yield self._finish(x_all[start:start + batch_size]), y_all[start:start + batch_size]
+
+    def pixel_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        self._check_split(split)
+        self._check_batch_size(batch_size)
+        x_all, y_all = self._data[split]
+        for start in range(0, int(y_all.shape[0]), batch_size):
+            x = x_all[start:start + batch_size].to(torch.float32) / 255.0
+            yield resize_batch(x, self.image_size).clamp_(0.0, 1.0), y_all[start:start + batch_size]
