@@ -69,7 +69,9 @@ def run_losses(args: argparse.Namespace) -> int:
             console.print(f"    {vname}: {_fmt(settings)}", highlight=False)
         return 0
     table = Table(title="podbench losses", show_lines=False)
-    for column in ("name", "description", "defaults", "variants"):
+    # A name is copied into suite files: never wrap or cut it, whatever the terminal width.
+    table.add_column("name", no_wrap=True)
+    for column in ("description", "defaults", "variants"):
         table.add_column(column, overflow="fold")
     for info in infos:
         name = info.name + (f" ({', '.join(info.aliases)})" if info.aliases else "")
