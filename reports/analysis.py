@@ -1,11 +1,13 @@
 """From run records to every statistic of the report, in small typed steps.
 
 The unit of comparison is a (dataset, architecture) block with the seeds averaged first (Demšar
-2006). Steps: which runs enter (:func:`observations`), per block and method
+2006). Steps: which runs enter and with which value (:func:`observations`), per block and method
 (:func:`per_block`), seeds within each block (:func:`within_blocks`), the blocks × methods table
-and which analysis it supports (:func:`block_table`, :func:`choose_primary`), the tests across
-blocks (:func:`across_blocks`), convergence and latent geometry. :func:`analyse` runs them all
-and returns one :class:`Analysis`, which build.py writes as stats.json.
+and which analysis it supports (:func:`block_table`, :func:`choose_primary`: across blocks only
+when Wilcoxon–Holm can reach alpha), the tests across blocks (:func:`across_blocks`), probability
+of improvement and IQM (:func:`bootstrap_summary`), seeds and power (:func:`seed_power`),
+convergence (:func:`convergence`) and latent geometry. :func:`analyse` runs them all and returns
+one :class:`Analysis`, which build.py writes as stats.json.
 """
 
 from __future__ import annotations
@@ -13,111 +15,65 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import scikit_posthocs as sp
 
+from podbench.reports.bootstrap import Bootstrap, bootstrap_summary
+from podbench.reports.convergence import TARGET_FRACTION, Convergence, convergence
+from podbench.reports.observations import (
+    ExcludedRun,
+    FailedPolicy,
+    FailureHandling,
+    Observations,
+    block_key,
+    observations,
+)
 from podbench.reports.records import GEOMETRY_KEYS, MetricInfo, ResultsData
 from podbench.reports.stats import (
     BAYES_SAMPLES,
     BAYES_SEED,
+    ZERO_METHOD,
     Friedman,
     SeedComparison,
     SignedRankComparison,
+    attainable_holm_p,
     bayesian_signed_rank,
+    blocks_needed,
     describe,
-    epochs_to_fraction,
     friedman_iman_davenport,
     mean_ranks,
+    min_detectable_difference,
     nemenyi_critical_difference,
+    seeds_needed,
     welch_vs_control,
     wilcoxon_vs_control,
 )
 
 __all__ = [
+    "DETECT_DIFFERENCE",
     "MIN_BLOCKS",
+    "POWER",
     "AcrossBlocks",
     "Analysis",
     "BlockTable",
-    "Observations",
     "PrimaryBasis",
+    "SeedPower",
     "across_blocks",
     "analyse",
     "block_table",
     "choose_primary",
-    "convergence",
     "geometry",
-    "observations",
     "per_block",
+    "seed_power",
     "within_blocks",
 ]
 
-# Demšar (2006): with fewer data sets the Friedman/Wilcoxon p-values cannot reach usual levels.
+# Demšar (2006): tests across fewer data sets mean little, whatever p they could reach.
 MIN_BLOCKS = 5
 WELCH_TEST = "Welch's t-test (two-sided) against the control, Holm within the block"
-
-
-def block_key(dataset: str, arch: str) -> str:
-    """The name of a (dataset, architecture) block."""
-    return f"{dataset} / {arch}"
-
-
-@dataclass(frozen=True)
-class ExcludedRun:
-    """A run that does not enter the statistics, and why."""
-
-    run_id: str
-    label: str
-    block: str
-    seed: int
-    status: str
-    error_type: str | None
-    error_message: str | None
-    error_epoch: int | None
-    reason: str
-
-
-@dataclass
-class Observations:
-    """The runs of a results directory with their block and the compared value (not written)."""
-
-    runs: pd.DataFrame  # every run, every status
-    used: pd.DataFrame  # the runs that enter the statistics, with a ``value`` column
-    labels: list[str]  # the control first, then the others sorted
-    blocks: list[tuple[str, str]]
-    metric: MetricInfo
-    excluded: list[ExcludedRun]
-
-
-def observations(data: ResultsData, metric: MetricInfo, control: str) -> Observations:
-    """Which runs enter the statistics: completed runs that recorded the metric, scaled.
-
-    Runs that did not complete (or completed without the metric) are listed, never dropped.
-    """
-    runs = data.runs
-    labels = sorted(runs["label"].unique())
-    if control in labels:
-        labels = [control] + [lab for lab in labels if lab != control]
-    blocks = sorted({(d, a) for d, a in zip(runs["dataset"], runs["arch"], strict=True)})
-    used = runs[(runs["status"] == "completed") & runs[metric.name].notna()].copy()
-    used["value"] = used[metric.name] * metric.scale
-    excluded = [
-        ExcludedRun(
-            run_id=r.run_id,
-            label=r.label,
-            block=block_key(r.dataset, r.arch),
-            seed=int(r.seed),
-            status=r.status,
-            error_type=r.error_type,
-            error_message=r.error_message,
-            error_epoch=None if pd.isna(r.error_epoch) else int(r.error_epoch),
-            reason=f"run {r.status}" if r.status != "completed" else f"no {metric.name} recorded",
-        )
-        # the record's error.type column is error_type here (itertuples needs identifiers)
-        for r in runs[~runs.index.isin(used.index)]
-        .rename(columns=lambda c: c.replace(".", "_"))
-        .itertuples()
-    ]
-    return Observations(runs, used, labels, blocks, metric, excluded)
+DETECT_DIFFERENCE = 0.5  # accuracy points a user planning seeds typically asks about
+POWER = 0.8
 
 
 @dataclass(frozen=True)
@@ -132,8 +88,11 @@ class BlockMethodSummary:
     n_completed: int
     n_diverged: int
     n_failed: int
-    seeds: list[int]
-    values: list[float]
+    seeds: list[int]  # of every run, any status
+    values: list[float]  # the values that enter, by seed
+    value_seeds: list[int]  # the seed of each value
+    imputed: list[bool]  # per value: a diverged/failed run entered with the worst value
+    still_improving: list[bool]  # per value: the run was still improving when it stopped
     n: int
     mean: float | None
     std: float | None
@@ -141,10 +100,10 @@ class BlockMethodSummary:
     ci_high: float | None
 
 
-def _block_values(obs: Observations, dataset: str, arch: str, label: str) -> list[float]:
+def _block_runs(obs: Observations, dataset: str, arch: str, label: str) -> pd.DataFrame:
     used = obs.used
     here = used[(used["dataset"] == dataset) & (used["arch"] == arch) & (used["label"] == label)]
-    return [float(v) for v in here.sort_values("seed")["value"]]
+    return here.sort_values("seed")
 
 
 def per_block(obs: Observations) -> list[BlockMethodSummary]:
@@ -157,7 +116,8 @@ def per_block(obs: Observations) -> list[BlockMethodSummary]:
             lab_runs = in_block[in_block["label"] == label]
             if lab_runs.empty:
                 continue
-            vals = _block_values(obs, dataset, arch, label)
+            entered = _block_runs(obs, dataset, arch, label)
+            vals = [float(v) for v in entered["value"]]
             status = lab_runs["status"]
             out.append(
                 BlockMethodSummary(
@@ -171,6 +131,9 @@ def per_block(obs: Observations) -> list[BlockMethodSummary]:
                     n_failed=int((status == "failed").sum()),
                     seeds=sorted(int(s) for s in lab_runs["seed"]),
                     values=vals,
+                    value_seeds=[int(v) for v in entered["seed"]],
+                    imputed=[bool(v) for v in entered["imputed"]],
+                    still_improving=[bool(v) for v in entered["still_improving"]],
                     **vars(describe(vals)),
                 )
             )
@@ -189,9 +152,11 @@ class WithinBlock:
     note: str | None
 
 
-def within_blocks(obs: Observations, control: str, alpha: float) -> list[WithinBlock]:
-    """Welch's t-test of every method against the control in every block, Holm per block."""
-    summaries = per_block(obs)
+def within_blocks(
+    obs: Observations, summaries: list[BlockMethodSummary], control: str, alpha: float
+) -> list[WithinBlock]:
+    """Welch's t-test of every method against the control in every block, Holm per block,
+    over the values of :func:`per_block`."""
     out = []
     for dataset, arch in obs.blocks:
         key = block_key(dataset, arch)
@@ -201,7 +166,7 @@ def within_blocks(obs: Observations, control: str, alpha: float) -> list[WithinB
         if control not in family:
             note = f"the control {control!r} has no completed run in this block"
         elif len(family) < 2:
-            note = "only the control has completed runs in this block"
+            note = "only the control has runs with a value in this block"
         else:
             comps = welch_vs_control(
                 family, control, alpha, higher_is_better=obs.metric.higher_is_better
@@ -235,19 +200,29 @@ class BlockTable:
     methods_left_out: list[MethodLeftOut]
 
 
-def block_table(obs: Observations, control: str) -> BlockTable:
-    """Seeds averaged per block; incomplete blocks dropped if enough remain, else the methods
-    missing somewhere (both choices are reported, never silent)."""
+def required_blocks(n_comparisons: int, alpha: float) -> int:
+    """Blocks the tests across blocks need: Wilcoxon–Holm able to reach alpha, and Demšar's
+    minimum."""
+    return max(MIN_BLOCKS, blocks_needed(n_comparisons, alpha))
+
+
+def _supports_tests(means: pd.DataFrame, control: str, alpha: float) -> bool:
+    n, k = means.shape
+    return control in means.columns and k >= 2 and n >= required_blocks(k - 1, alpha)
+
+
+def block_table(obs: Observations, control: str, alpha: float) -> BlockTable:
+    """Seeds averaged per block; incomplete blocks dropped, unless dropping instead the methods
+    missing somewhere lets the tests across blocks reach alpha (both choices are reported)."""
     labels, blocks = obs.labels, obs.blocks
     means = obs.used.groupby(["dataset", "arch", "label"])["value"].mean().unstack("label")
     means = means.reindex(columns=[lab for lab in labels if lab in means.columns])
     complete = means.dropna(axis=0, how="any")
     dropped: list[str] = []
-    if len(complete) < MIN_BLOCKS:
-        by_method = means.dropna(axis=1, how="any")
-        if len(by_method) >= MIN_BLOCKS and by_method.shape[1] >= 2 and control in by_method:
-            dropped = [lab for lab in means.columns if lab not in by_method.columns]
-            complete = by_method
+    by_method = means.dropna(axis=1, how="any")
+    if not _supports_tests(complete, control, alpha) and _supports_tests(by_method, control, alpha):
+        dropped = [lab for lab in means.columns if lab not in by_method.columns]
+        complete = by_method
 
     def has_value(block: tuple[str, str], lab: str) -> bool:
         return block in means.index and lab in means.columns and pd.notna(means.loc[block, lab])
@@ -267,24 +242,42 @@ def block_table(obs: Observations, control: str) -> BlockTable:
 
 @dataclass(frozen=True)
 class PrimaryBasis:
-    """Which analysis is primary and the facts that decided it (the report words them)."""
+    """Which analysis is primary and the facts that decided it (the report words them).
+
+    ``min_p`` is the smallest Holm-adjusted p that Wilcoxon over ``n_blocks`` can attain for the
+    ``n_comparisons`` against the control; across blocks is primary only when it is below alpha
+    and there are at least ``blocks_needed`` blocks.
+    """
 
     analysis: Literal["across-blocks", "within-blocks"]
-    why: Literal["enough-blocks", "control-missing", "too-few-methods", "too-few-blocks"]
+    why: Literal["attainable", "control-missing", "too-few-methods", "unattainable"]
     n_blocks: int
-    min_blocks: int
+    n_comparisons: int
+    alpha: float
+    min_p: float
+    blocks_needed: int
+    min_blocks: int = MIN_BLOCKS
 
 
-def choose_primary(table: BlockTable, control: str) -> PrimaryBasis:
-    """Across blocks when enough complete blocks hold the control and another method."""
+def choose_primary(table: BlockTable, control: str, alpha: float) -> PrimaryBasis:
+    """Across blocks when the complete blocks hold the control and another method and
+    Wilcoxon–Holm over them can reach alpha; else within blocks."""
     n, k = table.means.shape
+    m = max(k - 1, 1)
+    facts = dict(
+        n_blocks=n,
+        n_comparisons=m,
+        alpha=alpha,
+        min_p=attainable_holm_p(n, m),
+        blocks_needed=required_blocks(m, alpha),
+    )
     if control not in table.means.columns:
-        return PrimaryBasis("within-blocks", "control-missing", n, MIN_BLOCKS)
+        return PrimaryBasis("within-blocks", "control-missing", **facts)  # type: ignore[arg-type]
     if k < 2:
-        return PrimaryBasis("within-blocks", "too-few-methods", n, MIN_BLOCKS)
-    if n < MIN_BLOCKS:
-        return PrimaryBasis("within-blocks", "too-few-blocks", n, MIN_BLOCKS)
-    return PrimaryBasis("across-blocks", "enough-blocks", n, MIN_BLOCKS)
+        return PrimaryBasis("within-blocks", "too-few-methods", **facts)  # type: ignore[arg-type]
+    if n < facts["blocks_needed"]:
+        return PrimaryBasis("within-blocks", "unattainable", **facts)  # type: ignore[arg-type]
+    return PrimaryBasis("across-blocks", "attainable", **facts)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -375,40 +368,66 @@ def across_blocks(
 
 
 @dataclass(frozen=True)
-class ConvergenceRun:
-    """Epochs a run needed to reach 95% of its own final test accuracy."""
+class BlockPower:
+    """Seed noise in one block and what it lets a two-sample t-test detect."""
 
-    run_id: str
-    label: str
     block: str
-    seed: int
-    epochs_to_95pct: int | None
-    epochs: int
+    sd: float | None  # pooled standard deviation over seeds of the completed runs
+    df: int  # its degrees of freedom
+    seeds_run: int  # the fewest values any method has in the block
+    seeds_needed: int | None  # per method, to detect the difference with the power
+    min_detectable: float | None  # with the seeds run, at the power
 
 
-def convergence(data: ResultsData, obs: Observations) -> list[ConvergenceRun]:
-    """Per used run with a history: epochs to 95% of its final test accuracy."""
-    hist = data.history
-    order = {lab: i for i, lab in enumerate(obs.labels)}
-    used = obs.used.assign(_order=obs.used["label"].map(order)).sort_values(
-        ["dataset", "arch", "_order", "seed"]
-    )
-    out = []
-    for r in used.itertuples():
-        h = hist[hist["run_id"] == r.run_id].sort_values("epoch")
-        if h.empty or pd.isna(r.final_test_acc):
+@dataclass(frozen=True)
+class SeedPower:
+    """Seeds needed per block for a difference, and the smallest difference the seeds detect."""
+
+    difference: float
+    power: float
+    alpha: float
+    test: str
+    blocks: list[BlockPower]
+    seeds_needed: int | None  # the most any block needs
+
+
+def _pooled_sd(groups: list[np.ndarray]) -> tuple[float | None, int]:
+    df = sum(g.size - 1 for g in groups if g.size >= 2)
+    if df == 0:
+        return None, 0
+    ss = sum(((g - g.mean()) ** 2).sum() for g in groups if g.size >= 2)
+    return float(np.sqrt(ss / df)), int(df)
+
+
+def seed_power(obs: Observations, alpha: float, difference: float, power: float) -> SeedPower:
+    """From the seed variance of completed runs per block: seeds needed to detect
+    ``difference`` at ``power`` (two-sided t-test at alpha), and the smallest difference the
+    seeds run detect."""
+    used = obs.used
+    rows = []
+    for d, a in obs.blocks:
+        here = used[(used["dataset"] == d) & (used["arch"] == a)]
+        if here.empty:
             continue
-        out.append(
-            ConvergenceRun(
-                run_id=r.run_id,
-                label=r.label,
-                block=block_key(r.dataset, r.arch),
-                seed=int(r.seed),
-                epochs_to_95pct=epochs_to_fraction(h["test_acc"].tolist(), float(r.final_test_acc)),
-                epochs=int(len(h)),
+        seed_noise = here[~here["imputed"]]  # worst values are a policy, not seed noise
+        groups = [g["value"].to_numpy(float) for _, g in seed_noise.groupby("label")]
+        sd, df = _pooled_sd(groups)
+        n_run = int(here.groupby("label").size().min())
+        rows.append(
+            BlockPower(
+                block=block_key(d, a),
+                sd=sd,
+                df=df,
+                seeds_run=n_run,
+                seeds_needed=None if sd is None else seeds_needed(sd, difference, alpha, power),
+                min_detectable=None
+                if sd is None
+                else min_detectable_difference(sd, n_run, alpha, power),
             )
         )
-    return out
+    needed = [r.seeds_needed for r in rows if r.seeds_needed is not None]
+    test = "two-sided two-sample t-test, equal seeds per method, pooled seed standard deviation"
+    return SeedPower(difference, power, alpha, test, rows, max(needed) if needed else None)
 
 
 @dataclass(frozen=True)
@@ -465,14 +484,19 @@ class Analysis:
     labels: list[str]
     blocks: list[str]
     counts: Counts
+    failure_handling: FailureHandling
     primary_analysis: str
     primary_basis: PrimaryBasis
     per_block: list[BlockMethodSummary]
     within_blocks: list[WithinBlock]
     across_blocks: AcrossBlocks
+    bootstrap: Bootstrap
+    seed_power: SeedPower
     excluded_runs: list[ExcludedRun]
-    convergence: list[ConvergenceRun]
+    convergence: Convergence
     geometry: list[GeometryRow]
+    still_improving_recorded: bool  # the records carry the still_improving flag
+    wilcoxon_zero_method: str = ZERO_METHOD
     bayes_settings: BayesSettings = field(default_factory=BayesSettings)
 
 
@@ -488,7 +512,15 @@ def _counts(obs: Observations) -> Counts:
 
 
 def analyse(
-    data: ResultsData, *, control: str, metric: MetricInfo, rope: float, alpha: float
+    data: ResultsData,
+    *,
+    control: str,
+    metric: MetricInfo,
+    rope: float,
+    alpha: float,
+    failed: FailedPolicy = "worst",
+    difference: float = DETECT_DIFFERENCE,
+    target_fraction: float = TARGET_FRACTION,
 ) -> Analysis:
     """Every statistic of the report.
 
@@ -498,14 +530,20 @@ def analyse(
         metric: the compared metric.
         rope: half-width of the region of practical equivalence, in the metric's report unit.
         alpha: significance level.
+        failed: ``worst`` (diverged and failed runs enter with the worst value) or ``exclude``.
+        difference: the difference (report unit) the seeds-and-power step plans for.
+        target_fraction: the convergence target as a fraction of the best method's median
+            final test accuracy in each block.
     """
-    obs = observations(data, metric, control)
-    table = block_table(obs, control)
-    basis = choose_primary(table, control)
+    obs = observations(data, metric, control, failed)
+    table = block_table(obs, control, alpha)
+    basis = choose_primary(table, control, alpha)
     if basis.analysis == "across-blocks":
         across = across_blocks(table, control, alpha, rope, metric.higher_is_better)
     else:
         across = describe_table(table)
+    methods, blocks = list(table.means.columns), list(table.means.index)
+    summaries = per_block(obs)
     return Analysis(
         metric=metric,
         control=control,
@@ -514,12 +552,16 @@ def analyse(
         labels=obs.labels,
         blocks=[block_key(*b) for b in obs.blocks],
         counts=_counts(obs),
+        failure_handling=obs.failure,
         primary_analysis=basis.analysis,
         primary_basis=basis,
-        per_block=per_block(obs),
-        within_blocks=within_blocks(obs, control, alpha),
+        per_block=summaries,
+        within_blocks=within_blocks(obs, summaries, control, alpha),
         across_blocks=across,
+        bootstrap=bootstrap_summary(obs, control, methods, blocks),
+        seed_power=seed_power(obs, alpha, difference, POWER),
         excluded_runs=obs.excluded,
-        convergence=convergence(data, obs),
+        convergence=convergence(data, obs, methods, blocks, target_fraction),
         geometry=geometry(obs),
+        still_improving_recorded=obs.still_improving_recorded,
     )

@@ -18,11 +18,26 @@ from podbench.errors import UserError
 from podbench.fileio import atomic_write
 from podbench.record import package_version
 from podbench.reports import figures as figs
-from podbench.reports.analysis import Analysis, analyse
+from podbench.reports.analysis import DETECT_DIFFERENCE, Analysis, analyse
+from podbench.reports.convergence import TARGET_FRACTION
 from podbench.reports.latex import latex_escape, main_table_latex, rows_table
+from podbench.reports.observations import check_failed_policy
 from podbench.reports.records import MetricInfo, ResultsData, load_results, metric_info
-from podbench.reports.tables import BETTER_MARK, WORSE_MARK, main_table, secondary_tables
-from podbench.reports.verdicts import difference_unit, primary_reason, verdicts
+from podbench.reports.tables import (
+    BETTER_MARK,
+    RISING_MARK,
+    WORSE_MARK,
+    main_table,
+    secondary_tables,
+)
+from podbench.reports.verdicts import (
+    convergence_sentences,
+    difference_unit,
+    failure_sentence,
+    power_sentence,
+    primary_reason,
+    verdicts,
+)
 
 __all__ = ["build_report"]
 
@@ -102,7 +117,16 @@ def _figures(data: ResultsData, result: Analysis) -> list[tuple[str, str, Any]]:
             "Critical difference diagram",
             figs.cd_figure(result.across_blocks),
         ),
-        ("convergence", "Convergence", figs.convergence_figure(result.convergence, labels)),
+        (
+            "performance_profiles",
+            "Convergence: performance profiles of time to target",
+            figs.profiles_figure(result.convergence, labels),
+        ),
+        (
+            "seeds",
+            "Seeds and power: smallest detectable difference against seeds per method",
+            figs.seeds_figure(result.seed_power, difference_unit(result.metric.unit)),
+        ),
         ("geometry", "Latent geometry", figs.geometry_figure(data, labels)),
     ]
     for i, study in enumerate(data.studies):
@@ -172,31 +196,62 @@ def _latex_tables(context: dict[str, Any]) -> dict[str, Markup | None]:
     dunit = difference_unit(info.unit)
     main_caption = (
         f"{info.title} ({info.unit}), mean ± std over seeds; best per block in bold; "
-        f"up/down triangle: significantly better/worse than {ctrl} (Welch, Holm within the block)."
+        f"up/down triangle: significantly better/worse than {ctrl} (Welch, Holm within the "
+        f"block); dagger: a run still improving when training stopped; (k worst): k diverged "
+        "or failed runs counted with the worst value; (n/m): n of m runs enter."
     )
     marks = {BETTER_MARK: r"$^{\blacktriangle}$", WORSE_MARK: r"$^{\blacktriangledown}$"}
-    return {
-        "main": main_table_latex(context["main"], main_caption, marks),
-        "comparisons": rows_table(
-            tables["comparisons"],
-            f"Across blocks, each method against {ctrl}: mean difference ({dunit}), "
-            "Wilcoxon signed-rank with Holm's correction, effect sizes and the Bayesian "
-            f"signed-rank posterior (ROPE ±{result.rope:g} {dunit}).",
+    boot = result.bootstrap
+    captions = {
+        "comparisons": (
+            f"Across blocks, each method against {ctrl}: mean difference ({dunit}), Wilcoxon "
+            "signed-rank (zero differences split) with Holm's correction, matched-pairs "
+            "rank-biserial correlation, Cohen's d_z and the Bayesian signed-rank posterior "
+            f"(ROPE ±{result.rope:g} {dunit}).",
             "method",
         ),
-        "within": rows_table(
-            [{k: v for k, v in r.items() if k != "note"} for r in tables["within"]],
+        "within": (
             f"Within each block, each method against {ctrl} over seeds (Welch's t-test, Holm).",
             "block",
         ),
-        "excluded": rows_table(tables["excluded"], "Runs that did not complete.", "block"),
-        "summary": rows_table(
-            tables["summary"],
-            f"{info.title} per block and method over the completed runs: mean, standard "
+        "improvement": (
+            f"Interquartile mean over the runs of {len(boot.blocks)} block(s) and probability "
+            f"of improvement over {ctrl}, {100 * boot.confidence:g}% stratified-bootstrap "
+            f"intervals ({boot.reps} resamples, seed {boot.seed}).",
+            "method",
+        ),
+        "power": (
+            f"Seeds and power per block: pooled seed standard deviation ({dunit}), seeds run, "
+            f"seeds per method needed to detect {result.seed_power.difference:g} {dunit} at "
+            f"{100 * result.seed_power.power:g}% power, and the difference the seeds run detect.",
+            "block",
+        ),
+        "convergence": (
+            "Median epochs and wall seconds to the block's target, and the ratio to the fastest "
+            "method (never: the median run did not reach it).",
+            "block",
+        ),
+        "profiles": (
+            f"AlgoPerf benchmark score (r_max = {result.convergence.r_max:g}) and share of "
+            "blocks where the method was fastest.",
+            "method",
+        ),
+        "still_improving": ("Runs still improving when training stopped.", "block"),
+        "excluded": ("Runs that did not complete.", "block"),
+        "summary": (
+            f"{info.title} per block and method over the runs that enter: mean, standard "
             "deviation and the 95% Student-t confidence interval of the mean.",
             "block",
         ),
     }
+    out: dict[str, Markup | None] = {
+        name: rows_table(
+            [{k: v for k, v in r.items() if k != "note"} for r in tables[name]], caption, index
+        )
+        for name, (caption, index) in captions.items()
+    }
+    out["main"] = main_table_latex(context["main"], main_caption, marks)
+    return out
 
 
 def _render(context: dict[str, Any], out: Path) -> None:
@@ -211,11 +266,20 @@ def _render(context: dict[str, Any], out: Path) -> None:
     atomic_write(out / "report.tex", tex)
 
 
-def _check_options(alpha: float, rope: float) -> None:
+def _check_options(alpha: float, rope: float, difference: float, target_fraction: float) -> None:
     if not 0 < alpha < 1:
         raise UserError(f"--alpha {alpha} must lie strictly between 0 and 1, e.g. 0.05.")
     if not (rope >= 0 and math.isfinite(rope)):
         raise UserError(f"--rope {rope} must be a finite number >= 0 (accuracy points), e.g. 1.0.")
+    if not (difference > 0 and math.isfinite(difference)):
+        raise UserError(
+            f"--difference {difference} must be a finite number > 0 (accuracy points), e.g. 0.5."
+        )
+    if not 0 < target_fraction <= 1:
+        raise UserError(
+            f"--target-fraction {target_fraction} must lie in (0, 1] (a fraction of the best "
+            "method's median final accuracy), e.g. 0.99."
+        )
 
 
 def _resolve_control(control: str | None, data: ResultsData) -> str:
@@ -249,6 +313,9 @@ def build_report(
     rope: float = 1.0,
     metric: str = "final_test_acc",
     alpha: float = 0.05,
+    failed: str = "worst",
+    difference: float = DETECT_DIFFERENCE,
+    target_fraction: float = TARGET_FRACTION,
 ) -> Path:
     """Write report.html, report.tex, stats.json and figures/ for a results directory.
 
@@ -261,6 +328,12 @@ def build_report(
             (accuracy points for accuracies).
         metric: the compared metric of the run records.
         alpha: significance level.
+        failed: ``worst`` (diverged and failed runs enter with the worst value: chance
+            accuracy) or ``exclude`` (they are left out).
+        difference: the difference (report unit, accuracy points) the seeds-and-power table
+            plans for.
+        target_fraction: the convergence target as a fraction of the best method's median
+            final test accuracy in each block.
 
     Returns:
         The path of report.html.
@@ -268,14 +341,30 @@ def build_report(
     Example:
         >>> build_report("results/quickstart", control="pod")  # doctest: +SKIP
     """
-    _check_options(alpha, rope)
+    _check_options(alpha, rope, difference, target_fraction)
+    policy = check_failed_policy(failed)
     info: MetricInfo = metric_info(metric)
     data = load_results(results_dir)
     chosen = _resolve_control(control, data)
     out = _output_dir(out_dir, data)
 
-    result = analyse(data, control=chosen, metric=info, rope=rope, alpha=alpha)
-    prose = {"primary_reason": primary_reason(result), "verdicts": verdicts(result)}
+    result = analyse(
+        data,
+        control=chosen,
+        metric=info,
+        rope=rope,
+        alpha=alpha,
+        failed=policy,
+        difference=difference,
+        target_fraction=target_fraction,
+    )
+    prose = {
+        "primary_reason": primary_reason(result),
+        "verdicts": verdicts(result),
+        "failure_policy": failure_sentence(result),
+        "power_summary": power_sentence(result),
+        "convergence_summary": convergence_sentences(result),
+    }
     prov = _provenance(data)
     stats_json = {**_jsonable(result), **prose, "provenance": prov}
     atomic_write(
@@ -292,6 +381,7 @@ def build_report(
         "prov": prov,
         "better_mark": BETTER_MARK,
         "worse_mark": WORSE_MARK,
+        "rising_mark": RISING_MARK,
     }
     _render(context, out)
     return out / "report.html"

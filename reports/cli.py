@@ -46,6 +46,27 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--alpha", type=float, default=0.05, help="significance level (default: 0.05)"
     )
+    parser.add_argument(
+        "--failed",
+        default="worst",
+        choices=("worst", "exclude"),
+        help="diverged and failed runs: worst enters each with the worst value (chance "
+        "accuracy, last rank in its block), exclude leaves them out (default: worst)",
+    )
+    parser.add_argument(
+        "--difference",
+        type=float,
+        default=0.5,
+        help="difference (accuracy points) the seeds-and-power table plans for: seeds needed to "
+        "detect it at 80%% power (default: 0.5)",
+    )
+    parser.add_argument(
+        "--target-fraction",
+        type=float,
+        default=0.99,
+        help="convergence target per block, as a fraction of the best method's median final "
+        "test accuracy (default: 0.99)",
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -59,6 +80,9 @@ def run_report(args: argparse.Namespace) -> int:
         rope=args.rope,
         metric=args.metric,
         alpha=args.alpha,
+        failed=args.failed,
+        difference=args.difference,
+        target_fraction=args.target_fraction,
     )
     print(f"report written: {path}")
     print(

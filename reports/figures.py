@@ -19,18 +19,18 @@ import pandas as pd  # noqa: E402
 import scikit_posthocs as sp  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from podbench.reports.analysis import (  # noqa: E402
-    AcrossBlocks,
-    BlockMethodSummary,
-    ConvergenceRun,
-)
+from podbench.reports.analysis import AcrossBlocks, BlockMethodSummary, SeedPower  # noqa: E402
+from podbench.reports.convergence import Convergence, performance_profile  # noqa: E402
 from podbench.reports.records import GEOMETRY_KEYS, MetricInfo, ResultsData, TuningStudy  # noqa: E402
+from podbench.reports.stats import min_detectable_difference  # noqa: E402
 
 __all__ = [
     "accuracy_figure",
     "cd_figure",
-    "convergence_figure",
+    "profiles_figure",
+    "seeds_figure",
     "geometry_figure",
     "importance_figure",
     "learning_curves_figure",
@@ -88,6 +88,18 @@ def render(fig: Figure) -> tuple[bytes, bytes]:
     return png.getvalue(), pdf.getvalue()
 
 
+def _run_points(ax: Any, xs: np.ndarray, r: BlockMethodSummary, colour: Any) -> None:
+    """One method's runs in a block: filled dots, crosses for worst values, rings if still
+    improving."""
+    vals = np.asarray(r.values, float)
+    imputed = np.asarray(r.imputed, bool)
+    rising = np.asarray(r.still_improving, bool) & ~imputed
+    plain = ~imputed & ~rising
+    ax.scatter(xs[plain], vals[plain], s=18, alpha=0.6, color=colour)
+    ax.scatter(xs[rising], vals[rising], s=22, facecolors="none", edgecolors=colour)
+    ax.scatter(xs[imputed], vals[imputed], s=22, marker="x", color=colour)
+
+
 def accuracy_figure(
     per_block: list[BlockMethodSummary], labels: list[str], metric: MetricInfo
 ) -> Figure | None:
@@ -103,7 +115,7 @@ def accuracy_figure(
             here = [r for r in rows if r.block == block]
             for i, r in enumerate(here):
                 xs = np.full(len(r.values), i) + np.linspace(-0.12, 0.12, len(r.values))
-                ax.scatter(xs, r.values, s=18, alpha=0.6, color=colours[r.label])
+                _run_points(ax, xs, r, colours[r.label])
                 if r.ci_low is not None and r.ci_high is not None and r.mean is not None:
                     ax.errorbar(
                         i + 0.3,
@@ -121,7 +133,11 @@ def accuracy_figure(
             ax.set_title(block, fontsize=9)
             ax.set_ylabel(f"{metric.title} ({metric.unit})" if metric.unit else metric.title)
             ax.grid(axis="y", alpha=0.3)
-        fig.suptitle("Seeds (points), mean and 95% t-interval (diamond)", fontsize=10)
+        fig.suptitle(
+            "Seeds (points; x: diverged/failed, counted with the worst value; hollow: still "
+            "improving), mean and 95% t-interval (diamond)",
+            fontsize=9,
+        )
         fig.tight_layout()
     return fig
 
@@ -197,43 +213,73 @@ def cd_figure(across: AcrossBlocks) -> Figure | None:
     return fig
 
 
-def convergence_figure(runs: list[ConvergenceRun], labels: list[str]) -> Figure | None:
-    """Epochs each run needed to reach 95% of its final test accuracy."""
-    rows = [vars(r) for r in runs if r.epochs_to_95pct is not None]
+def profiles_figure(conv: Convergence, labels: list[str]) -> Figure | None:
+    """Performance profiles rho(tau) over blocks, in epochs and in wall seconds to target."""
+    measures = list(dict.fromkeys(p.measure for p in conv.profiles))
+    if not measures:
+        return None
+    colours = _palette(labels)
+    taus = np.linspace(1.0, conv.r_max, 301)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            1, len(measures), figsize=(5.2 * len(measures), 3.6), squeeze=False
+        )
+        for ax, measure in zip(axes.flat, measures, strict=True):
+            for p in [p for p in conv.profiles if p.measure == measure]:
+                ratios = [np.inf if v is None else v for v in p.ratios.values()]
+                ax.step(
+                    taus,
+                    performance_profile(ratios, taus),
+                    where="post",
+                    color=colours[p.label],
+                    label=f"{p.label} (score {p.score:.2f})",
+                )
+            ax.set_xlim(1.0, conv.r_max)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel(f"tau: {measure} to target / fastest method's")
+            ax.set_ylabel("share of blocks within tau")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right")
+        fig.suptitle(
+            f"Performance profiles over {len(conv.profile_blocks)} block(s): target "
+            f"{conv.target_fraction:g} x the best method's median final test accuracy",
+            fontsize=9,
+        )
+        fig.tight_layout()
+    return fig
+
+
+def seeds_figure(power: SeedPower, unit: str) -> Figure | None:
+    """Per block: the smallest difference a t-test detects at the power against seeds per
+    method, with the planned difference and the seeds run."""
+    rows = [b for b in power.blocks if b.sd is not None]
     if not rows:
         return None
-    df = pd.DataFrame(rows)
-    labels = [lab for lab in labels if lab in set(df["label"])]
+    top = max(20, *(b.seeds_needed or 2 for b in rows), *(b.seeds_run for b in rows))
+    seeds = np.arange(2, top + 1)
+    colours = _palette([b.block for b in rows])
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) + 2), 3.4))
-        sns.stripplot(
-            data=df,
-            x="label",
-            y="epochs_to_95pct",
-            hue="block",
-            order=labels,
-            dodge=True,
-            ax=ax,
-            size=5,
-            alpha=0.8,
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        for b in rows:
+            assert b.sd is not None
+            mde = [min_detectable_difference(b.sd, int(n), power.alpha, power.power) for n in seeds]
+            ax.plot(seeds, mde, color=colours[b.block], label=b.block)
+            if b.min_detectable is not None:
+                ax.plot(b.seeds_run, b.min_detectable, "o", color=colours[b.block])
+        ax.axhline(power.difference, color="black", ls="--", lw=1)
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # no mathtext: STYLE turns its parser off
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.set_xlabel("seeds per method")
+        ax.set_ylabel(f"smallest detectable difference ({unit})")
+        ax.grid(alpha=0.3, which="both")
+        _legend_outside(ax, "block (dot: seeds run)")
+        ax.set_title(
+            f"Power {power.power:g} at alpha = {power.alpha:g}; dashed: the planned "
+            f"{power.difference:g} {unit}",
+            fontsize=9,
         )
-        sns.pointplot(
-            data=df,
-            x="label",
-            y="epochs_to_95pct",
-            order=labels,
-            errorbar=None,
-            color="black",
-            markers="D",
-            linestyles="none",
-            ax=ax,
-        )
-        ax.set_ylabel("epochs to 95% of final accuracy")
-        ax.set_xlabel("")
-        _rotate_labels(ax)
-        ax.grid(axis="y", alpha=0.3)
-        _legend_outside(ax, "block")
-        ax.set_title("Convergence: runs (points), mean over all blocks (diamond)", fontsize=9)
         fig.tight_layout()
     return fig
 

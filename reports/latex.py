@@ -30,6 +30,7 @@ _UNICODE_MATH = {
     "×": r"$\times$",
     "±": r"$\pm$",
     "∞": r"$\infty$",
+    "†": r"$^{\dagger}$",
     "−": r"$-$",
     "≥": r"$\geq$",
     "≤": r"$\leq$",
@@ -174,7 +175,7 @@ def main_table_latex(table: dict[str, Any], caption: str, marks: dict[str, str])
         index.append(row["block"])
         data.append(
             [
-                c["text"].replace("±", r"$\pm$").replace("–", "--")
+                c["text"].replace("±", r"$\pm$").replace("–", "--").replace("†", r"$^{\dagger}$")
                 + marks.get(c["mark"], "")
                 + (f" {c['note']}" if c["note"] else "")
                 for c in row["cells"]

@@ -2,8 +2,10 @@
 
 Follows Demšar (2006) and Benavoli et al. (2016/2017): Friedman with the Iman–Davenport
 correction, mean ranks and the Nemenyi critical difference; Wilcoxon signed-rank against a control
-with Holm's correction; Cliff's delta and Cohen's d; the Bayesian signed-rank test with a region of
-practical equivalence; Welch's t-test for seeds within one block. Differences and effect sizes
+with Holm's correction, the matched-pairs rank-biserial correlation and Cohen's d_z over blocks;
+the Bayesian signed-rank test with a region of practical equivalence; Welch's t-test, Cohen's d and
+Cliff's delta for seeds within one block; the smallest p-value a rank test can attain; the seeds a
+t-test needs for a given power. Differences and effect sizes
 always keep the sign of method minus control in the metric's own units; ``better`` says whether
 that is an improvement for the metric's direction. Two-sided p-values do not depend on direction.
 """
@@ -23,6 +25,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
 from statsmodels.stats.multitest import multipletests  # a dependency of scikit-posthocs
+from statsmodels.stats.power import TTestIndPower
 
 __all__ = [
     "BAYES_SAMPLES",
@@ -33,21 +36,27 @@ __all__ = [
     "SignedRankComparison",
     "SignedRankPosterior",
     "Summary",
+    "attainable_holm_p",
     "bayesian_signed_rank",
+    "blocks_needed",
     "cliffs_delta",
     "cohens_d",
     "describe",
-    "epochs_to_fraction",
     "friedman_iman_davenport",
     "holm",
+    "matched_pairs_rank_biserial",
     "mean_ranks",
+    "min_detectable_difference",
     "nemenyi_critical_difference",
+    "seeds_needed",
     "welch_vs_control",
     "wilcoxon_vs_control",
 ]
 
 BAYES_SAMPLES = 20000
 BAYES_SEED = 0
+# Demšar (2006): ranks of zero differences are split evenly between R+ and R-.
+ZERO_METHOD = "zsplit"
 
 
 def finite(x: Any) -> float | None:
@@ -111,6 +120,37 @@ def cohens_d(x: ArrayLike, y: ArrayLike) -> float | None:
     if pooled <= 0:
         return None
     return float((a.mean() - b.mean()) / math.sqrt(pooled))
+
+
+def attainable_holm_p(n_blocks: int, n_comparisons: int) -> float:
+    """The smallest Holm-adjusted p any of ``n_comparisons`` Wilcoxon tests over ``n_blocks``
+    can reach: the exact two-sided p is at least 2/2^N, and Holm multiplies the smallest p by m."""
+    if n_blocks < 1 or n_comparisons < 1:
+        return 1.0
+    return min(1.0, n_comparisons * 2.0 ** (1 - n_blocks))
+
+
+def blocks_needed(n_comparisons: int, alpha: float) -> int:
+    """The fewest blocks with which Wilcoxon–Holm over ``n_comparisons`` can reach p < alpha."""
+    n = 1
+    while attainable_holm_p(n, max(n_comparisons, 1)) >= alpha:
+        n += 1
+    return n
+
+
+def matched_pairs_rank_biserial(diff: ArrayLike) -> float | None:
+    """Matched-pairs rank-biserial correlation (R+ - R-)/(R+ + R-) of paired differences.
+
+    Ranks of |d| over all pairs; zero differences keep their ranks, split evenly between R+ and
+    R- (Demšar 2006; scipy's ``zero_method="zsplit"``). In [-1, 1]; None without any pair.
+    """
+    d = np.asarray(diff, float)
+    if d.size == 0:
+        return None
+    ranks = stats.rankdata(np.abs(d))
+    r_plus = ranks[d > 0].sum() + ranks[d == 0].sum() / 2
+    r_minus = ranks[d < 0].sum() + ranks[d == 0].sum() / 2
+    return float((r_plus - r_minus) / (r_plus + r_minus))
 
 
 def mean_ranks(table: pd.DataFrame, higher_is_better: bool = True) -> pd.Series:
@@ -184,7 +224,7 @@ class SignedRankComparison:
     wins: int  # blocks where the method is better than the control
     ties: int
     losses: int
-    cliffs_delta: float
+    rank_biserial: float | None  # matched pairs, zero differences split (Demšar 2006)
     cohens_dz: float | None
     better: bool
     statistic: float | None = None
@@ -212,6 +252,9 @@ def wilcoxon_vs_control(
 ) -> list[SignedRankComparison]:
     """Two-sided Wilcoxon signed-rank of each method against the control, Holm-corrected.
 
+    Zero differences are split evenly between the signed rank sums (Demšar 2006; scipy's
+    ``zero_method="zsplit"``), in the test and in the rank-biserial correlation alike.
+
     Args:
         table: blocks × methods, one value per block (seeds averaged).
         control: the column every other column is compared with.
@@ -235,14 +278,14 @@ def wilcoxon_vs_control(
             wins=int((sign * diff > 0).sum()),
             ties=int((diff == 0).sum()),
             losses=int((sign * diff < 0).sum()),
-            cliffs_delta=cliffs_delta(x, ctrl),
+            rank_biserial=matched_pairs_rank_biserial(diff),
             cohens_dz=float(diff.mean() / sd) if sd > 0 else None,
             better=bool(sign * diff.mean() > 0),
         )
         if np.all(diff == 0):
             row = dataclasses.replace(row, note="identical to the control on every block: no test")
         else:
-            res = stats.wilcoxon(x, ctrl, alternative="two-sided")
+            res = stats.wilcoxon(x, ctrl, zero_method=ZERO_METHOD, alternative="two-sided")
             row = dataclasses.replace(row, statistic=finite(res.statistic), p=finite(res.pvalue))
         results.append(row)
     return _with_holm(results, alpha)
@@ -350,12 +393,31 @@ def welch_vs_control(
     return _with_holm(results, alpha)
 
 
-def epochs_to_fraction(
-    test_acc: Sequence[float], final: float, fraction: float = 0.95
-) -> int | None:
-    """Epochs (counted from 1) until test accuracy first reaches ``fraction`` of ``final``."""
-    target = fraction * final
-    for i, acc in enumerate(test_acc):
-        if acc is not None and math.isfinite(acc) and acc >= target:
-            return i + 1
-    return None
+def seeds_needed(sd: float, difference: float, alpha: float, power: float = 0.8) -> int | None:
+    """Seeds per method a two-sided two-sample t-test needs to detect ``difference`` with
+    ``power``, when seeds vary with standard deviation ``sd`` (at least 2; None if sd is 0)."""
+    if not sd > 0 or not difference > 0:
+        return None
+    effect = difference / sd
+
+    def enough(n: int) -> bool:
+        return float(TTestIndPower().power(effect, nobs1=n, alpha=alpha, ratio=1.0)) >= power
+
+    # The smallest integer n >= 2 with enough power: doubling, then bisection (power rises
+    # with n; statsmodels' real-valued solver fails to converge for large effects).
+    low, high = 1, 2
+    while not enough(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high
+
+
+def min_detectable_difference(sd: float, n: int, alpha: float, power: float = 0.8) -> float | None:
+    """The smallest difference a two-sided two-sample t-test with ``n`` seeds per method detects
+    with ``power`` (None for fewer than 2 seeds or no spread)."""
+    if n < 2 or not sd > 0:
+        return None
+    d = TTestIndPower().solve_power(nobs1=n, alpha=alpha, power=power, ratio=1.0)
+    return float(d) * sd

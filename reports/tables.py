@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from podbench.reports.analysis import Analysis
+from podbench.reports.analysis import Analysis, BlockMethodSummary
 from podbench.reports.records import TuningStudy
 
 __all__ = [
     "BETTER_MARK",
+    "RISING_MARK",
     "WORSE_MARK",
     "comparison_rows",
     "convergence_rows",
@@ -19,14 +20,19 @@ __all__ = [
     "fmt",
     "fmt_p",
     "geometry_rows",
+    "improvement_rows",
     "main_table",
+    "power_rows",
+    "profile_rows",
     "secondary_tables",
+    "still_improving_rows",
     "summary_rows",
     "tuning_rows",
     "within_rows",
 ]
 
 BETTER_MARK, WORSE_MARK = "▲", "▼"
+RISING_MARK = "†"  # a run in the cell was still improving when training stopped
 Rows = list[dict[str, str]]
 
 
@@ -51,6 +57,16 @@ def _significance_marks(result: Analysis) -> dict[tuple[str, str], str]:
     return marks
 
 
+def _cell_note(c: BlockMethodSummary) -> str:
+    """'(n/m)': only n of m runs enter; '(k worst)': k diverged/failed runs at the worst value."""
+    notes = []
+    if c.n != c.n_runs:
+        notes.append(f"({c.n}/{c.n_runs})")
+    if any(c.imputed):
+        notes.append(f"({sum(c.imputed)} worst)")
+    return " ".join(notes)
+
+
 def main_table(result: Analysis) -> dict[str, Any]:
     """Blocks × methods: mean ± std, best in bold, marks for significance against the control."""
     labels = result.labels
@@ -72,10 +88,10 @@ def main_table(result: Analysis) -> dict[str, Any]:
                 text += f" ± {c.std:.2f}"
             row_cells.append(
                 {
-                    "text": text,
+                    "text": text + (RISING_MARK if any(c.still_improving) else ""),
                     "bold": c.mean is not None and best is not None and np.isclose(c.mean, best),
                     "mark": marks.get((block, lab), ""),
-                    "note": "" if c.n == c.n_runs else f"({c.n}/{c.n_runs})",
+                    "note": _cell_note(c),
                 }
             )
         rows.append({"block": block, "cells": row_cells})
@@ -121,7 +137,7 @@ def comparison_rows(result: Analysis) -> Rows:
                 "W/T/L": f"{w.wins}/{w.ties}/{w.losses}",
                 "Wilcoxon p": fmt_p(w.p),
                 "Holm p": fmt_p(w.p_holm),
-                "Cliff's delta": fmt(w.cliffs_delta),
+                "rank-biserial": fmt(w.rank_biserial),
                 "Cohen's dz": fmt(w.cohens_dz),
                 "P(better)": fmt(None if b is None else b.p_other_better, 3),
                 "P(equiv.)": fmt(None if b is None else b.p_equivalent, 3),
@@ -168,24 +184,84 @@ def excluded_rows(result: Analysis) -> Rows:
     ]
 
 
+def _never(x: float | None, digits: int) -> str:
+    return "never" if x is None else fmt(x, digits)
+
+
 def convergence_rows(result: Analysis) -> Rows:
-    """Per block and method: mean epochs to 95% of the final accuracy and epochs run."""
-    conv = pd.DataFrame([vars(c) for c in result.convergence])
-    if conv.empty:
-        return []
+    """Per block and method: the target, runs reaching it, median epochs and seconds to it."""
+    conv = result.convergence
+    targets = {t.block: t for t in conv.targets}
+    return [
+        {
+            "block": m.block,
+            "method": m.label,
+            "target (%)": fmt(targets[m.block].target),
+            "reached": f"{m.n_reached}/{m.n_runs}",
+            "epochs": _never(m.epochs, 1),
+            "seconds": _never(m.seconds, 1) if m.seconds_recorded else "–",
+            "ratio (epochs)": _never(m.ratio_epochs, 2),
+            "ratio (seconds)": _never(m.ratio_seconds, 2) if m.seconds_recorded else "–",
+        }
+        for m in conv.methods
+    ]
+
+
+def profile_rows(result: Analysis) -> Rows:
+    """Per method: benchmark score and share of blocks where it was fastest, per measure."""
+    rows: dict[str, dict[str, str]] = {}
+    for p in result.convergence.profiles:
+        row = rows.setdefault(p.label, {"method": p.label})
+        row[f"score ({p.measure})"] = fmt(p.score, 3)
+        row[f"fastest ({p.measure})"] = fmt(p.fastest_share, 2)
+    return list(rows.values())
+
+
+def improvement_rows(result: Analysis) -> Rows:
+    """Per method: IQM with its interval, and P(method > control) with its interval."""
+    boot, ctrl = result.bootstrap, result.control
+    improvement = {i.label: i for i in boot.improvement}
     rows = []
-    for (block, label), g in conv.groupby(["block", "label"], sort=False):
-        reached = g["epochs_to_95pct"].dropna()
+    for q in boot.iqm:
+        i = improvement.get(q.label)
         rows.append(
             {
-                "block": block,
-                "method": label,
-                "runs": str(len(g)),
-                "mean epochs to 95%": fmt(float(reached.mean()), 1) if len(reached) else "–",
-                "epochs run": fmt(float(g["epochs"].mean()), 1),
+                "method": q.label,
+                "runs": str(q.n_runs),
+                "IQM": fmt(q.estimate),
+                "IQM 95% CI": f"[{q.ci_low:.2f}, {q.ci_high:.2f}]",
+                f"P(method > {ctrl})": "–" if i is None else fmt(i.estimate, 3),
+                "P 95% CI": "–" if i is None else f"[{i.ci_low:.3f}, {i.ci_high:.3f}]",
             }
         )
     return rows
+
+
+def power_rows(result: Analysis) -> Rows:
+    """Per block: seed standard deviation, seeds run, seeds needed and detectable difference."""
+    pw = result.seed_power
+    return [
+        {
+            "block": b.block,
+            "seed sd": fmt(b.sd),
+            "seeds run": str(b.seeds_run),
+            f"seeds needed for {pw.difference:g}": "–"
+            if b.seeds_needed is None
+            else str(b.seeds_needed),
+            "detectable with seeds run": fmt(b.min_detectable),
+        }
+        for b in pw.blocks
+    ]
+
+
+def still_improving_rows(result: Analysis) -> Rows:
+    """The runs that were still improving when training stopped."""
+    return [
+        {"block": s.block, "method": s.label, "seed": str(seed)}
+        for s in result.per_block
+        for seed, rising in zip(s.value_seeds, s.still_improving, strict=True)
+        if rising
+    ]
 
 
 def geometry_rows(result: Analysis) -> Rows:
@@ -249,5 +325,9 @@ def secondary_tables(result: Analysis, studies: list[TuningStudy]) -> dict[str, 
         "within": within_rows(result),
         "excluded": excluded_rows(result),
         "convergence": convergence_rows(result),
+        "profiles": profile_rows(result),
+        "improvement": improvement_rows(result),
+        "power": power_rows(result),
+        "still_improving": still_improving_rows(result),
         "geometry": geometry_rows(result),
     }

@@ -1,15 +1,26 @@
-"""The report's prose: which analysis is primary and why, and each test's outcome in words.
+"""The report's prose: which analysis is primary and why, and each outcome in words.
 
 Rendered into report.html, report.tex and stats.json; the numbers come from
-:class:`podbench.reports.analysis.Analysis`, the words from here only.
+:class:`podbench.reports.analysis.Analysis`, the words from here only. A sentence never says
+"not significantly different" where significance could not be attained, and every sentence that
+rests on runs still improving when training stopped says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from podbench.reports.analysis import AcrossBlocks, Analysis, BayesianComparison, WithinBlock
 from podbench.reports.stats import SignedRankComparison
 
-__all__ = ["difference_unit", "primary_reason", "verdicts"]
+__all__ = [
+    "convergence_sentences",
+    "difference_unit",
+    "failure_sentence",
+    "power_sentence",
+    "primary_reason",
+    "verdicts",
+]
 
 EVIDENCE = 0.95  # posterior probability a Bayesian conclusion needs
 
@@ -29,37 +40,84 @@ def _sentence(text: str) -> str:
     return f"{text[0].upper()}{text[1:]}"
 
 
+def _still_improving(result: Analysis, labels: Iterable[str], blocks: Iterable[str]) -> str:
+    """' It rests on n run(s) still improving ...' for the runs of labels in blocks, or ''."""
+    labels, blocks = set(labels), set(blocks)
+    counts: dict[str, int] = {}
+    for s in result.per_block:
+        if s.label in labels and s.block in blocks:
+            counts[s.label] = counts.get(s.label, 0) + sum(s.still_improving)
+    total = sum(counts.values())
+    if total == 0:
+        return ""
+    parts = ", ".join(f"{lab}: {n}" for lab, n in counts.items() if n)
+    return (
+        f" It rests on {total} run(s) still improving when training stopped ({parts}), "
+        "so it may change with longer training."
+    )
+
+
 def primary_reason(result: Analysis) -> str:
-    """Why the report's primary analysis is across or within blocks, in one or two sentences."""
-    basis = result.primary_basis
-    if basis.why == "enough-blocks":
+    """Why the primary analysis is across or within blocks, with the attainable p."""
+    b = result.primary_basis
+    floor = (
+        f"with {b.n_blocks} blocks the exact two-sided Wilcoxon p cannot go below "
+        f"2/2^{b.n_blocks} = {2.0 ** (1 - b.n_blocks):.4g}, so the smallest Holm-adjusted p "
+        f"attainable over the {b.n_comparisons} comparison(s) against {result.control} is "
+        f"{b.min_p:.4g}"
+        if b.n_blocks
+        else "no block has a value of every method"
+    )
+    if b.why == "attainable":
         return (
-            f"{basis.n_blocks} blocks (dataset × architecture) have a completed run of every "
-            f"method, at least the {basis.min_blocks} that tests across blocks need (Demšar 2006); "
-            "seeds are averaged within each block first."
+            f"{b.n_blocks} blocks (dataset × architecture) have a value of every method: "
+            f"{floor} < α = {b.alpha}, and at least Demšar's {b.min_blocks} blocks; seeds are "
+            "averaged within each block first."
         )
-    if basis.why == "control-missing":
-        why = f"the control {result.control!r} has no completed run in some block"
-    elif basis.why == "too-few-methods":
-        why = "fewer than two methods have completed runs in the same blocks"
+    if b.why == "control-missing":
+        why = f"the control {result.control!r} has no value in some block"
+    elif b.why == "too-few-methods":
+        why = "fewer than two methods have values in the same blocks"
     else:
-        blocks_txt = (
-            "1 block (dataset × architecture) has"
-            if basis.n_blocks == 1
-            else f"{basis.n_blocks} blocks (dataset × architecture) have"
-        )
         why = (
-            f"only {blocks_txt} a completed run of every method, and tests across blocks "
-            f"need at least {basis.min_blocks} to mean anything (Demšar 2006)"
+            f"{floor}, and tests across blocks need one below α = {b.alpha} (and at least "
+            f"Demšar's {b.min_blocks} blocks): at least {b.blocks_needed} blocks would be "
+            "needed"
         )
     return (
-        f"{_sentence(why)}; so the seeds are compared within each block instead "
+        f"{_sentence(why)}. So the seeds are compared within each block instead "
         "(Welch's t-test against the control, which does not assume equal variances, with "
         "Holm's correction within the block). No test across blocks is reported."
     )
 
 
-def _friedman(across: AcrossBlocks, alpha: float) -> list[str]:
+def failure_sentence(result: Analysis) -> str:
+    """How diverged and failed runs were counted."""
+    f, counts = result.failure_handling, result.counts
+    n = counts.diverged + counts.failed
+    if f.policy == "exclude":
+        return (
+            f"Policy for diverged and failed runs: exclude (--failed exclude). The {n} such "
+            "run(s) are left out of means, tests and profiles, so a method is compared only where "
+            "it survived, which favours unstable methods."
+        )
+    basis = {
+        "chance": "chance accuracy 1/K of its block",
+        "accuracy floor": (
+            "accuracy 0 (the records do not carry the number of classes K, so chance 1/K is "
+            "unknown)"
+        ),
+        "worst recorded": "the worst value recorded in its block",
+    }[f.basis]
+    return (
+        f"Policy for diverged and failed runs: worst (the default; --failed exclude leaves them "
+        f"out). Each of the {n} such run(s) enters the means and tests with {basis}, so it ranks "
+        "last in its block, and never reaches the convergence target. No block is dropped for "
+        "them."
+    )
+
+
+def _friedman(result: Analysis, across: AcrossBlocks, alpha: float) -> list[str]:
     fr = across.friedman
     if fr is None:
         return []
@@ -70,38 +128,54 @@ def _friedman(across: AcrossBlocks, alpha: float) -> list[str]:
     return [
         f"Friedman's test with the Iman–Davenport correction over {fr.n_blocks} blocks "
         f"and {fr.k_methods} methods: {f_txt}, {_p(fr.p)}; at α = {alpha} the "
-        f"methods {decision} overall."
+        f"methods {decision} overall." + _still_improving(result, across.methods, across.blocks)
     ]
 
 
-def _nemenyi(across: AcrossBlocks, alpha: float) -> list[str]:
-    if across.nemenyi is None:
+def _nemenyi(result: Analysis, across: AcrossBlocks, alpha: float) -> list[str]:
+    nem = across.nemenyi
+    if nem is None:
         return []
-    return [
+    rising = _still_improving(result, across.methods, across.blocks)
+    text = (
         f"Nemenyi's critical difference of mean ranks at α = {alpha} is "
-        f"{across.nemenyi.cd:.3f} (q_α = {across.nemenyi.q_alpha:.3f}); methods "
-        "whose mean ranks differ by less are not significantly different."
+        f"{nem.cd:.3f} (q_α = {nem.q_alpha:.3f}); "
+    )
+    if nem.cd >= across.k_methods - 1:  # mean ranks of k methods differ by at most k - 1
+        return [
+            text + f"mean ranks of {across.k_methods} methods differ by at most "
+            f"{across.k_methods - 1}, so with {across.n_blocks} blocks no pair could be "
+            "separated: this post-hoc test cannot decide anything here." + rising
+        ]
+    return [
+        text + "methods whose mean ranks differ by less are not significantly different." + rising
     ]
 
 
-def _wilcoxon(w: SignedRankComparison, ctrl: str, dunit: str) -> str:
+def _wilcoxon(result: Analysis, w: SignedRankComparison, dunit: str) -> str:
+    ctrl, b = result.control, result.primary_basis
+    rising = _still_improving(result, [w.label, ctrl], result.across_blocks.blocks)
     if w.p_holm is None:
-        return f"{w.label} vs {ctrl}: {w.note}."
+        return f"{w.label} vs {ctrl}: {w.note}.{rising}"
     direction = "better" if w.better else "worse"
-    sig = (
-        f"significantly {direction} than {ctrl}"
-        if w.significant
-        else f"not significantly different from {ctrl}"
-    )
+    if w.significant:
+        sig = f"significantly {direction} than {ctrl}"
+    elif b.min_p >= b.alpha:
+        sig = f"significance was unattainable (smallest attainable Holm-adjusted p {b.min_p:.4g})"
+    else:
+        sig = f"not significantly different from {ctrl}"
+    rb = "–" if w.rank_biserial is None else f"{w.rank_biserial:+.2f}"
+    dz = "" if w.cohens_dz is None else f", Cohen's d_z {w.cohens_dz:+.2f}"
     return (
-        f"{w.label} vs {ctrl} (Wilcoxon signed-rank over {w.n_blocks} blocks, Holm): "
-        f"mean difference {w.mean_diff:+.2f} {dunit}, {w.wins} wins / {w.ties} ties / "
-        f"{w.losses} losses, Holm-adjusted {_p(w.p_holm)}: {sig}; Cliff's delta "
-        f"{w.cliffs_delta:+.2f}."
+        f"{w.label} vs {ctrl} (Wilcoxon signed-rank over {w.n_blocks} blocks, zero differences "
+        f"split, Holm): mean difference {w.mean_diff:+.2f} {dunit}, {w.wins} wins / {w.ties} "
+        f"ties / {w.losses} losses, Holm-adjusted {_p(w.p_holm)}: {sig}; matched-pairs "
+        f"rank-biserial correlation {rb}{dz}.{rising}"
     )
 
 
-def _bayesian(b: BayesianComparison, ctrl: str, dunit: str) -> str:
+def _bayesian(result: Analysis, b: BayesianComparison, dunit: str) -> str:
+    ctrl = result.control
     probs = (b.p_other_better, b.p_equivalent, b.p_control_better)
     words = (
         f"{b.label} is practically better",
@@ -118,16 +192,37 @@ def _bayesian(b: BayesianComparison, ctrl: str, dunit: str) -> str:
         f"Bayesian signed-rank, {b.label} vs {ctrl} (ROPE ±{b.rope:g} {dunit}): "
         f"P({b.label} better) = {probs[0]:.3f}, P(equivalent) = {probs[1]:.3f}, "
         f"P({ctrl} better) = {probs[2]:.3f}; {conclusion}."
+        + _still_improving(result, [b.label, ctrl], result.across_blocks.blocks)
     )
 
 
-def _within(w: WithinBlock, ctrl: str, dunit: str) -> list[str]:
+def _improvement(result: Analysis) -> list[str]:
+    boot, ctrl = result.bootstrap, result.control
+    return [
+        f"Probability of improvement P({i.label} > {ctrl}) over {i.n_blocks} block(s) = "
+        f"{i.estimate:.3f}, {100 * boot.confidence:g}% stratified-bootstrap interval "
+        f"[{i.ci_low:.3f}, {i.ci_high:.3f}]"
+        + (
+            f": {i.label} is more likely better than not."
+            if i.ci_low > 0.5
+            else f": {ctrl} is more likely better than not."
+            if i.ci_high < 0.5
+            else ": the interval includes 0.5 (no preference)."
+        )
+        + _still_improving(result, [i.label, ctrl], boot.blocks)
+        for i in boot.improvement
+    ]
+
+
+def _within(result: Analysis, w: WithinBlock, dunit: str) -> list[str]:
+    ctrl = result.control
     if w.note:
         return [f"{w.block}: no comparison, {w.note}."]
     out = []
     for c in w.comparisons:
+        rising = _still_improving(result, [c.label, ctrl], [w.block])
         if c.p_holm is None:
-            out.append(f"{w.block}, {c.label} vs {ctrl}: no p-value, {c.note}.")
+            out.append(f"{w.block}, {c.label} vs {ctrl}: no p-value, {c.note}.{rising}")
             continue
         direction = "better" if c.better else "worse"
         sig = (
@@ -139,21 +234,72 @@ def _within(w: WithinBlock, ctrl: str, dunit: str) -> list[str]:
         out.append(
             f"{w.block}, {c.label} vs {ctrl} (Welch's t-test over {c.n} and "
             f"{c.n_control} seeds, Holm): mean difference {c.mean_diff:+.2f} {dunit}, "
-            f"Holm-adjusted {_p(c.p_holm)}: {sig}{d_txt}."
+            f"Holm-adjusted {_p(c.p_holm)}: {sig}{d_txt}.{rising}"
         )
     return out
 
 
 def verdicts(result: Analysis) -> list[str]:
-    """The tests of the primary analysis and their outcomes in plain words, one sentence each."""
+    """The primary analysis's tests and the probabilities of improvement, in plain words."""
     dunit = difference_unit(result.metric.unit)
-    ctrl, alpha = result.control, result.alpha
     if result.primary_analysis != "across-blocks":
-        return [s for w in result.within_blocks for s in _within(w, ctrl, dunit)]
-    across = result.across_blocks
-    return (
-        _friedman(across, alpha)
-        + _nemenyi(across, alpha)
-        + [_wilcoxon(w, ctrl, dunit) for w in across.wilcoxon]
-        + [_bayesian(b, ctrl, dunit) for b in across.bayesian]
+        tests = [s for w in result.within_blocks for s in _within(result, w, dunit)]
+    else:
+        across = result.across_blocks
+        tests = (
+            _friedman(result, across, result.alpha)
+            + _nemenyi(result, across, result.alpha)
+            + [_wilcoxon(result, w, dunit) for w in across.wilcoxon]
+            + [_bayesian(result, b, dunit) for b in across.bayesian]
+        )
+    return tests + _improvement(result)
+
+
+def power_sentence(result: Analysis) -> str | None:
+    """Seeds needed for the planned difference, and the smallest difference the seeds detect."""
+    pw, dunit = result.seed_power, difference_unit(result.metric.unit)
+    known = [b for b in pw.blocks if b.sd is not None]
+    if not known:
+        return None
+    worst = max(known, key=lambda b: b.seeds_needed or 0)
+    mdes = [b.min_detectable for b in known if b.min_detectable is not None]
+    detect = (
+        f"; the seeds run detect, at the same power, differences of {min(mdes):.2f} to "
+        f"{max(mdes):.2f} {dunit}"
+        if mdes
+        else ""
     )
+    return (
+        f"Seeds and power: from the seed standard deviation of completed runs in each block, "
+        f"detecting a difference of {pw.difference:g} {dunit} between two methods at "
+        f"{100 * pw.power:g}% power (two-sided t-test, α = {pw.alpha}) needs up to "
+        f"{pw.seeds_needed} seeds per method ({worst.block}, sd {worst.sd:.2f} {dunit})"
+        f"{detect}."
+    )
+
+
+def convergence_sentences(result: Analysis) -> list[str]:
+    """The target's definition and each method's benchmark score."""
+    conv = result.convergence
+    if not conv.targets:
+        return []
+    out = [
+        f"Target per block: {conv.target_fraction:g} × the best method's median final test "
+        "accuracy; a run's time to target is the epochs and wall seconds until its test "
+        "accuracy first reaches it (never: infinite)"
+        + (
+            "; diverged and failed runs never reach it."
+            if conv.policy == "worst"
+            else "; diverged and failed runs are left out."
+        )
+    ]
+    for measure in ("epochs", "seconds"):
+        scores = [p for p in conv.profiles if p.measure == measure]
+        if scores:
+            best = max(scores, key=lambda p: p.score)
+            listing = ", ".join(f"{p.label} {p.score:.3f}" for p in scores)
+            out.append(
+                f"AlgoPerf benchmark score in {measure} to target (r_max = {conv.r_max:g}, 1 = "
+                f"fastest on every block): {listing}; highest: {best.label}."
+            )
+    return out

@@ -153,12 +153,16 @@ def results_factory(tmp_path: Path) -> Callable[..., Path]:
     return build
 
 
-def five_block_table(seed: int = 0) -> dict[tuple[str, str, str], list[float]]:
-    """Three methods on five blocks, three seeds: 'pod' best, 'ce' worst, 'center' between."""
+BLOCKS = 7  # Wilcoxon-Holm over two comparisons reaches p < 0.05 only from 7 blocks (2 * 2/2^7)
+
+
+def block_table(seed: int = 0, n_blocks: int = BLOCKS) -> dict[tuple[str, str, str], list[float]]:
+    """Three methods on ``n_blocks`` blocks, three seeds: 'pod' best, 'ce' worst, 'center'
+    between."""
     rng = np.random.default_rng(seed)
     base = {"pod": 0.92, "center": 0.90, "ce": 0.88}
     table = {}
-    for b in range(5):
+    for b in range(n_blocks):
         for label, acc in base.items():
             table[(label, f"data{b}", "small-cnn")] = list(
                 np.round(acc - 0.01 * b + rng.normal(0, 0.003, 3), 4)
@@ -179,6 +183,6 @@ def results_writer() -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def five_blocks() -> dict[tuple[str, str, str], list[float]]:
-    """Three methods, five blocks, three seeds each."""
-    return five_block_table()
+def many_blocks() -> dict[tuple[str, str, str], list[float]]:
+    """Three methods, seven blocks, three seeds each."""
+    return block_table()

@@ -95,13 +95,14 @@ def full_report(
     tmp_path_factory: pytest.TempPathFactory,
     record_maker: Callable[..., dict[str, Any]],
     results_writer: Callable[..., Path],
-    five_blocks: dict[tuple[str, str, str], list[float]],
+    many_blocks: dict[tuple[str, str, str], list[float]],
 ) -> dict[str, Any]:
-    """Five blocks, three methods, plus odd labels, a diverged and a failed run, and a study."""
+    """Seven blocks, three methods, plus odd labels, a diverged and a failed run, and a study;
+    diverged and failed runs left out (--failed exclude; the default is tested below)."""
     root = tmp_path_factory.mktemp("full") / "results"
     records = [
         record_maker(label, ds, arch, seed, acc)
-        for (label, ds, arch), accs in five_blocks.items()
+        for (label, ds, arch), accs in many_blocks.items()
         for seed, acc in enumerate(accs)
     ]
     records += [record_maker(SCRIPT_LABEL, "data0", "small-cnn", s, 0.5 + 0.01 * s) for s in (0, 1)]
@@ -148,7 +149,7 @@ def full_report(
     ).to_csv(study / "trials.csv", index=False)
     (study / "importances.json").write_text(json.dumps({"pod": {"alpha": 0.7, "beta": 0.3}}))
     out = root.parent / "out"
-    html_path = build_report(root, out, control="pod", rope=1.0)
+    html_path = build_report(root, out, control="pod", rope=1.0, failed="exclude")
     return {
         "root": root,
         "out": out,
@@ -156,7 +157,7 @@ def full_report(
         "html": html_path.read_text(encoding="utf-8"),
         "stats": _strict_json(out / "stats.json"),
         "tex": (out / "report.tex").read_text(encoding="utf-8"),
-        "table": five_blocks,
+        "table": many_blocks,
     }
 
 
@@ -167,7 +168,8 @@ def test_report_files_are_written(full_report: dict[str, Any]) -> None:
         "accuracy",
         "learning_curves",
         "critical_difference",
-        "convergence",
+        "performance_profiles",
+        "seeds",
         "geometry",
         "tune_0_history",
         "tune_0_importances",
@@ -179,7 +181,7 @@ def test_report_files_are_written(full_report: dict[str, Any]) -> None:
 
 def test_failed_and_diverged_runs_are_counted_and_explained(full_report: dict[str, Any]) -> None:
     s = full_report["stats"]
-    assert s["counts"] == {"runs": 50, "completed": 48, "diverged": 1, "failed": 1, "used": 48}
+    assert s["counts"] == {"runs": 68, "completed": 66, "diverged": 1, "failed": 1, "used": 66}
     excluded = {e["status"]: e for e in s["excluded_runs"]}
     assert excluded["diverged"]["error_message"] == DIVERGED_MSG
     assert excluded["diverged"]["error_epoch"] == 2
@@ -251,10 +253,10 @@ def test_tests_across_blocks_match_scipy(full_report: dict[str, Any]) -> None:
     assert s["primary_analysis"] == "across-blocks"
     methods = ["pod", "ce", "center"]
     means = np.array(
-        [[np.mean(table[(m, f"data{b}", "small-cnn")]) * 100 for m in methods] for b in range(5)]
+        [[np.mean(table[(m, f"data{b}", "small-cnn")]) * 100 for m in methods] for b in range(7)]
     )
     across = s["across_blocks"]
-    assert across["methods"] == methods and across["n_blocks"] == 5
+    assert across["methods"] == methods and across["n_blocks"] == 7
     left_out = {m["label"] for m in across["methods_left_out"]}
     assert left_out == {SCRIPT_LABEL, TEX_LABEL}
     assert across["incomplete_blocks"] == []  # every block kept once those two are left out
@@ -262,7 +264,7 @@ def test_tests_across_blocks_match_scipy(full_report: dict[str, Any]) -> None:
     assert [across["mean_ranks"][m] for m in methods] == pytest.approx(ranks)
     chi2 = stats.friedmanchisquare(*means.T).statistic
     assert across["friedman"]["chi2"] == pytest.approx(chi2)
-    cd = 2.343 * np.sqrt(3 * 4 / (6 * 5))  # Demšar's q_0.05 for k = 3
+    cd = 2.343 * np.sqrt(3 * 4 / (6 * 7))  # Demšar's q_0.05 for k = 3
     assert across["nemenyi"]["cd"] == pytest.approx(cd, abs=1e-3)
     wil = {w["label"]: w for w in across["wilcoxon"]}
     p_ce = stats.wilcoxon(means[:, 1], means[:, 0]).pvalue
@@ -289,7 +291,7 @@ def test_every_string_is_escaped_and_page_is_self_contained(full_report: dict[st
     page = _parse(html)
     assert not [t for t, _ in page.tags if t in ("script", "link", "iframe", "object")]
     images = [a for t, a in page.tags if t == "img"]
-    assert len(images) == 7
+    assert len(images) == 8
     for attrs in images:
         src = attrs["src"] or ""
         assert src.startswith("data:image/png;base64,")
@@ -316,7 +318,7 @@ def test_latex_uses_booktabs_via_styler_and_escapes(full_report: dict[str, Any])
         assert rule in tex
     assert "pod[no-sc]\\_x\\&y\\%\\$" in tex
     assert "\\bfseries" in tex  # the best cell
-    assert tex.count("\\includegraphics") == 7
+    assert tex.count("\\includegraphics") == 8
     assert "Iman–Davenport" in tex or "Iman--Davenport" in tex
 
 
@@ -386,7 +388,7 @@ def test_report_in_headless_chromium(full_report: dict[str, Any], tmp_path: Path
     dom = _parse(proc.stdout)
     ids = {a.get("id") for t, a in dom.tags if t == "table"}
     assert {"main-table", "across-table", "failures-table", "provenance-table"} <= ids
-    assert len([a for t, a in dom.tags if t == "img"]) == 7
+    assert len([a for t, a in dom.tags if t == "img"]) == 8
     assert not [t for t, _ in dom.tags if t == "script"]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in proc.stdout
 
@@ -410,7 +412,8 @@ def test_cli_report_on_one_block_compares_seeds(
     assert "report.html" in capsys.readouterr().out
     s = _strict_json(out / "stats.json")
     assert s["primary_analysis"] == "within-blocks"
-    assert "at least 5" in s["primary_reason"] and "Welch" in s["primary_reason"]
+    assert "at least 6 blocks would be needed" in s["primary_reason"]
+    assert "Welch" in s["primary_reason"]
     across = s["across_blocks"]
     assert across["friedman"] is None and across["wilcoxon"] == [] and across["bayesian"] == []
     (comp,) = s["within_blocks"][0]["comparisons"]
@@ -511,7 +514,7 @@ def test_report_when_every_run_failed(
         for label in ("pod", "ce")
         for seed in (0, 1)
     ]
-    path = build_report(results_factory({}, extra=failed), control="pod")
+    path = build_report(results_factory({}, extra=failed), control="pod", failed="exclude")
     s = _strict_json(path.with_name("stats.json"))
     assert s["counts"] == {"runs": 4, "completed": 0, "diverged": 0, "failed": 4, "used": 0}
     assert s["verdicts"] == [
@@ -521,3 +524,154 @@ def test_report_when_every_run_failed(
     assert len(_table_rows(html, "failures-table")) == 5
     assert "No figure: nothing was recorded that could be drawn." in html
     assert "p = " not in html and not re.search(r"\bnan\b", html, re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def default_report(
+    tmp_path_factory: pytest.TempPathFactory,
+    record_maker: Callable[..., dict[str, Any]],
+    results_writer: Callable[..., Path],
+    many_blocks: dict[tuple[str, str, str], list[float]],
+) -> dict[str, Any]:
+    """The default policy: ce diverges twice in data0 (counted at chance 1/10), and two center
+    runs were still improving when training stopped."""
+    root = tmp_path_factory.mktemp("default") / "results"
+    records = [
+        record_maker(label, ds, arch, seed, acc)
+        for (label, ds, arch), accs in many_blocks.items()
+        for seed, acc in enumerate(accs)
+    ]
+    err = {"type": "Divergence", "message": "loss is NaN", "traceback": "", "epoch": 1}
+    records += [
+        record_maker("ce", "data0", "small-cnn", s, None, status="diverged", error=err)
+        for s in (3, 4)
+    ]
+    for rec in records:
+        rec["num_classes"] = 10
+        rec["still_improving"] = (
+            rec["label"] == "center" and rec["seed"] == 0 and (rec["dataset"] in ("data1", "data2"))
+        )
+    results_writer(root, records, "name: synthetic\n")
+    out = root.parent / "out"
+    html_path = build_report(root, out, control="pod")
+    return {
+        "out": out,
+        "html": html_path.read_text(encoding="utf-8"),
+        "stats": _strict_json(out / "stats.json"),
+        "tex": (out / "report.tex").read_text(encoding="utf-8"),
+        "table": many_blocks,
+    }
+
+
+def _values(table: dict[tuple[str, str, str], list[float]], label: str, b: int) -> list[float]:
+    """A method's values (percent) in block b as the default policy enters them."""
+    vals = [100 * v for v in table[(label, f"data{b}", "small-cnn")]]
+    return vals + [10.0, 10.0] if (label, b) == ("ce", 0) else vals
+
+
+def test_default_report_counts_diverged_runs_against_their_method(
+    default_report: dict[str, Any],
+) -> None:
+    s, table = default_report["stats"], default_report["table"]
+    assert s["failure_handling"]["policy"] == "worst"
+    assert s["failure_handling"]["basis"] == "chance" and s["failure_handling"]["n_counted"] == 2
+    ce0 = next(r for r in s["per_block"] if (r["label"], r["block"]) == ("ce", "data0 / small-cnn"))
+    assert ce0["values"] == pytest.approx(_values(table, "ce", 0))
+    assert s["across_blocks"]["incomplete_blocks"] == []
+    assert s["primary_analysis"] == "across-blocks"
+    assert s["primary_basis"]["min_p"] == pytest.approx(2 * 2 / 2**7)
+    assert "chance accuracy 1/K" in s["failure_policy"]
+    html = default_report["html"]
+    assert "(2 worst)" in html and "chance accuracy 1/K" in html
+    # the matched-pairs rank-biserial correlation of ce - pod over the block means, via scipy
+    means = np.array([[np.mean(_values(table, m, b)) for m in ("pod", "ce")] for b in range(7)])
+    d = means[:, 1] - means[:, 0]
+    r_plus = stats.wilcoxon(d, zero_method="zsplit", alternative="greater").statistic
+    ce = next(w for w in s["across_blocks"]["wilcoxon"] if w["label"] == "ce")
+    assert ce["rank_biserial"] == pytest.approx(2 * r_plus / 28 - 1) == -1.0
+    assert ce["p"] == pytest.approx(stats.wilcoxon(d, zero_method="zsplit").pvalue)
+
+
+def test_default_report_probability_of_improvement_and_iqm(default_report: dict[str, Any]) -> None:
+    s, table = default_report["stats"], default_report["table"]
+    boot = s["bootstrap"]
+    assert (boot["reps"], boot["seed"], boot["confidence"]) == (2000, 0, 0.95)
+    for imp in boot["improvement"]:
+        won = []
+        for b in range(7):
+            x, y = _values(table, imp["label"], b), _values(table, "pod", b)
+            won.append(np.mean([[1.0 if a > c else 0.5 if a == c else 0.0 for c in y] for a in x]))
+        assert imp["estimate"] == pytest.approx(np.mean(won))
+        assert imp["ci_low"] <= imp["estimate"] <= imp["ci_high"]
+    for q in boot["iqm"]:
+        pooled = np.concatenate([_values(table, q["label"], b) for b in range(7)])
+        assert q["estimate"] == pytest.approx(stats.trim_mean(pooled, 0.25))
+    header, *rows = _table_rows(default_report["html"], "improvement-table")
+    assert header[:4] == ["method", "runs", "IQM", "IQM 95% CI"] and len(rows) == 3
+
+
+def test_default_report_marks_runs_still_improving(default_report: dict[str, Any]) -> None:
+    s, html = default_report["stats"], default_report["html"]
+    assert s["still_improving_recorded"] is True
+    header, *rows = _table_rows(html, "still-improving-table")
+    assert sorted(rows) == [
+        ["data1 / small-cnn", "center", "0"],
+        ["data2 / small-cnn", "center", "0"],
+    ]
+    assert "†" in _table_rows(html, "main-table")[2][3]  # data1's center cell
+    center = next(v for v in s["verdicts"] if v.startswith("center vs pod (Wilcoxon"))
+    assert "rests on 2 run(s) still improving" in center
+    ce = next(v for v in s["verdicts"] if v.startswith("ce vs pod (Wilcoxon"))
+    assert "still improving" not in ce
+
+
+def test_default_report_shows_power_and_convergence(default_report: dict[str, Any]) -> None:
+    s, html = default_report["stats"], default_report["html"]
+    pw = s["seed_power"]
+    assert pw["difference"] == 0.5 and pw["power"] == 0.8 and len(pw["blocks"]) == 7
+    assert s["power_summary"].startswith("Seeds and power:")
+    conv = s["convergence"]
+    assert conv["target_fraction"] == 0.99 and conv["r_max"] == 4.0
+    assert {p["measure"] for p in conv["profiles"]} == {"epochs", "seconds"}
+    for p in conv["profiles"]:
+        ratios = [np.inf if r is None else r for r in p["ratios"].values()]
+        expected = sum(4 - r for r in ratios if r <= 4) / (len(ratios) * 3)
+        assert p["score"] == pytest.approx(expected)
+    for table_id in ("power-table", "profiles-table", "convergence-table", "improvement-table"):
+        assert len(_table_rows(html, table_id)) > 1, table_id
+    assert 'id="fig-performance_profiles"' in html and 'id="fig-seeds"' in html
+    assert "epochs to 95%" not in html
+
+
+@pytest.mark.skipif(PDFLATEX is None, reason="pdflatex not found")
+def test_default_latex_report_compiles(default_report: dict[str, Any], tmp_path: Path) -> None:
+    tex = default_report["tex"]
+    for words in ("Seeds and power", "Convergence", "still improving", "rank-biserial"):
+        assert words in tex, words
+    work = tmp_path / "tex"
+    shutil.copytree(default_report["out"], work)
+    proc = subprocess.run(
+        [str(PDFLATEX), "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_cli_report_flags(
+    quickstart_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "flags"
+    argv = ["report", str(quickstart_dir), "--out", str(out), "--failed", "exclude"]
+    argv += ["--difference", "1.0", "--target-fraction", "0.9"]
+    assert podbench_main(argv) == 0
+    s = _strict_json(out / "stats.json")
+    assert s["failure_handling"]["policy"] == "exclude"
+    assert s["seed_power"]["difference"] == 1.0 and s["convergence"]["target_fraction"] == 0.9
+    for bad in (["--difference", "0"], ["--target-fraction", "1.5"]):
+        capsys.readouterr()
+        assert podbench_main(["report", str(quickstart_dir), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("podbench report: error: " + bad[0]) and "\n" not in err

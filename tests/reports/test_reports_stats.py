@@ -11,15 +11,19 @@ from scipy import stats
 
 from podbench.reports.stats import (
     Summary,
+    attainable_holm_p,
     bayesian_signed_rank,
+    blocks_needed,
     cliffs_delta,
     cohens_d,
     describe,
-    epochs_to_fraction,
     friedman_iman_davenport,
     holm,
+    matched_pairs_rank_biserial,
     mean_ranks,
+    min_detectable_difference,
     nemenyi_critical_difference,
+    seeds_needed,
     welch_vs_control,
     wilcoxon_vs_control,
 )
@@ -232,13 +236,6 @@ def test_bayesian_signed_rank_limits_by_hand() -> None:
     assert worse.p_equivalent == 0.0 and worse.p_control_better > 0.99
 
 
-def test_epochs_to_fraction_by_hand() -> None:
-    # target 0.95 * 0.95 = 0.9025: reached at the 4th epoch
-    assert epochs_to_fraction([0.5, 0.8, 0.9, 0.95], 0.95) == 4
-    assert epochs_to_fraction([0.91, 0.8], 0.95) == 1
-    assert epochs_to_fraction([0.1, float("nan")], 0.95) is None
-
-
 def test_two_methods_over_six_blocks_use_wilcoxon_without_friedman(
     results_factory, record_maker
 ) -> None:
@@ -271,9 +268,10 @@ def test_lower_is_better_metric_flips_ranks_and_verdicts(results_factory) -> Non
     from podbench.reports.records import load_results, metric_info
 
     # conftest's records have wall_time_s = 10 + seed for every method: make 'slow' slower
+    # (six blocks: the fewest with which one Wilcoxon test can reach p < 0.05)
     root = results_factory(
-        {("pod", f"d{b}", "mlp"): [0.9, 0.9] for b in range(5)}
-        | {("slow", f"d{b}", "mlp"): [0.9, 0.9] for b in range(5)}
+        {("pod", f"d{b}", "mlp"): [0.9, 0.9] for b in range(6)}
+        | {("slow", f"d{b}", "mlp"): [0.9, 0.9] for b in range(6)}
     )
     data = load_results(root)
     data.runs.loc[data.runs["label"] == "slow", "wall_time_s"] += 5.0
@@ -281,7 +279,7 @@ def test_lower_is_better_metric_flips_ranks_and_verdicts(results_factory) -> Non
     assert out.across_blocks.mean_ranks == {"pod": 1.0, "slow": 2.0}
     (w,) = out.across_blocks.wilcoxon
     assert w.mean_diff == pytest.approx(5.0) and w.better is False
-    assert w.cliffs_delta == 1.0  # effect sizes keep the sign of method minus control
+    assert w.rank_biserial == 1.0  # effect sizes keep the sign of method minus control
     within = out.within_blocks[0].comparisons[0]
     # seeds 0, 1 -> pod 10, 11 s and slow 15, 16 s: d = 5 / sd(0.707), delta = +1, slower = worse
     assert within.mean_diff == pytest.approx(5.0)
@@ -316,6 +314,7 @@ def test_control_without_completed_runs_in_a_block_gives_no_p_value(
         metric=metric_info("final_test_acc"),
         rope=1.0,
         alpha=0.05,
+        failed="exclude",
     )
     (block,) = out.within_blocks
     assert block.comparisons == [] and "no completed run" in block.note
@@ -333,3 +332,86 @@ def test_bayesian_signed_rank_closed_form_with_one_difference() -> None:
     assert got.p_other_better == pytest.approx(2**-0.25, abs=0.012)
     assert got.p_equivalent == pytest.approx(1 - 2**-0.25, abs=0.012)
     assert got.p_control_better == 0.0
+
+
+@pytest.mark.parametrize("n", [4, 5, 6, 7, 8])
+def test_smallest_exact_wilcoxon_p_is_two_over_two_to_the_n(n: int) -> None:
+    # every difference positive and distinct: the most extreme outcome of the exact test
+    p = stats.wilcoxon(np.arange(1.0, n + 1), method="exact").pvalue
+    assert p == pytest.approx(2 / 2**n)
+    assert attainable_holm_p(n, 1) == pytest.approx(p)
+    # Holm multiplies the smallest of m p-values by m
+    assert attainable_holm_p(n, 3) == pytest.approx(min(1.0, 3 * p))
+
+
+def test_blocks_needed_by_hand() -> None:
+    # 1 comparison: 2/2^5 = 0.0625 >= 0.05, 2/2^6 = 0.03125 < 0.05
+    assert blocks_needed(1, 0.05) == 6
+    # 2 comparisons: 2 * 2/2^6 = 0.0625, 2 * 2/2^7 = 0.03125
+    assert blocks_needed(2, 0.05) == 7
+    # 5 comparisons: 5 * 2/2^7 = 0.078, 5 * 2/2^8 = 0.039
+    assert blocks_needed(5, 0.05) == 8
+    assert blocks_needed(1, 0.10) == 5  # 0.0625 < 0.10
+    assert attainable_holm_p(0, 2) == 1.0
+
+
+def test_rank_biserial_by_hand_and_against_scipy_zsplit() -> None:
+    # |d| ranks: the two zeros share 1.5, then 1 -> 3, 2 -> 4, 3 -> 5, 4 -> 6 (sum 21)
+    # R+ = 3 + 5 + 6 + 1.5 = 15.5, R- = 4 + 1.5 = 5.5: r = 10 / 21
+    d = np.array([1.0, -2.0, 0.0, 3.0, 0.0, 4.0])
+    assert matched_pairs_rank_biserial(d) == pytest.approx(10 / 21)
+    r_plus = stats.wilcoxon(d, zero_method="zsplit", alternative="greater").statistic
+    assert matched_pairs_rank_biserial(d) == pytest.approx(2 * r_plus / 21 - 1)
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        x = np.round(rng.normal(0, 1, 9), 1)  # rounding makes ties and zeros
+        s = x.size * (x.size + 1) / 2
+        r_plus = stats.wilcoxon(x, zero_method="zsplit", alternative="greater").statistic
+        assert matched_pairs_rank_biserial(x) == pytest.approx(2 * r_plus / s - 1)
+    # a method that wins every block, by however little, has r = +1
+    assert matched_pairs_rank_biserial([0.01, 0.02, 0.01, 0.03, 0.01]) == 1.0
+    assert matched_pairs_rank_biserial([]) is None
+
+
+def test_wilcoxon_with_zero_differences_splits_them_as_scipy_zsplit() -> None:
+    control = np.array([80.0, 81, 82, 83, 84, 85, 86, 87])
+    diff = np.array([0.5, 0.0, 1.0, -0.2, 0.0, 0.7, 0.3, 0.9])
+    table = pd.DataFrame({"ctrl": control, "m": control + diff})
+    (row,) = wilcoxon_vs_control(table, "ctrl")
+    ref = stats.wilcoxon(table["m"], table["ctrl"], zero_method="zsplit")
+    assert row.p == pytest.approx(ref.pvalue)
+    assert row.statistic == pytest.approx(ref.statistic)
+    assert row.ties == 2 and (row.wins, row.losses) == (5, 1)
+    r_plus = stats.wilcoxon(diff, zero_method="zsplit", alternative="greater").statistic
+    assert row.rank_biserial == pytest.approx(2 * r_plus / 36 - 1)
+    assert row.cohens_dz == pytest.approx(diff.mean() / diff.std(ddof=1))
+
+
+def _t_test_power(n: int, effect: float, alpha: float) -> float:
+    """Power of the two-sided two-sample t-test with n per group, written out with the
+    noncentral t distribution: df = 2n - 2, noncentrality effect * sqrt(n / 2)."""
+    df = 2 * n - 2
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    nc = effect * math.sqrt(n / 2)
+    return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+
+
+@pytest.mark.parametrize(("sd", "diff"), [(0.3, 0.5), (0.8, 0.5), (1.5, 2.0), (0.05, 0.5)])
+def test_seeds_needed_against_the_power_formula_written_out(sd: float, diff: float) -> None:
+    n = seeds_needed(sd, diff, 0.05, 0.8)
+    assert n is not None and n >= 2
+    assert _t_test_power(n, diff / sd, 0.05) >= 0.8
+    if n > 2:  # one seed fewer would not do
+        assert _t_test_power(n - 1, diff / sd, 0.05) < 0.8
+    # the normal approximation n = 2 (z_0.975 + z_0.8)^2 / d^2 underestimates it only slightly
+    approx = 2 * (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) ** 2 / (diff / sd) ** 2
+    assert n >= approx - 1e-9
+
+
+@pytest.mark.parametrize(("sd", "n"), [(0.4, 3), (1.0, 5), (2.5, 10)])
+def test_min_detectable_difference_has_the_power(sd: float, n: int) -> None:
+    mde = min_detectable_difference(sd, n, 0.05, 0.8)
+    assert mde is not None
+    assert _t_test_power(n, mde / sd, 0.05) == pytest.approx(0.8, abs=1e-4)
+    assert min_detectable_difference(sd, 1, 0.05) is None
+    assert seeds_needed(0.0, 0.5, 0.05) is None
