@@ -251,6 +251,60 @@ def _median_times(
     return out
 
 
+def _per_method(
+    runs: list[RunToTarget],
+    times: dict[str, pd.DataFrame],
+    ratios: dict[str, pd.DataFrame],
+    methods: list[str],
+) -> list[MethodToTarget]:
+    """Per block and method with runs: runs reaching the target, median times and ratios."""
+    out = []
+    for name in times["epochs"].index:
+        for lab in methods:
+            here = [r for r in runs if r.block == name and r.label == lab]
+            if not here:
+                continue
+            ep, sec = times["epochs"].loc[name, lab], times["seconds"].loc[name, lab]
+            known = bool(pd.notna(sec))
+            out.append(
+                MethodToTarget(
+                    block=name,
+                    label=lab,
+                    n_runs=len(here),
+                    n_reached=sum(r.reached for r in here),
+                    epochs=_finite(ep),
+                    seconds=_finite(sec) if known else None,
+                    ratio_epochs=_finite(ratios["epochs"].loc[name, lab]),
+                    ratio_seconds=_finite(ratios["seconds"].loc[name, lab]) if known else None,
+                    seconds_recorded=known,
+                )
+            )
+    return out
+
+
+def _profiles(
+    times: dict[str, pd.DataFrame], ratios: dict[str, pd.DataFrame], methods: list[str]
+) -> list[Profile]:
+    """Per measure whose time is known for every method in every block: each method's profile."""
+    out = []
+    for measure in MEASURES:
+        table = times[measure]
+        if table.empty or table.isna().to_numpy().any():
+            continue  # a profile needs every method's time in every block
+        for lab in methods:
+            r = ratios[measure][lab].to_numpy(float)
+            out.append(
+                Profile(
+                    label=lab,
+                    measure=measure,
+                    ratios={b: _finite(v) for b, v in zip(table.index, r, strict=True)},
+                    score=benchmark_score(r),
+                    fastest_share=float(performance_profile(r, [1.0])[0]),
+                )
+            )
+    return out
+
+
 def convergence(
     data: ResultsData,
     obs: Observations,
@@ -265,51 +319,13 @@ def convergence(
     names = [block_key(*b) for b in blocks if b in targets]
     times = _median_times(runs, names, methods)
     ratios = {m: performance_ratios(t) for m, t in times.items()}
-    per_method = []
-    for name in names:
-        for lab in methods:
-            here = [r for r in runs if r.block == name and r.label == lab]
-            if not here:
-                continue
-            ep, sec = times["epochs"].loc[name, lab], times["seconds"].loc[name, lab]
-            per_method.append(
-                MethodToTarget(
-                    block=name,
-                    label=lab,
-                    n_runs=len(here),
-                    n_reached=sum(r.reached for r in here),
-                    epochs=_finite(ep) if pd.notna(ep) else None,
-                    seconds=_finite(sec) if pd.notna(sec) else None,
-                    ratio_epochs=_finite(ratios["epochs"].loc[name, lab]),
-                    ratio_seconds=_finite(ratios["seconds"].loc[name, lab])
-                    if pd.notna(sec)
-                    else None,
-                    seconds_recorded=bool(pd.notna(sec)),
-                )
-            )
-    profiles = []
-    for measure in MEASURES:
-        table = times[measure]
-        if table.empty or table.isna().to_numpy().any():
-            continue  # a profile needs every method's time in every block
-        for lab in methods:
-            r = ratios[measure][lab].to_numpy(float)
-            profiles.append(
-                Profile(
-                    label=lab,
-                    measure=measure,
-                    ratios={b: _finite(v) for b, v in zip(names, r, strict=True)},
-                    score=benchmark_score(r),
-                    fastest_share=float(performance_profile(r, [1.0])[0]),
-                )
-            )
     return Convergence(
         target_fraction=fraction,
         r_max=R_MAX,
         policy=obs.failure.policy,
         targets=list(targets.values()),
         runs=runs,
-        methods=per_method,
+        methods=_per_method(runs, times, ratios, methods),
         profile_blocks=names,
-        profiles=profiles,
+        profiles=_profiles(times, ratios, methods),
     )

@@ -328,8 +328,13 @@ def test_latex_uses_booktabs_via_styler_and_escapes(full_report: dict[str, Any])
     "texlive-latex-recommended texlive-fonts-recommended lmodern",
 )
 def test_latex_report_compiles_with_pdflatex(full_report: dict[str, Any], tmp_path: Path) -> None:
+    _assert_pdflatex_compiles(full_report["out"], tmp_path)
+
+
+def _assert_pdflatex_compiles(out: Path, tmp_path: Path) -> None:
+    """Compile a copy of the report folder's report.tex; it must give a PDF."""
     work = tmp_path / "tex"
-    shutil.copytree(full_report["out"], work)
+    shutil.copytree(out, work)
     proc = subprocess.run(
         [str(PDFLATEX), "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
         cwd=work,
@@ -648,16 +653,7 @@ def test_default_latex_report_compiles(default_report: dict[str, Any], tmp_path:
     tex = default_report["tex"]
     for words in ("Seeds and power", "Convergence", "still improving", "rank-biserial"):
         assert words in tex, words
-    work = tmp_path / "tex"
-    shutil.copytree(default_report["out"], work)
-    proc = subprocess.run(
-        [str(PDFLATEX), "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    _assert_pdflatex_compiles(default_report["out"], tmp_path)
 
 
 def test_cli_report_flags(
