@@ -16,7 +16,8 @@ __all__ = ["add_report_arguments", "run_report"]
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the report command's arguments to ``parser``."""
     add_results_argument(
-        parser, positional=True,
+        parser,
+        positional=True,
         what="results directory written by `podbench run` or `podbench tune` (holds runs/*.json)",
     )
     parser.add_argument(

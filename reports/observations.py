@@ -190,7 +190,10 @@ def observations(
     used["imputed"] = used["imputed"].astype(bool)
     excluded = [
         _excluded(r, metric, worst[(r.dataset, r.arch)] if r.Index in imputed.index else None)
-        for r in runs[~runs.index.isin(completed.index)].itertuples()
+        # dotted columns (error.type) as identifiers (error_type): itertuples needs them
+        for r in runs[~runs.index.isin(completed.index)]
+        .rename(columns=lambda c: str(c).replace(".", "_"))
+        .itertuples()
     ]
     failure = FailureHandling(
         policy=failed,

@@ -20,14 +20,19 @@ from podbench.reports.verdicts import primary_reason, verdicts
 ERR = {"type": "Divergence", "message": "loss is NaN", "traceback": "", "epoch": 1}
 
 
-def _analyse(root: Path, **kwargs: Any) -> Analysis:
+def _analyse(root: Path, columns: dict[str, Any] | None = None, **kwargs: Any) -> Analysis:
+    """analyse() with defaults; ``columns`` are added to the runs table (fields such as
+    num_classes and still_improving that the record loader flattens into columns)."""
     options: dict[str, Any] = {
         "control": "pod",
         "metric": metric_info("final_test_acc"),
         "rope": 1.0,
         "alpha": 0.05,
     }
-    return analyse(load_results(root), **(options | kwargs))
+    data = load_results(root)
+    for name, value in (columns or {}).items():
+        data.runs[name] = value(data.runs) if callable(value) else value
+    return analyse(data, **(options | kwargs))
 
 
 def test_worst_policy_enters_diverged_runs_at_chance(
@@ -40,9 +45,7 @@ def test_worst_policy_enters_diverged_runs_at_chance(
         record_maker("ce", "d0", "mlp", 0, 0.80),
         record_maker("ce", "d0", "mlp", 1, 0.82),
     ]
-    for rec in records:
-        rec["num_classes"] = 10  # chance accuracy 1/10
-    out = _analyse(results_factory({}, extra=records))
+    out = _analyse(results_factory({}, extra=records), {"num_classes": 10})  # chance: 1/10
     assert out.failure_handling.policy == "worst" and out.failure_handling.basis == "chance"
     assert out.failure_handling.worst_values == {"d0 / mlp": pytest.approx(10.0)}
     pod = next(s for s in out.per_block if s.label == "pod")
@@ -130,15 +133,16 @@ def test_primary_analysis_needs_attainable_significance(
 def test_verdicts_resting_on_runs_still_improving_say_so(
     results_factory: Callable[..., Path], record_maker: Callable[..., dict[str, Any]]
 ) -> None:
-    records = []
+    table = {}
     for b in range(6):
-        for s in range(2):
-            records.append(record_maker("pod", f"d{b}", "mlp", s, 0.90 - 0.01 * b + 0.001 * s))
-            ce = record_maker("ce", f"d{b}", "mlp", s, 0.85 - 0.01 * b + 0.001 * s)
-            ce["still_improving"] = b == 2 and s == 1
-            records.append(ce)
-            records[-2]["still_improving"] = False
-    out = _analyse(results_factory({}, extra=records))
+        table[("pod", f"d{b}", "mlp")] = [0.90 - 0.01 * b, 0.901 - 0.01 * b]
+        table[("ce", f"d{b}", "mlp")] = [0.85 - 0.01 * b, 0.851 - 0.01 * b]
+    root = results_factory(table)
+
+    def rising(runs: Any) -> Any:  # ce's second seed on d2 was still improving
+        return (runs["label"] == "ce") & (runs["dataset"] == "d2") & (runs["seed"] == 1)
+
+    out = _analyse(root, {"still_improving": rising})
     assert out.still_improving_recorded
     ce2 = next(s for s in out.per_block if s.label == "ce" and s.block == "d2 / mlp")
     assert ce2.still_improving == [False, True]
@@ -146,9 +150,7 @@ def test_verdicts_resting_on_runs_still_improving_say_so(
     wilcoxon = next(v for v in text if v.startswith("ce vs pod (Wilcoxon"))
     assert "rests on 1 run(s) still improving when training stopped (ce: 1)" in wilcoxon
     assert all("still improving" in v for v in text if "ce" in v)
-    for rec in records:
-        del rec["still_improving"]
-    out = _analyse(results_factory({}, extra=records, name="plain"))
+    out = _analyse(root)
     assert not out.still_improving_recorded
     assert not any("still improving" in v for v in verdicts(out))
 

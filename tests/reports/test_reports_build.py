@@ -23,6 +23,7 @@ from scipy import stats
 from podbench.cli import main as podbench_main
 from podbench.errors import UserError
 from podbench.reports import build_report
+from podbench.reports.records import load_results
 
 SCRIPT_LABEL = "<script>alert(1)</script>"
 TEX_LABEL = "pod[no-sc]_x&y%$"
@@ -551,14 +552,24 @@ def default_report(
         record_maker("ce", "data0", "small-cnn", s, None, status="diverged", error=err)
         for s in (3, 4)
     ]
-    for rec in records:
-        rec["num_classes"] = 10
-        rec["still_improving"] = (
-            rec["label"] == "center" and rec["seed"] == 0 and (rec["dataset"] in ("data1", "data2"))
-        )
     results_writer(root, records, "name: synthetic\n")
+
+    def load_with_fields(results_dir: Path) -> Any:
+        # num_classes and still_improving as the record loader flattens them into columns
+        data = load_results(results_dir)
+        runs = data.runs
+        data.runs["num_classes"] = 10
+        data.runs["still_improving"] = (
+            (runs["label"] == "center")
+            & (runs["seed"] == 0)
+            & runs["dataset"].isin(["data1", "data2"])
+        )
+        return data
+
     out = root.parent / "out"
-    html_path = build_report(root, out, control="pod")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("podbench.reports.build.load_results", load_with_fields)
+        html_path = build_report(root, out, control="pod")
     return {
         "out": out,
         "html": html_path.read_text(encoding="utf-8"),
