@@ -90,17 +90,6 @@ def environment(device: torch.device, deterministic: bool | None = None) -> dict
     }
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    from podbench.errors import UserError
-
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("device: cuda was asked for but no CUDA GPU is visible; set device: auto or cpu.")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 def _error(exc: BaseException, epoch: int | None) -> RunError:
     return RunError(
         type=type(exc).__name__,
@@ -116,7 +105,7 @@ class _Trainer:
     def __init__(self, run: RunSpec, checkpoint_dir: Path | None) -> None:
         from podbench.losses import create_loss
         from podbench.spec_files import import_plugins
-        from podbench.tasks import Task, create_arch, load_task
+        from podbench.tasks import Task, create_arch, load_task, prepare_model, resolve_device
 
         import_plugins(run.imports)  # plugins registered by modules the suite names
         self.run = run
@@ -140,18 +129,18 @@ class _Trainer:
         torch.manual_seed(run.seed)
         self.model: nn.Module = create_arch(
             run.arch, in_channels=info.channels, image_size=self.task.image_size,
-            feat_dim=run.feat_dim, num_classes=num_classes,
-        ).to(self.device)
+            feat_dim=run.feat_dim,
+        )
+        # prepare_model moves and converts self.model in place; checkpoints save self.model, whose
+        # state_dict keys lack the compiled wrapper's "_orig_mod." prefix
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = prepare_model(
+            self.model, self.device, channels_last=run.channels_last, compile=run.compile,
+        )
         torch.manual_seed(run.seed)  # centroids do not depend on the architecture's draws
         self.plugin = create_loss(
             run.loss, num_classes=num_classes, feat_dim=run.feat_dim,
             variant=run.variant, **run.loss_params,
         ).to(self.device)
-        if run.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
-        if run.compile:
-            self.forward = torch.compile(self.model)
         params = [p for p in [*self.model.parameters(), *self.plugin.parameters()] if p.requires_grad]
         self.params = params
         if run.optimizer == "sgd":

@@ -14,6 +14,7 @@ from __future__ import annotations
 from podbench.losses.base import LossOutput, LossPlugin, NonFiniteFeaturesError
 from podbench.losses.registry import (
     ENTRY_POINT_GROUP,
+    LOSSES,
     LossInfo,
     create_loss,
     list_losses,
@@ -36,6 +37,7 @@ from podbench.losses import (  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "LOSSES",
     "LossInfo",
     "LossOutput",
     "LossPlugin",

@@ -33,7 +33,6 @@ def arc_margin(cos: Tensor, m: float) -> Tensor:
     description="ArcFace: additive angular margin on normalised features and weights",
     reference="Deng, Guo, Xue, Zafeiriou, 'ArcFace: Additive Angular Margin Loss for Deep Face "
     "Recognition', CVPR 2019",
-    defaults={"s": 64.0, "m": 0.5},
     search_space={
         "s": {"type": "float", "low": 8.0, "high": 64.0, "log": True},
         "m": {"type": "float", "low": 0.1, "high": 0.7},

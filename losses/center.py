@@ -27,7 +27,6 @@ __all__ = ["CenterLoss"]
     description="softmax CE + distance to per-class centres updated with their own rate",
     reference="Wen, Zhang, Li, Qiao, 'A Discriminative Feature Learning Approach for Deep Face "
     "Recognition', ECCV 2016",
-    defaults={"lam": 0.003, "alpha": 0.5},
     search_space={
         "lam": {"type": "float", "low": 0.0001, "high": 0.1, "log": True},
         "alpha": {"type": "float", "low": 0.01, "high": 1.0, "log": True},

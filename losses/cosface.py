@@ -41,7 +41,6 @@ class NormalizedHead(LossPlugin):
     description="CosFace / AM-Softmax: additive cosine margin on normalised features and weights",
     reference="Wang et al., 'CosFace: Large Margin Cosine Loss for Deep Face Recognition', "
     "CVPR 2018; Wang et al., 'Additive Margin Softmax', IEEE SPL 2018",
-    defaults={"s": 30.0, "m": 0.35},
     search_space={
         "s": {"type": "float", "low": 8.0, "high": 64.0, "log": True},
         "m": {"type": "float", "low": 0.05, "high": 0.5},

@@ -51,7 +51,6 @@ def complement_entropy(logits: Tensor, targets: Tensor, norm: str = "released") 
     "cot",
     description="Complement Objective Training: a CE update, then a complement-entropy update",
     reference="Chen et al., 'Complement Objective Training', ICLR 2019; code henry8527/COT",
-    defaults={"complement_norm": "released"},
     search_space={"complement_norm": {"type": "categorical", "choices": list(COMPLEMENT_NORMS)}},
     variants={"log-norm": {"complement_norm": "log"}},
 )

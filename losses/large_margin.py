@@ -65,13 +65,6 @@ _LAMBDA_BASE = {"lambda_base": {"type": "float", "low": 10.0, "high": 10000.0, "
     description="Large-margin softmax: multiplicative angular margin on a linear head, annealed",
     reference="Liu, Wen, Yu, Yang, 'Large-Margin Softmax Loss for Convolutional Neural "
     "Networks', ICML 2016",
-    defaults={
-        "margin": 4,
-        "lambda_base": 1000.0,
-        "lambda_gamma": 2.5e-5,
-        "lambda_power": 35.0,
-        "lambda_min": 0.0,
-    },
     search_space={
         "margin": {"type": "int", "low": 1, "high": 4},
         **_LAMBDA_BASE,
@@ -156,13 +149,6 @@ class LSoftmaxLoss(LossPlugin):
     description="A-Softmax: angular margin with unit-norm class weights, no bias, annealed",
     reference="Liu, Wen, Yu, Li, Raj, Song, 'SphereFace: Deep Hypersphere Embedding for Face "
     "Recognition', CVPR 2017",
-    defaults={
-        "margin": 4,
-        "lambda_base": 1000.0,
-        "lambda_gamma": 0.12,
-        "lambda_power": 1.0,
-        "lambda_min": 5.0,
-    },
     search_space={
         "margin": {"type": "int", "low": 1, "high": 4},
         **_LAMBDA_BASE,

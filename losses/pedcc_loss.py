@@ -27,15 +27,6 @@ __all__ = ["PEDCCLoss"]
     description="PEDCC-Loss: AM-Softmax on fixed PEDCC centroids + MSE to the own centroid",
     reference="Zhu et al., 'A New Loss Function for CNN Classifier Based on Predefined "
     "Evenly-Distributed Class Centroids', IEEE Access 2019; code ZLeopard/PEDCC-Loss",
-    defaults={
-        "s": 15.0,
-        "m": 0.5,
-        "lam": 1.0,
-        "n": 1.0,
-        "mse_reduction": "sum",
-        "centroids": "charge",
-        "centroid_seed": None,
-    },
     search_space={
         "s": {"type": "float", "low": 5.0, "high": 30.0},
         "m": {"type": "float", "low": 0.1, "high": 0.6},

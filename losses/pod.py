@@ -124,15 +124,6 @@ def pod_terms(
     description="POD Loss: norm-adaptive cosine to fixed PEDCC centroids + sample decorrelation",
     reference="Zhu & Zu, POD Loss, IEEE Transactions on Circuits and Systems for Video "
     "Technology (TCSVT) 2022; code TianYuZu/POD-Loss",
-    defaults={
-        "nac_weight": 1.0,
-        "sc_weight": 1.0,
-        "delta_schedule": "official",
-        "alpha": 0.01,
-        "delta_init": 0.05,
-        "centroids": "simplex",
-        "centroid_seed": None,
-    },
     search_space={
         "nac_weight": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
         "sc_weight": {"type": "float", "low": 0.01, "high": 10.0, "log": True},

@@ -16,7 +16,6 @@ __all__ = ["LabelSmoothingLoss", "SoftmaxLoss"]
     "softmax",
     description="cross-entropy on a learned linear classifier (W x + b)",
     reference="the standard softmax classifier",
-    defaults={},
 )
 class SoftmaxLoss(LossPlugin):
     """Cross-entropy of a linear head; the baseline every ratio is measured against."""
@@ -40,7 +39,6 @@ class SoftmaxLoss(LossPlugin):
     "label-smoothing",
     description="cross-entropy with targets smoothed towards the uniform distribution",
     reference="Szegedy et al., 'Rethinking the Inception Architecture', CVPR 2016",
-    defaults={"epsilon": 0.1},
     search_space={"epsilon": {"type": "float", "low": 0.01, "high": 0.3}},
     variants={"eps-0.05": {"epsilon": 0.05}, "eps-0.2": {"epsilon": 0.2}},
 )

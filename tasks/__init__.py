@@ -4,7 +4,7 @@ Example:
     >>> from podbench.tasks import load_task, create_arch
     >>> task = load_task("digits", limit=200)
     >>> net = create_arch("small-cnn", in_channels=task.info.channels,
-    ...                   image_size=task.image_size, feat_dim=16, num_classes=10)
+    ...                   image_size=task.image_size, feat_dim=16)
     >>> x, y = next(task.train_batches(64, seed=0, epoch=0))
     >>> net(x).shape
     torch.Size([64, 16])
@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from podbench.tasks.archs import (
+    ARCHS,
     ArchInfo,
     LatentNet,
     arch_info,
@@ -23,6 +24,7 @@ from podbench.tasks.archs import (
     register_arch,
 )
 from podbench.tasks.datasets import (
+    DATASETS,
     ArraySplit,
     DatasetInfo,
     DatasetSource,
@@ -37,9 +39,12 @@ from podbench.tasks.datasets import (
 )
 from podbench.tasks.label_noise import LabelNoise
 from podbench.tasks.splits import open_set_classes
+from podbench.tasks.devices import resolve_device
 from podbench.tasks.task import Task
 
 __all__ = [
+    "ARCHS",
+    "DATASETS",
     "ArchInfo",
     "ArraySplit",
     "DatasetInfo",
@@ -62,4 +67,5 @@ __all__ = [
     "prepare_model",
     "register_arch",
     "register_dataset",
+    "resolve_device",
 ]

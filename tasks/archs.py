@@ -7,7 +7,7 @@ the POD authors used (3x3 convolution, stride 1, no max-pool), so a 32 px image 
 
 Example:
     >>> from podbench.tasks import create_arch
-    >>> net = create_arch("small-cnn", in_channels=1, image_size=28, feat_dim=16, num_classes=10)
+    >>> net = create_arch("small-cnn", in_channels=1, image_size=28, feat_dim=16)
     >>> net(torch.zeros(2, 1, 28, 28)).shape
     torch.Size([2, 16])
 """
@@ -16,15 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
 
 from podbench.errors import UserError
-from podbench.tasks.plugins import load_entry_points
+from podbench.registry import Registry
+from podbench.tasks.devices import resolve_device
 
 __all__ = [
+    "ARCHS",
     "SMALL_STEM_MAX",
     "ArchInfo",
     "LatentNet",
@@ -56,6 +58,8 @@ class ArchInfo:
             asked of :func:`arch_info`; None until asked.
         backbone_params: parameters of the backbone alone, for that configuration.
         config: the configuration the counts are for.
+        aliases: other accepted names (kebab-case).
+        source: ``podbench``, or the distribution (or module) that registered the network.
     """
 
     name: str
@@ -66,6 +70,8 @@ class ArchInfo:
     param_count: int | None = None
     backbone_params: int | None = None
     config: dict | None = None
+    aliases: tuple[str, ...] = ()
+    source: str = "podbench"
 
 
 class LatentNet(nn.Module):
@@ -82,13 +88,17 @@ class LatentNet(nn.Module):
         return self.proj(torch.flatten(self.backbone(x), 1))
 
 
-_REGISTRY: dict[str, ArchInfo] = {}
-_loaded_plugins = False
+ARCHS: Registry[ArchInfo] = Registry(
+    "architecture", plural="architectures", group=ENTRY_POINT_GROUP, decorator="register_arch",
+)
+
+B = TypeVar("B", bound=Builder)
 
 
 def register_arch(
-    name: str, *, description: str, reference: str = "", min_image_size: int = 1
-) -> Callable[[Builder], Builder]:
+    name: str, *, description: str, reference: str = "", min_image_size: int = 1,
+    aliases: tuple[str, ...] = (),
+) -> Callable[[B], B]:
     """Decorator registering ``builder(in_channels, image_size) -> (backbone, backbone_dim)``.
 
     Example:
@@ -97,33 +107,21 @@ def register_arch(
         ...     return nn.Flatten(), in_channels * image_size * image_size
     """
 
-    def decorator(builder: Builder) -> Builder:
-        _REGISTRY[name] = ArchInfo(name, description, reference, min_image_size, builder)
+    def decorator(builder: B) -> B:
+        ARCHS.add(ArchInfo(name, description, reference, min_image_size, builder,
+                           aliases=tuple(aliases)), owner=builder)
         return builder
 
     return decorator
 
 
-def _ensure_registered() -> None:
-    global _loaded_plugins
-    if _loaded_plugins:
-        return
-    _loaded_plugins = True
-    load_entry_points(ENTRY_POINT_GROUP, "architecture")
+def list_archs(pattern: str | None = None) -> list[str]:
+    """Sorted names of the registered architectures (built-ins and entry-point plugins).
 
-
-def list_archs() -> list[str]:
-    """Sorted names of the registered architectures."""
-    _ensure_registered()
-    return sorted(_REGISTRY)
-
-
-def _lookup(name: str) -> ArchInfo:
-    _ensure_registered()
-    if name not in _REGISTRY:
-        raise UserError(f"architecture '{name}' is not registered; choose one of "
-                        f"{', '.join(sorted(_REGISTRY))}.")
-    return _REGISTRY[name]
+    Args:
+        pattern: keep only the names matching this glob (e.g. ``"resnet*"``).
+    """
+    return ARCHS.names(pattern)
 
 
 def _check(info: ArchInfo, in_channels: int, image_size: int, feat_dim: int) -> None:
@@ -137,14 +135,12 @@ def _check(info: ArchInfo, in_channels: int, image_size: int, feat_dim: int) -> 
                         "(the images are resized) or choose a smaller network.")
 
 
-def create_arch(
-    name: str, *, in_channels: int, image_size: int, feat_dim: int, num_classes: int | None = None
-) -> LatentNet:
+def create_arch(name: str, *, in_channels: int, image_size: int, feat_dim: int) -> LatentNet:
     """Build architecture ``name``: ``model(x) -> (B, feat_dim)`` with ``.backbone``, ``.proj``.
 
-    ``num_classes`` is accepted for symmetry with the loss side; the loss owns the classifier.
+    The network ends at the latent features: the loss plugin owns the classifier head.
     """
-    info = _lookup(name)
+    info = ARCHS.get(name)
     _check(info, in_channels, image_size, feat_dim)
     backbone, dim = info.builder(int(in_channels), int(image_size))
     return LatentNet(backbone, dim, int(feat_dim))
@@ -162,7 +158,7 @@ def arch_info(
 
     The network is built on the meta device: counting costs no memory and no initialisation.
     """
-    info = _lookup(name)
+    info = ARCHS.get(name)
     _check(info, in_channels, image_size, feat_dim)
     with torch.device("meta"):
         model = create_arch(name, in_channels=in_channels, image_size=image_size,
@@ -181,12 +177,15 @@ def prepare_model(
     compile: bool = False,
     compile_mode: str | None = None,
 ) -> nn.Module:
-    """Move ``model`` to ``device``, optionally channels_last and ``torch.compile``-d.
+    """Move ``model`` to ``device`` (``"auto"`` too), optionally channels_last and compiled.
 
-    Inputs must then be converted too: ``x.to(memory_format=torch.channels_last)``. A compiled
-    model forwards ``.backbone``/``.proj`` attribute access to the original module.
+    ``model`` itself is moved and converted in place; the return value is ``model``, or its
+    ``torch.compile`` wrapper when ``compile`` (whose state_dict keys gain an ``_orig_mod.``
+    prefix: save ``model``'s). Inputs must then be converted too:
+    ``x.to(memory_format=torch.channels_last)``. A compiled model forwards
+    ``.backbone``/``.proj`` attribute access to the original module.
     """
-    model = model.to(device)
+    model = model.to(resolve_device(device))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
@@ -319,7 +318,7 @@ def densenet121(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     return net, dim
 
 
-@register_arch("mobilenet_v2", description="MobileNetV2 (width 1.0); small inputs: stride 1 in "
+@register_arch("mobilenet-v2", description="MobileNetV2 (width 1.0); small inputs: stride 1 in "
                "the stem and the first 24-channel block (total stride 8)",
                reference="torchvision.models.mobilenet_v2; Sandler et al. 2018", min_image_size=8)
 def mobilenet_v2(in_channels: int, image_size: int) -> tuple[nn.Module, int]:

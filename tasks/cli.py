@@ -10,9 +10,9 @@ import sys
 from typing import Any
 
 from podbench.errors import UserError
-from podbench.tasks.archs import arch_info, list_archs
+from podbench.tasks.archs import ARCHS, arch_info, list_archs
 from podbench.tasks.cache import cache_dir
-from podbench.tasks.datasets import dataset_info, list_datasets, locate_dataset
+from podbench.tasks.datasets import DATASETS, dataset_info, list_datasets, locate_dataset
 
 __all__ = ["add_tasks_arguments", "arch_rows", "dataset_rows", "run_tasks"]
 
@@ -136,4 +136,8 @@ def run_tasks(args: argparse.Namespace) -> int:
                               else "default places only (give --data-root or $PODBENCH_DATA)")
     console.print(f"data root: {root}; decoded-data cache: {cache_dir()} ($PODBENCH_CACHE)",
                   highlight=False)
+    for registry in (DATASETS, ARCHS):
+        for name, why in sorted(registry.load_entry_points().items()):
+            console.print(f"[red]broken {registry.kind} plugin {name}[/red]: {why}",
+                          highlight=False)
     return 0

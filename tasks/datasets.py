@@ -20,17 +20,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 import torch
 
 from podbench.errors import UserError
+from podbench.registry import Registry
+from podbench.tasks.devices import resolve_device
 from podbench.tasks.label_noise import LabelNoise
-from podbench.tasks.plugins import load_entry_points
 from podbench.tasks.task import Task
 
 __all__ = [
+    "DATASETS",
     "ArraySplit",
     "DatasetInfo",
     "DatasetSource",
@@ -75,7 +77,9 @@ class DatasetInfo:
         crop_padding: zero padding of the random-crop augmentation (0: no crop).
         hflip: whether training images are flipped horizontally at random.
         default_roots: every default place, in the order they are tried.
-        aliases: other accepted names.
+        aliases: other accepted names (kebab-case).
+        needs_files: False for a dataset generated or bundled in code (no data root).
+        source: ``podbench``, or the distribution (or module) that registered the dataset.
     """
 
     name: str
@@ -97,6 +101,7 @@ class DatasetInfo:
     default_roots: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     needs_files: bool = True
+    source: str = "podbench"
 
     def __post_init__(self) -> None:
         if self.default_root is None and self.default_roots:
@@ -165,67 +170,62 @@ class DatasetSource(ABC):
         """Read what :meth:`locate` found."""
 
 
-_REGISTRY: dict[str, type[DatasetSource]] = {}
-_ALIASES: dict[str, str] = {}
-_loaded_plugins = False
+DATASETS: Registry[DatasetInfo] = Registry(
+    "dataset", plural="datasets", group=ENTRY_POINT_GROUP, decorator="register_dataset",
+    builtins=("podbench.tasks.sources",),
+)
+
+S = TypeVar("S", bound=type[DatasetSource])
 
 
-def register_dataset(info: DatasetInfo) -> Callable[[type[DatasetSource]], type[DatasetSource]]:
-    """Class decorator that registers a :class:`DatasetSource` under ``info.name``.
+def register_dataset(name: str | DatasetInfo, /, **facts: Any) -> Callable[[S], S]:
+    """Class decorator that registers a :class:`DatasetSource` under ``name``.
+
+    ``facts`` are the fields of :class:`DatasetInfo`; passing a whole ``DatasetInfo`` instead of
+    the name also works.
 
     Example:
-        >>> @register_dataset(DatasetInfo(name="my-data", num_classes=2, channels=1,
-        ...                               image_size=8, mean=(0.5,), std=(0.25,),
-        ...                               train_size=None, test_size=None))
+        >>> @register_dataset("my-data", num_classes=2, channels=1, image_size=8, mean=(0.5,),
+        ...                   std=(0.25,), train_size=None, test_size=None)
         ... class MyData(DatasetSource):
         ...     ...
     """
+    if isinstance(name, DatasetInfo):
+        if facts:
+            raise TypeError("register_dataset takes a DatasetInfo or a name with its facts, "
+                            "not both")
+        info = name
+    else:
+        info = DatasetInfo(name=name, **facts)
 
-    def decorator(cls: type[DatasetSource]) -> type[DatasetSource]:
+    def decorator(cls: S) -> S:
         if not (isinstance(cls, type) and issubclass(cls, DatasetSource)):
             raise TypeError(f"register_dataset expects a DatasetSource subclass, got {cls!r}")
         if len(info.mean) != info.channels or len(info.std) != info.channels:
             raise ValueError(f"dataset {info.name!r}: mean and std need {info.channels} values")
-        cls.info = info
-        _REGISTRY[info.name] = cls
-        for alias in info.aliases:
-            _ALIASES[alias] = info.name
+        cls.info = DATASETS.add(info, owner=cls)
         return cls
 
     return decorator
 
 
-def _ensure_registered() -> None:
-    """Import the built-in sources and the entry-point plugins once (registration is on import)."""
-    global _loaded_plugins
-    if _loaded_plugins:
-        return
-    _loaded_plugins = True
-    from podbench.tasks import sources  # noqa: F401  (registers the built-ins)
+def list_datasets(pattern: str | None = None) -> list[str]:
+    """Sorted names of the registered datasets (built-ins and entry-point plugins).
 
-    load_entry_points(ENTRY_POINT_GROUP, "dataset")
-
-
-def list_datasets() -> list[str]:
-    """Sorted names of the registered datasets (built-ins and entry-point plugins)."""
-    _ensure_registered()
-    return sorted(_REGISTRY)
+    Args:
+        pattern: keep only the names matching this glob (e.g. ``"cifar*"``).
+    """
+    return DATASETS.names(pattern)
 
 
 def dataset_source(name: str) -> type[DatasetSource]:
     """The registered source class of ``name`` (or of one of its aliases)."""
-    _ensure_registered()
-    key = _ALIASES.get(name, name)
-    if key not in _REGISTRY:
-        raise UserError(
-            f"dataset '{name}' is not registered; choose one of {', '.join(sorted(_REGISTRY))}."
-        )
-    return _REGISTRY[key]
+    return cast(type[DatasetSource], DATASETS.owner(name))
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Facts about dataset ``name``."""
-    return dataset_source(name).info
+    """Facts about dataset ``name`` (or one of its aliases)."""
+    return DATASETS.get(name)
 
 
 def _data_env_roots() -> list[Path]:
@@ -237,7 +237,8 @@ def candidate_roots(name: str, root: str | Path | None = None) -> list[Path]:
     """The folders looked in, in order: ``root`` (or $PODBENCH_DATA) and its ``<name>`` subfolder,
     then the dataset's default places (only when no ``root`` is given)."""
     info = dataset_info(name)
-    names = (info.name, *info.aliases)
+    # folders are often spelled with underscores (fashion_mnist) where names have dashes
+    names = dict.fromkeys(n for k in (info.name, *info.aliases) for n in (k, k.replace("-", "_")))
     bases = [Path(root).expanduser()] if root is not None else _data_env_roots()
     out: list[Path] = []
     for base in bases:
@@ -270,22 +271,6 @@ def _not_found_message(info: DatasetInfo, looked: Sequence[Path]) -> str:
         f"{info.how_to_get.rstrip('.')}, or pass its folder as data_root (suite file), "
         f"--data-root, or the PODBENCH_DATA environment variable."
     )
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> cuda when available else cpu; anything else must be a valid torch device."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise UserError(f"device '{device}' is not a torch device; use auto, cpu or cuda.") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{device}' was asked for but CUDA is not available; "
-                        "use device: cpu (or auto).")
-    return dev
 
 
 def _subset(split: ArraySplit | FileSplit, idx: np.ndarray) -> ArraySplit | FileSplit:

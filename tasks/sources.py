@@ -59,14 +59,14 @@ def _arrays(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> Array
 DIGITS_TEST_SIZE = 360  # a fixed stratified 20% test split (random_state 0): digits has none
 
 
-@register_dataset(DatasetInfo(
-    name="digits", num_classes=10, channels=1, image_size=8,
+@register_dataset(
+    "digits", num_classes=10, channels=1, image_size=8,
     mean=(0.3054,), std=(0.3760,),  # of the training split, pixels 0..16 scaled to 0..1
     train_size=1797 - DIGITS_TEST_SIZE, test_size=DIGITS_TEST_SIZE,
     how_to_get="it ships with scikit-learn (pip install scikit-learn)",
     expected="scikit-learn's bundled digits", needs_files=False, crop_padding=1,
     description="scikit-learn's 1,797 8x8 handwritten digits (UCI); a stratified 80/20 split",
-))
+)
 class Digits(DatasetSource):
     """scikit-learn's ``load_digits``: no files needed."""
 
@@ -93,14 +93,14 @@ class Digits(DatasetSource):
 SYNTHETIC = {"classes": 4, "channels": 3, "size": 16, "train": 512, "test": 256, "seed": 0}
 
 
-@register_dataset(DatasetInfo(
-    name="synthetic", num_classes=SYNTHETIC["classes"], channels=SYNTHETIC["channels"],
+@register_dataset(
+    "synthetic", num_classes=SYNTHETIC["classes"], channels=SYNTHETIC["channels"],
     image_size=SYNTHETIC["size"], mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
     train_size=SYNTHETIC["train"], test_size=SYNTHETIC["test"],
     how_to_get="it is generated in memory", expected="nothing (generated)", needs_files=False,
     crop_padding=1, hflip=True,
     description="seeded noisy class prototypes, 4 classes of 16x16 RGB, learnable in seconds",
-))
+)
 class Synthetic(DatasetSource):
     """Noisy copies of one smooth random prototype per class; the same bytes on every machine."""
 
@@ -139,7 +139,6 @@ class _Cifar(DatasetSource):
 
     pickle_dir: ClassVar[str]
     pickle_files: ClassVar[tuple[str, ...]]  # train files first, then the test file
-    train_count: ClassVar[int]
     meta_file: ClassVar[str]
     names_key: ClassVar[str]
     label_key: ClassVar[str]
@@ -220,8 +219,8 @@ _CIFAR_GET = ("download the python version from https://www.cs.toronto.edu/~kriz
               "extract it")
 
 
-@register_dataset(DatasetInfo(
-    name="cifar10", aliases=("cifar-10",), num_classes=10, channels=3, image_size=32,
+@register_dataset(
+    "cifar10", aliases=("cifar-10",), num_classes=10, channels=3, image_size=32,
     mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),  # the POD authors' constants
     train_size=50000, test_size=10000, latent_dim=256, batch_size=200,
     default_roots=_defaults("cifar10", "cifar-10"), crop_padding=4, hflip=True,
@@ -229,29 +228,27 @@ _CIFAR_GET = ("download the python version from https://www.cs.toronto.edu/~kriz
     expected="cifar-10-batches-py/ (data_batch_1..5, test_batch), or train/<class>/ and "
              "test/<class>/ image folders (or a .tar/.tar.gz of them)",
     description="CIFAR-10 (Krizhevsky 2009), 32x32 RGB, 10 classes",
-))
+)
 class Cifar10(_Cifar):
     pickle_dir = "cifar-10-batches-py"
     pickle_files = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
-    train_count = 50000
     meta_file = "batches.meta"
     names_key = "label_names"
     label_key = "labels"
 
 
-@register_dataset(DatasetInfo(
-    name="cifar100", aliases=("cifar-100",), num_classes=100, channels=3, image_size=32,
+@register_dataset(
+    "cifar100", aliases=("cifar-100",), num_classes=100, channels=3, image_size=32,
     mean=POD_MEAN, std=POD_STD, train_size=50000, test_size=10000, latent_dim=512,
     batch_size=128, default_roots=_defaults("cifar100", "cifar-100"), crop_padding=4, hflip=True,
     how_to_get=_CIFAR_GET.format(archive="cifar-100-python.tar.gz"),
     expected="cifar-100-python/ (train, test, meta), or train/<class>/ and test/<class>/ "
              "image folders (or a .tar/.tar.gz of them)",
     description="CIFAR-100 (Krizhevsky 2009), 32x32 RGB, 100 fine classes",
-))
+)
 class Cifar100(_Cifar):
     pickle_dir = "cifar-100-python"
     pickle_files = ("train", "test")
-    train_count = 50000
     meta_file = "meta"
     names_key = "fine_label_names"
     label_key = "fine_labels"
@@ -305,22 +302,22 @@ class _Idx(DatasetSource):
         return RawData(splits[0], splits[1], self.class_names)
 
 
-@register_dataset(DatasetInfo(
-    name="mnist", num_classes=10, channels=1, image_size=28, mean=(0.1307,), std=(0.3081,),
+@register_dataset(
+    "mnist", num_classes=10, channels=1, image_size=28, mean=(0.1307,), std=(0.3081,),
     train_size=60000, test_size=10000, default_roots=_defaults("mnist"), crop_padding=2,
     how_to_get="download the four IDX files from http://yann.lecun.com/exdb/mnist/ (or a mirror) "
                "into that folder",
     expected="train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
              "t10k-labels-idx1-ubyte (gzipped or not)",
     description="MNIST handwritten digits (LeCun et al. 1998), 28x28 grayscale",
-))
+)
 class Mnist(_Idx):
     torchvision_dir = "MNIST"
     class_names = tuple(str(i) for i in range(10))
 
 
-@register_dataset(DatasetInfo(
-    name="fashion-mnist", aliases=("fashion_mnist", "fashionmnist"), num_classes=10, channels=1,
+@register_dataset(
+    "fashion-mnist", aliases=("fashionmnist",), num_classes=10, channels=1,
     image_size=28, mean=(0.2860,), std=(0.3530,), train_size=60000, test_size=10000,
     default_roots=("/usr/share/datasets/fashion-mnist", *_defaults("fashion-mnist")),
     crop_padding=2, hflip=True,
@@ -330,7 +327,7 @@ class Mnist(_Idx):
     expected="train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
              "t10k-labels-idx1-ubyte (gzipped or not)",
     description="Fashion-MNIST (Xiao et al. 2017), 28x28 grayscale clothing, 10 classes",
-))
+)
 class FashionMnist(_Idx):
     torchvision_dir = "FashionMNIST"
     class_names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -339,15 +336,15 @@ class FashionMnist(_Idx):
 
 # ---------------------------------------------------------------- SVHN (.mat)
 
-@register_dataset(DatasetInfo(
-    name="svhn", num_classes=10, channels=3, image_size=32,
+@register_dataset(
+    "svhn", num_classes=10, channels=3, image_size=32,
     mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
     train_size=73257, test_size=26032, default_roots=_defaults("svhn"), crop_padding=4,
     how_to_get="download train_32x32.mat and test_32x32.mat from "
                "http://ufldl.stanford.edu/housenumbers/ into that folder",
     expected="train_32x32.mat and test_32x32.mat (cropped digits, format 2)",
     description="SVHN cropped house-number digits (Netzer et al. 2011), 32x32 RGB",
-))
+)
 class Svhn(DatasetSource):
     cache = True  # loadmat of the 180 MB training file takes seconds
 
@@ -369,8 +366,8 @@ class Svhn(DatasetSource):
 
 # ---------------------------------------------------------------- TinyImageNet
 
-@register_dataset(DatasetInfo(
-    name="tinyimagenet", aliases=("tiny-imagenet", "tiny-imagenet-200"), num_classes=200,
+@register_dataset(
+    "tinyimagenet", aliases=("tiny-imagenet", "tiny-imagenet-200"), num_classes=200,
     channels=3, image_size=64, mean=POD_MEAN, std=POD_STD, train_size=100000, test_size=10000,
     latent_dim=512, batch_size=128,
     default_roots=_defaults("tinyimagenet", "tiny-imagenet-200"), crop_padding=4, hflip=True,
@@ -378,7 +375,7 @@ class Svhn(DatasetSource):
     expected="tiny-imagenet-200/ with wnids.txt, train/<wnid>/images/ and val/images/ plus "
              "val/val_annotations.txt (the labelled val split is the test split)",
     description="TinyImageNet, 64x64 RGB, 200 classes; test = the labelled val split",
-))
+)
 class TinyImageNet(DatasetSource):
     def locate(self, root: Path) -> Located | None:
         for folder in (root / "tiny-imagenet-200", root):
@@ -416,8 +413,8 @@ class TinyImageNet(DatasetSource):
 
 # ---------------------------------------------------------------- any image folder tree
 
-@register_dataset(DatasetInfo(
-    name="imagefolder", num_classes=None, channels=3, image_size=None,
+@register_dataset(
+    "imagefolder", num_classes=None, channels=3, image_size=None,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, train_size=None, test_size=None, crop_padding=4,
     hflip=True,
     how_to_get="arrange the images as ROOT/train/<class>/<image> and ROOT/test/<class>/<image> "
@@ -426,7 +423,7 @@ class TinyImageNet(DatasetSource):
              ".tar/.tar.gz of them",
     description="any train/<class>/, test/<class>/ tree (e.g. FaceScrub, ImageNet-100); "
                 "ImageNet normalisation",
-))
+)
 class ImageFolder(DatasetSource):
     def locate(self, root: Path) -> Located | None:
         if root.is_file():

@@ -19,7 +19,7 @@ from podbench.losses.pedcc_loss import PEDCCLoss
 from podbench.losses.softmax import SoftmaxLoss
 
 
-@register_loss("test-raising", description="raises in its second training batch", defaults={})
+@register_loss("test-raising", description="raises in its second training batch")
 class RaisingLoss(SoftmaxLoss):
     def __init__(self, num_classes: int, feat_dim: int) -> None:
         super().__init__(num_classes, feat_dim)
@@ -33,7 +33,7 @@ class RaisingLoss(SoftmaxLoss):
 
 
 @register_loss(
-    "test-nan", description="its loss turns NaN in epoch `at_epoch`", defaults={"at_epoch": 0}
+    "test-nan", description="its loss turns NaN in epoch `at_epoch`"
 )
 class NanLoss(SoftmaxLoss):
     def __init__(self, num_classes: int, feat_dim: int, *, at_epoch: int = 0) -> None:
@@ -55,7 +55,6 @@ class NanLoss(SoftmaxLoss):
 @register_loss(
     "test-die-once",
     description="kills its own process the first time it trains (marker file absent)",
-    defaults={"marker": ""},
 )
 class DieOnceLoss(SoftmaxLoss):
     def __init__(self, num_classes: int, feat_dim: int, *, marker: str = "") -> None:
@@ -69,7 +68,7 @@ class DieOnceLoss(SoftmaxLoss):
             os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-run, as under the OOM killer
 
 
-@register_loss("test-die-always", description="kills its own process whenever it trains", defaults={})
+@register_loss("test-die-always", description="kills its own process whenever it trains")
 class DieAlwaysLoss(SoftmaxLoss):
     def on_epoch_start(self, epoch: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)

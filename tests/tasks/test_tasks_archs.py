@@ -9,6 +9,7 @@ from torch import nn
 
 from podbench.errors import UserError
 from podbench.tasks import (
+    ARCHS,
     arch_info,
     count_parameters,
     create_arch,
@@ -16,7 +17,6 @@ from podbench.tasks import (
     prepare_model,
     register_arch,
 )
-from podbench.tasks import archs as archs_module
 
 # (channels, size): MNIST-like grayscale, CIFAR, TinyImageNet, ImageNet
 INPUTS = [(1, 28), (3, 32), (3, 64), (3, 224)]
@@ -27,10 +27,10 @@ INPUTS = [(1, 28), (3, 32), (3, 64), (3, 224)]
 def test_every_arch_forward_backward(name: str, channels: int, size: int) -> None:
     if size < arch_info(name).min_image_size:
         with pytest.raises(UserError, match="image_size"):
-            create_arch(name, in_channels=channels, image_size=size, feat_dim=8, num_classes=3)
+            create_arch(name, in_channels=channels, image_size=size, feat_dim=8)
         return
     torch.manual_seed(0)
-    model = create_arch(name, in_channels=channels, image_size=size, feat_dim=8, num_classes=3)
+    model = create_arch(name, in_channels=channels, image_size=size, feat_dim=8)
     assert isinstance(model.proj, nn.Linear) and model.proj.out_features == 8
     assert isinstance(model.backbone, nn.Module)
     x = torch.randn(2, channels, size, size)
@@ -52,7 +52,7 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     ("resnet18", torchvision.models.resnet18), ("resnet34", torchvision.models.resnet34),
     ("resnet50", torchvision.models.resnet50), ("vgg16", torchvision.models.vgg16_bn),
     ("densenet121", torchvision.models.densenet121),
-    ("mobilenet_v2", torchvision.models.mobilenet_v2),
+    ("mobilenet-v2", torchvision.models.mobilenet_v2),
 ])
 def test_unmodified_networks_match_torchvision_parameter_counts(name: str, factory) -> None:
     # 224 px RGB: the standard stem; the backbone is torchvision's network minus its last Linear
@@ -90,7 +90,7 @@ def test_small_image_stem_keeps_resolution() -> None:
     assert big.backbone.conv1.kernel_size == (7, 7) and big.backbone.conv1.stride == (2, 2)
     assert isinstance(big.backbone.maxpool, nn.MaxPool2d)
     # small-input MobileNetV2 and DenseNet end at 4x4 for 32 px too
-    for name, last in (("mobilenet_v2", "features"), ("densenet121", "features")):
+    for name, last in (("mobilenet-v2", "features"), ("densenet121", "features")):
         net = create_arch(name, in_channels=3, image_size=32, feat_dim=4).eval()
         out = getattr(net.backbone, last)(torch.zeros(1, 3, 32, 32))
         assert out.shape[-2:] == (4, 4), name
@@ -106,7 +106,7 @@ def test_channels_last_matches_contiguous() -> None:
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["small-cnn", "resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["small-cnn", "resnet18", "mobilenet-v2"])
 def test_bf16_autocast(name: str) -> None:
     torch.manual_seed(0)
     model = create_arch(name, in_channels=3, image_size=32, feat_dim=8).eval()
@@ -140,7 +140,7 @@ def test_prepare_model_compile_keeps_attributes() -> None:
 
 
 def test_small_networks_handle_digit_sized_inputs() -> None:
-    for name in ("small-cnn", "mlp", "resnet18", "densenet121", "mobilenet_v2"):
+    for name in ("small-cnn", "mlp", "resnet18", "densenet121", "mobilenet-v2"):
         model = create_arch(name, in_channels=1, image_size=8, feat_dim=5)
         assert model(torch.randn(3, 1, 8, 8)).shape == (3, 5), name
 
@@ -152,7 +152,7 @@ def test_mlp_parameter_count_by_hand() -> None:
 
 
 def test_user_errors() -> None:
-    with pytest.raises(UserError, match="architecture 'resnet9' is not registered"):
+    with pytest.raises(UserError, match="unknown architecture 'resnet9'"):
         create_arch("resnet9", in_channels=3, image_size=32, feat_dim=8)
     with pytest.raises(UserError, match="feat_dim"):
         create_arch("mlp", in_channels=3, image_size=32, feat_dim=0)
@@ -161,15 +161,15 @@ def test_user_errors() -> None:
 
 
 def test_register_arch_plugin() -> None:
-    @register_arch("test-linear", description="one flatten")
-    def _linear(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
-        return nn.Flatten(), in_channels * image_size * image_size
+    with ARCHS.scratch():
+        @register_arch("test-linear", description="one flatten")
+        def _linear(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+            return nn.Flatten(), in_channels * image_size * image_size
 
-    try:
         assert "test-linear" in list_archs()
         model = create_arch("test-linear", in_channels=2, image_size=3, feat_dim=4)
         assert model(torch.ones(1, 2, 3, 3)).shape == (1, 4)
         assert arch_info("test-linear", in_channels=2, image_size=3, feat_dim=4).param_count \
             == 18 * 4 + 4
-    finally:
-        archs_module._REGISTRY.pop("test-linear")
+        assert arch_info("test-linear").source == __name__  # registered outside podbench
+    assert "test-linear" not in list_archs()

@@ -207,7 +207,7 @@ def test_stream_threshold_from_environment(cifar_tiny: Path, monkeypatch) -> Non
 
 
 def test_argument_errors() -> None:
-    with pytest.raises(UserError, match="dataset 'cifar11' is not registered"):
+    with pytest.raises(UserError, match=r"unknown dataset 'cifar11' \(did you mean 'cifar10'\?\)"):
         load_task("cifar11")
     with pytest.raises(UserError, match="limit"):
         load_task("digits", limit=0)
@@ -231,7 +231,7 @@ def test_batches_are_learnable(dataset: str, arch: str, epochs: int, floor: floa
     torch.manual_seed(0)
     task = load_task(dataset)
     model = create_arch(arch, in_channels=task.info.channels, image_size=task.image_size,
-                        feat_dim=32, num_classes=len(task.classes))
+                        feat_dim=32)
     head = torch.nn.Linear(32, len(task.classes))
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
     for epoch in range(epochs):

@@ -13,7 +13,6 @@ from podbench.losses.base import check_number
     "focal",
     description="focal loss: cross-entropy down-weighting well-classified samples",
     reference="Lin, Goyal, Girshick, He, Dollar, 'Focal Loss for Dense Object Detection', ICCV 2017",
-    defaults={"gamma": 2.0},
     search_space={"gamma": {"type": "float", "low": 0.0, "high": 5.0}},
     variants={"gamma-1": {"gamma": 1.0}, "ce": {"gamma": 0.0}},
 )
