@@ -77,7 +77,6 @@ class DieAlwaysLoss(SoftmaxLoss):
 @register_loss(
     "test-pedcc-recording",
     description="PEDCC-Loss that keeps every training batch's features (BN statistics test)",
-    defaults={},
 )
 class RecordingPEDCCLoss(PEDCCLoss):
     #: the features of every training-mode loss call, in order (one list per process)
