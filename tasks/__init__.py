@@ -37,9 +37,9 @@ from podbench.tasks.datasets import (
     locate_dataset,
     register_dataset,
 )
+from podbench.tasks.devices import resolve_device
 from podbench.tasks.label_noise import LabelNoise
 from podbench.tasks.splits import open_set_classes
-from podbench.tasks.devices import resolve_device
 from podbench.tasks.task import Task
 
 __all__ = [

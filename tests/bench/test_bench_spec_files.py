@@ -28,7 +28,6 @@ from podbench.losses.softmax import SoftmaxLoss
 
 
 @register_loss("imported-scaled", description="softmax with a scale, registered by an import",
-               defaults={"scale": 1.0},
                search_space={"scale": {"type": "float", "low": 0.5, "high": 2.0}})
 class ScaledSoftmax(SoftmaxLoss):
     def __init__(self, num_classes, feat_dim, *, scale=1.0):
