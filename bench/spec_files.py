@@ -23,7 +23,7 @@ import abc
 import importlib
 import importlib.resources
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -33,6 +33,7 @@ from pydantic import Field, ValidationError
 
 from podbench.errors import UserError
 from podbench.fileio import read_user_text
+from podbench.registry import Registry
 from podbench.runs import RunSettings
 
 __all__ = [
@@ -256,11 +257,11 @@ _REGISTERED: dict[str, tuple[str, str]] = {
 }
 
 
-def _registries() -> dict[str, Callable[[], list[str]]]:
-    from podbench.losses import list_losses
-    from podbench.tasks import list_archs, list_datasets
+def _registries() -> dict[str, Registry[Any]]:
+    from podbench.losses import LOSSES
+    from podbench.tasks import ARCHS, DATASETS
 
-    return {"loss": list_losses, "dataset": list_datasets, "arch": list_archs}
+    return {"loss": LOSSES, "dataset": DATASETS, "arch": ARCHS}
 
 
 def check_names(refs: Iterable[NameRef], source: str) -> None:
@@ -272,16 +273,17 @@ def check_names(refs: Iterable[NameRef], source: str) -> None:
     from podbench.losses import loss_info
 
     registries = _registries()
-    known: dict[str, list[str]] = {}
     for ref in refs:
         where = f"{source}: field '{ref.field}'"
         if ref.kind in _REGISTERED:
-            names = known.setdefault(ref.kind, registries[ref.kind]())
-            if ref.name not in names:
+            registry = registries[ref.kind]
+            if ref.name not in registry:  # names and aliases (e.g. am-softmax) are both valid
                 what, command = _REGISTERED[ref.kind]
+                close = registry.closest(ref.name)
+                mean = f" (did you mean '{close}'?)" if close else ""
                 raise UserError(
-                    f"{where}: unknown {what} '{ref.name}'; use one of {', '.join(names)}"
-                    f"{ref.hint} (see `{command}`)."
+                    f"{where}: unknown {what} '{ref.name}'{mean}; use one of "
+                    f"{', '.join(registry.names())}{ref.hint} (see `{command}`)."
                 )
             continue
         info = loss_info(str(ref.loss))

@@ -280,3 +280,30 @@ def test_every_verb_documents_results_the_same_way(capsys: pytest.CaptureFixture
             main([verb, "--help"])
         assert done.value.code == 0
         assert "--results DIR" in capsys.readouterr().out, verb
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_an_alias_is_a_valid_name_in_suite_and_tune_files(tmp_path: Path) -> None:
+    # am-softmax is CosFace's alias (podbench losses lists it beside cosface)
+    assert main(["validate", str(_write(tmp_path, {**SUITE, "losses": ["am-softmax"]}))]) == 0
+    tune = {**TUNE, "losses": {"am-softmax": {}, "softmax": {}}}
+    assert main(["validate", str(_write(tmp_path, tune))]) == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "wrong", "meant"),
+    [("losses", "arcfce", "arcface"), ("datasets", "digit", "digits"), ("archs", "small_cnn", "small-cnn")],
+)
+def test_an_unknown_name_gets_the_closest_registered_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, wrong: str, meant: str
+) -> None:
+    suite = {**SUITE, "losses": ["softmax"], field: [wrong]}
+    assert main(["validate", str(_write(tmp_path, suite))]) == 2
+    err = capsys.readouterr().err
+    assert "unknown" in err and f"'{wrong}' (did you mean '{meant}'?)" in err
+    assert "Traceback" not in err
