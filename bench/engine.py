@@ -99,6 +99,25 @@ def _error(exc: BaseException, epoch: int | None) -> RunError:
     )
 
 
+def _data_conditions(run: RunSpec) -> tuple[tuple[int, ...] | None, Any]:
+    """The open-set classes and the label-noise model a run trains under (None: none)."""
+    from podbench.errors import UserError
+    from podbench.tasks import LabelNoise, dataset_info, open_set_classes
+
+    known = None
+    if run.open_set is not None:
+        num_classes = dataset_info(run.dataset).num_classes
+        if num_classes is None:
+            raise UserError(f"open_set: dataset '{run.dataset}' has no fixed number of classes; "
+                            "use a dataset with known classes.")
+        known = open_set_classes(int(num_classes), run.open_set.known, run.open_set.seed)
+    noise = None
+    if run.label_noise is not None:
+        seed = run.seed if run.label_noise.seed is None else run.label_noise.seed
+        noise = LabelNoise(run.label_noise.kind, run.label_noise.rate, seed)
+    return known, noise
+
+
 class _Trainer:
     """The state of one run; :func:`train_run` is its only user."""
 
@@ -112,12 +131,13 @@ class _Trainer:
         self.device = resolve_device(run.device)
         self.checkpoint_dir = checkpoint_dir
         seed_everything(run.seed)
-        use_val = run.eval_split == "val"
+        use_val = run.eval_split == "val" or bool(run.evaluate)  # probes fit T on validation
+        known, noise = _data_conditions(run)
         def task(limit: int | None, augment: bool) -> Task:
             return load_task(
                 run.dataset, run.data_root, device=self.device, val_fraction=run.val_fraction,
                 split_seed=run.split_seed, use_val=use_val, image_size=run.image_size,
-                limit=limit, augment=augment,
+                limit=limit, augment=augment, known_classes=known, label_noise=noise,
             )
 
         self.task = task(run.limit_train, augment=True)
@@ -174,6 +194,10 @@ class _Trainer:
         self.train_seconds = 0.0
         self.optimizer_steps = 0
         self.current_epoch: int | None = None
+        self.evaluation: dict[str, dict[str, float | None]] = {}
+        if noise is not None:  # the noise the training labels carry, nominal and realised
+            self.evaluation["label-noise"] = {"rate": noise.rate,
+                                              "changed": self.task.label_noise_rate}
         if checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_NAME).is_file():
             self._load_checkpoint(checkpoint_dir / CHECKPOINT_NAME)
 
@@ -281,6 +305,20 @@ class _Trainer:
             return int(correct) / count, torch.cat(feats), torch.cat(labels)
         return int(correct) / count, None, None
 
+    def probe(self, epoch: int, last: bool) -> dict[str, dict[str, float | None]]:
+        """The values of the probes due after ``epoch`` (the model in eval mode)."""
+        from podbench.probes.runner import probes_due, run_probes
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with self.autocast():
+                return self.forward(self._prepare(x))
+
+        self.model.eval()
+        self.plugin.eval()
+        with torch.no_grad():
+            return run_probes(self.run, probes_due(self.run.evaluate, epoch, last),
+                              forward=forward, predict=self.plugin.predict, task=self.eval_task)
+
     # -- checkpoints ----------------------------------------------------------------------
 
     def _save_checkpoint(self, epoch: int) -> None:
@@ -341,6 +379,7 @@ class _Trainer:
         geometry = None
         if self.start_epoch >= run.epochs:  # trained before its record was written: re-measure
             _, feats, labels = self.evaluate(run.eval_split, keep_features=True)
+            self.evaluation.update(self.probe(run.epochs - 1, last=True))
             return self._geometry(feats, labels)
         for epoch in range(self.start_epoch, run.epochs):
             self.current_epoch = epoch
@@ -357,9 +396,13 @@ class _Trainer:
                 "val_acc": acc if run.eval_split == "val" else None,
                 "seconds": time.perf_counter() - start,
             }
+            values = self.probe(epoch, last)
+            if values and not last:
+                entry["evaluation"] = values
             self.history.append(entry)
             if last:
                 geometry = self._geometry(feats, labels)
+                self.evaluation.update(values)
             if self.checkpoint_dir is not None:
                 self._save_checkpoint(epoch)
             if on_epoch is not None:
@@ -426,6 +469,7 @@ def train_run(
         cpu_time_s=time.process_time() - cpu0,  # this process's CPU time, all threads
         images_per_s=images_per_s,
         geometry=geometry,
+        evaluation=trainer.evaluation if trainer is not None else {},
         env=environment(device, deterministic_used),
         started_at=started_at,
         finished_at=utc_now(),

@@ -23,6 +23,9 @@ from podbench.errors import UserError
 
 __all__ = [
     "NON_RESULT_FIELDS",
+    "LabelNoiseSettings",
+    "OpenSetSettings",
+    "ProbeEntry",
     "RunSettings",
     "RunSpec",
     "resolve_run",
@@ -40,10 +43,58 @@ _HASHED_AT_DEFAULT: dict[str, Any] = {
     "compile": False,
 }
 NON_RESULT_FIELDS = _NAMES_AND_RESOURCES | frozenset(_HASHED_AT_DEFAULT)
+# Result-determining fields added later: left out of the hash while at their defaults, so the
+# run ids written before they existed still match.
+_DROPPED_AT_DEFAULT: dict[str, Any] = {"evaluate": [], "label_noise": None, "open_set": None}
 # Authors' milestones 30/60/90 of 100 epochs, scaled to the run's epoch count.
 AUTHORS_MILESTONE_FRACTIONS = (0.3, 0.6, 0.9)
 DEFAULT_EPOCHS = 100  # the authors' budget (LOSSES.md)
 DEFAULT_BATCH_SIZE = 128  # for datasets the authors did not use
+
+
+class ProbeEntry(BaseModel):
+    """An evaluation probe a run measures: its registered name, how often, and its settings.
+
+    Keys other than ``name`` and ``every`` are the probe's own settings (checked against the
+    probe's ``Settings`` when the spec is loaded).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    every: int | None = Field(None, ge=1)  # also after every k-th epoch, not only at the end
+
+    def probe_settings(self) -> dict[str, Any]:
+        """The probe's own settings: every key but ``name`` and ``every``."""
+        return dict(self.model_extra or {})
+
+
+class LabelNoiseSettings(BaseModel):
+    """Noise on the training labels (podbench.tasks.label_noise): validation and test stay clean."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["symmetric", "asymmetric", "pair"]
+    rate: float = Field(ge=0, lt=1)
+    seed: int | None = Field(None, ge=0)  # None: the run's seed
+
+
+class OpenSetSettings(BaseModel):
+    """An open-set split: train on ``known`` classes drawn by ``seed``; the others are unknowns."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    known: int = Field(ge=2)
+    seed: int = Field(0, ge=0)
+
+
+def _probe_shorthand(value: Any) -> Any:
+    """``[calibration, {name: ood, ...}]``: a bare name is an entry without settings."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
 
 
 class RunSettings(BaseModel):
@@ -82,6 +133,22 @@ class RunSettings(BaseModel):
     data_root: str | None = None
     image_size: int | None = Field(None, ge=1)
     imports: list[str] = Field(default_factory=list)
+    evaluate: list[ProbeEntry] = Field(default_factory=list)
+    label_noise: LabelNoiseSettings | None = None
+    open_set: OpenSetSettings | None = None
+
+    @field_validator("evaluate", mode="before")
+    @classmethod
+    def _evaluate_shorthand(cls, value: Any) -> Any:
+        return _probe_shorthand(value)
+
+    @field_validator("evaluate")
+    @classmethod
+    def _probes_once(cls, value: list[ProbeEntry]) -> list[ProbeEntry]:
+        names = [e.name for e in value]
+        if len(set(names)) != len(names):
+            raise ValueError("list each probe once (its settings in one entry)")
+        return value
 
     @field_validator("milestones")
     @classmethod
@@ -128,6 +195,9 @@ class RunSpec(RunSettings):
         """16 hex digits of sha256 over the canonical JSON of the result-determining fields."""
         payload = self.model_dump(mode="json", exclude=set(_NAMES_AND_RESOURCES))
         payload.update(_HASHED_AT_DEFAULT)
+        for key, default in _DROPPED_AT_DEFAULT.items():
+            if payload.get(key) == default:
+                del payload[key]
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -146,6 +216,7 @@ def resolve_run(
     data_root: str | None = None,
     batch_size: int | None = None,
     label: str | None = None,
+    label_noise: LabelNoiseSettings | None = None,
 ) -> RunSpec:
     """Fill the dataset's and the authors' defaults into one run.
 
@@ -159,6 +230,7 @@ def resolve_run(
         batch_size: overrides ``settings.batch_size`` when given; None in both = the dataset's
             (authors'), else 128.
         label: the compared method's name; None = ``loss`` or ``loss[variant]``.
+        label_noise: overrides ``settings.label_noise`` when given (a suite's noise axis).
     """
     from podbench.tasks import dataset_info
 
@@ -174,6 +246,8 @@ def resolve_run(
         )
     if data_root is not None:
         fields["data_root"] = data_root
+    if label_noise is not None:
+        fields["label_noise"] = label_noise
     if settings.milestones is None:
         epochs = settings.epochs
         fields["milestones"] = sorted(

@@ -19,7 +19,6 @@ field path and the fix.
 
 from __future__ import annotations
 
-import abc
 import importlib
 import importlib.resources
 import json
@@ -70,7 +69,7 @@ class NameRef:
     """
 
     field: str
-    kind: Literal["loss", "variant", "hparam", "dataset", "arch"]
+    kind: Literal["loss", "variant", "hparam", "dataset", "arch", "probe"]
     name: str
     loss: str | None = None
     hint: str = ""
@@ -86,9 +85,16 @@ class SpecFile(RunSettings):
         """The run settings every run of this file shares, without the grid or search space."""
         return RunSettings.model_validate(self.model_dump(include=set(RunSettings.model_fields)))
 
-    @abc.abstractmethod
     def name_refs(self) -> Iterator[NameRef]:
-        """The registered names this file uses, a loss before its variants and hyperparameters."""
+        """The registered names this file uses, a loss before its variants and hyperparameters.
+
+        Here: the probes under ``evaluate`` and the datasets their settings name; a subclass
+        yields its own names, then these.
+        """
+        for i, entry in enumerate(self.evaluate):
+            yield NameRef(f"evaluate.{i}.name", "probe", entry.name)
+            for j, dataset in enumerate(entry.probe_settings().get("datasets") or []):
+                yield NameRef(f"evaluate.{i}.datasets.{j}", "dataset", str(dataset))
 
 
 SpecT = TypeVar("SpecT", bound=SpecFile)
@@ -122,7 +128,21 @@ def load_spec(
     except ValidationError as err:
         raise validation_error_to_user_error(err, source) from None
     check_names(spec.name_refs(), source)
+    check_probe_settings(spec, source)
     return spec, source
+
+
+def check_probe_settings(settings: RunSettings, source: str) -> None:
+    """Validate each ``evaluate`` entry's settings against its probe (one sentence per mistake)."""
+    if not settings.evaluate:
+        return
+    from podbench.probes import probe_settings
+
+    for i, entry in enumerate(settings.evaluate):
+        try:
+            probe_settings(entry.name, entry.probe_settings(), where=f"evaluate.{i}")
+        except UserError as err:
+            raise UserError(f"{source}: field {err}") from None
 
 
 def _builtin(kind: str) -> list[str]:
@@ -254,14 +274,16 @@ _REGISTERED: dict[str, tuple[str, str]] = {
     "loss": ("loss", "podbench losses"),
     "dataset": ("dataset", "podbench tasks"),
     "arch": ("architecture", "podbench tasks"),
+    "probe": ("probe", "podbench probes"),
 }
 
 
 def _registries() -> dict[str, Registry[Any]]:
     from podbench.losses import LOSSES
+    from podbench.probes import PROBES
     from podbench.tasks import ARCHS, DATASETS
 
-    return {"loss": LOSSES, "dataset": DATASETS, "arch": ARCHS}
+    return {"loss": LOSSES, "dataset": DATASETS, "arch": ARCHS, "probe": PROBES}
 
 
 def check_names(refs: Iterable[NameRef], source: str) -> None:

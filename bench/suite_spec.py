@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from podbench.errors import UserError
-from podbench.runs import RunSpec, resolve_run
+from podbench.runs import LabelNoiseSettings, RunSettings, RunSpec, resolve_run
 from podbench.spec_files import NameRef, SpecFile, load_spec, validation_error_to_user_error
 
 __all__ = ["DatasetEntry", "LossEntry", "SuiteSpec", "load_suite"]
@@ -109,6 +109,27 @@ class SuiteSpec(SpecFile):
     archs: list[str] = Field(min_length=1)
     feat_dim: list[int] | None = None
     seeds: list[int] = Field(default_factory=lambda: [0])
+    # an axis: one noise model or a list of them (null: clean labels), e.g. for accuracy vs rate
+    label_noise: list[LabelNoiseSettings | None] | None = None  # type: ignore[assignment]
+
+    @field_validator("label_noise", mode="before")
+    @classmethod
+    def _noise_axis(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("label_noise")
+    @classmethod
+    def _noise_levels(
+        cls, value: list[LabelNoiseSettings | None] | None
+    ) -> list[LabelNoiseSettings | None] | None:
+        if value is not None and not value:
+            raise ValueError("label_noise must be a noise model or a non-empty list of them")
+        return value
+
+    def settings(self) -> RunSettings:
+        """The shared run settings; the label-noise axis is set per run by :meth:`expand`."""
+        fields = set(RunSettings.model_fields) - {"label_noise"}
+        return RunSettings.model_validate(self.model_dump(include=fields))
 
     @field_validator("losses", mode="before")
     @classmethod
@@ -170,6 +191,7 @@ class SuiteSpec(SpecFile):
             yield NameRef(f"datasets.{i}.name", "dataset", ds.name)
         for i, arch in enumerate(self.archs):
             yield NameRef(f"archs.{i}", "arch", arch)
+        yield from super().name_refs()
 
     def expand(self) -> list[RunSpec]:
         """Every run of the grid, in a stable order, each fully resolved (duplicates dropped)."""
@@ -177,15 +199,16 @@ class SuiteSpec(SpecFile):
         runs: list[RunSpec] = []
         seen: set[str] = set()
         dims_grid: list[int | None] = list(self.feat_dim) if self.feat_dim else [None]
-        points = product(self.datasets, self.archs, dims_grid, self.losses)
-        for ds, arch, dims, entry in points:
+        noise_levels = self.label_noise or [None]
+        points = product(self.datasets, noise_levels, self.archs, dims_grid, self.losses)
+        for ds, noise, arch, dims, entry in points:
             for variant, params, label in entry.expand():
                 for seed in self.seeds:
                     run = resolve_run(
                         settings, suite=self.name, loss=entry.name, variant=variant,
                         loss_params=params, dataset=ds.name, arch=arch, feat_dim=dims,
                         seed=seed, data_root=ds.data_root, batch_size=ds.batch_size,
-                        label=label,
+                        label=label, label_noise=noise,
                     )
                     if run.run_id not in seen:  # a grid may repeat a point
                         seen.add(run.run_id)

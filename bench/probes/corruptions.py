@@ -106,8 +106,14 @@ def defocus_kernel(radius: float, alias_blur: float) -> Tensor:
 
 
 def _defocus_blur(x: Tensor, params: tuple[float, float], gen: torch.Generator) -> Tensor:
+    kernel = defocus_kernel(*params)
+    # its zero rim changes nothing but would need more padding than small images have
+    nonzero = torch.nonzero(kernel)
+    r = int((nonzero - kernel.shape[-1] // 2).abs().max())
+    centre = kernel.shape[-1] // 2
+    kernel = kernel[centre - r:centre + r + 1, centre - r:centre + r + 1]
     # OpenCV's filter2D: correlation, borders reflected without repeating the edge (101)
-    return _filter(x, defocus_kernel(*params), "reflect")
+    return _filter(x, kernel, "reflect")
 
 
 # -- weather ----------------------------------------------------------------------------------

@@ -378,6 +378,7 @@ class TuneSpec(SpecFile):
                 if key not in TUNABLE_RUN_FIELDS:
                     yield NameRef(origin, "hparam", key, loss=name,
                                   hint=f", or tune a run setting ({run_settings}), or remove it with null")
+        yield from super().name_refs()
 
     def fingerprint(self, label: str) -> dict[str, Any]:
         """What a resumed study must share with the study it continues: what changes a trial's

@@ -1,0 +1,162 @@
+"""Evaluation probes end to end: the registry, spec fields, the engine hook, the test-set rule."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from podbench.engine import train_run
+from podbench.errors import UserError
+from podbench.probes import PROBES, Probe, create_probe, list_probes, register_probe
+from podbench.probes.builtin import convert_channels
+from podbench.record import RunRecord
+from podbench.runs import RunSpec
+from podbench.suite_spec import load_suite
+from podbench.tasks.task import TensorTask
+
+BASE = dict(loss="softmax", dataset="digits", arch="mlp", feat_dim=16, epochs=2, batch_size=64,
+            lr=0.05, milestones=[], device="cpu", limit_train=400, limit_eval=200)
+
+
+def _run(**fields: object) -> dict:
+    record = train_run(RunSpec(**{**BASE, **fields}))
+    assert record["status"] == "completed", record["error"]
+    RunRecord.model_validate(record)  # what the results store will accept
+    return record
+
+
+def test_registry_lists_builtins_and_checks_settings() -> None:
+    assert list_probes() == ["calibration", "corruptions", "ood"]
+    with pytest.raises(UserError, match="did you mean 'calibration'"):
+        create_probe("calibraton")
+    with pytest.raises(UserError, match="evaluate.bins: .*greater than or equal to 2"):
+        create_probe("calibration", {"bins": 1})
+    with pytest.raises(UserError, match="no setting 'dataset'.*datasets"):
+        create_probe("ood", {"dataset": ["mnist"]})
+    with pytest.raises(UserError, match="unknown corruption 'frost'"):
+        create_probe("corruptions", {"corruptions": ["frost"]})
+
+
+def test_engine_writes_probe_values_and_their_cross_checks() -> None:
+    record = _run(evaluate=["calibration", {"name": "ood", "datasets": ["synthetic"]},
+                            {"name": "corruptions", "severities": [1, 5], "every": 1,
+                             "corruptions": ["gaussian-noise", "contrast"]}],
+                  open_set={"known": 6, "seed": 1})
+    ev = record["evaluation"]
+    # the three probes and the engine measure the same test split with the same network
+    assert ev["calibration"]["acc"] == pytest.approx(record["final_test_acc"])
+    assert ev["corruptions"]["clean.acc"] == pytest.approx(record["final_test_acc"])
+    cal = ev["calibration"]
+    assert cal["temperature"] > 0
+    shares = [cal[f"reliability.{m:02d}.share"] for m in range(15)]
+    assert sum(shares) == pytest.approx(1.0)
+    ood = ev["ood"]
+    assert {"open-set.msp.auroc", "synthetic.energy.fpr95", "open-set.max-logit.aupr_out"} <= set(ood)
+    assert ood["auroc"] == pytest.approx((ood["open-set.msp.auroc"] + ood["synthetic.msp.auroc"]) / 2)
+    corr = ev["corruptions"]
+    assert corr["mca"] == pytest.approx(np.mean([corr[f"{c}.s{s}.acc"] for c in
+                                                 ("gaussian-noise", "contrast") for s in (1, 5)]))
+    assert corr["contrast.acc"] == pytest.approx((corr["contrast.s1.acc"] + corr["contrast.s5.acc"]) / 2)
+    # every: 1 -> also after the first epoch; the last epoch's values are the record's
+    assert set(record["history"][0]["evaluation"]) == {"corruptions"}
+    assert "evaluation" not in record["history"][-1]
+    # the open-set run trained on its 6 known classes
+    assert record["spec"]["open_set"] == {"known": 6, "seed": 1}
+
+
+def test_probes_never_read_the_test_set_while_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
+    read: set[str] = set()
+    for method in ("eval_batches", "pixel_batches"):
+        original = getattr(TensorTask, method)
+
+        def spy(self: TensorTask, split: str, batch_size: int, _original=original):  # type: ignore[no-untyped-def]
+            read.add(split)
+            return _original(self, split, batch_size)
+
+        monkeypatch.setattr(TensorTask, method, spy)
+    record = _run(eval_split="val", open_set={"known": 6},
+                  evaluate=["calibration", "ood", {"name": "corruptions", "severities": [2],
+                                                   "corruptions": ["fog"]}])
+    assert set(record["evaluation"]) == {"calibration", "ood", "corruptions"}
+    assert read == {"val", "val-unknown"}
+
+
+def test_label_noise_is_recorded_and_test_labels_stay_clean() -> None:
+    record = _run(label_noise={"kind": "symmetric", "rate": 0.4})
+    noise = record["evaluation"]["label-noise"]
+    assert noise["rate"] == 0.4 and noise["changed"] == pytest.approx(0.4, abs=0.08)
+    clean = _run()
+    assert clean["evaluation"] == {} and clean["run_id"] != record["run_id"]
+
+
+def test_a_third_party_probe_runs_from_a_suite_entry() -> None:
+    with PROBES.scratch():
+        @register_probe("mean-confidence", description="mean max softmax probability")
+        class MeanConfidence(Probe):
+            def measure(self, context):  # type: ignore[no-untyped-def]
+                scores, _ = context.scores(context.split)
+                return {"value": float(torch.softmax(scores, 1).max(1).values.mean()),
+                        "undefined": float("nan")}
+
+        record = _run(evaluate=["mean-confidence"])
+        assert 0.1 <= record["evaluation"]["mean-confidence"]["value"] <= 1.0
+        assert record["evaluation"]["mean-confidence"]["undefined"] is None  # NaN -> null
+
+
+def test_run_ids_of_runs_without_the_new_fields_are_unchanged() -> None:
+    run = RunSpec(**BASE)
+    # the id as computed before evaluate/label_noise/open_set existed
+    payload = run.model_dump(mode="json", exclude={"suite", "label", "imports", "cpus", "gpus",
+                                                   "checkpoint", "evaluate", "label_noise",
+                                                   "open_set"})
+    payload.update({"data_root": None, "device": "auto", "channels_last": False, "compile": False})
+    old = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
+    assert run.run_id == old.hexdigest()[:16]
+    assert RunSpec(**BASE, evaluate=["calibration"]).run_id != run.run_id
+    assert RunSpec(**BASE, open_set={"known": 5}).run_id != run.run_id
+
+
+def test_suite_noise_axis_and_probe_errors(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent("""
+        name: noisy
+        losses: [softmax]
+        datasets: [digits]
+        archs: [mlp]
+        feat_dim: 16
+        epochs: 1
+        evaluate: [calibration, {name: ood, datasets: [synthetic]}]
+        label_noise: [null, {kind: symmetric, rate: 0.2}, {kind: pair, rate: 0.4, seed: 3}]
+    """))
+    runs = load_suite(path).expand()
+    assert [r.label_noise and (r.label_noise.kind, r.label_noise.rate) for r in runs] == [
+        None, ("symmetric", 0.2), ("pair", 0.4)]
+    assert len({r.run_id for r in runs}) == 3
+    assert all(r.evaluate[1].probe_settings() == {"datasets": ["synthetic"]} for r in runs)
+    for override, needle in [
+        (["evaluate=[calibraton]"], "field 'evaluate.0.name': unknown probe 'calibraton'"),
+        (["evaluate=[{name: ood, datasets: [svhm]}]"], "evaluate.0.datasets.0.*unknown dataset 'svhm'"),
+        (["evaluate=[{name: ood, score: [msp]}]"], "evaluate.0.score: the ood probe has no setting"),
+        (["evaluate=[ood, ood]"], "list each probe once"),
+        (["label_noise={kind: uniform, rate: 0.2}"], "label_noise"),
+        (["open_set={known: 1}"], "open_set.known"),
+    ]:
+        with pytest.raises(UserError, match=needle):
+            load_suite(path, override)
+
+
+def test_convert_channels_matches_pil_luma() -> None:
+    rgb = torch.rand(1, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    pixels = (rgb[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    ref = np.asarray(Image.fromarray(pixels, "RGB").convert("L"), dtype=np.float64) / 255
+    got = convert_channels((rgb * 255).round() / 255, 1)[0, 0].numpy()
+    assert np.abs(got - ref).max() <= 1 / 255 + 1e-6  # PIL rounds to whole levels
+    grey = torch.rand(2, 1, 4, 4)
+    assert torch.equal(convert_channels(grey, 3), grey.expand(-1, 3, -1, -1))
