@@ -24,6 +24,7 @@ __all__ = [
     "STILL_IMPROVING_THRESHOLD",
     "held_out_accuracies",
     "late_gain",
+    "rising",
     "still_improving",
 ]
 
@@ -68,7 +69,11 @@ def still_improving(
     fraction: float = STILL_IMPROVING_FRACTION,
 ) -> bool | None:
     """Whether held-out accuracy rose by more than ``threshold`` at the end; None if unknown."""
-    gain = late_gain(held_out_accuracies(history), fraction)
+    return rising(late_gain(held_out_accuracies(history), fraction), threshold)
+
+
+def rising(gain: float | None, threshold: float = STILL_IMPROVING_THRESHOLD) -> bool | None:
+    """Whether a :func:`late_gain` exceeds ``threshold``; None if the gain is unknown."""
     if gain is None:
         return None
     return gain > threshold + 1e-12  # a rise of exactly one point (0.79 -> 0.80) is not more

@@ -16,7 +16,8 @@ Adding a metric to the record is one field here (give it a default so older reco
   JSON only.
 
 Schema history: 1 is the first format; 2 adds ``evaluation``, ``env.deterministic`` and makes
-``cpu_time_s`` always present. Schema-1 records are migrated on load (:data:`MIGRATIONS`).
+``cpu_time_s`` always present; 3 adds ``late_acc_gain`` and ``still_improving`` (computed from
+the history of older records). Older records are migrated on load (:data:`MIGRATIONS`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pydantic import (
     model_validator,
 )
 
+from podbench.convergence import held_out_accuracies, late_gain, rising
 from podbench.errors import UserError
 from podbench.fileio import read_user_text
 
@@ -67,7 +69,7 @@ __all__ = [
     "utc_now",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("completed", "diverged", "failed")
 # A record with one of these statuses is final: a rerun skips it. "failed" runs are retried.
 FINAL_STATUSES = frozenset({"completed", "diverged"})
@@ -138,8 +140,16 @@ def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _from_schema_2(data: dict[str, Any]) -> dict[str, Any]:
+    # Schema 2 lacked the convergence fields: RunRecord computes them from the history.
+    return data
+
+
 # MIGRATIONS[n] turns a schema-n record into a schema-(n+1) record.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_schema_1}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _from_schema_1,
+    2: _from_schema_2,
+}
 
 
 class RunRecord(BaseModel):
@@ -164,6 +174,11 @@ class RunRecord(BaseModel):
     final_test_acc: Fraction = None
     best_test_acc: Fraction = None
     epochs_completed: int = 0
+    # Held-out accuracy rise over the last 10 % of the epochs (at least the last one), and
+    # whether it exceeds one point: the run had not plateaued (podbench.convergence). Filled
+    # from the history when a record does not give them; None when the history cannot tell.
+    late_acc_gain: Metric = None
+    still_improving: bool | None = None
     wall_time_s: Metric = None
     cpu_time_s: Metric = None  # this process's CPU time, all threads
     images_per_s: Metric = None
@@ -188,6 +203,14 @@ class RunRecord(BaseModel):
             version += 1
         data["schema"] = version
         return data
+
+    @model_validator(mode="after")
+    def _convergence(self) -> RunRecord:
+        if self.late_acc_gain is None and self.still_improving is None and self.history:
+            history = [entry.model_dump() for entry in self.history]
+            self.late_acc_gain = late_gain(held_out_accuracies(history))
+            self.still_improving = rising(self.late_acc_gain)
+        return self
 
     @field_validator("schema_version")
     @classmethod

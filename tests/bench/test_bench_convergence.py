@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import doctest
+from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 
 import podbench.convergence
 from podbench.convergence import held_out_accuracies, late_gain, still_improving
+from podbench.record import parse_record
+from podbench.reports.records import load_results
+from podbench.results import ResultsStore
 
 
 def _history(accs: list[float | None], key: str = "test_acc") -> list[dict[str, float | None]]:
@@ -56,3 +62,36 @@ def test_still_improving_reads_val_acc_and_says_when_it_cannot_tell() -> None:
 
 def test_convergence_examples_run() -> None:
     assert doctest.testmod(podbench.convergence).failed == 0
+
+
+# -- in the run record ---------------------------------------------------------------------
+
+
+def _record(accs: list[float], **fields: Any) -> dict[str, Any]:
+    return {
+        "schema": 2, "run_id": "0123456789abcdef", "suite": "s", "label": "arcface",
+        "loss": "arcface", "dataset": "digits", "arch": "mlp", "feat_dim": 8, "seed": 0,
+        "spec": {}, "status": "completed", "history": _history(accs),
+        "epochs_completed": len(accs), **fields,
+    }  # fmt: skip
+
+
+def test_records_carry_the_flag_computed_from_their_history(tmp_path: Path) -> None:
+    rising = parse_record(_record([0.30, 0.42, 0.47]))  # a schema-2 record, migrated
+    assert rising.schema_version == 3
+    assert rising.late_acc_gain == pytest.approx(0.05) and rising.still_improving is True
+    flat = parse_record(_record([0.70, 0.782, 0.786]))
+    assert flat.late_acc_gain == pytest.approx(0.004) and flat.still_improving is False
+    # a value the record gives is kept
+    given = parse_record(_record([0.30, 0.42, 0.47], late_acc_gain=0.0, still_improving=False))
+    assert given.still_improving is False
+    # results.csv and the report's runs table have the column; the report reads it
+    store = ResultsStore(tmp_path)
+    store.write_record(_record([0.30, 0.42, 0.47]))
+    store.write_record(_record([0.70, 0.782, 0.786]) | {"run_id": "fedcba9876543210", "seed": 1})
+    csv = pd.read_csv(store.write_table()).set_index("run_id")
+    assert csv.loc["0123456789abcdef", "still_improving"]
+    assert not csv.loc["fedcba9876543210", "still_improving"]
+    runs = load_results(tmp_path).runs.set_index("run_id")
+    assert runs.loc["0123456789abcdef", "late_acc_gain"] == pytest.approx(0.05)
+    assert bool(runs.loc["0123456789abcdef", "still_improving"]) is True

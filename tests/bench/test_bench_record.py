@@ -28,12 +28,12 @@ from podbench.runs import RunSettings, RunSpec, resolve_run
 
 HERE = Path(__file__).resolve().parent
 
-# The keys of a schema-2 record file, written out by hand: every path must write all of them.
-SCHEMA_2_KEYS = {
+# The keys of a schema-3 record file, written out by hand: every path must write all of them.
+SCHEMA_3_KEYS = {
     "schema", "run_id", "suite", "label", "loss", "variant", "dataset", "arch", "feat_dim",
     "seed", "spec", "status", "error", "history", "final_test_acc", "best_test_acc",
-    "epochs_completed", "wall_time_s", "cpu_time_s", "images_per_s", "geometry", "evaluation",
-    "env", "started_at", "finished_at",
+    "epochs_completed", "late_acc_gain", "still_improving", "wall_time_s", "cpu_time_s",
+    "images_per_s", "geometry", "evaluation", "env", "started_at", "finished_at",
 }
 
 
@@ -70,8 +70,8 @@ def _check_against_schema(record: dict[str, Any]) -> None:
     """The record as the JSON Schema of the model describes it, checked by jsonschema."""
     schema = RunRecord.model_json_schema(by_alias=True, mode="serialization")
     jsonschema.validate(record, schema)
-    assert set(record) == SCHEMA_2_KEYS
-    assert record["schema"] == 2
+    assert set(record) == SCHEMA_3_KEYS
+    assert record["schema"] == 3
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,12 @@ def test_each_path_says_what_happened(path_records: dict[str, dict[str, Any]]) -
     assert "WorkerCrashedError" in died["error"]["traceback"]
     assert died["cpu_time_s"] is None and died["history"] == []
     assert died["finished_at"] is not None
+    # the convergence fields: 2 epochs, so the rise over the last one, against one point
+    accs = [h["test_acc"] for h in completed["history"]]
+    assert completed["late_acc_gain"] == pytest.approx(accs[1] - accs[0])
+    assert completed["still_improving"] is (accs[1] - accs[0] > 0.01)
+    assert died["late_acc_gain"] is None and died["still_improving"] is None
+    assert diverged["still_improving"] is None  # one epoch completed: nothing to compare
     # the same run, from the executor and from the engine, has the same identity fields
     assert died["spec"]["lr"] == 0.07 and died["run_id"] == _run(lr=0.07).run_id
 
@@ -182,8 +188,8 @@ def test_schema_1_records_load_migrated(tmp_path: Path) -> None:
 def test_a_newer_or_broken_record_is_one_sentence(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "0123456789abcdef.json"
     path.parent.mkdir()
-    path.write_text(json.dumps(_schema_1_record() | {"schema": 3}))
-    with pytest.raises(UserError, match=r"schema-3 run record from a newer podbench.*upgrade podbench"):
+    path.write_text(json.dumps(_schema_1_record() | {"schema": 4}))
+    with pytest.raises(UserError, match=r"schema-4 run record from a newer podbench.*upgrade podbench"):
         load_record(path)
     path.write_bytes(b"\x00\x01binary")
     with pytest.raises(UserError, match="binary file") as err:
