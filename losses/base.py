@@ -62,6 +62,10 @@ class LossPlugin(nn.Module, ABC):
     updates_per_batch: ClassVar[int] = 1
     #: Check shapes, label range and finiteness on every call (one device sync per batch).
     validate_inputs: ClassVar[bool] = True
+    #: Whether those checks include the values (finite features, labels in range), which read
+    #: the device: one host sync per call. The engine turns them off after the run's first
+    #: batch and watches the loss on the device instead; shapes and dtypes are always checked.
+    check_values: bool = True
 
     def __init__(self, num_classes: int, feat_dim: int, **hparams: Any) -> None:
         super().__init__()
@@ -136,7 +140,7 @@ class LossPlugin(nn.Module, ABC):
     def check_features(self, features: Tensor) -> None:
         """Raise a one-sentence error when features are not a finite (B, d) float tensor."""
         self._check_feature_shape(features)
-        if not math.isfinite(float(features.detach().sum())) and not bool(
+        if self.check_values and not math.isfinite(float(features.detach().sum())) and not bool(
             torch.isfinite(features).all()
         ):
             self._raise_non_finite(features)
@@ -161,6 +165,8 @@ class LossPlugin(nn.Module, ABC):
                 f"{name}: targets have dtype {targets.dtype}; pass integer class indices "
                 "(torch.long)."
             )
+        if not self.check_values:
+            return
         # One device sync for the three value checks; a NaN or Inf anywhere makes the sum
         # non-finite (one fast pass, unlike isfinite), and overflow is told apart below.
         total, lo, hi = torch.stack(

@@ -60,7 +60,9 @@ class CenterLoss(SoftmaxLoss):
         center = 0.5 * diff.square().sum(dim=1).mean()
         if self.training:
             with torch.no_grad():
-                counts = torch.bincount(targets, minlength=self.num_classes).to(diff.dtype)
+                # index_add_, not bincount: bincount's output size makes the host wait for a GPU
+                counts = diff.new_zeros(self.num_classes).index_add_(
+                    0, targets, diff.new_ones(targets.shape[0]))
                 # sum_{i: y_i = j} (c_j - x_i) = -(sum of diff over class j)
                 delta = torch.zeros_like(self.centers).index_add_(0, targets, -diff.detach())
                 self.centers -= self.alpha * delta / (1.0 + counts[:, None])

@@ -60,6 +60,7 @@ class CosFaceLoss(NormalizedHead):
 
     def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
         cos = self.cosines(features)
-        margin = F.one_hot(targets, self.num_classes).to(cos.dtype) * self.m
+        # m at each target, 0 elsewhere; scatter, as one_hot reads the labels back on a CPU
+        margin = torch.zeros_like(cos).scatter_(1, targets[:, None], self.m)
         ce = F.cross_entropy(self.s * (cos - margin), targets)
         return LossOutput(total=ce, parts={"ce": ce})

@@ -10,6 +10,7 @@ the batch's statistics without recording them.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -98,7 +99,8 @@ class PEDCCLoss(LossPlugin):
     def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
         xh = self._normalised(features, update_stats=True)
         cos = (xh @ self.centroids.T).clamp(-1.0, 1.0)
-        margin = F.one_hot(targets, self.num_classes).to(cos.dtype) * self.m
+        # m at each target, 0 elsewhere; scatter, as one_hot reads the labels back on a CPU
+        margin = torch.zeros_like(cos).scatter_(1, targets[:, None], self.m)
         am = F.cross_entropy(self.s * (cos - margin), targets)
         sq = (xh - self.centroids[targets]).square()
         mse = sq.sum() if self.mse_reduction == "sum" else sq.mean()

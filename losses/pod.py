@@ -24,7 +24,7 @@ from podbench.losses.base import LossOutput, LossPlugin, check_number
 from podbench.losses.pedcc import CENTROID_CHOICES, make_centroids
 from podbench.losses.registry import register_loss
 
-__all__ = ["DELTA_SCHEDULES", "PODLoss", "pod_terms", "seed_from_torch"]
+__all__ = ["DELTA_SCHEDULES", "PODLoss", "gram_blocks", "pod_terms", "seed_from_torch"]
 
 DELTA_SCHEDULES = ("official", "mean-norm", "constant", "none")
 
@@ -34,14 +34,23 @@ def seed_from_torch() -> int:
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
-def _symmetric_gram(m: Tensor) -> tuple[Tensor, Tensor]:
+def gram_blocks(n: int, device_type: str) -> int:
+    """Row blocks of the Gram matrix of an (n, .) matrix: up to 4 on the CPU, 1 elsewhere.
+
+    Blocks save multiply-adds on a CPU, which is bound by them; on a GPU the small matmuls
+    would cost more in launches and occupancy than the third they save.
+    """
+    return min(4, n // 64) if device_type == "cpu" else 1
+
+
+def _symmetric_gram(m: Tensor, blocks: int | None = None) -> tuple[Tensor, Tensor]:
     """(M M^T, ||M M^T||_F^2) computing only the upper row blocks of the symmetric Gram matrix.
 
     With M cut into q row blocks, q (q + 1) / 2 of the q^2 block products are needed: for
-    q = 4, 10 of 16 (a third fewer multiply-adds than ``M @ M.T``).
+    q = 4, 10 of 16 (a third fewer multiply-adds than ``M @ M.T``). ``blocks``: q (default
+    :func:`gram_blocks`); below 2, one matmul.
     """
-    n = m.shape[0]
-    q = min(4, n // 64)
+    q = gram_blocks(m.shape[0], m.device.type) if blocks is None else blocks
     if q < 2:
         gram = m @ m.T
         return gram, gram.square().sum()

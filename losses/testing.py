@@ -19,11 +19,16 @@ In a plugin package's tests::
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from podbench.errors import UserError
 from podbench.losses.base import LossOutput, LossPlugin, NonFiniteFeaturesError
@@ -39,6 +44,9 @@ __all__ = [
     "check_predict_agrees",
     "check_predict_is_pure",
     "check_state_dict_roundtrip",
+    "check_no_host_sync",
+    "count_host_syncs",
+    "HostSyncs",
     "run_conformance",
     "train_steps",
 ]
@@ -345,6 +353,134 @@ def check_bad_inputs(loss: LossLike) -> None:
         raise AssertionError(f"{name}: predict accepts features of the wrong width")
 
 
+# -- host syncs -------------------------------------------------------------------------------
+
+_aten = torch.ops.aten
+# Ops whose CUDA kernels make the host wait for the device: a value read back (.item(), float(t),
+# int(t), bool(t), `if t:`), or an output whose size depends on the data.
+_SYNC_OPS = frozenset({
+    _aten._local_scalar_dense, _aten.is_nonzero, _aten.equal, _aten.allclose,
+    _aten.nonzero, _aten.argwhere, _aten.masked_select, _aten.bincount, _aten._unique,
+    _aten._unique2, _aten.unique_dim, _aten.unique_consecutive, _aten.unique_dim_consecutive,
+})
+_MASK_INDEXING = frozenset({_aten.index, _aten.index_put, _aten.index_put_})  # x[mask], x[mask] = v
+
+
+@dataclass
+class HostSyncs:
+    """The calls :func:`count_host_syncs` saw, each as ``"what at file:line"``."""
+
+    calls: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.calls)
+
+    def add(self, what: str) -> None:
+        # the innermost frame outside torch and this module: where the code asked for the value
+        where = "?"
+        for frame in reversed(traceback.extract_stack()[:-1]):
+            if "/torch/" not in frame.filename and frame.filename != __file__:
+                where = f"{frame.filename}:{frame.lineno}"
+                break
+        self.calls.append(f"{what} at {where}")
+
+
+class _SyncOps(TorchDispatchMode):
+    def __init__(self, seen: HostSyncs) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        packet = func.overloadpacket
+        if packet in _SYNC_OPS:
+            self.seen.add(packet.__name__)
+        elif packet in _MASK_INDEXING and any(
+            isinstance(i, Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] or ()
+        ):
+            self.seen.add(f"{packet.__name__} with a boolean mask")
+        elif packet is _aten.repeat_interleave and func is not _aten.repeat_interleave.self_int \
+                and kwargs.get("output_size") is None:
+            self.seen.add("repeat_interleave without output_size")
+        elif packet is _aten.copy_ and args[0].device != args[1].device and not (
+                args[2] if len(args) > 2 else kwargs.get("non_blocking", False)):
+            self.seen.add("blocking copy between devices")
+        return func(*args, **kwargs)
+
+
+def _moves_blocking(*args: Any, **kwargs: Any) -> bool:
+    device, _, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+    return device is not None and not non_blocking
+
+
+@contextlib.contextmanager
+def count_host_syncs() -> Iterator[HostSyncs]:
+    """Count the calls that would make the host wait for a CUDA device, on any device.
+
+    A GPU run is fast when the host queues work ahead of the device and never waits for it. The
+    calls that make it wait are seen on the CPU as well: ops that read a value or whose output
+    size depends on the data (seen by a dispatch mode), and explicit transfers: ``.cpu()``,
+    ``.numpy()``, ``.tolist()``, ``__array__``, and ``.to(device)`` / ``.cuda()`` without
+    ``non_blocking``. A CPU run cannot tell a host tensor from a device one, so the count is
+    an upper bound: every such call counts.
+
+    Example:
+        >>> with count_host_syncs() as syncs:
+        ...     _ = float(torch.ones(2).sum())
+        >>> syncs.count
+        1
+    """
+    seen = HostSyncs()
+    methods: dict[str, Callable[..., bool] | None] = {
+        "cpu": None, "numpy": None, "tolist": None, "__array__": None,
+        "to": _moves_blocking, "cuda": lambda *a, non_blocking=False, **k: not non_blocking,
+    }
+    originals = {name: getattr(Tensor, name) for name in methods}
+
+    def counting(name: str, orig: Callable[..., Any], when: Callable[..., bool] | None) -> Any:
+        def method(self: Tensor, *args: Any, **kwargs: Any) -> Any:
+            if when is None or when(*args, **kwargs):
+                seen.add(f"Tensor.{name}")
+            return orig(self, *args, **kwargs)
+        return method
+
+    try:
+        for name, when in methods.items():
+            setattr(Tensor, name, counting(name, originals[name], when))
+        with _SyncOps(seen):
+            yield seen
+    finally:
+        for name, orig in originals.items():
+            setattr(Tensor, name, orig)
+
+
+def check_no_host_sync(loss: LossLike) -> None:
+    """With value checks off (as the engine runs after a run's first batch), an update, its
+    backward pass and ``predict`` never make the host wait for the device.
+
+    The engine keeps a GPU busy by reading nothing back per batch; a loss that reads a value
+    (``.item()``, ``float(t)``, ``if t:``) or makes a data-dependent shape (``bincount``,
+    boolean masks, ``nonzero``) stalls every update.
+    """
+    plugin = _make(loss)
+    name = _name(plugin)
+    plugin.check_values = False
+    x, y = _batch(7)
+    for mode in ("train", "eval"):
+        plugin.train(mode == "train")
+        for step in range(plugin.updates_per_batch):
+            feats = x.clone().requires_grad_(True)
+            with count_host_syncs() as syncs:
+                plugin.update_loss(feats, y, step).total.backward()
+                with torch.no_grad():
+                    plugin.predict(feats.detach())
+            assert syncs.count == 0, (
+                f"{name} ({mode}): update {step} makes the host wait for the device "
+                f"({'; '.join(syncs.calls)}); keep values on the device."
+            )
+
+
 CHECKS: tuple[Callable[[LossLike], None], ...] = (
     check_output,
     check_gradients,
@@ -354,6 +490,7 @@ CHECKS: tuple[Callable[[LossLike], None], ...] = (
     check_determinism,
     check_edge_cases,
     check_bad_inputs,
+    check_no_host_sync,
 )
 
 
