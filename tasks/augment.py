@@ -2,15 +2,60 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EpochPlan", "epoch_generator", "epoch_plan", "normalise", "random_crop_flip",
+from podbench.tasks.archs import SMALL_STEM_MAX
+
+__all__ = ["EpochPlan", "Protocol", "centre_crop_resize", "epoch_generator", "epoch_plan",
+           "image_protocol", "normalise", "random_crop_flip", "random_resized_crop",
            "resize_batch"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What a task does to the images: fixed by the dataset and the run's settings only.
+
+    Never by the data path (held in memory or streamed, chosen by a memory threshold), so a
+    suite gives the same protocol on machines with different memory.
+
+    Attributes:
+        size: height = width of the batches' images.
+        train: ``"pad-crop"`` (random crop of the zero-padded image), ``"random-resized-crop"``
+            (ImageNet style, drawn from the image as stored), or ``"none"``; then resized to
+            ``size`` if needed.
+        padding: zero padding of the pad-crop (0 otherwise).
+        hflip: random horizontal flips in training.
+        eval: ``"resize"`` (to ``size``) or ``"resize-centre-crop"`` (shorter side to
+            ``size * 256 / 224``, then the central ``size`` x ``size``).
+    """
+
+    size: int
+    train: Literal["none", "pad-crop", "random-resized-crop"]
+    padding: int
+    hflip: bool
+    eval: Literal["resize", "resize-centre-crop"]
+
+
+def image_protocol(
+    stored_size: int, size: int, *, augment: bool, crop_padding: int, hflip: bool
+) -> Protocol:
+    """The protocol of images stored at ``stored_size`` px and batched at ``size`` px.
+
+    Images stored larger than ``SMALL_STEM_MAX`` px (64) get the ImageNet protocol (random
+    resized crop, resize and centre crop to evaluate); smaller ones the CIFAR one (pad-crop).
+    """
+    if stored_size > SMALL_STEM_MAX:
+        return Protocol(size, "random-resized-crop" if augment else "none", 0, augment and hflip,
+                        "resize-centre-crop")
+    pad = crop_padding if augment else 0
+    return Protocol(size, "pad-crop" if pad else "none", pad, augment and hflip, "resize")
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -91,6 +136,51 @@ def random_crop_flip(
     return torch.gather(out, 3, cols[:, None, None, :].expand(b, c, h, w))
 
 
+def _random_resized_crop_box(
+    height: int, width: int, gen: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (top, left, h, w), drawn from ``gen``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(3, generator=gen).tolist()
+        target = area * (scale[0] + u[0] * (scale[1] - scale[0]))
+        aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=gen))
+            return top, left, h, w
+    # fallback: the central crop with the ratio clamped into range
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(image: torch.Tensor, seed: int, size: int) -> torch.Tensor:
+    """One (C, H, W) image's RandomResizedCrop at ``size``, its box drawn from ``seed`` alone."""
+    from torchvision.transforms.v2 import functional as TF
+
+    box = _random_resized_crop_box(image.shape[-2], image.shape[-1],
+                                   torch.Generator().manual_seed(int(seed)))
+    return TF.resized_crop(image, *box, [size, size], antialias=True)
+
+
+def centre_crop_resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """ImageNet-style evaluation: shorter side to ``size * 256 / 224``, then the centre square."""
+    from torchvision.transforms.v2 import functional as TF
+
+    resized = TF.resize(images, round(size * 256 / 224), antialias=True)
+    return TF.center_crop(resized, [size, size])
+
+
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear (antialiased) resize of a float batch to ``size`` x ``size``."""
     if images.shape[-2:] == (size, size):
@@ -103,11 +193,17 @@ def normalise(
     images: torch.Tensor,
     mean: Sequence[float] | torch.Tensor,
     std: Sequence[float] | torch.Tensor,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
-    """uint8 (or 0..255 float) batch -> float32 ``(x / 255 - mean) / std`` per channel."""
+    """uint8 (or 0..255 float) batch -> float32 ``(x / 255 - mean) / std`` per channel.
+
+    ``memory_format``: the layout of the result (``torch.channels_last`` for networks that run
+    channels-last), made by the conversion to float32 itself: no further copy.
+    """
     device = images.device
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     # one conversion and two in-place passes: x * 1/(255 std) - mean/std
-    out = images.to(torch.float32, copy=True)
+    out = torch.empty_like(images, dtype=torch.float32, memory_format=memory_format)
+    out.copy_(images)
     return out.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)

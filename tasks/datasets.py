@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, cast
@@ -47,6 +47,7 @@ __all__ = [
     "locate_dataset",
     "register_dataset",
     "resolve_device",
+    "stream_threshold",
 ]
 
 ENTRY_POINT_GROUP = "podbench.datasets"
@@ -280,7 +281,8 @@ def _subset(split: ArraySplit | FileSplit, idx: np.ndarray) -> ArraySplit | File
     return FileSplit([split.paths[i] for i in idx.tolist()], split.labels.index_select(0, t))
 
 
-def _stream_threshold() -> int:
+def stream_threshold() -> int:
+    """Decoded bytes above which image folders are streamed: $PODBENCH_STREAM_BYTES or 4 GiB."""
     raw = os.environ.get("PODBENCH_STREAM_BYTES")
     if raw is None:
         return DEFAULT_STREAM_BYTES
@@ -299,12 +301,14 @@ def load_task(
     split_seed: int = 0,
     use_val: bool = False,
     augment: bool = True,
-    limit: int | None = None,
+    limit: int | Mapping[str, int | None] | None = None,
     image_size: int | None = None,
     stream: bool | None = None,
     workers: int | None = None,
     known_classes: Sequence[int] | None = None,
     label_noise: LabelNoise | None = None,
+    stream_bytes: int | None = None,
+    channels_last: bool = False,
 ) -> Task:
     """Load dataset ``name`` as a :class:`~podbench.tasks.Task` on ``device``.
 
@@ -316,18 +320,22 @@ def load_task(
         split_seed: seed of the stratified validation split.
         use_val: train on the training set minus the validation split, and offer split "val".
         augment: random crop with padding and flip (per the dataset) on training batches.
-        limit: keep the first ``limit`` samples (class-balanced) of each split.
+        limit: keep the first ``limit`` samples (class-balanced) of each split; a mapping
+            limits each split it names ({"train": 400, "test": None}; ``test-unknown`` follows
+            ``test``), the others are whole.
         image_size: size of the batches' images (default: the dataset's); image folders are
             decoded at this size.
         stream: True: read image files through DataLoader workers every epoch; False: decode once
             and hold in memory; None: stream only when the decoded data would exceed
-            $PODBENCH_STREAM_BYTES (default 4 GiB).
+            ``stream_bytes``. Both give the same protocol (augmentation, evaluation resize).
         workers: DataLoader workers when streaming (default: CPU count, at most 8).
         known_classes: an open-set split: train and evaluate on these classes only, relabelled
             0..k-1 in this order; each evaluation split also has ``<split>-unknown``, the other
             classes' samples (labelled -1), for open-set detection.
         label_noise: redraw the training split's labels by this noise model (validation and
             test labels stay clean); ``Task.label_noise_rate`` is the share actually changed.
+        stream_bytes: the threshold of ``stream=None`` (default :func:`stream_threshold`).
+        channels_last: batches in the channels-last layout (no copy per batch to get there).
 
     Returns:
         A Task whose batches are normalised float images on ``device`` with int64 labels.
@@ -337,8 +345,9 @@ def load_task(
 
     src_cls = dataset_source(name)
     info = src_cls.info
-    if limit is not None and int(limit) < 1:
-        raise UserError(f"limit must be a positive number of samples or null, got {limit}.")
+    for value in (limit.values() if isinstance(limit, Mapping) else [limit]):
+        if value is not None and int(value) < 1:
+            raise UserError(f"limit must be a positive number of samples or null, got {value}.")
     if image_size is not None and int(image_size) < 1:
         raise UserError(f"image_size must be a positive number of pixels, got {image_size}.")
     if use_val and not 0.0 < val_fraction < 1.0:
@@ -381,13 +390,14 @@ def load_task(
     plan["test"] = ("test", None)
     if known_classes is not None:
         plan = _open_set_plan(plan, raw, known_classes)
-    if limit is not None:
-        from podbench.tasks.splits import balanced_head
+    for key, (source, idx) in plan.items():
+        kept_head = _split_limit(limit, key)
+        if kept_head is not None:
+            from podbench.tasks.splits import balanced_head
 
-        for key, (source, idx) in plan.items():
             labels = getattr(raw, source).labels.numpy()
             base = np.arange(len(labels)) if idx is None else idx
-            plan[key] = (source, base[balanced_head(labels[base], int(limit))])
+            plan[key] = (source, base[balanced_head(labels[base], int(kept_head))])
 
     def materialise(source_splits: dict[str, ArraySplit | FileSplit]) -> dict:
         return {key: source_splits[source] if idx is None else _subset(source_splits[source], idx)
@@ -407,16 +417,18 @@ def load_task(
                  for src, idx in plan.values()]
         decoded_bytes = sum(sizes) * channels * native * native
         if stream is None:
-            stream = decoded_bytes > _stream_threshold()
+            stream = decoded_bytes > (stream_threshold() if stream_bytes is None else stream_bytes)
         if stream:
             from podbench.tasks.streaming import StreamingTask
 
             streamed, noise_rate = _with_noise(materialise(source_splits), classes, label_noise)
             task: Task = StreamingTask(info, classes, streamed, device=dev, augment=augment,
-                                       image_size=image_size or native, workers=workers)
+                                       image_size=image_size or native, workers=workers,
+                                       channels_last=channels_last)
             task.label_noise_rate = noise_rate
             return task
-        if limit is None:  # decode (or load from the cache) whole splits, then carve
+        if all(_split_limit(limit, key) is None for key in plan):
+            # decode (or load from the cache) whole splits, then carve
             source_splits = {k: cache.cached_decode(info.name, v, native)
                              if isinstance(v, FileSplit) else v for k, v in source_splits.items()}
             splits = materialise(source_splits)
@@ -432,9 +444,17 @@ def load_task(
 
     splits, noise_rate = _with_noise(splits, classes, label_noise)
     tensors = {k: (v.images, v.labels) for k, v in splits.items() if isinstance(v, ArraySplit)}
-    task = TensorTask(info, classes, tensors, device=dev, augment=augment, image_size=image_size)
+    task = TensorTask(info, classes, tensors, device=dev, augment=augment, image_size=image_size,
+                      channels_last=channels_last)
     task.label_noise_rate = noise_rate
     return task
+
+
+def _split_limit(limit: int | Mapping[str, int | None] | None, split: str) -> int | None:
+    """The limit of ``split``: ``limit`` itself, or its entry (``<split>-unknown``: ``<split>``'s)."""
+    if not isinstance(limit, Mapping):
+        return limit
+    return limit.get(split, limit.get(split.partition("-")[0]))
 
 
 def _relabelled(split: S_co, labels: torch.Tensor) -> S_co:

@@ -9,15 +9,21 @@ batches as held in memory.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from podbench.tasks.archs import SMALL_STEM_MAX
-from podbench.tasks.augment import epoch_plan, normalise, random_crop_flip
+from podbench.tasks.augment import (
+    Protocol,
+    centre_crop_resize,
+    epoch_plan,
+    image_protocol,
+    normalise,
+    random_crop_flip,
+    random_resized_crop,
+)
 from podbench.tasks.datasets import DatasetInfo, FileSplit
 from podbench.tasks.task import Batch, Task
 
@@ -27,70 +33,35 @@ __all__ = ["StreamingTask"]
 _Item = tuple[int, int, int, bool, int]
 
 
-def _random_resized_crop_box(
-    height: int, width: int, gen: torch.Generator,
-    scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop box (top, left, h, w), drawn from ``gen``."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        u = torch.rand(3, generator=gen).tolist()
-        target = area * (scale[0] + u[0] * (scale[1] - scale[0]))
-        aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
-            left = int(torch.randint(0, width - w + 1, (1,), generator=gen))
-            return top, left, h, w
-    # fallback: the central crop with the ratio clamped into range
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        h, w = height, round(height * ratio[1])
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 class _ImageFiles(Dataset):
-    """Decodes one file per item and applies the augmentation the sampler chose for it."""
+    """Decodes one file per item and applies the task's protocol with the sampler's choices."""
 
-    def __init__(self, split: FileSplit, size: int, *, train: bool, padding: int) -> None:
+    def __init__(self, split: FileSplit, protocol: Protocol, *, train: bool) -> None:
         self.paths = split.paths
         self.labels = split.labels
-        self.size = size
+        self.protocol = protocol
         self.train = train
-        self.padding = padding
-        self.large = size > SMALL_STEM_MAX
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, item: _Item) -> tuple[torch.Tensor, torch.Tensor]:
-        from torchvision.transforms.v2 import functional as TF
-
         from podbench.tasks.formats import _decode_one, _fit, read_bytes
 
         index, top, left, flip, seed = item
         path = self.paths[index]
         img = _decode_one(path, read_bytes(path))
-        if self.large and self.train:  # ImageNet-style: random resized crop, then flip
-            box = _random_resized_crop_box(img.shape[-2], img.shape[-1],
-                                           torch.Generator().manual_seed(seed))
-            img = TF.resized_crop(img, *box, [self.size, self.size], antialias=True)
-            img = TF.horizontal_flip(img) if flip else img
-        elif self.large:  # ImageNet-style evaluation: resize to 256/224 of the size, centre crop
-            img = TF.center_crop(TF.resize(img, round(self.size * 256 / 224), antialias=True),
-                                 [self.size, self.size])
+        p, size = self.protocol, self.protocol.size
+        if self.train and p.train == "random-resized-crop":
+            img = random_resized_crop(img, seed, size)
+            img = img.flip(-1) if flip else img
+        elif not self.train and p.eval == "resize-centre-crop":
+            img = centre_crop_resize(img, size)
         else:
-            img = _fit(img, self.size)
-            if self.train and (self.padding or flip):
-                offsets = torch.tensor([[top, left]]) if self.padding else None
-                img = random_crop_flip(img[None], offsets, torch.tensor([flip]),
-                                       self.padding)[0]
+            img = _fit(img, size)
+            if self.train and (p.padding or flip):
+                offsets = torch.tensor([[top, left]]) if p.padding else None
+                img = random_crop_flip(img[None], offsets, torch.tensor([flip]), p.padding)[0]
         return img, self.labels[index]
 
 
@@ -100,8 +71,9 @@ class _PlanSampler(Sampler[_Item]):
     It runs in the main process, so a persistent worker pool sees each new epoch's choices.
     """
 
-    def __init__(self, n: int, padding: int, hflip: bool, train: bool) -> None:
-        self.n, self.padding, self.hflip, self.train = n, padding, hflip, train
+    def __init__(self, n: int, protocol: Protocol, train: bool) -> None:
+        self.n, self.train = n, train
+        self.padding, self.hflip = protocol.padding, protocol.hflip
         self.seed = 0
         self.epoch = 0
 
@@ -129,8 +101,8 @@ class _PlanSampler(Sampler[_Item]):
 class StreamingTask(Task):
     """A dataset too large to hold: DataLoader workers with pinned memory and persistent workers.
 
-    Training uses crop-with-padding + flip for images up to 64 px (as the in-memory path) and
-    RandomResizedCrop + flip above; evaluation resizes and centre-crops.
+    The images get the same :class:`~podbench.tasks.augment.Protocol` as held in memory
+    (pad-crop up to 64 px, random resized crop and a centre-crop evaluation above).
     """
 
     def __init__(
@@ -143,12 +115,18 @@ class StreamingTask(Task):
         augment: bool,
         image_size: int,
         workers: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.info = info
         self.classes = classes
         self.device = device
         self.augment = augment
         self.image_size = int(image_size)
+        self.channels_last = channels_last
+        # the size the files are decoded at, as held in memory: the protocol's
+        self.protocol = image_protocol(int(info.image_size or image_size), self.image_size,
+                                       augment=augment, crop_padding=info.crop_padding,
+                                       hflip=info.hflip)
         self._splits = splits
         self.num_train = len(splits["train"].labels)
         self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
@@ -164,14 +142,16 @@ class StreamingTask(Task):
         self._check_split(split)
         return len(self._splits[split].labels)
 
+    @property
+    def data_bytes(self) -> int:
+        return sum(s.labels.nbytes for s in self._splits.values())  # images stay in their files
+
     def _loader(self, split: str, batch_size: int, train: bool, drop_last: bool
                 ) -> tuple[DataLoader, _PlanSampler]:
         key = (split, batch_size, train, drop_last)
         if key not in self._loaders:  # one pool per shape of use: persistent across epochs
-            pad = self.info.crop_padding if train and self.augment else 0
-            data = _ImageFiles(self._splits[split], self.image_size, train=train, padding=pad)
-            sampler = _PlanSampler(len(data), pad, train and self.augment and self.info.hflip,
-                                   train)
+            data = _ImageFiles(self._splits[split], self.protocol, train=train)
+            sampler = _PlanSampler(len(data), self.protocol, train)
             loader = DataLoader(
                 data, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                 num_workers=self.workers, pin_memory=self.device.type == "cuda",
@@ -183,7 +163,7 @@ class StreamingTask(Task):
 
     def _finish(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
-        return normalise(images, self._mean, self._std)
+        return normalise(images, self._mean, self._std, self.memory_format)
 
     def train_batches(
         self, batch_size: int, *, seed: int, epoch: int, drop_last: bool = False

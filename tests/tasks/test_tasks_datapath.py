@@ -246,3 +246,81 @@ def test_batches_are_learnable(dataset: str, arch: str, epochs: int, floor: floa
         correct = sum(int((head(model(x)).argmax(1) == y).sum())
                       for x, y in task.eval_batches("test", 256))
     assert correct / task.num_samples("test") >= floor
+
+
+def _png_folder(root: Path, size: int, per_class: int = 5) -> Path:
+    """An image folder of square PNGs (lossless): in memory and streamed decode the same pixels."""
+    from PIL import Image
+
+    gen = np.random.default_rng(size)
+    for split, n in (("train", per_class), ("test", 3)):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = gen.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("size", [40, 80])
+def test_protocol_depends_on_the_data_not_on_the_data_path(tmp_path: Path, size: int) -> None:
+    # The memory threshold picks the path; it must not pick the augmentation or the evaluation.
+    root = _png_folder(tmp_path, size)
+    memory = load_task("imagefolder", root, stream_bytes=10**12)
+    stream = load_task("imagefolder", root, stream_bytes=1, workers=0)
+    assert type(memory).__name__ == "TensorTask" and type(stream).__name__ == "StreamingTask"
+    assert memory.protocol == stream.protocol
+    large = size > 64
+    assert memory.protocol.train == ("random-resized-crop" if large else "pad-crop")
+    assert memory.protocol.eval == ("resize-centre-crop" if large else "resize")
+    for epoch in (0, 1):
+        pairs = zip(memory.train_batches(4, seed=3, epoch=epoch),
+                    stream.train_batches(4, seed=3, epoch=epoch), strict=True)
+        for (xa, ya), (xb, yb) in pairs:
+            assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    pairs = zip(memory.eval_batches("test", 4), stream.eval_batches("test", 4), strict=True)
+    for (xa, ya), (xb, yb) in pairs:
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    stream.close()
+
+
+def test_large_image_evaluation_is_resize_then_centre_crop(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rows, cols = np.mgrid[0:80, 0:80]
+    smooth = np.stack([rows * 3, cols * 3, (rows + cols) * 1.5], axis=-1).astype(np.uint8)
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (tmp_path / split / label).mkdir(parents=True)
+            Image.fromarray(smooth if label == "a" else 255 - smooth).save(
+                tmp_path / split / label / "0.png")
+    task = load_task("imagefolder", tmp_path, augment=False, stream_bytes=10**12)
+    x, y = next(task.eval_batches("test", 2))
+    # by hand with Pillow: shorter side to round(80 * 256 / 224) = 91, then the centre 80 x 80
+    # from offset round(11 / 2) = 6 (torchvision's rounding)
+    big = np.asarray(Image.fromarray(smooth).resize((91, 91), Image.BILINEAR), np.float64)
+    expected = big[6:86, 6:86]
+    mean, std = np.array(task.info.mean), np.array(task.info.std)
+    got = (x[int(torch.nonzero(y == 0)[0])].permute(1, 2, 0).numpy() * std + mean) * 255
+    assert np.abs(got - expected).max() <= 1.01  # Pillow's and torch's bilinear, rounded to uint8
+
+
+def test_channels_last_batches_come_from_the_float_conversion() -> None:
+    plain = load_task("synthetic", limit=20)
+    last = load_task("synthetic", limit=20, channels_last=True)
+    for batches in (lambda t: t.train_batches(8, seed=0, epoch=0),
+                    lambda t: t.eval_batches("test", 8)):
+        for (xa, ya), (xb, yb) in zip(batches(plain), batches(last), strict=True):
+            assert xa.shape[1] == 3 and xa.is_contiguous()
+            assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)  # the same values, laid out NHWC
+
+
+def test_per_split_limits_and_the_bytes_held() -> None:
+    task = load_task("digits", use_val=True, limit={"train": 100, "val": 30, "test": None})
+    info = task.info
+    assert [task.num_samples(s) for s in ("train", "val", "test")] == [100, 30, info.test_size]
+    per_image = info.channels * info.image_size**2  # uint8
+    expected = sum(n * (per_image + 8) for n in (100, 30, info.test_size))  # + int64 labels
+    assert task.data_bytes == expected
