@@ -7,14 +7,22 @@ diverging run: the record says ``failed`` (with the traceback) or ``diverged`` (
 Only KeyboardInterrupt and other BaseExceptions escape.
 
 Per batch, for each of the plugin's ``updates_per_batch`` steps: features = model(x) (under
-autocast when AMP is on), loss = plugin.update_loss(features, y, step) (in float32),
-backward, optional gradient clipping, optimiser step.
+autocast when AMP is on, the projection to the latent space in float32), loss =
+plugin.update_loss(features, y, step) (in float32), backward, optional gradient clipping,
+optimiser step.
+
+Host syncs (the host waiting for a GPU): none per training batch after the run's first, whose
+inputs the plugin checks; per epoch, one read of the epoch's sums, the wait that times the
+epoch, and what the plugin's epoch hooks read; per evaluation, one read (three at the last
+epoch, with the features for the geometry). Divergence is watched on the device
+(:class:`_FiniteWatch`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import os
 import platform
@@ -70,7 +78,9 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def environment(device: torch.device, deterministic: bool | None = None) -> dict[str, Any]:
+def environment(
+    device: torch.device, deterministic: bool | None = None, tf32: bool | None = None
+) -> dict[str, Any]:
     """Where and with what a run ran (the record's ``env``)."""
     import podbench
 
@@ -87,7 +97,81 @@ def environment(device: torch.device, deterministic: bool | None = None) -> dict
         "ray": package_version("ray"),
         "threads": torch.get_num_threads(),
         "deterministic": deterministic,
+        "tf32": tf32,
     }
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """A UserError when ``amp: bf16`` asks a GPU without native bfloat16 (before Ampere)."""
+    from podbench.errors import UserError
+
+    # including_emulation=False: emulated bf16 is slower than float32 on those cards
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(
+            including_emulation=False):
+        raise UserError(
+            f"amp: bf16 needs a GPU with native bfloat16 (compute capability 8.0 or newer), "
+            f"but {torch.cuda.get_device_name(device)} has none; set amp: fp16 or amp: off."
+        )
+
+
+def use_tf32(device: torch.device, amp: str) -> bool:
+    """Allow TF32 for float32 matmuls and convolutions: on CUDA with ``amp: off``, unless the
+    run asked for deterministic kernels (set before), or AMP runs (whose float32 parts, the
+    latent projection and the loss, are float32 on purpose). Returns the choice."""
+    on = device.type == "cuda" and amp == "off" and not torch.are_deterministic_algorithms_enabled()
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    torch.backends.cudnn.allow_tf32 = on
+    return on
+
+
+def _latent_in_float32(model: nn.Module) -> None:
+    """Run the model's projection to the latent space (``model.proj``) in float32 under autocast.
+
+    Autocast would round the features to bf16/fp16 before the float32 loss: POD's small SC
+    term and the geometry statistics would see quantised features. The state dict is unchanged.
+    """
+    proj = getattr(model, "proj", None)
+    if not isinstance(proj, nn.Module):
+        return
+    inner = proj.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return inner(x.float())
+
+    proj.forward = forward  # type: ignore[method-assign]
+
+
+def stream_budget(gpus: float, device: torch.device) -> int | None:
+    """Decoded bytes this run may hold in memory: the stream threshold times its share of a GPU.
+
+    None (the threshold itself) for a whole GPU or the CPU.
+    """
+    from podbench.tasks.datasets import stream_threshold
+
+    if device.type != "cuda" or not 0 < gpus < 1:
+        return None
+    return int(stream_threshold() * gpus)
+
+
+class _FiniteWatch:
+    """Whether every training loss so far was finite, known on the host without waiting.
+
+    Each check folds the newest losses into a flag on the device and queues its copy into pinned
+    host memory; the host reads whatever copy has arrived. The flag only ever turns false, so a
+    late copy is a true answer for an earlier batch: divergence is seen a check or so late.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.ok = torch.ones((), dtype=torch.bool, device=device)
+        self._host = torch.ones((), dtype=torch.bool, pin_memory=device.type == "cuda")
+        self._seen = self._host.numpy()  # a view: read with no torch call
+
+    def fold(self, losses: torch.Tensor) -> bool:
+        """Fold ``losses`` in; False once a non-finite one has reached the host."""
+        self.ok &= torch.isfinite(losses).all()
+        self._host.copy_(self.ok, non_blocking=True)
+        return bool(self._seen)
 
 
 def _error(exc: BaseException, epoch: int | None) -> RunError:
@@ -131,19 +215,18 @@ class _Trainer:
         self.device = resolve_device(run.device)
         self.checkpoint_dir = checkpoint_dir
         seed_everything(run.seed)
-        use_val = run.eval_split == "val" or bool(run.evaluate)  # probes fit T on validation
+        check_amp(run.amp, self.device)
+        self.tf32 = use_tf32(self.device, run.amp)
         known, noise = _data_conditions(run)
-        def task(limit: int | None, augment: bool) -> Task:
-            return load_task(
-                run.dataset, run.data_root, device=self.device, val_fraction=run.val_fraction,
-                split_seed=run.split_seed, use_val=use_val, image_size=run.image_size,
-                limit=limit, augment=augment, known_classes=known, label_noise=noise,
-            )
-
-        self.task = task(run.limit_train, augment=True)
-        self.eval_task = self.task
-        if run.limit_eval != run.limit_train:  # load_task limits every split alike
-            self.eval_task = task(run.limit_eval, augment=False)
+        # each split once: the training split at limit_train, the evaluated ones at limit_eval
+        self.task: Task = load_task(
+            run.dataset, run.data_root, device=self.device, val_fraction=run.val_fraction,
+            split_seed=run.split_seed, image_size=run.image_size,
+            use_val=run.eval_split == "val" or bool(run.evaluate),  # probes fit T on validation
+            limit={"train": run.limit_train, "val": run.limit_eval, "test": run.limit_eval},
+            known_classes=known, label_noise=noise,
+            stream_bytes=stream_budget(run.gpus, self.device), channels_last=run.channels_last,
+        )
         info = self.task.info
         num_classes = len(self.task.classes)  # image folders know their classes only when read
         torch.manual_seed(run.seed)
@@ -151,6 +234,8 @@ class _Trainer:
             run.arch, in_channels=info.channels, image_size=self.task.image_size,
             feat_dim=run.feat_dim,
         )
+        if run.amp != "off":  # before compiling: the compiled graph keeps the float32 projection
+            _latent_in_float32(self.model)
         # prepare_model moves and converts self.model in place; checkpoints save self.model, whose
         # state_dict keys lack the compiled wrapper's "_orig_mod." prefix
         self.forward: Callable[[torch.Tensor], torch.Tensor] = prepare_model(
@@ -163,13 +248,17 @@ class _Trainer:
         ).to(self.device)
         params = [p for p in [*self.model.parameters(), *self.plugin.parameters()] if p.requires_grad]
         self.params = params
+        # fp16: a fused optimiser skips a step with inf gradients on the device; otherwise the
+        # loss scaler reads its inf check back on every update
+        fused = True if run.amp == "fp16" else None
         if run.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay,
-                nesterov=run.nesterov,
+                nesterov=run.nesterov, fused=fused,
             )
         else:
-            self.optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay)
+            self.optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay,
+                                               fused=fused)
         self.updates = int(getattr(self.plugin, "updates_per_batch", 1))
         batches = math.ceil(self.task.num_train / run.batch_size)
         self.steps_per_epoch = min(batches, run.max_steps) if run.max_steps else batches
@@ -188,6 +277,7 @@ class _Trainer:
             )
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.amp == "fp16")
+        self.watch = _FiniteWatch(self.device)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.train_images = 0
@@ -219,8 +309,8 @@ class _Trainer:
         self.plugin.train()
         self.plugin.on_epoch_start(epoch)
         lr = float(self.optimizer.param_groups[0]["lr"])
-        # Per-batch values stay on the device in lists (append is the cheapest op); they are
-        # reduced once per epoch, and checked for NaN every `check_every` batches.
+        # Per-batch values stay on the device in lists (append is the cheapest op) and are read
+        # once, at the end of the epoch; every `check_every` batches the watch folds them in.
         totals: list[torch.Tensor] = []
         parts: list[dict[str, torch.Tensor]] = []
         corrects: list[torch.Tensor] = []
@@ -230,9 +320,8 @@ class _Trainer:
             run.batch_size, seed=run.seed, epoch=epoch
         )
         start = time.perf_counter()
-        for index, (x, y) in enumerate(batches):
-            if index >= self.steps_per_epoch:
-                break
+        # islice: a batch past max_steps is never made
+        for index, (x, y) in enumerate(itertools.islice(batches, self.steps_per_epoch)):
             x = self._prepare(x)
             for step in range(self.updates):
                 with self.autocast():
@@ -254,10 +343,13 @@ class _Trainer:
                     parts.append({k: v.detach() for k, v in out.parts.items()})
                     with torch.no_grad():
                         corrects.append((self.plugin.predict(features.detach()).argmax(dim=1) == y).sum())
+            # The plugin checked the run's first batch (shapes, labels, finite features); later
+            # value checks would read the device every update: the watch takes over.
+            self.plugin.check_values = False
             sizes.append(int(y.shape[0]))
-            if len(totals) % check_every == 0 and not bool(torch.isfinite(torch.stack(totals[-check_every:])).all()):
+            if len(totals) % check_every == 0 and not self.watch.fold(torch.stack(totals[-check_every:])):
                 raise RunDiverged(f"the training loss became NaN/Inf by batch {index} of epoch {epoch}")
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # the epoch's time includes the work queued for it
             torch.cuda.synchronize(self.device)
         self.train_seconds += time.perf_counter() - start
         seen = sum(sizes)
@@ -265,21 +357,26 @@ class _Trainer:
         self.plugin.on_epoch_end(epoch)
         if seen == 0:
             raise RuntimeError("the training split yielded no batch; check limit_train and batch_size")
-        weights = torch.tensor(sizes, dtype=torch.float64)
-        loss_values = torch.stack(totals).to(torch.float64).cpu()
-        train_loss = float((loss_values * weights).sum()) / seen
+        # the epoch's one read: weighted sums of the loss and its parts, correct predictions,
+        # and whether the weights are finite
+        names = list(parts[0])
+        per_batch = torch.stack([torch.stack(totals), *(torch.stack([p[n] for p in parts]) for n in names)])
+        weights = torch.tensor(sizes, dtype=torch.float64).to(self.device, non_blocking=True)
+        finite_weights = torch.stack([torch.isfinite(p).all() for p in self.params]).all()
+        loss_sum, *part_sums, correct, weights_ok = torch.cat([
+            per_batch.to(torch.float64) @ weights,
+            torch.stack(corrects).sum().to(torch.float64)[None],
+            finite_weights.to(torch.float64)[None],
+        ]).tolist()
+        train_loss = loss_sum / seen
         if not math.isfinite(train_loss):
             raise RunDiverged(f"the training loss became NaN/Inf in epoch {epoch}")
-        if not bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all()):
+        if not weights_ok:
             raise RunDiverged(f"the weights became NaN/Inf in epoch {epoch}")
-        part_means = {
-            name: float((torch.stack([p[name] for p in parts]).to(torch.float64).cpu() * weights).sum()) / seen
-            for name in (parts[0] if parts else {})
-        }
         return {
             "train_loss": train_loss,
-            "parts": part_means,
-            "train_acc": int(torch.stack(corrects).sum()) / seen,
+            "parts": {name: value / seen for name, value in zip(names, part_sums, strict=True)},
+            "train_acc": int(correct) / seen,
             "lr": lr,
         }
 
@@ -287,23 +384,25 @@ class _Trainer:
     def evaluate(self, split: str, *, keep_features: bool) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
         self.model.eval()
         self.plugin.eval()
+        self.plugin.check_values = False  # no read per batch: the epoch's end checked the weights
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         count = 0
         feats: list[torch.Tensor] = []
         labels: list[torch.Tensor] = []
-        for x, y in self.eval_task.eval_batches(split, self.run.batch_size):
+        for x, y in self.task.eval_batches(split, self.run.batch_size):
             with self.autocast():
                 features = self.forward(self._prepare(x))
             correct += (self.plugin.predict(features).argmax(dim=1) == y).sum()
             count += y.shape[0]
-            if keep_features:
-                feats.append(features.float().cpu())
-                labels.append(y.cpu())
+            if keep_features:  # kept on the device: one copy to the host at the end
+                feats.append(features.float())
+                labels.append(y)
         if count == 0:
             raise RuntimeError(f"the {split} split yielded no sample; check limit_eval")
+        accuracy = int(correct) / count
         if keep_features:
-            return int(correct) / count, torch.cat(feats), torch.cat(labels)
-        return int(correct) / count, None, None
+            return accuracy, torch.cat(feats).cpu(), torch.cat(labels).cpu()
+        return accuracy, None, None
 
     def probe(self, epoch: int, last: bool) -> dict[str, dict[str, float | None]]:
         """The values of the probes due after ``epoch`` (the model in eval mode)."""
@@ -317,7 +416,7 @@ class _Trainer:
         self.plugin.eval()
         with torch.no_grad():
             return run_probes(self.run, probes_due(self.run.evaluate, epoch, last),
-                              forward=forward, predict=self.plugin.predict, task=self.eval_task)
+                              forward=forward, predict=self.plugin.predict, task=self.task)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -440,6 +539,7 @@ def train_run(
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     cudnn_flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    precision = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
     try:
         trainer = _Trainer(run, checkpoint_dir)
         device = trainer.device
@@ -452,6 +552,8 @@ def train_run(
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn_flags
+        torch.set_float32_matmul_precision(precision[0])  # use_tf32 chose for this run only
+        torch.backends.cudnn.allow_tf32 = precision[1]
     history = trainer.history if trainer is not None else []
     accs = [h["test_acc"] for h in history if h.get("test_acc") is not None]
     images_per_s = None
@@ -470,7 +572,7 @@ def train_run(
         images_per_s=images_per_s,
         geometry=geometry,
         evaluation=trainer.evaluation if trainer is not None else {},
-        env=environment(device, deterministic_used),
+        env=environment(device, deterministic_used, getattr(trainer, "tf32", None)),
         started_at=started_at,
         finished_at=utc_now(),
     )

@@ -131,6 +131,7 @@ class Environment(BaseModel):
     ray: str | None = None
     threads: int | None = None  # torch threads of the run
     deterministic: bool | None = None  # torch's deterministic algorithms were on during the run
+    tf32: bool | None = None  # TF32 was allowed for float32 matmuls and convolutions (CUDA)
 
 
 def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -409,7 +410,7 @@ class _SyncOps(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def _moves_blocking(*args: Any, **kwargs: Any) -> bool:
+def _moves_blocking(*args: Any, copy: bool = False, **kwargs: Any) -> bool:
     device, _, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
     return device is not None and not non_blocking
 
@@ -422,8 +423,8 @@ def count_host_syncs() -> Iterator[HostSyncs]:
     calls that make it wait are seen on the CPU as well: ops that read a value or whose output
     size depends on the data (seen by a dispatch mode), and explicit transfers: ``.cpu()``,
     ``.numpy()``, ``.tolist()``, ``__array__``, and ``.to(device)`` / ``.cuda()`` without
-    ``non_blocking``. A CPU run cannot tell a host tensor from a device one, so the count is
-    an upper bound: every such call counts.
+    ``non_blocking`` outside torch. A CPU run cannot tell a host tensor from a device one, so
+    the count is an upper bound: every such call counts.
 
     Example:
         >>> with count_host_syncs() as syncs:
@@ -440,7 +441,10 @@ def count_host_syncs() -> Iterator[HostSyncs]:
 
     def counting(name: str, orig: Callable[..., Any], when: Callable[..., bool] | None) -> Any:
         def method(self: Tensor, *args: Any, **kwargs: Any) -> Any:
-            if when is None or when(*args, **kwargs):
+            # torch's own .to(device) calls are moves to where the tensor already is (its
+            # reads of values reach the dispatch mode); only code outside torch is counted
+            inside_torch = when is not None and "/torch/" in sys._getframe(1).f_code.co_filename
+            if not inside_torch and (when is None or when(*args, **kwargs)):
                 seen.add(f"Tensor.{name}")
             return orig(self, *args, **kwargs)
         return method
