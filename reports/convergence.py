@@ -195,7 +195,9 @@ def _run_times(
     methods: list[str],
 ) -> list[RunToTarget]:
     """Completed runs by their history; diverged/failed runs never reach it under ``worst``."""
-    hist = _epoch_history(data)
+    table = _epoch_history(data)
+    empty = table.iloc[0:0]
+    hist = {str(k): g.sort_values("epoch") for k, g in table.groupby("run_id")}
     runs = obs.runs[obs.runs["label"].isin(methods)]
     order = {lab: i for i, lab in enumerate(obs.labels)}
     runs = runs.assign(_o=runs["label"].map(order)).sort_values(["dataset", "arch", "_o", "seed"])
@@ -204,7 +206,7 @@ def _run_times(
         target = targets.get((r.dataset, r.arch))
         if target is None or r.status not in ("completed", "diverged", "failed"):
             continue
-        h = hist[hist["run_id"] == r.run_id].sort_values("epoch")
+        h = hist.get(str(r.run_id), empty)
         if r.status == "completed":
             if h.empty:
                 continue

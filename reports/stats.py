@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
+from scipy.optimize import brentq
 from statsmodels.stats.multitest import multipletests  # a dependency of scikit-posthocs
 from statsmodels.stats.power import TTestIndPower
 
@@ -49,6 +50,7 @@ __all__ = [
     "min_detectable_difference",
     "nemenyi_critical_difference",
     "seeds_needed",
+    "t_test_power",
     "welch_vs_control",
     "wilcoxon_vs_control",
 ]
@@ -393,6 +395,18 @@ def welch_vs_control(
     return _with_holm(results, alpha)
 
 
+def t_test_power(effect: float, n: int, alpha: float) -> float:
+    """Power of the two-sided two-sample t-test with ``n`` per group at standardised ``effect``
+    (statsmodels; its return type varies, so it is made a float here)."""
+    power = float(np.asarray(TTestIndPower().power(effect, nobs1=n, alpha=alpha), float).flat[0])
+    if math.isfinite(power):
+        return power
+    # scipy's noncentral t gives NaN far in its tail (many seeds, large effect); the normal
+    # approximation is exact enough there
+    z, nc = float(stats.norm.ppf(1 - alpha / 2)), effect * math.sqrt(n / 2)
+    return float(stats.norm.cdf(nc - z) + stats.norm.cdf(-nc - z))
+
+
 def seeds_needed(sd: float, difference: float, alpha: float, power: float = 0.8) -> int | None:
     """Seeds per method a two-sided two-sample t-test needs to detect ``difference`` with
     ``power``, when seeds vary with standard deviation ``sd`` (at least 2; None if sd is 0)."""
@@ -401,10 +415,10 @@ def seeds_needed(sd: float, difference: float, alpha: float, power: float = 0.8)
     effect = difference / sd
 
     def enough(n: int) -> bool:
-        return float(TTestIndPower().power(effect, nobs1=n, alpha=alpha, ratio=1.0)) >= power
+        return t_test_power(effect, n, alpha) >= power
 
     # The smallest integer n >= 2 with enough power: doubling, then bisection (power rises
-    # with n; statsmodels' real-valued solver fails to converge for large effects).
+    # with n; statsmodels' own solver fails to converge for some inputs).
     low, high = 1, 2
     while not enough(high):
         low, high = high, high * 2
@@ -419,5 +433,9 @@ def min_detectable_difference(sd: float, n: int, alpha: float, power: float = 0.
     with ``power`` (None for fewer than 2 seeds or no spread)."""
     if n < 2 or not sd > 0:
         return None
-    d = TTestIndPower().solve_power(nobs1=n, alpha=alpha, power=power, ratio=1.0)
-    return float(d) * sd
+    # bracket from the normal approximation's effect (power rises with the effect)
+    high = 2 * float(stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * math.sqrt(2 / n)
+    while t_test_power(high, n, alpha) < power:
+        high *= 2
+    effect = brentq(lambda e: t_test_power(e, n, alpha) - power, 0.0, high, xtol=1e-12)
+    return float(effect) * sd

@@ -175,3 +175,14 @@ def test_seed_power_from_pooled_seed_variance(
     assert power.power(0.5 / pooled, nobs1=n - 1, alpha=0.05) < 0.8
     assert power.power(block.min_detectable / pooled, nobs1=4, alpha=0.05) == pytest.approx(0.8)
     assert out.seed_power.seeds_needed == n
+
+
+def test_seeds_figure_when_seeds_are_very_noisy() -> None:
+    from podbench.reports.analysis import BlockPower, SeedPower
+    from podbench.reports.figures import render, seeds_figure
+
+    # sd 12 points: detecting 0.5 points needs thousands of seeds (the figure samples the range)
+    block = BlockPower("d / a", 12.0, 4, 3, 9045, 40.0)
+    power = SeedPower(0.5, 0.8, 0.05, "t-test", [block], 9045)
+    png, pdf = render(seeds_figure(power, "points"))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and pdf[:5] == b"%PDF-"

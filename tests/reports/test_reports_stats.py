@@ -24,6 +24,7 @@ from podbench.reports.stats import (
     min_detectable_difference,
     nemenyi_critical_difference,
     seeds_needed,
+    t_test_power,
     welch_vs_control,
     wilcoxon_vs_control,
 )
@@ -396,7 +397,9 @@ def _t_test_power(n: int, effect: float, alpha: float) -> float:
     return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
 
 
-@pytest.mark.parametrize(("sd", "diff"), [(0.3, 0.5), (0.8, 0.5), (1.5, 2.0), (0.05, 0.5)])
+@pytest.mark.parametrize(
+    ("sd", "diff"), [(0.3, 0.5), (0.8, 0.5), (1.5, 2.0), (0.05, 0.5), (12.0, 0.5)]
+)
 def test_seeds_needed_against_the_power_formula_written_out(sd: float, diff: float) -> None:
     n = seeds_needed(sd, diff, 0.05, 0.8)
     assert n is not None and n >= 2
@@ -408,10 +411,19 @@ def test_seeds_needed_against_the_power_formula_written_out(sd: float, diff: flo
     assert n >= approx - 1e-9
 
 
-@pytest.mark.parametrize(("sd", "n"), [(0.4, 3), (1.0, 5), (2.5, 10)])
+# (12.0, 139): statsmodels' solve_power returns an array there (found by a real tune run)
+@pytest.mark.parametrize(("sd", "n"), [(0.4, 3), (1.0, 5), (2.5, 10), (12.0, 139), (1.0, 3000)])
 def test_min_detectable_difference_has_the_power(sd: float, n: int) -> None:
     mde = min_detectable_difference(sd, n, 0.05, 0.8)
     assert mde is not None
     assert _t_test_power(n, mde / sd, 0.05) == pytest.approx(0.8, abs=1e-4)
     assert min_detectable_difference(sd, 1, 0.05) is None
     assert seeds_needed(0.0, 0.5, 0.05) is None
+
+
+def test_t_test_power_against_the_formula_and_far_in_the_tail() -> None:
+    for n, effect in ((3, 1.0), (10, 0.5), (139, 0.3), (3000, 0.1)):
+        assert t_test_power(effect, n, 0.05) == pytest.approx(_t_test_power(n, effect, 0.05))
+    # scipy's noncentral t returns NaN here; the power is 1 to many digits (z = 38.7 - 1.96)
+    assert t_test_power(1.0, 3000, 0.05) == pytest.approx(1.0)
+    assert t_test_power(0.0, 50, 0.05) == pytest.approx(0.05)  # no effect: the test's size
