@@ -23,6 +23,7 @@ from podbench.reports.convergence import TARGET_FRACTION
 from podbench.reports.latex import latex_escape, main_table_latex, rows_table
 from podbench.reports.observations import check_failed_policy
 from podbench.reports.records import MetricInfo, ResultsData, load_results, metric_info
+from podbench.reports.robustness import criteria_rows, criteria_summary, robustness_figures
 from podbench.reports.tables import (
     BETTER_MARK,
     RISING_MARK,
@@ -129,6 +130,7 @@ def _figures(data: ResultsData, result: Analysis) -> list[tuple[str, str, Any]]:
         ),
         ("geometry", "Latent geometry", figs.geometry_figure(data, labels)),
     ]
+    specs += robustness_figures(data, labels)
     for i, study in enumerate(data.studies):
         specs.append(
             (
@@ -243,6 +245,12 @@ def _latex_tables(context: dict[str, Any]) -> dict[str, Markup | None]:
             "deviation and the 95% Student-t confidence interval of the mean.",
             "block",
         ),
+        "criteria": (
+            "Every criterion the runs recorded: the mean over the complete blocks (seeds "
+            "averaged first) and the mean rank over those blocks (1 = best); the arrow says "
+            "whether higher or lower is better.",
+            "method",
+        ),
     }
     out: dict[str, Markup | None] = {
         name: rows_table(
@@ -343,8 +351,8 @@ def build_report(
     """
     _check_options(alpha, rope, difference, target_fraction)
     policy = check_failed_policy(failed)
-    info: MetricInfo = metric_info(metric)
     data = load_results(results_dir)
+    info: MetricInfo = metric_info(metric, data.runs.columns)
     chosen = _resolve_control(control, data)
     out = _output_dir(out_dir, data)
 
@@ -365,8 +373,9 @@ def build_report(
         "power_summary": power_sentence(result),
         "convergence_summary": convergence_sentences(result),
     }
+    criteria = criteria_summary(data, chosen, alpha=alpha, rope=rope, failed=policy)
     prov = _provenance(data)
-    stats_json = {**_jsonable(result), **prose, "provenance": prov}
+    stats_json = {**_jsonable(result), **prose, "criteria": _jsonable(criteria), "provenance": prov}
     atomic_write(
         out / "stats.json", json.dumps(stats_json, indent=2, allow_nan=False, ensure_ascii=False)
     )
@@ -376,7 +385,9 @@ def build_report(
         **prose,
         "metric": info,
         "main": main_table(result),
-        "tables": secondary_tables(result, data.studies),
+        "tables": {**secondary_tables(result, data.studies),
+                   "criteria": criteria_rows(criteria, result.labels)},
+        "criteria": criteria,
         "figures": _figure_entries(data, result, out),
         "prov": prov,
         "better_mark": BETTER_MARK,

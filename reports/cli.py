@@ -39,10 +39,11 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metric",
         default="final_test_acc",
-        choices=sorted(METRICS),
         metavar="NAME",
-        help=f"compared metric of the run records, one of {', '.join(METRICS)} "
-        "(default: final_test_acc)",
+        help=f"compared metric of the run records: one of {', '.join(METRICS)}, or a probe's "
+        "value by its short name (ece, ace, cw_ece, nll, brier, auroc, aupr_in, aupr_out, "
+        "fpr95, mca, mce, rel_mce; _raw for T = 1) or its column (evaluation.<probe>.<name>); "
+        "its direction (higher or lower is better) comes with it (default: final_test_acc)",
     )
     parser.add_argument(
         "--alpha", type=float, default=0.05, help="significance level (default: 0.05)"

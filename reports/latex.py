@@ -35,6 +35,8 @@ _UNICODE_MATH = {
     "≥": r"$\geq$",
     "≤": r"$\leq$",
     "√": r"$\surd$",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
     "<": r"\textless{}",
     ">": r"\textgreater{}",
 }
@@ -50,6 +52,8 @@ _UNICODE_PLAIN = {
     "≥": ">=",
     "≤": "<=",
     "√": "sqrt",
+    "↑": "(higher better)",
+    "↓": "(lower better)",
     "–": "-",
     "—": "-",
     "…": "...",

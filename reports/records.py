@@ -9,6 +9,7 @@ dot-separated columns (``geometry.mean_cos_to_center``, ``env.device``, ``error.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +69,22 @@ METRICS: dict[str, MetricInfo] = {
 }
 
 
-def metric_info(name: str) -> MetricInfo:
-    """Return the description of a comparable metric, or raise a one-sentence UserError."""
-    try:
+def metric_info(name: str, columns: Iterable[str] | None = None) -> MetricInfo:
+    """Return the description of a comparable metric, or raise a one-sentence UserError.
+
+    With the runs table's ``columns``, a probe's value is comparable too (``ece``,
+    ``evaluation.ood.open-set.msp.auroc``: :func:`podbench.reports.criteria.criterion_metric`).
+    """
+    if name in METRICS:
         return METRICS[name]
-    except KeyError:
-        raise UserError(
-            f"--metric {name!r} is not a recorded metric; use one of: {', '.join(METRICS)}."
-        ) from None
+    if columns is not None and (name.startswith("evaluation.") or "." not in name):
+        from podbench.reports.criteria import criterion_metric
+
+        return criterion_metric(name, columns)
+    raise UserError(
+        f"--metric {name!r} is not a recorded metric; use one of: {', '.join(METRICS)}, or "
+        "a probe's value (ece, nll, brier, auroc, fpr95, mca, rel_mce...)."
+    )
 
 
 @dataclass
@@ -152,11 +161,17 @@ def load_results(results_dir: str | Path) -> ResultsData:
         raise UserError(f"{runs_dir} holds no run records (*.json); run a suite into {root} first.")
     models = [load_record(p) for p in paths]
     records = [m.to_json_dict() for m in models]
-    runs = records_frame(models)
+    from podbench.reports.criteria import add_conditions, add_corruption_errors
+
+    # a training condition (label noise, open set) makes its own block
+    runs = add_corruption_errors(add_conditions(records_frame(models)))
     for key in GEOMETRY_KEYS:  # the report's geometry columns exist even when nothing measured them
         if f"geometry.{key}" not in runs:
             runs[f"geometry.{key}"] = float("nan")
     history = history_frame(models)
+    if len(history):
+        history["dataset"] = history["run_id"].map(dict(zip(runs["run_id"], runs["dataset"],
+                                                            strict=True)))
     suite_path = root / "suite.yaml"
     suite_yaml = read_user_text(suite_path, "suite file") if suite_path.is_file() else None
     studies = []
