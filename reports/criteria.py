@@ -183,12 +183,13 @@ def add_corruption_errors(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.Da
             base_err = 1.0 - base[columns].to_numpy(float).mean(axis=0)
             clean_err = 1.0 - block[clean].to_numpy(float)
             base_clean = 1.0 - float(base[clean].mean())
-            ratios.append(err.sum(axis=1) / base_err.sum())
             with np.errstate(divide="ignore", invalid="ignore"):
+                ratios.append(err.sum(axis=1) / base_err.sum())
                 rel_ratios.append((err - clean_err[:, None]).sum(axis=1)
                                   / (base_err - base_clean).sum())
-        mce[block.index] = np.mean(ratios, axis=0)
-        rel[block.index] = np.mean(rel_ratios, axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):  # softmax at chance: undefined
+            mce[block.index] = np.mean(ratios, axis=0)
+            rel[block.index] = np.mean(rel_ratios, axis=0)
     runs["evaluation.corruptions.mce"] = mce
     runs["evaluation.corruptions.rel_mce"] = rel.where(np.isfinite(rel))
     return runs
