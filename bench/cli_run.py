@@ -74,8 +74,11 @@ def run_validate(args: argparse.Namespace) -> int:
     print(
         f"{args.spec}: valid suite '{suite.name}' with {len(runs)} run(s): "
         f"{len(labels)} method(s) ({', '.join(labels)}) x {len(suite.datasets)} dataset(s) x "
-        f"{len(suite.archs)} architecture(s) x {len(suite.seeds)} seed(s), "
-        f"{suite.epochs} epoch(s) each."
+        + (f"{len(suite.label_noise)} label-noise level(s) x " if suite.label_noise else "")
+        + f"{len(suite.archs)} architecture(s) x {len(suite.seeds)} seed(s), "
+        f"{suite.epochs} epoch(s) each"
+        + (f"; probes: {', '.join(e.name for e in suite.evaluate)}" if suite.evaluate else "")
+        + "."
     )
     return 0
 
