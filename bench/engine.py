@@ -229,6 +229,7 @@ class _Trainer:
         )
         info = self.task.info
         num_classes = len(self.task.classes)  # image folders know their classes only when read
+        self.num_classes = num_classes
         torch.manual_seed(run.seed)
         self.model: nn.Module = create_arch(
             run.arch, in_channels=info.channels, image_size=self.task.image_size,
@@ -561,6 +562,7 @@ def train_run(
         images_per_s = trainer.train_images / trainer.train_seconds
     record = RunRecord.of_run(  # the record turns a NaN loss (a diverged epoch) into null
         run,
+        num_classes=getattr(trainer, "num_classes", None),  # None when the data never loaded
         status=status,
         error=error,
         history=history,

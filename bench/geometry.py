@@ -39,23 +39,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from podbench.record import GEOMETRY_KEYS  # the names are part of the record
+
 if TYPE_CHECKING:
     from podbench.losses import LossPlugin
 
 __all__ = ["GEOMETRY_KEYS", "geometry_stats", "plugin_geometry"]
 
-#: Every statistic :func:`geometry_stats` can return, in display order.
-GEOMETRY_KEYS = (
-    "mean_cos_to_center",
-    "residual_abs_offdiag_corr",
-    "mean_abs_offdiag_corr",
-    "min_interclass_angle_deg",
-    "mean_interclass_angle_deg",
-    "mean_intraclass_angle_deg",
-    "intra_inter_angle_ratio",
-    "mean_feature_norm",
-    "std_feature_norm",
-)
 
 _EPS = 1e-12  # a zero vector has cosine 0 to everything rather than NaN
 

@@ -59,6 +59,7 @@ __all__ = [
     "RunError",
     "EpochEntry",
     "Environment",
+    "GEOMETRY_KEYS",
     "flatten_record",
     "records_frame",
     "history_frame",
@@ -69,7 +70,19 @@ __all__ = [
     "utc_now",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+#: Every latent-geometry statistic a run can record (podbench.geometry), in display order.
+GEOMETRY_KEYS = (
+    "mean_cos_to_center",
+    "residual_abs_offdiag_corr",
+    "mean_abs_offdiag_corr",
+    "min_interclass_angle_deg",
+    "mean_interclass_angle_deg",
+    "mean_intraclass_angle_deg",
+    "intra_inter_angle_ratio",
+    "mean_feature_norm",
+    "std_feature_norm",
+)
 STATUSES = ("completed", "diverged", "failed")
 # A record with one of these statuses is final: a rerun skips it. "failed" runs are retried.
 FINAL_STATUSES = frozenset({"completed", "diverged"})
@@ -146,10 +159,16 @@ def _from_schema_2(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _from_schema_3(data: dict[str, Any]) -> dict[str, Any]:
+    # Schema 3 lacked num_classes: unknown (None) for those runs.
+    return data
+
+
 # MIGRATIONS[n] turns a schema-n record into a schema-(n+1) record.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _from_schema_1,
     2: _from_schema_2,
+    3: _from_schema_3,
 }
 
 
@@ -167,6 +186,7 @@ class RunRecord(BaseModel):
     dataset: str
     arch: str
     feat_dim: int
+    num_classes: int | None = Field(None, ge=1)  # K classified (chance is 1/K); None: unknown
     seed: int
     spec: dict[str, Any]  # the full RunSpec as JSON
     status: Status
@@ -412,7 +432,9 @@ _GROUPS = frozenset(
     if _model_in(info.annotation) is not None or _is_mapping(info.annotation)
 )
 _COLUMNS = _columns(RunRecord)
-_NUMERIC = _COLUMNS | _columns(EpochEntry, f"{LAST_EPOCH}.")
+# Every table has each geometry statistic's column, even where no run measured it.
+_NUMERIC = (_COLUMNS | _columns(EpochEntry, f"{LAST_EPOCH}.")
+            | {f"geometry.{key}": True for key in GEOMETRY_KEYS})
 
 
 def package_version(dist: str) -> str | None:

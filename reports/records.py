@@ -18,7 +18,7 @@ import pandas as pd
 
 from podbench.errors import UserError
 from podbench.fileio import read_user_text
-from podbench.record import history_frame, load_record, records_frame
+from podbench.record import GEOMETRY_KEYS, history_frame, load_record, records_frame
 
 __all__ = [
     "GEOMETRY_KEYS",
@@ -30,12 +30,6 @@ __all__ = [
     "metric_info",
 ]
 
-GEOMETRY_KEYS = (
-    "mean_cos_to_center",
-    "min_interclass_angle_deg",
-    "mean_abs_offdiag_corr",
-    "mean_feature_norm",
-)
 
 
 @dataclass(frozen=True)
@@ -165,9 +159,6 @@ def load_results(results_dir: str | Path) -> ResultsData:
 
     # a training condition (label noise, open set) makes its own block
     runs = add_corruption_errors(add_conditions(records_frame(models)))
-    for key in GEOMETRY_KEYS:  # the report's geometry columns exist even when nothing measured them
-        if f"geometry.{key}" not in runs:
-            runs[f"geometry.{key}"] = float("nan")
     history = history_frame(models)
     if len(history):
         history["dataset"] = history["run_id"].map(dict(zip(runs["run_id"], runs["dataset"],

@@ -28,10 +28,10 @@ from podbench.runs import RunSettings, RunSpec, resolve_run
 
 HERE = Path(__file__).resolve().parent
 
-# The keys of a schema-3 record file, written out by hand: every path must write all of them.
-SCHEMA_3_KEYS = {
+# The keys of a schema-4 record file, written out by hand: every path must write all of them.
+SCHEMA_4_KEYS = {
     "schema", "run_id", "suite", "label", "loss", "variant", "dataset", "arch", "feat_dim",
-    "seed", "spec", "status", "error", "history", "final_test_acc", "best_test_acc",
+    "num_classes", "seed", "spec", "status", "error", "history", "final_test_acc", "best_test_acc",
     "epochs_completed", "late_acc_gain", "still_improving", "wall_time_s", "cpu_time_s",
     "images_per_s", "geometry", "evaluation", "env", "started_at", "finished_at",
 }
@@ -70,8 +70,8 @@ def _check_against_schema(record: dict[str, Any]) -> None:
     """The record as the JSON Schema of the model describes it, checked by jsonschema."""
     schema = RunRecord.model_json_schema(by_alias=True, mode="serialization")
     jsonschema.validate(record, schema)
-    assert set(record) == SCHEMA_3_KEYS
-    assert record["schema"] == 3
+    assert set(record) == SCHEMA_4_KEYS
+    assert record["schema"] == 4
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,10 @@ def test_each_path_says_what_happened(path_records: dict[str, dict[str, Any]]) -
     assert "WorkerCrashedError" in died["error"]["traceback"]
     assert died["cpu_time_s"] is None and died["history"] == []
     assert died["finished_at"] is not None
+    # digits has 10 classes: every run whose data loaded says so (chance is 1/10); the
+    # executor's record of a dead worker cannot know
+    assert completed["num_classes"] == diverged["num_classes"] == failed["num_classes"] == 10
+    assert died["num_classes"] is None
     # the convergence fields: 2 epochs, so the rise over the last one, against one point
     accs = [h["test_acc"] for h in completed["history"]]
     assert completed["late_acc_gain"] == pytest.approx(accs[1] - accs[0])
@@ -188,8 +192,8 @@ def test_schema_1_records_load_migrated(tmp_path: Path) -> None:
 def test_a_newer_or_broken_record_is_one_sentence(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "0123456789abcdef.json"
     path.parent.mkdir()
-    path.write_text(json.dumps(_schema_1_record() | {"schema": 4}))
-    with pytest.raises(UserError, match=r"schema-4 run record from a newer podbench.*upgrade podbench"):
+    path.write_text(json.dumps(_schema_1_record() | {"schema": 5}))
+    with pytest.raises(UserError, match=r"schema-5 run record from a newer podbench.*upgrade podbench"):
         load_record(path)
     path.write_bytes(b"\x00\x01binary")
     with pytest.raises(UserError, match="binary file") as err:
