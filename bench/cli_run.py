@@ -71,12 +71,16 @@ def run_validate(args: argparse.Namespace) -> int:
     suite = load_suite(args.spec, args.overrides)
     runs = suite.expand()
     labels = sorted({r.label for r in runs})
+    blocks = sorted({(r.dataset, r.arch) for r in runs})
+    epochs = sorted({r.epochs for r in runs})
+    # datasets may have their own archs and epochs: count the blocks the runs form
+    epoch_text = str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
     print(
         f"{args.spec}: valid suite '{suite.name}' with {len(runs)} run(s): "
-        f"{len(labels)} method(s) ({', '.join(labels)}) x {len(suite.datasets)} dataset(s) x "
+        f"{len(labels)} method(s) ({', '.join(labels)}) x {len(blocks)} block(s) "
+        "(dataset x architecture) x "
         + (f"{len(suite.label_noise)} label-noise level(s) x " if suite.label_noise else "")
-        + f"{len(suite.archs)} architecture(s) x {len(suite.seeds)} seed(s), "
-        f"{suite.epochs} epoch(s) each"
+        + f"{len(suite.seeds)} seed(s), {epoch_text} epoch(s) each"
         + (f"; probes: {', '.join(e.name for e in suite.evaluate)}" if suite.evaluate else "")
         + "."
     )

@@ -8,8 +8,11 @@ architectures, latent dimensions and seeds, plus the run settings every run shar
       - pod
       - {name: pod, variants: [no-sc, no-nac]}
       - {name: cosface, params: {m: 0.35}, grid: {s: [16, 30]}}
-    datasets: [fashion-mnist]
-    archs: [small-cnn]
+    datasets:
+      - fashion-mnist
+      # a dataset's own archs / epochs / limit_train / limit_eval / lr / batch_size / data_root
+      - {name: digits, archs: [mlp], epochs: 30, lr: 0.02}
+    archs: [small-cnn]      # the blocks: each dataset x its archs (default: these)
     feat_dim: 32            # or a list (a grid); default: the dataset's latent dimension
     seeds: 3                # or an explicit list [0, 1, 2]
     epochs: 5
@@ -85,13 +88,26 @@ class LossEntry(BaseModel):
 
 
 class DatasetEntry(BaseModel):
-    """A dataset in a suite, optionally with its own data root and batch size."""
+    """A dataset in a suite, optionally with its own data root, batch size, architectures and
+    training length (each replaces the suite's setting for this dataset's runs only)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     data_root: str | None = None
     batch_size: int | None = Field(None, ge=1)
+    # datasets differ in size and difficulty: each block can be sized to plateau on its own
+    archs: list[str] | None = Field(None, min_length=1)
+    epochs: int | None = Field(None, ge=1)
+    limit_train: int | None = Field(None, ge=1)
+    limit_eval: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+
+    def settings(self, shared: RunSettings) -> RunSettings:
+        """The suite's shared settings with this dataset's epochs, limits and lr."""
+        keys = ("epochs", "limit_train", "limit_eval", "lr")
+        own = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return shared.model_copy(update=own) if own else shared
 
 
 def _names_to_entries(value: Any) -> Any:
@@ -189,6 +205,8 @@ class SuiteSpec(SpecFile):
                     yield NameRef(f"losses.{i}.{part}.{key}", "hparam", key, loss=entry.name)
         for i, ds in enumerate(self.datasets):
             yield NameRef(f"datasets.{i}.name", "dataset", ds.name)
+            for j, arch in enumerate(ds.archs or []):
+                yield NameRef(f"datasets.{i}.archs.{j}", "arch", arch)
         for i, arch in enumerate(self.archs):
             yield NameRef(f"archs.{i}", "arch", arch)
         yield from super().name_refs()
@@ -200,12 +218,18 @@ class SuiteSpec(SpecFile):
         seen: set[str] = set()
         dims_grid: list[int | None] = list(self.feat_dim) if self.feat_dim else [None]
         noise_levels = self.label_noise or [None]
-        points = product(self.datasets, noise_levels, self.archs, dims_grid, self.losses)
+        points = (
+            (ds, noise, arch, dims, entry)
+            for ds in self.datasets
+            for noise, arch, dims, entry in product(
+                noise_levels, ds.archs or self.archs, dims_grid, self.losses
+            )
+        )
         for ds, noise, arch, dims, entry in points:
             for variant, params, label in entry.expand():
                 for seed in self.seeds:
                     run = resolve_run(
-                        settings, suite=self.name, loss=entry.name, variant=variant,
+                        ds.settings(settings), suite=self.name, loss=entry.name, variant=variant,
                         loss_params=params, dataset=ds.name, arch=arch, feat_dim=dims,
                         seed=seed, data_root=ds.data_root, batch_size=ds.batch_size,
                         label=label, label_noise=noise,

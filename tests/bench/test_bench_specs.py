@@ -53,6 +53,33 @@ def test_grid_expansion_labels_and_defaults(tmp_path: Path) -> None:
     assert (run.optimizer, run.lr, run.momentum, run.weight_decay) == ("sgd", 0.1, 0.9, 5e-4)
 
 
+def test_dataset_entries_set_their_own_archs_and_training_length(tmp_path: Path) -> None:
+    text = SMALL.replace("datasets: [digits]", textwrap.dedent("""\
+        datasets:
+          - {name: digits, archs: [small-cnn, mlp], epochs: 20, limit_train: 300, limit_eval: 90, lr: 0.02}
+          - {name: synthetic, batch_size: 32}"""))
+    runs = load_suite(_write(tmp_path, text + "limit_eval: 50\n"), ["losses=[softmax]"]).expand()
+    # blocks: digits x its own 2 archs, synthetic x the suite's 1; x 2 dims x 2 seeds
+    by_block: dict[tuple[str, str], list[RunSpec]] = {}
+    for r in runs:
+        by_block.setdefault((r.dataset, r.arch), []).append(r)
+    assert sorted(by_block) == [("digits", "mlp"), ("digits", "small-cnn"), ("synthetic", "mlp")]
+    assert all(len(v) == 4 for v in by_block.values())
+    digits = by_block[("digits", "mlp")][0]
+    assert (digits.epochs, digits.limit_train, digits.limit_eval, digits.lr) == (20, 300, 90, 0.02)
+    assert digits.milestones == [6, 12, 18]  # 30/60/90 % of the dataset's own 20 epochs
+    synth = by_block[("synthetic", "mlp")][0]
+    assert (synth.epochs, synth.limit_train, synth.limit_eval, synth.lr, synth.batch_size) == (
+        10, None, 50, 0.1, 32)
+    assert synth.milestones == [3, 6, 9]  # the suite's 10 epochs
+
+
+def test_dataset_archs_are_checked_with_their_field_path(tmp_path: Path) -> None:
+    path = _write(tmp_path, SMALL.replace("datasets: [digits]", "datasets: [{name: digits, archs: [resnet51]}]"))
+    with pytest.raises(UserError, match=r"field 'datasets\.0\.archs\.0': unknown architecture 'resnet51'"):
+        load_suite(path)
+
+
 def test_authors_dataset_defaults_fill_batch_and_latent_dim() -> None:
     spec = load_suite("paper-cifar10", build_losses=False)
     run = spec.expand()[0]
@@ -193,3 +220,29 @@ def test_suite_file_round_trips_through_yaml(tmp_path: Path) -> None:
     spec = load_suite(_write(tmp_path, SMALL))
     again = load_suite(_write(tmp_path, yaml.safe_dump(spec.model_dump(mode="json")), "again.yaml"))
     assert [r.run_id for r in again.expand()] == [r.run_id for r in spec.expand()]
+
+
+def _smallest_holm_wilcoxon_p(n_blocks: int, m: int) -> float:
+    """scipy's exact two-sided Wilcoxon p when the control loses in every block (the most
+    extreme outcome), times m: Holm's factor on the smallest of m p-values."""
+    from scipy.stats import wilcoxon
+
+    diffs = [float(i + 1) for i in range(n_blocks)]  # distinct, all positive
+    return m * float(wilcoxon(diffs, method="exact").pvalue)
+
+
+def test_cpu_benchmark_has_the_blocks_the_tests_across_blocks_need() -> None:
+    spec = load_suite("cpu-benchmark")
+    runs = spec.expand()
+    methods = {r.label for r in runs}
+    assert methods >= {"pod", "pedcc", "softmax", "cosface", "arcface"}
+    blocks = {(r.dataset, r.arch) for r in runs}
+    assert {d for d, _ in blocks} == {"fashion-mnist", "digits", "cifar10"}
+    m = len(methods) - 1  # each method against the control, POD
+    alpha = 0.05
+    assert _smallest_holm_wilcoxon_p(len(blocks), m) < alpha
+    # hand-worked: 4 comparisons need 8 blocks (4 * 2/2^8 = 0.03125; 7 blocks: 0.0625)
+    assert m == 4 and _smallest_holm_wilcoxon_p(7, m) == pytest.approx(0.0625)
+    # every block complete: every method, every seed (at least 3 for the seed-power analysis)
+    assert len(spec.seeds) >= 3
+    assert len(runs) == len(blocks) * len(methods) * len(spec.seeds)

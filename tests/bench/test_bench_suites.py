@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,3 +56,20 @@ def test_cpu_suites_smoke_run_on_real_fashion_mnist(name: str) -> None:
     for run in runs:
         record = train_run(run)
         assert record["status"] == "completed", (run.label, record["error"])
+
+
+def test_cpu_benchmark_smoke_runs_one_step_per_block() -> None:
+    # CIFAR-10 from the shared data next to the checkout (or next to the folder of worktrees)
+    root = Path(__file__).resolve().parents[2]
+    found = [p / "shared/data/cifar10-jpeg-q75.tar.gz" for p in (root.parent, root.parent.parent)]
+    cifar = next((p for p in found if p.is_file()), None)
+    if cifar is None:
+        pytest.skip(f"no CIFAR-10 tarball at {found[0]}")
+    spec = load_suite("cpu-benchmark", ["max_steps=1", "seeds=[0]", "losses=[pod]", "cpus=1",
+                                        "device=cpu", "datasets.5.data_root=" + str(cifar),
+                                        "datasets.6.data_root=" + str(cifar)])
+    runs = spec.expand()
+    assert len({(r.dataset, r.arch) for r in runs}) == len(runs) == 8
+    for run in runs:
+        record = train_run(run.model_copy(update={"epochs": 1, "limit_eval": 64}))
+        assert record["status"] == "completed", (run.dataset, run.arch, record["error"])
