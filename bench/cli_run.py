@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podbench.cli_args import (
     DEFAULT_RESULTS_ROOT,
@@ -27,6 +27,9 @@ from podbench.cli_args import (
     results_folder,
 )
 from podbench.errors import UserError
+
+if TYPE_CHECKING:
+    from podbench.runs import RunSettings
 
 __all__ = [
     "add_results_arguments",
@@ -117,7 +120,7 @@ def run_run(args: argparse.Namespace) -> int:
         check_data_present(
             [(f"datasets.{i}", ds.name, suite.data_root if ds.data_root is None else ds.data_root,
               f"datasets.{i}.data_root")
-             for i, ds in enumerate(suite.datasets)],
+             for i, ds in enumerate(suite.datasets)] + probe_datasets(suite),
             args.spec,
         )
     results = results_folder(args.results, suite.name)
@@ -158,6 +161,17 @@ def check_data_present(datasets: Sequence[tuple[str, str, str | None, str]], sou
                 f"{where}); {str(info.how_to_get).rstrip('.')}, or set {root_field} "
                 "to its folder."
             )
+
+
+def probe_datasets(settings: RunSettings) -> list[tuple[str, str, str | None, str]]:
+    """The datasets the probes read besides the run's (far-OOD sets), for check_data_present."""
+    out = []
+    for i, entry in enumerate(settings.evaluate):
+        extra = entry.probe_settings()
+        for j, name in enumerate(extra.get("datasets") or []):
+            out.append((f"evaluate.{i}.datasets.{j}", str(name), extra.get("data_root"),
+                        f"evaluate.{i}.data_root"))
+    return out
 
 
 def write_report(results: Path) -> None:

@@ -20,7 +20,7 @@ from podbench.cli_args import (
     ray_address,
     results_folder,
 )
-from podbench.cli_run import check_data_present, write_report
+from podbench.cli_run import check_data_present, probe_datasets, write_report
 
 __all__ = ["add_tune_arguments", "run_tune"]
 
@@ -67,7 +67,8 @@ def run_tune(args: argparse.Namespace) -> int:
     address = ray_address(args.address)
     spec = load_tune(args.spec, overrides)  # every check before anything starts
     if not address:  # on a cluster the data lives on the workers, not necessarily here
-        check_data_present([("dataset", spec.dataset, spec.data_root, "data_root")], args.spec)
+        check_data_present([("dataset", spec.dataset, spec.data_root, "data_root"),
+                            *probe_datasets(spec)], args.spec)
     results = results_folder(args.results, spec.name)
     outcome = run_study(
         spec, results, storage=args.storage, address=address, num_cpus=args.num_cpus

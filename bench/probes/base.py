@@ -68,7 +68,7 @@ class ProbeContext:
         batch_size: the evaluation batch size.
         seed: the run's seed (random corruptions draw from it).
         load_other: loads another registered dataset as a task shaped like ``task``'s input
-            (name, split, limit) -> Task; for far-OOD sets.
+            (name, limit, data root or None) -> Task; for far-OOD sets.
     """
 
     fit_split: ClassVar[str] = "val"
@@ -82,7 +82,7 @@ class ProbeContext:
         split: str,
         batch_size: int,
         seed: int,
-        load_other: Callable[[str, int | None], Task] | None = None,
+        load_other: Callable[[str, int | None, str | None], Task] | None = None,
     ) -> None:
         self.forward = forward
         self.predict = predict
@@ -123,11 +123,11 @@ class ProbeContext:
             self._temperature = fit_temperature(*self.scores(self.fit_split))
         return self._temperature
 
-    def other_task(self, name: str, limit: int | None) -> Task:
+    def other_task(self, name: str, limit: int | None, root: str | None = None) -> Task:
         """Another registered dataset's task at this task's image size (far-OOD sets)."""
         if self._load_other is None:
             raise RuntimeError("this context cannot load other datasets")
-        return self._load_other(name, limit)
+        return self._load_other(name, limit, root)
 
     def other_split(self) -> str:
         """The split of another dataset a probe may read: test, or train while tuning."""

@@ -114,6 +114,7 @@ class OodProbe(Probe):
             default_factory=lambda: ["msp", "max-logit", "energy"], min_length=1)
         open_set: bool = True  # the held-out classes, when the run has an open-set split
         limit: int | None = Field(None, ge=1)  # at most this many samples of each far-OOD set
+        data_root: str | None = None  # where the far-OOD sets are (None: $PODBENCH_DATA, defaults)
 
         @field_validator("scores")
         @classmethod
@@ -123,7 +124,7 @@ class OodProbe(Probe):
             return value
 
     def _far_scores(self, context: ProbeContext, name: str) -> Tensor:
-        other = context.other_task(name, self.settings.limit)
+        other = context.other_task(name, self.settings.limit, self.settings.data_root)
         channels = context.task.info.channels
 
         def batches() -> object:

@@ -39,9 +39,9 @@ def run_probes(
         return {}
     from podbench.tasks import load_task
 
-    def load_other(name: str, limit: int | None) -> Task:
+    def load_other(name: str, limit: int | None, root: str | None) -> Task:
         # another dataset as far-OOD set: at the run's image size, on the run's device
-        return load_task(name, device=task.device, image_size=task.image_size, limit=limit,
+        return load_task(name, root, device=task.device, image_size=task.image_size, limit=limit,
                          augment=False)
 
     context = ProbeContext(

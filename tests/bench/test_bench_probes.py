@@ -160,3 +160,19 @@ def test_convert_channels_matches_pil_luma() -> None:
     assert np.abs(got - ref).max() <= 1 / 255 + 1e-6  # PIL rounds to whole levels
     grey = torch.rand(2, 1, 4, 4)
     assert torch.equal(convert_channels(grey, 3), grey.expand(-1, 3, -1, -1))
+
+
+def test_run_with_a_missing_far_ood_set_exits_2_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from podbench.cli import main
+
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    results = tmp_path / "results"
+    args = ["run", "robustness-quickstart", "--results", str(results),
+            "--set", f"evaluate=[{{name: ood, datasets: [digits, cifar10], data_root: {empty}}}]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "field 'evaluate.0.datasets.1': dataset 'cifar10' was not found" in err
+    assert "evaluate.0.data_root" in err and not results.exists()
