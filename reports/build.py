@@ -20,6 +20,7 @@ from podbench.record import package_version
 from podbench.reports import figures as figs
 from podbench.reports.analysis import DETECT_DIFFERENCE, Analysis, analyse
 from podbench.reports.convergence import TARGET_FRACTION
+from podbench.reports.criteria import with_criteria
 from podbench.reports.latex import latex_escape, main_table_latex, rows_table
 from podbench.reports.observations import check_failed_policy
 from podbench.reports.records import MetricInfo, ResultsData, load_results, metric_info
@@ -351,7 +352,7 @@ def build_report(
     """
     _check_options(alpha, rope, difference, target_fraction)
     policy = check_failed_policy(failed)
-    data = load_results(results_dir)
+    data = with_criteria(load_results(results_dir))  # conditions as blocks, mCE vs softmax
     info: MetricInfo = metric_info(metric, data.runs.columns)
     chosen = _resolve_control(control, data)
     out = _output_dir(out_dir, data)

@@ -19,6 +19,7 @@ mean_c sum_s (E_cs - E_clean) / sum_s (E^softmax_cs - E^softmax_clean), both as 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +28,11 @@ import numpy as np
 import pandas as pd
 
 from podbench.errors import UserError
-from podbench.reports.records import MetricInfo
+from podbench.reports.records import MetricInfo, ResultsData
 
 __all__ = [
     "BASELINE",
+    "with_criteria",
     "KINDS",
     "SUMMARY_CRITERIA",
     "CriterionSummary",
@@ -209,3 +211,14 @@ class CriterionSummary:
     best: str
     primary_analysis: str
     verdict: str
+
+
+def with_criteria(data: ResultsData) -> ResultsData:
+    """The report's view of the results: conditions as blocks (runs and history alike) and the
+    corruption errors against softmax (results.csv keeps the records' own columns)."""
+    runs = add_corruption_errors(add_conditions(data.runs))
+    history = data.history.copy()
+    if len(history):
+        history["dataset"] = history["run_id"].map(dict(zip(runs["run_id"], runs["dataset"],
+                                                            strict=True)))
+    return dataclasses.replace(data, runs=runs, history=history)

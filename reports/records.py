@@ -155,14 +155,8 @@ def load_results(results_dir: str | Path) -> ResultsData:
         raise UserError(f"{runs_dir} holds no run records (*.json); run a suite into {root} first.")
     models = [load_record(p) for p in paths]
     records = [m.to_json_dict() for m in models]
-    from podbench.reports.criteria import add_conditions, add_corruption_errors
-
-    # a training condition (label noise, open set) makes its own block
-    runs = add_corruption_errors(add_conditions(records_frame(models)))
+    runs = records_frame(models)
     history = history_frame(models)
-    if len(history):
-        history["dataset"] = history["run_id"].map(dict(zip(runs["run_id"], runs["dataset"],
-                                                            strict=True)))
     suite_path = root / "suite.yaml"
     suite_yaml = read_user_text(suite_path, "suite file") if suite_path.is_file() else None
     studies = []

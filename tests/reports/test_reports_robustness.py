@@ -14,7 +14,12 @@ import pytest
 from podbench.errors import UserError
 from podbench.record import RunRecord
 from podbench.reports.build import build_report
-from podbench.reports.criteria import add_conditions, add_corruption_errors, criterion_metric
+from podbench.reports.criteria import (
+    add_conditions,
+    add_corruption_errors,
+    criterion_metric,
+    with_criteria,
+)
 from podbench.reports.records import load_results
 
 COLUMNS = ["evaluation.calibration.ece", "evaluation.calibration.temperature",
@@ -123,7 +128,7 @@ def test_report_compares_any_criterion_and_summarises_them(
                 rec = record_maker(label, "fmnist", "small-cnn", seed + (10 if noise else 0), value)
                 records.append(_with_probes(rec, value, noise))
     root = results_writer(tmp_path / "results", records, "name: robust\n")
-    data = load_results(root)
+    data = with_criteria(load_results(root))
     assert sorted(set(data.runs["dataset"])) == ["fmnist [open 6, split 0, symmetric noise 0.4]",
                                                  "fmnist [open 6, split 0]"]
     html = build_report(root, control="softmax", metric="ece")
