@@ -43,6 +43,7 @@ from torch import nn
 from podbench.geometry import plugin_geometry
 from podbench.record import RunError, RunRecord, package_version, utc_now
 from podbench.runs import RunSpec
+from podbench.tensorboard import RunCurves
 
 __all__ = ["train_run", "RunDiverged", "environment", "seed_everything"]
 
@@ -247,18 +248,19 @@ class _Trainer:
             run.loss, num_classes=num_classes, feat_dim=run.feat_dim,
             variant=run.variant, **run.loss_params,
         ).to(self.device)
-        params = [p for p in [*self.model.parameters(), *self.plugin.parameters()] if p.requires_grad]
-        self.params = params
+        # one group, or the plugin's parameters apart at their own learning rate (proxies)
+        groups = self.plugin.param_groups(list(self.model.parameters()), run.lr)
+        self.params = [p for group in groups for p in group["params"]]
         # fp16: a fused optimiser skips a step with inf gradients on the device; otherwise the
         # loss scaler reads its inf check back on every update
         fused = True if run.amp == "fp16" else None
         if run.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay,
+                groups, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay,
                 nesterov=run.nesterov, fused=fused,
             )
         else:
-            self.optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay,
+            self.optimizer = torch.optim.AdamW(groups, lr=run.lr, weight_decay=run.weight_decay,
                                                fused=fused)
         self.updates = int(getattr(self.plugin, "updates_per_batch", 1))
         batches = math.ceil(self.task.num_train / run.batch_size)
@@ -273,7 +275,7 @@ class _Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=run.epochs)
         elif run.schedule == "onecycle":
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=run.lr,
+                self.optimizer, max_lr=[group["lr"] for group in groups],
                 total_steps=max(1, run.epochs * self.steps_per_epoch * self.updates),
             )
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.amp]
@@ -473,7 +475,9 @@ class _Trainer:
 
     # -- the run --------------------------------------------------------------------------
 
-    def fit(self, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any] | None:
+    def fit(
+        self, on_epoch: Callable[[dict[str, Any]], None] | None, curves: RunCurves | None = None
+    ) -> dict[str, Any] | None:
         """Train all epochs; returns the geometry of the last evaluation."""
         run = self.run
         geometry = None
@@ -484,6 +488,7 @@ class _Trainer:
         for epoch in range(self.start_epoch, run.epochs):
             self.current_epoch = epoch
             start = time.perf_counter()
+            state = self.plugin.epoch_state()  # the loss's state during this epoch (POD: delta)
             entry_train = self.train_epoch(epoch)
             if self.scheduler is not None and not self.step_scheduler_per_update:
                 self.scheduler.step()
@@ -505,6 +510,8 @@ class _Trainer:
                 self.evaluation.update(values)
             if self.checkpoint_dir is not None:
                 self._save_checkpoint(epoch)
+            if curves is not None:
+                curves.epoch(entry, state, geometry)
             if on_epoch is not None:
                 on_epoch(dict(entry))
         return geometry
@@ -515,6 +522,7 @@ def train_run(
     *,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_dir: Path | None = None,
+    tensorboard_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one run; return its record (never raises for plugin errors or NaN).
 
@@ -523,6 +531,8 @@ def train_run(
         on_epoch: called with each epoch's history entry (for Ray reporting, pruning).
         checkpoint_dir: where to keep ``last.pt`` after each epoch; an existing checkpoint of the
             same run is resumed from. None: no checkpoints.
+        tensorboard_dir: where to write the run's TensorBoard event files (per-epoch curves, then
+            the hyperparameters with the final metrics). None: none.
 
     Returns:
         The run record: :meth:`RunRecord.to_json_dict` of a validated :class:`RunRecord`.
@@ -534,6 +544,7 @@ def train_run(
     error: RunError | None = None
     geometry: dict[str, Any] | None = None
     trainer: _Trainer | None = None
+    curves: RunCurves | None = None
     device = torch.device("cpu")
     deterministic_used: bool | None = None
     # seed_everything switches torch to deterministic kernels for this run only
@@ -545,7 +556,9 @@ def train_run(
         trainer = _Trainer(run, checkpoint_dir)
         device = trainer.device
         deterministic_used = torch.are_deterministic_algorithms_enabled()
-        geometry = trainer.fit(on_epoch)
+        if tensorboard_dir is not None:
+            curves = RunCurves(tensorboard_dir, run, first_epoch=trainer.start_epoch)
+        geometry = trainer.fit(on_epoch, curves)
     except FloatingPointError as exc:  # RunDiverged, or a plugin's NonFiniteFeaturesError
         status, error = "diverged", _error(exc, getattr(trainer, "current_epoch", None))
     except Exception as exc:  # a plugin or data error must not stop the suite
@@ -578,4 +591,7 @@ def train_run(
         started_at=started_at,
         finished_at=utc_now(),
     )
-    return record.to_json_dict()
+    result = record.to_json_dict()
+    if curves is not None:
+        curves.finish(result)
+    return result

@@ -193,6 +193,7 @@ def _trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     from podbench.engine import train_run
+    from podbench.tensorboard import run_log_dir
 
     run = RunSpec.model_validate(config["run"])
     torch.set_num_threads(max(1, int(run.cpus)))  # one thread per allotted CPU, no oversubscription
@@ -202,7 +203,8 @@ def _trial(config: dict[str, Any]) -> None:
         tune.report({"status": existing["status"], "skipped": True})
         return
     checkpoint_dir = store.checkpoint_dir(run.run_id) if run.checkpoint else None
-    record = train_run(run, checkpoint_dir=checkpoint_dir)
+    record = train_run(run, checkpoint_dir=checkpoint_dir,
+                       tensorboard_dir=run_log_dir(store.root, run))
     store.write_record(record)
     tune.report({"status": record["status"], "final_test_acc": record["final_test_acc"] or 0.0})
 

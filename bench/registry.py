@@ -52,7 +52,7 @@ import importlib.metadata
 import inspect
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -82,6 +82,8 @@ class Info(Protocol):
 
 
 InfoT = TypeVar("InfoT", bound=Info)
+# resolves the rest of a prefixed name to the entry's (info, owner)
+Resolver = Callable[[str], tuple[InfoT, object]]
 
 
 def check_name(kind: str, name: object) -> str:
@@ -162,6 +164,9 @@ class Registry(Generic[InfoT]):
         self._aliases: dict[str, str] = {}  # every accepted name (names too) -> name
         self._broken: dict[str, str] = {}  # entry-point name -> why it could not be loaded
         self._loaded = False
+        # prefix -> (resolve, listing) of another library's names, and the entries served so far
+        self._prefixes: dict[str, tuple[Resolver[InfoT], Callable[[], list[str]] | None]] = {}
+        self._served: dict[str, _Entry[InfoT]] = {}
 
     # -- registering ---------------------------------------------------------------------------
 
@@ -221,6 +226,40 @@ class Registry(Generic[InfoT]):
         finally:
             self._entries, self._aliases, self._broken = saved
 
+    def serve_prefix(self, prefix: str, resolve: Resolver[InfoT],
+                     listing: Callable[[], list[str]] | None = None) -> None:
+        """Serve the names ``<prefix>:<rest>``: another library's entries, in its own spelling.
+
+        Such names are not kebab-case (``pml:ArcFaceLoss``, ``timm:resnet18``): they are the
+        library's. ``resolve(rest)`` returns the entry's ``(info, owner)`` (``info.name`` is the
+        full name) or raises a :class:`UserError` (no such name, or the library to install); it
+        is called once per name. ``listing()`` returns the ``rest`` of every name :meth:`names`
+        lists, or raises a UserError when the library is missing; None: the names are too many
+        to list and are served on demand only.
+        """
+        self._prefixes[check_name(self.kind, prefix)] = (resolve, listing)
+
+    def _listed(self) -> list[str]:
+        names = []
+        for prefix, (_, listing) in self._prefixes.items():
+            if listing is None:
+                continue
+            try:
+                names.extend(f"{prefix}:{rest}" for rest in listing())
+            except UserError:  # the library is not installed: none of its names is listed
+                continue
+        return names
+
+    def _serve(self, name: str) -> _Entry[InfoT] | None:
+        """The entry of a prefixed ``name``, resolved on first use; None: not a served prefix."""
+        prefix, colon, rest = name.partition(":")
+        if not colon or prefix not in self._prefixes:
+            return None
+        if name not in self._served:
+            info, owner = self._prefixes[prefix][0](rest)
+            self._served[name] = _Entry(info, owner)
+        return self._served[name]
+
     # -- loading -------------------------------------------------------------------------------
 
     def _ensure_loaded(self) -> None:
@@ -277,11 +316,16 @@ class Registry(Generic[InfoT]):
     def names(self, pattern: str | None = None) -> list[str]:
         """Sorted registered names (not aliases), optionally those matching a glob ``pattern``."""
         self._ensure_loaded()
-        names = sorted(self._entries)
+        names = sorted([*self._entries, *self._listed()])
         return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
     def __contains__(self, name: object) -> bool:
         self._ensure_loaded()
+        if isinstance(name, str) and name not in self._aliases:
+            try:
+                return self._serve(name) is not None
+            except UserError:  # not that library's name, or the library is missing
+                return False
         return isinstance(name, str) and name in self._aliases
 
     def closest(self, name: str) -> str | None:
@@ -313,6 +357,9 @@ class Registry(Generic[InfoT]):
                             f"{', '.join(sorted(self._entries))}.")
         if name in self._aliases:
             return self._entries[self._aliases[name]]
+        served = self._serve(name)  # another library's name (pml:, timm:), or its UserError
+        if served is not None:
+            return served
         if name in self._broken:
             raise UserError(f"{self.kind} {name!r} is installed but broken "
                             f"({self._broken[name]}); reinstall or fix it.")

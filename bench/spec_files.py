@@ -286,6 +286,21 @@ def _registries() -> dict[str, Registry[Any]]:
     return {"loss": LOSSES, "dataset": DATASETS, "arch": ARCHS, "probe": PROBES}
 
 
+def _library_name(registry: Registry[Any], name: str, where: str) -> bool:
+    """True when ``name`` is another library's name (``pml:ArcFaceLoss``, ``timm:resnet18``).
+
+    The registry resolves it, or raises the sentence saying why not (no such name, or the
+    library to install), which becomes the field's error.
+    """
+    if ":" not in name:
+        return False
+    try:
+        registry.get(name)
+    except UserError as err:
+        raise UserError(f"{where}: {str(err).rstrip('.')}.") from None
+    return True
+
+
 def check_names(refs: Iterable[NameRef], source: str) -> None:
     """Raise a UserError for the first name in ``refs`` that is not registered.
 
@@ -299,7 +314,8 @@ def check_names(refs: Iterable[NameRef], source: str) -> None:
         where = f"{source}: field '{ref.field}'"
         if ref.kind in _REGISTERED:
             registry = registries[ref.kind]
-            if ref.name not in registry:  # names and aliases (e.g. am-softmax) are both valid
+            # names and aliases (e.g. am-softmax) are both valid, and other libraries' names
+            if ref.name not in registry and not _library_name(registry, ref.name, where):
                 what, command = _REGISTERED[ref.kind]
                 close = registry.closest(ref.name)
                 mean = f" (did you mean '{close}'?)" if close else ""

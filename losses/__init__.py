@@ -31,9 +31,13 @@ from podbench.losses import (  # noqa: E402,F401  isort: skip
     cot,
     large_margin,
     pedcc_loss,
+    pml,
     pod,
     softmax,
 )
+
+# pytorch-metric-learning's losses as "pml:<Name>", found in the installed library (extra [pml])
+LOSSES.serve_prefix(pml.PREFIX, pml.resolve, pml.names)
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -66,6 +66,9 @@ class LossPlugin(nn.Module, ABC):
     #: the device: one host sync per call. The engine turns them off after the run's first
     #: batch and watches the loss on the device instead; shapes and dtypes are always checked.
     check_values: bool = True
+    #: Learning-rate multiplier of the plugin's own parameters (proxy losses train their proxies
+    #: faster than the network: ProxyAnchor's authors use 100); see :meth:`param_groups`.
+    head_lr_scale: float = 1.0
 
     def __init__(self, num_classes: int, feat_dim: int, **hparams: Any) -> None:
         super().__init__()
@@ -134,6 +137,22 @@ class LossPlugin(nn.Module, ABC):
     def centroids_for_geometry(self) -> Tensor | None:
         """(K, d) class centres: fixed centroids, learned class weights or centres, else None."""
         return None
+
+    def epoch_state(self) -> dict[str, float]:
+        """Scalars of the loss's own state worth plotting per epoch (POD: delta); default none."""
+        return {}
+
+    def param_groups(self, network: list[nn.Parameter], lr: float) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: the network's and the plugin's trainable parameters.
+
+        One group at ``lr`` unless :attr:`head_lr_scale` differs from 1: then the plugin's own
+        parameters form a second group at ``lr * head_lr_scale``.
+        """
+        own = [p for p in self.parameters() if p.requires_grad]
+        network = [p for p in network if p.requires_grad]
+        if self.head_lr_scale == 1.0 or not own:
+            return [{"params": network + own, "lr": lr}]
+        return [{"params": network, "lr": lr}, {"params": own, "lr": lr * self.head_lr_scale}]
 
     # -- input checks -------------------------------------------------------------------------
 

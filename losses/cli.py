@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from podbench.errors import UserError
+from podbench.losses import pml
 from podbench.losses.registry import LossInfo, list_losses, load_entry_points, loss_info
 
 __all__ = ["add_losses_arguments", "info_as_dict", "run_losses"]
@@ -79,4 +81,23 @@ def run_losses(args: argparse.Namespace) -> int:
     console.print(table)
     for name, why in sorted(load_entry_points().items()):
         console.print(f"[red]broken plugin {name}[/red]: {why}", highlight=False)
+    _print_libraries(console)
     return 0
+
+
+def _print_libraries(console: Console) -> None:
+    """What pytorch-metric-learning offers as pml: losses and what it leaves out, or what to install."""
+    try:
+        found = pml.discover()
+    except UserError as err:
+        console.print(f"[yellow]{pml.PREFIX}:[/yellow] {err}", highlight=False)
+        return
+    means = [n for n, spec in found.items() if spec.kind == "mean"]
+    console.print(
+        f"{pml.PREFIX}: {len(found)} losses of {loss_info(f'{pml.PREFIX}:{next(iter(found))}').source} "
+        f"({len(means)} pair/tuple losses predict the nearest class mean of the training "
+        "features, accumulated over each epoch's training batches; the others their class "
+        "logits).", highlight=False,
+    )
+    for name, why in sorted(pml.left_out().items()):
+        console.print(f"  left out: {name}: {why}", highlight=False)

@@ -245,6 +245,9 @@ class PODLoss(LossPlugin):
         self.score_norm_sum.zero_()
         self.score_norm_count.zero_()
 
+    def epoch_state(self) -> dict[str, float]:
+        return {"delta": self.delta}
+
     def centroids_for_geometry(self) -> Tensor:
         return self.centroids
 

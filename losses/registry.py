@@ -38,6 +38,7 @@ __all__ = [
     "LOSSES",
     "LossInfo",
     "create_loss",
+    "describe_loss",
     "list_losses",
     "load_entry_points",
     "loss_info",
@@ -165,42 +166,66 @@ def register_loss(
         aliases: other names for the same loss.
         defaults: deprecated (the signature declares them); when given it must equal them.
     """
-    search_space = {k: dict(v) for k, v in (search_space or {}).items()}
-    variants = {k: dict(v) for k, v in (variants or {}).items()}
-
     def decorate(cls: P) -> P:
         if not (isinstance(cls, type) and issubclass(cls, LossPlugin)):
             raise TypeError(f"@register_loss({name!r}) must decorate a LossPlugin subclass")
-        declared = _signature_defaults(name, cls)
         if defaults is not None:
             warnings.warn(f"@register_loss({name!r}, defaults=...) is deprecated: the defaults "
                           "are read from __init__'s keyword-only arguments; remove defaults=.",
                           DeprecationWarning, stacklevel=2)
+            declared = _signature_defaults(name, cls)
             if dict(defaults) != declared:
                 raise ValueError(f"loss {name!r}: defaults={dict(defaults)} differ from "
                                  f"__init__'s keyword-only arguments {declared}; remove defaults=")
-        _check_space(name, search_space, declared)
-        for vname, settings in variants.items():
-            for param in settings:
-                if param not in declared:
-                    raise ValueError(f"loss {name!r}: variant {vname!r} sets unknown {param!r}")
-        info = LOSSES.add(LossInfo(
-            name=name,
-            cls=cls,
-            description=description,
-            reference=reference,
-            defaults=MappingProxyType(declared),
-            search_space=MappingProxyType(search_space),
-            variants=MappingProxyType(variants),
-            fixed_centroids=fixed_centroids,
-            learnable_head=learnable_head,
-            updates_per_batch=int(cls.updates_per_batch),
-            aliases=tuple(aliases),
+        info = LOSSES.add(describe_loss(
+            cls, name, description=description, reference=reference, search_space=search_space,
+            variants=variants, fixed_centroids=fixed_centroids, learnable_head=learnable_head,
+            aliases=aliases,
         ), owner=cls)
         cls.loss_name = info.name
         return cls
 
     return decorate
+
+
+def describe_loss(
+    cls: type[LossPlugin],
+    name: str,
+    *,
+    description: str,
+    reference: str = "",
+    search_space: Mapping[str, Mapping[str, Any]] | None = None,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+    fixed_centroids: bool = False,
+    learnable_head: bool = True,
+    aliases: tuple[str, ...] | list[str] = (),
+    source: str = "podbench",
+) -> LossInfo:
+    """The checked :class:`LossInfo` of ``cls`` (what :func:`register_loss` registers; adapters
+    of other libraries serve theirs through :meth:`LOSSES.serve_prefix <Registry.serve_prefix>`).
+    """
+    search_space = {k: dict(v) for k, v in (search_space or {}).items()}
+    variants = {k: dict(v) for k, v in (variants or {}).items()}
+    declared = _signature_defaults(name, cls)
+    _check_space(name, search_space, declared)
+    for vname, settings in variants.items():
+        for param in settings:
+            if param not in declared:
+                raise ValueError(f"loss {name!r}: variant {vname!r} sets unknown {param!r}")
+    return LossInfo(
+        name=name,
+        cls=cls,
+        description=description,
+        reference=reference,
+        defaults=MappingProxyType(declared),
+        search_space=MappingProxyType(search_space),
+        variants=MappingProxyType(variants),
+        fixed_centroids=fixed_centroids,
+        learnable_head=learnable_head,
+        updates_per_batch=int(cls.updates_per_batch),
+        aliases=tuple(aliases),
+        source=source,
+    )
 
 
 def load_entry_points(*, reload: bool = False) -> dict[str, str]:

@@ -157,8 +157,7 @@ def train_steps(
     seed: int = 0,
 ) -> None:
     """Train model and plugin together the way the engine does (hooks, several updates)."""
-    params = list(model.parameters()) + [p for p in plugin.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(plugin.param_groups(list(model.parameters()), lr), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     plugin.train()

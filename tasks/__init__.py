@@ -19,6 +19,7 @@ from podbench.tasks.archs import (
     arch_info,
     count_parameters,
     create_arch,
+    find_arch,
     list_archs,
     prepare_model,
     register_arch,
@@ -42,6 +43,12 @@ from podbench.tasks.label_noise import LabelNoise
 from podbench.tasks.splits import open_set_classes
 from podbench.tasks.task import Task
 
+# timm's networks as "timm:<model>", resolved when named (optional extra podbench[timm]); too
+# many to list: `podbench tasks --timm PATTERN` shows them
+from podbench.tasks import timm_archs  # noqa: E402  isort: skip
+
+ARCHS.serve_prefix(timm_archs.PREFIX, timm_archs.resolve)
+
 __all__ = [
     "ARCHS",
     "DATASETS",
@@ -59,6 +66,7 @@ __all__ = [
     "count_parameters",
     "create_arch",
     "dataset_info",
+    "find_arch",
     "list_archs",
     "list_datasets",
     "load_task",

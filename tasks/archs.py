@@ -33,9 +33,11 @@ __all__ = [
     "arch_info",
     "count_parameters",
     "create_arch",
+    "find_arch",
     "list_archs",
     "prepare_model",
     "register_arch",
+    "stem_conv",
 ]
 
 ENTRY_POINT_GROUP = "podbench.archs"
@@ -122,6 +124,12 @@ def list_archs(pattern: str | None = None) -> list[str]:
         pattern: keep only the names matching this glob (e.g. ``"resnet*"``).
     """
     return ARCHS.names(pattern)
+
+
+def find_arch(name: str) -> ArchInfo:
+    """The metadata of ``name`` (registered, or another library's name such as
+    ``timm:resnet18``) without building it; a UserError says why an unknown name is unknown."""
+    return ARCHS.get(name)
 
 
 def _check(info: ArchInfo, in_channels: int, image_size: int, feat_dim: int) -> None:
@@ -219,7 +227,8 @@ def mlp(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
 
 # ---------------------------------------------------------------- torchvision networks
 
-def _stem_conv(in_channels: int, out_channels: int, small: bool) -> nn.Conv2d:
+def stem_conv(in_channels: int, out_channels: int, small: bool) -> nn.Conv2d:
+    """The first convolution: 3x3 stride 1 for small images, else ResNet's 7x7 stride 2."""
     conv = (nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False) if small
             else nn.Conv2d(in_channels, out_channels, 7, 2, 3, bias=False))
     if conv.weight.device.type != "meta":  # same initialisation torchvision gives its convs
@@ -232,7 +241,7 @@ def _resnet(factory: Callable[..., nn.Module], in_channels: int, image_size: int
     net = factory(weights=None)
     small = image_size <= SMALL_STEM_MAX
     if small or in_channels != 3:
-        net.conv1 = _stem_conv(in_channels, 64, small)
+        net.conv1 = stem_conv(in_channels, 64, small)
     if small:
         net.maxpool = nn.Identity()
     dim = cast(nn.Linear, net.fc).in_features
@@ -310,7 +319,7 @@ def densenet121(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     net = factory(weights=None)
     small = image_size <= SMALL_STEM_MAX
     if small or in_channels != 3:
-        net.features.conv0 = _stem_conv(in_channels, 64, small)
+        net.features.conv0 = stem_conv(in_channels, 64, small)
     if small:
         net.features.pool0 = nn.Identity()
     dim = net.classifier.in_features

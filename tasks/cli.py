@@ -7,9 +7,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from podbench.errors import UserError
+from podbench.tasks import timm_archs
 from podbench.tasks.archs import ARCHS, arch_info, list_archs
 from podbench.tasks.cache import cache_dir
 from podbench.tasks.datasets import DATASETS, dataset_info, list_datasets, locate_dataset
@@ -28,6 +30,9 @@ def add_tasks_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input channels the parameter counts are for (default 3)")
     parser.add_argument("--feat-dim", type=int, default=128, metavar="D",
                         help="latent dimension the parameter counts are for (default 128)")
+    parser.add_argument("--timm", default=None, metavar="PATTERN",
+                        help="also list timm's networks matching PATTERN (e.g. 'resnet*'), as "
+                             "timm:<model> with their parameter counts")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
@@ -59,10 +64,12 @@ def dataset_rows(data_root: str | None = None) -> list[dict]:
     return rows
 
 
-def arch_rows(in_channels: int = 3, image_size: int = 32, feat_dim: int = 128) -> list[dict]:
-    """One dict per architecture with its parameter counts for the given input."""
+def arch_rows(in_channels: int = 3, image_size: int = 32, feat_dim: int = 128,
+              extra: Sequence[str] = ()) -> list[dict]:
+    """One dict per architecture (registered, then ``extra`` names such as ``timm:resnet18``)
+    with its parameter counts for the given input."""
     rows: list[dict[str, Any]] = []
-    for name in list_archs():
+    for name in [*list_archs(), *extra]:
         try:
             info = arch_info(name, in_channels=in_channels, image_size=image_size,
                              feat_dim=feat_dim)
@@ -87,7 +94,13 @@ def run_tasks(args: argparse.Namespace) -> int:
             raise UserError(f"--{field.replace('_', '-')} must be a positive integer, "
                             f"got {getattr(args, field)}.")
     datasets = dataset_rows(args.data_root)
-    archs = arch_rows(args.channels, args.image_size, args.feat_dim)
+    extra: list[str] = []
+    if args.timm:
+        extra = [f"{timm_archs.PREFIX}:{m}" for m in timm_archs.list_models(args.timm)]
+        if not extra:
+            raise UserError(f"--timm {args.timm!r} matches no timm model; give a shell pattern "
+                            "such as 'resnet*' or '*vit*'.")
+    archs = arch_rows(args.channels, args.image_size, args.feat_dim, extra)
     if args.json:
         json.dump({"datasets": datasets, "archs": archs}, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -131,6 +144,14 @@ def run_tasks(args: argparse.Namespace) -> int:
     for r in archs:
         table.add_row(r["name"], _fmt(r["params"]), _fmt(r["backbone_params"]), r["description"])
     console.print(table)
+    version = timm_archs.timm_version()
+    if version is None:
+        console.print(f"timm: not installed; `{timm_archs.INSTALL}` adds its networks as "
+                      "timm:<model>.", highlight=False)
+    elif not args.timm:
+        console.print(f"timm {version}: {len(timm_archs.list_models())} more networks as "
+                      "timm:<model> (random init); --timm 'PATTERN' lists them with their "
+                      "parameter counts.", highlight=False)
     env_root = os.environ.get("PODBENCH_DATA")
     root = args.data_root or (f"$PODBENCH_DATA={env_root}" if env_root
                               else "default places only (give --data-root or $PODBENCH_DATA)")
