@@ -19,7 +19,7 @@ pytest.importorskip("pytorch_metric_learning")
 pytest.importorskip("timm")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
-from podbench.specs import RunSpec  # noqa: E402
+from podbench.runs import RunSpec  # noqa: E402
 from podbench.tensorboard import run_log_dir  # noqa: E402
 
 pytestmark = pytest.mark.slow
