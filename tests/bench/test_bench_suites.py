@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
 from podbench.engine import train_run
 from podbench.spec_files import builtin_suites
@@ -17,12 +15,7 @@ SMOKE = ["epochs=1", "max_steps=2", "batch_size=16", "limit_train=64", "limit_ev
 PAPER = sorted(n for n in builtin_suites() if n.startswith("paper-"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", PAPER)

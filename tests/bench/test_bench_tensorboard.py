@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from podbench.engine import train_run
 from podbench.runs import RunSettings, RunSpec, resolve_run
@@ -17,12 +16,7 @@ event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.ev
 plugin_data_pb2 = pytest.importorskip("tensorboard.plugins.hparams.plugin_data_pb2")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(loss: str = "pod", epochs: int = 3, params: dict | None = None,

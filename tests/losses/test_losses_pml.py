@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -134,18 +131,21 @@ def test_pml_proxy_anchor_parts_are_its_two_terms() -> None:
     torch.testing.assert_close(parts["neg_loss"], neg_term, rtol=1e-4, atol=1e-5)
 
 
-def _same_weights(ours: nn.Module, theirs: nn.Module) -> None:
+def _both(ours: nn.Module, theirs: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Loss and feature gradient of each on the same weights and batch, and the batch."""
     with torch.no_grad():
         theirs.loss.W.copy_(ours.weight.T)  # PML keeps W as (d, K), ours (K, d)
-
-
-def _agreement_batch(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features around their class weight and some nearly opposite it (theta + m > pi)."""
+    weight = ours.weight.detach()
     gen = torch.Generator().manual_seed(3)
     y = torch.arange(20) % weight.shape[0]
     x = torch.randn(20, weight.shape[1], generator=gen)
-    x[:5] = -weight[y[:5]] + 0.05 * x[:5]  # the ArcFace fallback branch
-    return x * 3, y
+    x[:5] = -weight[y[:5]] + 0.05 * x[:5]  # nearly opposite the class weight: theta + m > pi
+    x = x * 3
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    la, lb = ours(xa, y).total, theirs(xb, y).total
+    la.backward()
+    lb.backward()
+    return la, lb, xa.grad, xb.grad, x
 
 
 @pytest.mark.parametrize("scale, margin_rad", [(64.0, 0.5), (30.0, 0.3)])
@@ -155,14 +155,9 @@ def test_pml_arcface_agrees_with_ours(scale: float, margin_rad: float) -> None:
     # PML's ArcFace margin is in degrees
     theirs = create_loss("pml:ArcFaceLoss", num_classes=6, feat_dim=8, scale=scale,
                          margin=math.degrees(margin_rad))
-    _same_weights(ours, theirs)
-    x, y = _agreement_batch(ours.weight.detach())
-    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    la, lb = ours(xa, y).total, theirs(xb, y).total
-    la.backward()
-    lb.backward()
+    la, lb, ga, gb, x = _both(ours, theirs)
     torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-5)
     # scores: ours the cosines, PML's the scaled cosines
     torch.testing.assert_close(theirs.predict(x), scale * ours.predict(x), rtol=1e-5, atol=1e-4)
 
@@ -172,14 +167,9 @@ def test_pml_cosface_agrees_with_ours(scale: float, margin: float) -> None:
     torch.manual_seed(0)
     ours = create_loss("cosface", num_classes=6, feat_dim=8, s=scale, m=margin)
     theirs = create_loss("pml:CosFaceLoss", num_classes=6, feat_dim=8, scale=scale, margin=margin)
-    _same_weights(ours, theirs)
-    x, y = _agreement_batch(ours.weight.detach())
-    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    la, lb = ours(xa, y).total, theirs(xb, y).total
-    la.backward()
-    lb.backward()
+    la, lb, ga, gb, x = _both(ours, theirs)
     torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
     assert torch.equal(theirs.predict(x).argmax(1), ours.predict(x).argmax(1))
 
 
@@ -270,32 +260,3 @@ def test_pml_cli_lists_offered_and_left_out(capsys: pytest.CaptureFixture[str]) 
     assert "nearest class mean" in out
     for name in adapter.left_out():
         assert f"left out: {name}:" in out
-
-
-MISSING = textwrap.dedent("""
-    import sys
-    sys.modules["pytorch_metric_learning"] = None  # as if not installed
-    sys.modules["timm"] = None
-    from podbench.errors import UserError
-    from podbench.losses import create_loss, list_losses
-    assert "pod" in list_losses() and not any(n.startswith("pml:") for n in list_losses())
-    try:
-        create_loss("pml:ArcFaceLoss", num_classes=3, feat_dim=4)
-    except UserError as err:
-        print(err)
-    from podbench.cli import main
-    print("exit", main(["validate", sys.argv[1]]))
-""")
-
-
-def test_pml_names_without_the_library_say_what_to_install(tmp_path) -> None:
-    suite = tmp_path / "s.yaml"
-    suite.write_text("name: x\nlosses: [pod, pml:ArcFaceLoss]\ndatasets: [digits]\n"
-                     "archs: [mlp]\nfeat_dim: 8\n")
-    proc = subprocess.run([sys.executable, "-c", MISSING, str(suite)], capture_output=True,
-                          text=True, check=False, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "pip install 'podbench[pml]'" in proc.stdout
-    assert "exit 2" in proc.stdout
-    assert "field 'losses.1.name'" in proc.stderr and "pytorch-metric-learning" in proc.stderr
-    assert "Traceback" not in proc.stderr

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -89,24 +86,3 @@ def test_timm_cli_lists_matches_with_counts(capsys: pytest.CaptureFixture[str]) 
     assert main(["tasks"]) == 0
     assert f"timm {timm.__version__}: {len(timm.list_models())} more networks" in capsys.readouterr().out
     assert main(["tasks", "--timm", "nothing-like-this*"]) == 2
-
-
-MISSING = textwrap.dedent("""
-    import sys
-    sys.modules["timm"] = None  # as if not installed
-    from podbench.cli import main
-    print("exit", main(["validate", sys.argv[1]]))
-    main(["tasks"])
-""")
-
-
-def test_timm_names_without_timm_say_what_to_install(tmp_path) -> None:
-    suite = tmp_path / "s.yaml"
-    suite.write_text("name: x\nlosses: [pod]\ndatasets: [digits]\narchs: [timm:resnet18]\n"
-                     "feat_dim: 8\n")
-    proc = subprocess.run([sys.executable, "-c", MISSING, str(suite)], capture_output=True,
-                          text=True, check=False, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "exit 2" in proc.stdout
-    assert "field 'archs.0'" in proc.stderr and "pip install 'podbench[timm]'" in proc.stderr
-    assert "timm: not installed" in proc.stdout and "Traceback" not in proc.stderr
