@@ -354,7 +354,8 @@ def test_every_kind_answers_an_old_or_wrong_spelling_with_the_closest_name(looku
 
 def test_builtin_names_are_kebab_case() -> None:
     for registry in (LOSSES, DATASETS, ARCHS):
-        for name in registry.names():
+        # "pml:ArcFaceLoss": another library's names keep its spelling (serve_prefix)
+        for name in [n for n in registry.names() if not n.startswith("pml:")]:
             for key in (name, *registry.get(name).aliases):
                 assert check_name(registry.kind, key) == key
     assert "mobilenet-v2" in list_archs() and "mobilenet_v2" not in ARCHS
@@ -367,3 +368,39 @@ def test_module_docstring_example_runs() -> None:
 
     result = doctest.testmod(podbench.registry)
     assert result.attempted >= 8 and result.failed == 0
+
+
+def test_registry_serves_another_librarys_names_by_prefix() -> None:
+    probes = _probes()
+    probes.add(ProbeInfo("linear-probe"), owner=LinearProbe)
+    calls: list[str] = []
+    offered = {"KnnProbe": KnnProbe}
+
+    def resolve(rest: str) -> tuple[ProbeInfo, object]:
+        calls.append(rest)
+        if rest not in offered:
+            raise UserError(f"lib has no probe {rest!r}.")
+        return ProbeInfo(f"lib:{rest}", source="lib 1.0"), offered[rest]
+
+    probes.serve_prefix("lib", resolve, lambda: sorted(offered))
+    # the library's own spelling (not kebab-case), listed among the registered names
+    assert probes.names() == ["lib:KnnProbe", "linear-probe"]
+    assert probes.get("lib:KnnProbe").source == "lib 1.0"
+    assert probes.owner("lib:KnnProbe") is KnnProbe
+    probes.get("lib:KnnProbe")
+    assert calls == ["KnnProbe"]  # resolved once, then kept
+    with pytest.raises(UserError, match="lib has no probe 'Nope'"):
+        probes.get("lib:Nope")
+    assert "lib:Nope" not in probes and "lib:KnnProbe" in probes
+    with pytest.raises(UserError, match="unknown probe 'other:KnnProbe'"):
+        probes.get("other:KnnProbe")  # not a served prefix: an ordinary unknown name
+
+    def missing() -> list[str]:
+        raise UserError("install lib.")
+
+    unlisted = _probes()
+    unlisted.serve_prefix("lib", resolve, missing)  # the library is missing: nothing listed
+    assert unlisted.names() == []
+    on_demand = _probes()
+    on_demand.serve_prefix("lib", resolve)  # too many to list: served on demand only
+    assert on_demand.names() == [] and on_demand.get("lib:KnnProbe").name == "lib:KnnProbe"
