@@ -240,7 +240,7 @@ class Registry(Generic[InfoT]):
         self._prefixes[check_name(self.kind, prefix)] = (resolve, listing)
 
     def _listed(self) -> list[str]:
-        names = []
+        names: list[str] = []
         for prefix, (_, listing) in self._prefixes.items():
             if listing is None:
                 continue

@@ -120,13 +120,13 @@ class RunCurves:
         try:
             from torch.utils.tensorboard.summary import hparams
 
-            metrics = {tag: record.get(key) for key, tag in _FINAL.items()}
+            found: dict[str, Any] = {tag: record.get(key) for key, tag in _FINAL.items()}
             history = record.get("history") or []
             if history:  # tuning runs evaluate on the validation split only
-                metrics["final/val_acc"] = history[-1].get("val_acc")
-            metrics.update({f"final/geometry/{k}": v
-                            for k, v in (record.get("geometry") or {}).items()})
-            metrics = {k: float(v) for k, v in metrics.items() if _finite(v)}
+                found["final/val_acc"] = history[-1].get("val_acc")
+            found.update({f"final/geometry/{k}": v
+                          for k, v in (record.get("geometry") or {}).items()})
+            metrics = {k: float(v) for k, v in found.items() if _finite(v)}
             params = {**hparams_of(self.run), "status": str(record.get("status"))}
             step = max(self.last_epoch, 0)
             for summary in hparams(params, metrics):

@@ -208,7 +208,7 @@ def _reference(cls: type) -> str:
     return f"{url.group(0).rstrip('.,)')} ({where})" if url else where
 
 
-def _discover_one(name: str, cls: type, base: type) -> Discovered | str:
+def _discover_one(name: str, cls: type[nn.Module], base: type) -> Discovered | str:
     """The class as a plugin description, or the reason it is left out."""
     if not issubclass(cls, base):
         return "wraps other losses (not a loss of labelled features by itself)"
@@ -226,7 +226,7 @@ def _discover_one(name: str, cls: type, base: type) -> Discovered | str:
     while True:  # every hyperparameter passed explicitly, as a suite may
         try:
             with torch.random.fork_rng(devices=[]):
-                loss = cls(**dims, **hparams)
+                loss: nn.Module = cls(**dims, **hparams)
             break
         except TypeError as err:
             # an argument of a base class the subclass sets itself is not a hyperparameter
@@ -518,7 +518,7 @@ class PmlMeanLoss(PmlLoss):
 def _plugin_class(spec: Discovered) -> type[PmlLoss]:
     base = PmlClassifierLoss if spec.kind == "classifier" else PmlMeanLoss
 
-    def __init__(self: PmlLoss, num_classes: int, feat_dim: int, **hparams: Any) -> None:
+    def __init__(self: Any, num_classes: int, feat_dim: int, **hparams: Any) -> None:
         base.__init__(self, num_classes, feat_dim, **hparams)
 
     # the signature the registry reads: the hyperparameters as keyword arguments with defaults

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -83,11 +83,13 @@ def build(model: str, in_channels: int, image_size: int) -> tuple[nn.Module, int
         ) from None
     if isinstance(net, ResNet) and image_size <= SMALL_STEM_MAX:
         # the POD authors' small-image stem: 3x3 stride 1, no max-pool (deep stems replaced too)
-        net.conv1 = stem_conv(in_channels, net.bn1.num_features, small=True)
-        net.maxpool = nn.Identity()
+        stem_width = int(cast(nn.BatchNorm2d, net.bn1).num_features)
+        # timm types a deep stem's conv1 as Sequential: any module fits there
+        net.conv1 = stem_conv(in_channels, stem_width, small=True)  # type: ignore[assignment]
+        net.maxpool = nn.Identity()  # type: ignore[assignment]
     # with num_classes=0 the forward returns the pre-logits features (some families add a
     # hidden layer after pooling, e.g. MobileNetV3's conv_head: head_hidden_size)
-    dim = getattr(net, "head_hidden_size", None) or net.num_features
+    dim: Any = getattr(net, "head_hidden_size", None) or getattr(net, "num_features")  # noqa: B009
     return net, int(dim)
 
 
