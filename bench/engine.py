@@ -511,7 +511,7 @@ class _Trainer:
             if self.checkpoint_dir is not None:
                 self._save_checkpoint(epoch)
             if curves is not None:
-                curves.epoch(entry, state, geometry)
+                curves.epoch(entry, state, geometry, values)
             if on_epoch is not None:
                 on_epoch(dict(entry))
         return geometry

@@ -7,7 +7,8 @@ d<d>-seed<seed>-<run_id>`` (see :func:`run_log_dir`), from the engine's per-epoc
   ``accuracy/test`` or ``accuracy/val``, ``lr``, ``seconds/epoch``;
 - ``loss_state/<name>``: the loss's own state in that epoch (:meth:`LossPlugin.epoch_state`; POD:
   ``loss_state/delta``);
-- ``geometry/<name>`` at the last epoch;
+- ``geometry/<name>`` at the last epoch, ``evaluation/<probe>/<metric>`` when probes ran
+  (calibration, OOD, corruptions: the suite's ``evaluate``);
 - the hyperparameters (HPARAMS tab) with the final metrics ``final/test_acc``, ``final/best_test_acc``,
   ``final/wall_time_s``, ... when the run ends, whatever its status.
 
@@ -89,8 +90,10 @@ class RunCurves:
         self.writer = None
 
     def epoch(self, entry: Mapping[str, Any], state: Mapping[str, float] | None = None,
-              geometry: Mapping[str, Any] | None = None) -> None:
-        """Write one epoch's history entry, the loss's state in it, and geometry when given."""
+              geometry: Mapping[str, Any] | None = None,
+              evaluation: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """Write one epoch's history entry, the loss's state in it, and, when given, the
+        geometry and the probes' values ({probe: {metric: value}})."""
         if self.writer is None:
             return
         step = int(entry["epoch"])
@@ -105,6 +108,8 @@ class RunCurves:
         scalars.update({f"train/{k}": v for k, v in (entry.get("parts") or {}).items()})
         scalars.update({f"loss_state/{k}": v for k, v in (state or {}).items()})
         scalars.update({f"geometry/{k}": v for k, v in (geometry or {}).items()})
+        scalars.update({f"evaluation/{probe}/{k}": v for probe, metrics in (evaluation or {}).items()
+                        for k, v in metrics.items()})
         try:
             for tag, value in scalars.items():
                 if _finite(value):
@@ -126,6 +131,9 @@ class RunCurves:
                 found["final/val_acc"] = history[-1].get("val_acc")
             found.update({f"final/geometry/{k}": v
                           for k, v in (record.get("geometry") or {}).items()})
+            found.update({f"final/evaluation/{probe}/{k}": v
+                          for probe, values in (record.get("evaluation") or {}).items()
+                          for k, v in values.items()})
             metrics = {k: float(v) for k, v in found.items() if _finite(v)}
             params = {**hparams_of(self.run), "status": str(record.get("status"))}
             step = max(self.last_epoch, 0)

@@ -131,3 +131,16 @@ def test_curves_that_cannot_be_written_never_fail_the_run(tmp_path: Path) -> Non
         record = train_run(run, tensorboard_dir=blocker)
     assert record["status"] == "completed"
     assert any("TensorBoard" in str(w.message) for w in caught)
+
+
+def test_probe_values_are_curves_and_final_metrics(tmp_path: Path) -> None:
+    run = _run("softmax", epochs=2, evaluate=["calibration"])
+    record = train_run(run, tensorboard_dir=run_log_dir(tmp_path, run))
+    assert record["status"] == "completed", record["error"]
+    acc = _read(run_log_dir(tmp_path, run))
+    calibration = record["evaluation"]["calibration"]
+    for metric in ("ece", "acc", "nll"):
+        assert _series(acc, f"evaluation/calibration/{metric}") == [
+            (1, pytest.approx(calibration[metric], rel=1e-6))]
+        assert _series(acc, f"final/evaluation/calibration/{metric}") == [
+            (1, pytest.approx(calibration[metric], rel=1e-6))]
