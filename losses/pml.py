@@ -17,8 +17,9 @@ Constructor arguments with a plain default (number, bool, string, None) become h
 with PML's defaults, names and units (ArcFace's ``margin`` is in degrees, CosFace's is a cosine).
 PML's plumbing (distance, reducer, regularisers, weight initialisation) keeps its defaults. A loss
 is left out, with the reason in ``podbench losses``, when it wraps other losses, needs an argument
-that has no default, or fails on a labelled test batch (e.g. it takes no labels, or wants the
-same number of samples of every class).
+that has no default, or fails (an error, NaN or Inf) on one of the small batches a training run
+meets: a labelled batch with unequal class counts, a second step on it, one sample per class, a
+zero feature, one class, one sample.
 
 Example:
     >>> from podbench.losses import create_loss
@@ -35,7 +36,7 @@ import numbers
 import re
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -88,9 +89,7 @@ class Discovered:
     dim_arg: str | None  # the argument that takes d
     takes_miner: bool
     reference: str
-    summary: str = ""
     learnable: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _DISCOVERED: dict[str, Discovered] = {}
@@ -257,11 +256,10 @@ def _discover_one(name: str, cls: type[nn.Module], base: type) -> Discovered | s
     names = [n for n, _ in loss.named_parameters()]
     if names:  # proxies learn at 100x the network's rate in the ProxyAnchor authors' code
         hparams["head_lr_scale"] = PROXY_LR_SCALE if any(n.endswith("proxies") for n in names) else 1.0
-    summary = (cls.__dict__.get("__doc__") or "").strip().splitlines()
     return Discovered(
         name=name, cls=cls, kind="classifier" if classifier else "mean", defaults=hparams,
         takes_classes=takes_classes, dim_arg=dim_arg, takes_miner=takes_miner,
-        reference=_reference(cls), summary=summary[0] if summary else "",
+        reference=_reference(cls),
         learnable=any(True for _ in loss.parameters()),
     )
 
@@ -363,6 +361,7 @@ class PmlLoss(LossPlugin):
                 )
             # the miner is a name, checked against PML's miners below
             params[key] = value if key == "miner" else _check_value(owner, key, value, spec.defaults[key])
+        self.hparams = dict(params)  # every value, shown in repr
         miner = params.pop("miner", None)
         self.head_lr_scale = float(params.pop("head_lr_scale", 1.0))
         self.miner: nn.Module | None = None
@@ -393,7 +392,6 @@ class PmlLoss(LossPlugin):
                 f"{owner}: the hyperparameters {params} give a non-finite loss on a test batch; "
                 "change them."
             )
-        self.hparams = {**params, **{k: v for k, v in hparams.items() if k in ("miner", "head_lr_scale")}}
 
     def loss_terms(self, features: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """PML's loss of the batch by sub-loss (ProxyAnchor: pos_loss, neg_loss); they sum to it.
