@@ -491,22 +491,27 @@ class PmlMeanLoss(PmlLoss):
         self.has_mean |= seen
 
     def _means(self) -> tuple[Tensor, Tensor]:
-        if bool(self.has_mean.any()):
-            return self.class_means, self.has_mean
-        seen = self.feature_count > 0  # within the first epoch: the batches so far
-        return self.feature_sum / self.feature_count.clamp_min(1)[:, None], seen
+        """(K, d) class means and which classes have one; selected on the device (no sync)."""
+        after_an_epoch = self.has_mean.any()
+        # within the first epoch: the running means of the batches so far
+        running = self.feature_sum / self.feature_count.clamp_min(1)[:, None]
+        means = torch.where(after_an_epoch, self.class_means, running)
+        known = torch.where(after_an_epoch, self.has_mean, self.feature_count > 0)
+        return means, known
 
     def scores(self, features: Tensor) -> Tensor:
         means, known = self._means()
-        if not bool(known.any()):
-            return features.new_zeros(features.shape[0], self.num_classes)
         distance = self.loss.distance
-        # zero-norm means (never seen) would give NaN cosines: scored below every known class
+        # a class without a mean (never seen) has a zero vector, whose cosine is NaN: it is scored
+        # below every known class instead (the row's lowest known score minus 1)
         safe = torch.where(known[:, None], means, torch.ones_like(means))
         sims = distance(features, safe)
         sims = sims if distance.is_inverted else -sims
-        floor = sims[:, known].min(dim=1, keepdim=True).values - 1.0
-        return torch.where(known[None, :], sims, floor)
+        lowest = torch.where(known[None, :], sims, torch.full_like(sims, math.inf))
+        floor = lowest.amin(dim=1, keepdim=True) - 1.0
+        scores = torch.where(known[None, :], sims, floor)
+        # before the first training batch no class has a mean: every score is 0
+        return torch.where(known.any(), scores, torch.zeros_like(scores))
 
     def centroids_for_geometry(self) -> Tensor | None:
         means, known = self._means()

@@ -7,12 +7,16 @@ from functools import partial
 import pytest
 
 from podbench.losses import LossPlugin, create_loss, list_losses, loss_info
-from podbench.losses.testing import CHECKS, check_predict_agrees
+from podbench.losses.testing import CHECKS, check_no_host_sync, check_predict_agrees
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("name", list_losses())
 def test_losses_conformance(name, check):
+    if check is check_no_host_sync and name.startswith("pml:"):
+        # pytorch-metric-learning's own code reads the device (nonzero, boolean masks, .item()):
+        # test_losses_pml.py runs this check and shows that every read is the library's
+        return
     check(name)
 
 

@@ -20,6 +20,7 @@ pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
 from podbench.errors import UserError  # noqa: E402
 from podbench.losses import create_loss, list_losses, loss_info  # noqa: E402
 from podbench.losses import pml as adapter  # noqa: E402
+from podbench.losses.testing import check_no_host_sync, count_host_syncs  # noqa: E402
 
 NAMED_IN_THE_ISSUE = ["ArcFaceLoss", "SubCenterArcFaceLoss", "ProxyAnchorLoss", "SoftTripleLoss",
                       "NormalizedSoftmaxLoss", "LargeMarginSoftmaxLoss", "SphereFaceLoss",
@@ -260,3 +261,27 @@ def test_pml_cli_lists_offered_and_left_out(capsys: pytest.CaptureFixture[str]) 
     assert "nearest class mean" in out
     for name in adapter.left_out():
         assert f"left out: {name}:" in out
+
+
+@pytest.mark.parametrize("name", sorted(n.removeprefix("pml:") for n in _pml_names()))
+def test_pml_every_device_read_is_the_librarys(name: str) -> None:
+    plugin = create_loss(f"pml:{name}", num_classes=4, feat_dim=8)
+    plugin.check_values = False  # as the engine runs after a run's first batch
+    x, y = _batch(7, b=16, k=4)
+    reads = []
+    for mode in (True, False):
+        plugin.train(mode)
+        # forward and predict: each read is attributed to the line that asks for it (the
+        # backward pass only replays the forward's ops)
+        with count_host_syncs() as syncs:
+            plugin.update_loss(x.clone().requires_grad_(True), y, 0)
+            with torch.no_grad():
+                plugin.predict(x)
+        reads += syncs.calls
+    ours = [r for r in reads if "pytorch_metric_learning" not in r]
+    assert not ours, f"podbench's wrapper reads the device: {ours}"
+    if reads:  # the library's own reads stall a GPU: the kit says so
+        with pytest.raises(AssertionError, match="makes the host wait"):
+            check_no_host_sync(f"pml:{name}")
+    else:
+        check_no_host_sync(f"pml:{name}")
