@@ -189,23 +189,19 @@ def register_loss(
 
 
 def describe_loss(
-    cls: type[LossPlugin],
-    name: str,
-    *,
-    description: str,
-    reference: str = "",
-    search_space: Mapping[str, Mapping[str, Any]] | None = None,
-    variants: Mapping[str, Mapping[str, Any]] | None = None,
-    fixed_centroids: bool = False,
-    learnable_head: bool = True,
-    aliases: tuple[str, ...] | list[str] = (),
-    source: str = "podbench",
+    cls: type[LossPlugin], name: str, *, description: str, source: str = "podbench",
+    **details: Any,
 ) -> LossInfo:
-    """The checked :class:`LossInfo` of ``cls`` (what :func:`register_loss` registers; adapters
-    of other libraries serve theirs through :meth:`LOSSES.serve_prefix <Registry.serve_prefix>`).
+    """The checked :class:`LossInfo` of ``cls``: what :func:`register_loss` registers (``details``
+    are its other keyword arguments); adapters of other libraries serve theirs through
+    :meth:`LOSSES.serve_prefix <podbench.registry.Registry.serve_prefix>`.
     """
-    search_space = {k: dict(v) for k, v in (search_space or {}).items()}
-    variants = {k: dict(v) for k, v in (variants or {}).items()}
+    unknown = set(details) - {"reference", "search_space", "variants", "fixed_centroids",
+                              "learnable_head", "aliases"}
+    if unknown:
+        raise TypeError(f"describe_loss() got unexpected keyword arguments {sorted(unknown)}")
+    search_space = {k: dict(v) for k, v in (details.get("search_space") or {}).items()}
+    variants = {k: dict(v) for k, v in (details.get("variants") or {}).items()}
     declared = _signature_defaults(name, cls)
     _check_space(name, search_space, declared)
     for vname, settings in variants.items():
@@ -216,14 +212,14 @@ def describe_loss(
         name=name,
         cls=cls,
         description=description,
-        reference=reference,
+        reference=details.get("reference", ""),
         defaults=MappingProxyType(declared),
         search_space=MappingProxyType(search_space),
         variants=MappingProxyType(variants),
-        fixed_centroids=fixed_centroids,
-        learnable_head=learnable_head,
+        fixed_centroids=details.get("fixed_centroids", False),
+        learnable_head=details.get("learnable_head", True),
         updates_per_batch=int(cls.updates_per_batch),
-        aliases=tuple(aliases),
+        aliases=tuple(details.get("aliases", ())),
         source=source,
     )
 
