@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from podbench.compiled import warm_up
 from podbench.geometry import plugin_geometry
 from podbench.record import RunError, RunRecord, package_version, utc_now
 from podbench.runs import RunSpec
@@ -242,7 +243,9 @@ class _Trainer:
         # state_dict keys lack the compiled wrapper's "_orig_mod." prefix
         self.forward: Callable[[torch.Tensor], torch.Tensor] = prepare_model(
             self.model, self.device, channels_last=run.channels_last, compile=run.compile,
+            compile_threads=run.cpus,
         )
+        self._init_from_data()
         torch.manual_seed(run.seed)  # centroids do not depend on the architecture's draws
         self.plugin = create_loss(
             run.loss, num_classes=num_classes, feat_dim=run.feat_dim,
@@ -293,6 +296,27 @@ class _Trainer:
                                               "changed": self.task.label_noise_rate}
         if checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_NAME).is_file():
             self._load_checkpoint(checkpoint_dir / CHECKPOINT_NAME)
+        if run.compile:  # compile now, so that compile time is not training time (images/s)
+            warm_up(self.model, self.forward, self._warm_up_shapes(), self.autocast,
+                    memory_format=torch.channels_last if run.channels_last else None)
+
+    def _init_from_data(self) -> None:
+        """A backbone's data-dependent initialisation, from a shuffled training batch only."""
+        samples = int(getattr(self.model, "init_samples", 0))
+        if samples:
+            images, _ = next(iter(self.task.train_batches(samples, seed=self.run.seed, epoch=0)))
+            self.model.init_from_data(images)  # type: ignore[operator]
+
+    def _warm_up_shapes(self) -> list[tuple[bool, tuple[int, ...]]]:
+        """(training, input shape) of every batch shape the run will see."""
+        size = self.task.image_size
+        channels = self.task.info.channels
+        bs = self.run.batch_size
+        train = {min(bs, self.task.num_train), self.task.num_train % bs}
+        evaluated = self.task.num_samples(self.run.eval_split)
+        evals = {min(bs, evaluated), evaluated % bs}
+        return [(mode, (n, channels, size, size)) for mode, sizes in ((True, train), (False, evals))
+                for n in sorted(sizes) if n > 0]
 
     # -- one epoch ------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar, cast
@@ -42,6 +43,10 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "podbench.archs"
 SMALL_STEM_MAX = 64  # inputs up to this size get the small-image stem
+DEFAULT_INIT_SAMPLES = 5000  # training images for a backbone's init_from_data
+# compiled variants of one forward kept per process (PyTorch's default, 8, is reached by a few
+# architectures in train and eval mode, since they all share LatentNet.forward)
+RECOMPILE_LIMIT = 64
 
 Builder = Callable[[int, int], tuple[nn.Module, int]]
 
@@ -89,9 +94,28 @@ class LatentNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(torch.flatten(self.backbone(x), 1))
 
+    @property
+    def init_samples(self) -> int:
+        """Training images the backbone's ``init_from_data`` wants (0: it has none)."""
+        if not callable(getattr(self.backbone, "init_from_data", None)):
+            return 0
+        return int(getattr(self.backbone, "init_samples", DEFAULT_INIT_SAMPLES))
+
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """Data-dependent initialisation (e.g. whitening filters) from normalised training images.
+
+        An optional backbone hook: a backbone that defines ``init_from_data(images)`` (and
+        optionally ``init_samples``) gets it called once by the engine before training, with a
+        shuffled batch of the training split as the network sees it (never val or test data).
+        """
+        hook = getattr(self.backbone, "init_from_data", None)
+        if callable(hook):
+            hook(images)
+
 
 ARCHS: Registry[ArchInfo] = Registry(
     "architecture", plural="architectures", group=ENTRY_POINT_GROUP, decorator="register_arch",
+    builtins=("podbench.tasks.fastnet",),  # built-ins in their own modules; the rest are below
 )
 
 B = TypeVar("B", bound=Builder)
@@ -184,6 +208,7 @@ def prepare_model(
     channels_last: bool = False,
     compile: bool = False,
     compile_mode: str | None = None,
+    compile_threads: float | None = None,
 ) -> nn.Module:
     """Move ``model`` to ``device`` (``"auto"`` too), optionally channels_last and compiled.
 
@@ -192,13 +217,32 @@ def prepare_model(
     prefix: save ``model``'s). Inputs must then be converted too:
     ``x.to(memory_format=torch.channels_last)``. A compiled model forwards
     ``.backbone``/``.proj`` attribute access to the original module.
+
+    Compiled code is kept per process and guarded on the module's class and tensor shapes, not
+    on the module object: the next network of the same architecture (the next run in a reused
+    worker) runs it without compiling again. ``compile_threads``: Inductor's compile workers
+    (a run's CPUs; default: one per core of the host).
     """
     model = model.to(resolve_device(device))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
+        _compile_settings(compile_threads)
         model = torch.compile(model, mode=compile_mode)  # type: ignore[assignment]
     return model
+
+
+def _compile_settings(threads: float | None) -> None:
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across releases
+        if getattr(dynamo_config, name, RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+            setattr(dynamo_config, name, RECOMPILE_LIMIT)
+    if threads is not None:
+        with contextlib.suppress(ImportError, AttributeError):
+            import torch._inductor.config as inductor_config
+
+            inductor_config.compile_threads = max(1, int(threads))
 
 
 # ---------------------------------------------------------------- small, CPU-friendly networks
