@@ -6,7 +6,8 @@ Both loops train copies of the same freshly built network and loss plugin, with 
 settings, on the same batches (``Task.train_batches``), alternately, several rounds; the median
 and the fastest seconds per epoch of each and their ratios (engine / bare; target <= 1.03) are
 printed. Times are CPU seconds of this process (``time.process_time``), so that other work on a
-shared machine does not distort them; with one torch thread this equals the epoch's compute. The
+shared machine does not distort them; with one torch thread this equals the epoch's compute. On a
+GPU (``compare`` with a CUDA run, as ``gpu_check.py`` does) they are synchronised wall seconds. The
 engine's loop also tracks train loss/accuracy and loss parts, checks for NaN, and calls the
 plugin's hooks; evaluation is not timed in either.
 """
@@ -21,7 +22,7 @@ import time
 import torch
 
 from podbench.engine import _Trainer
-from podbench.runs import RunSettings, resolve_run
+from podbench.runs import RunSettings, RunSpec, resolve_run
 
 CASES = {
     # the quickstart's network and data (a real, small convolutional workload)
@@ -35,28 +36,73 @@ CASES = {
 }
 
 
+class Clock:
+    """Seconds of work: this process's CPU time on a CPU, synchronised wall time on a GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # GPU work is asynchronous: wait for it
+            return time.perf_counter()
+        return time.process_time()
+
+
 def bare_epoch(
     model: torch.nn.Module,
     plugin: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    task: object,
-    batch_size: int,
-    seed: int,
+    trainer: _Trainer,
     epoch: int,
-    steps: int,
+    clock: Clock,
 ) -> float:
-    """The loop a user would write by hand; returns its CPU seconds."""
+    """The loop a user would write by hand (same autocast and memory format); its seconds."""
+    run = trainer.run
     model.train()
     plugin.train()
-    start = time.process_time()
-    for index, (x, y) in enumerate(task.train_batches(batch_size, seed=seed, epoch=epoch)):  # type: ignore[attr-defined]
-        if index >= steps:
+    start = clock()
+    batches = trainer.task.train_batches(run.batch_size, seed=run.seed, epoch=epoch)
+    for index, (x, y) in enumerate(batches):
+        if index >= trainer.steps_per_epoch:
             break
-        out = plugin(model(x), y)
+        with trainer.autocast():
+            features = model(trainer._prepare(x))
+        out = plugin(features, y)
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         optimizer.step()
-    return time.process_time() - start
+    return clock() - start
+
+
+def compare(run: RunSpec, rounds: int) -> tuple[list[float], list[float], int]:
+    """Seconds per epoch of the engine's loop and of a bare loop, alternately; steps per epoch.
+
+    Both train copies of the same freshly built network and plugin, with the same optimiser
+    settings, on the same batches; the first epoch of each is a warm-up and not returned.
+    """
+    trainer = _Trainer(run, checkpoint_dir=None)
+    clock = Clock(trainer.device)
+    model = copy.deepcopy(trainer.model)
+    plugin = copy.deepcopy(trainer.plugin)
+    params = [p for p in [*model.parameters(), *plugin.parameters()] if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum,
+                                weight_decay=run.weight_decay, nesterov=run.nesterov)
+    # warm-up: allocator, caches, first-call costs (cuDNN's algorithm choice on a GPU)
+    trainer.train_epoch(0)
+    bare_epoch(model, plugin, optimizer, trainer, 0, clock)
+    engine_s: list[float] = []
+    bare_s: list[float] = []
+    for epoch in range(1, rounds + 1):
+        order = ["engine", "bare"] if epoch % 2 else ["bare", "engine"]  # no first-mover bias
+        for which in order:
+            if which == "engine":
+                before = clock()
+                trainer.train_epoch(epoch)
+                engine_s.append(clock() - before)
+            else:
+                bare_s.append(bare_epoch(model, plugin, optimizer, trainer, epoch, clock))
+    return engine_s, bare_s, trainer.steps_per_epoch
 
 
 def run_case(name: str, case: dict, rounds: int) -> float:
@@ -78,39 +124,7 @@ def run_case(name: str, case: dict, rounds: int) -> float:
         seed=0,
         feat_dim=case["feat_dim"],
     )
-    trainer = _Trainer(run, checkpoint_dir=None)
-    model = copy.deepcopy(trainer.model)
-    plugin = copy.deepcopy(trainer.plugin)
-    params = [*model.parameters(), *plugin.parameters()]
-    optimizer = torch.optim.SGD(
-        params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay
-    )
-    steps = trainer.steps_per_epoch
-    # warm-up: allocator, caches, first-call costs
-    trainer.train_epoch(0)
-    bare_epoch(model, plugin, optimizer, trainer.task, run.batch_size, run.seed, 0, steps)
-    engine_s: list[float] = []
-    bare_s: list[float] = []
-    for epoch in range(1, rounds + 1):
-        order = ["engine", "bare"] if epoch % 2 else ["bare", "engine"]  # no first-mover bias
-        for which in order:
-            if which == "engine":
-                before = time.process_time()
-                trainer.train_epoch(epoch)
-                engine_s.append(time.process_time() - before)
-            else:
-                bare_s.append(
-                    bare_epoch(
-                        model,
-                        plugin,
-                        optimizer,
-                        trainer.task,
-                        run.batch_size,
-                        run.seed,
-                        epoch,
-                        steps,
-                    )
-                )
+    engine_s, bare_s, steps = compare(run, rounds)
     ratio_median = statistics.median(engine_s) / statistics.median(bare_s)
     ratio_min = min(engine_s) / min(bare_s)  # the least disturbed epoch of each
     print(

@@ -7,6 +7,9 @@ Example:
     >>> from podbench.losses.testing import run_conformance
     >>> run_conformance("softmax")  # raises AssertionError on the first failed check
 
+Every check also takes ``device`` (``run_conformance("softmax", device="cuda")``): the plugin
+and the kit's data are put there, so a plugin that makes tensors on the wrong device fails.
+
 In a plugin package's tests::
 
     import pytest
@@ -54,6 +57,7 @@ __all__ = [
 
 Factory = Callable[[int, int], LossPlugin]
 LossLike = str | Factory
+Device = str | torch.device
 
 K, D = 4, 8  # small enough for every loss (simplex needs D >= K - 1)
 
@@ -64,35 +68,42 @@ def _factory(loss: LossLike) -> Factory:
     return loss
 
 
-def _make(loss: LossLike, seed: int = 0, k: int = K, d: int = D) -> LossPlugin:
+def _make(loss: LossLike, seed: int = 0, k: int = K, d: int = D, device: Device = "cpu"
+          ) -> LossPlugin:
     torch.manual_seed(seed)
     plugin = _factory(loss)(k, d)
     assert isinstance(plugin, LossPlugin), (
         f"the factory returned {type(plugin).__name__}, not a LossPlugin"
     )
-    return plugin
+    return plugin.to(device)
+
+
+def _on(device: Device, *tensors: Tensor) -> tuple[Tensor, ...]:
+    # the kit's data is drawn on the CPU (the same numbers on every device), then moved
+    return tuple(t.to(device) for t in tensors)
 
 
 def _name(plugin: LossPlugin) -> str:
     return plugin.loss_name or type(plugin).__name__
 
 
-def _batch(seed: int, b: int = 16, k: int = K, d: int = D) -> tuple[Tensor, Tensor]:
+def _batch(seed: int, b: int = 16, k: int = K, d: int = D, device: Device = "cpu"
+           ) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(b, d, generator=gen) * 3.0
     y = torch.arange(b) % k
-    return x, y
+    return _on(device, x, y)  # type: ignore[return-value]
 
 
 def _all_updates(plugin: LossPlugin, x: Tensor, y: Tensor) -> list[LossOutput]:
     return [plugin.update_loss(x, y, step) for step in range(plugin.updates_per_batch)]
 
 
-def check_output(loss: LossLike) -> None:
+def check_output(loss: LossLike, device: Device = "cpu") -> None:
     """forward returns a LossOutput of finite scalars; predict returns (B, K) finite scores."""
-    plugin = _make(loss)
+    plugin = _make(loss, device=device)
     name = _name(plugin)
-    x, y = _batch(1)
+    x, y = _batch(1, device=device)
     for step, out in enumerate(_all_updates(plugin, x, y)):
         assert isinstance(out, LossOutput), f"{name}: update {step} returned {type(out).__name__}"
         assert out.total.dim() == 0, f"{name}: total has shape {tuple(out.total.shape)}, not ()"
@@ -118,11 +129,11 @@ def check_output(loss: LossLike) -> None:
     assert bool(torch.isfinite(classified).all()), f"{name}: classified_features is not finite"
 
 
-def check_gradients(loss: LossLike) -> None:
+def check_gradients(loss: LossLike, device: Device = "cpu") -> None:
     """Every update sends a finite, non-zero gradient to the features; head parameters get one."""
-    plugin = _make(loss)
+    plugin = _make(loss, device=device)
     name = _name(plugin)
-    x, y = _batch(2)
+    x, y = _batch(2, device=device)
     for step in range(plugin.updates_per_batch):
         feats = x.clone().requires_grad_(True)
         out = plugin.update_loss(feats, y, step)
@@ -137,11 +148,13 @@ def check_gradients(loss: LossLike) -> None:
             assert bool(torch.isfinite(param.grad).all()), f"{name}: {pname} has non-finite grad"
 
 
-def _separable(seed: int = 0, per_class: int = 24, p: int = 6) -> tuple[Tensor, Tensor]:
+def _separable(seed: int = 0, per_class: int = 24, p: int = 6, device: Device = "cpu"
+               ) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     means = torch.randn(K, p, generator=gen) * 3.0
     y = torch.arange(K).repeat_interleave(per_class)
     x = means[y] + 0.3 * torch.randn(len(y), p, generator=gen)
+    x, y = _on(device, x, y)
     return x, y
 
 
@@ -165,7 +178,7 @@ def train_steps(
         plugin.on_epoch_start(epoch)
         order = torch.randperm(len(y), generator=gen)
         for start in range(0, len(y), batch_size):
-            idx = order[start : start + batch_size]
+            idx = order[start : start + batch_size].to(y.device)
             for step in range(plugin.updates_per_batch):
                 out = plugin.update_loss(model(x[idx]), y[idx], step)
                 opt.zero_grad()
@@ -174,13 +187,13 @@ def train_steps(
         plugin.on_epoch_end(epoch)
 
 
-def check_predict_agrees(loss: LossLike) -> None:
+def check_predict_agrees(loss: LossLike, device: Device = "cpu") -> None:
     """On separable data, training the objective lowers it and predict then classifies right."""
-    plugin = _make(loss)
+    plugin = _make(loss, device=device)
     name = _name(plugin)
-    x, y = _separable()
+    x, y = _separable(device=device)
     torch.manual_seed(0)
-    model = nn.Linear(x.shape[1], D)
+    model = nn.Linear(x.shape[1], D).to(device)
     with torch.no_grad():
         plugin.eval()
         before = float(plugin(model(x), y).total)
@@ -199,20 +212,21 @@ def _state(plugin: LossPlugin) -> dict[str, Tensor]:
     return {key: value.detach().clone() for key, value in plugin.state_dict().items()}
 
 
-def check_predict_is_pure(loss: LossLike) -> None:
+def check_predict_is_pure(loss: LossLike, device: Device = "cpu") -> None:
     """predict, scores and classified_features change no buffer or parameter, in either mode.
 
     The engine measures training accuracy with ``predict`` on every training batch: a
     ``predict`` that moved state (BatchNorm running statistics, counters) would train twice.
     """
     for mode in ("train", "eval"):
-        plugin = _make(loss)
+        plugin = _make(loss, device=device)
         name = _name(plugin)
-        x, y = _separable()
+        x, y = _separable(device=device)
         torch.manual_seed(0)
-        train_steps(plugin, nn.Linear(x.shape[1], D), x, y, epochs=1)  # state away from its start
+        # state away from its start
+        train_steps(plugin, nn.Linear(x.shape[1], D).to(device), x, y, epochs=1)
         plugin.train(mode == "train")
-        feats, _ = _batch(8)
+        feats, _ = _batch(8, device=device)
         before = _state(plugin)
         for call in ("predict", "scores", "classified_features"):
             for grad in (False, True):
@@ -229,18 +243,18 @@ def check_predict_is_pure(loss: LossLike) -> None:
                     )
 
 
-def check_state_dict_roundtrip(loss: LossLike) -> None:
+def check_state_dict_roundtrip(loss: LossLike, device: Device = "cpu") -> None:
     """Loading a trained plugin's state_dict into a fresh one (other seed) reproduces it."""
-    a = _make(loss, seed=0)
+    a = _make(loss, seed=0, device=device)
     name = _name(a)
-    x, y = _separable()
+    x, y = _separable(device=device)
     torch.manual_seed(0)
-    train_steps(a, nn.Linear(x.shape[1], D), x, y, epochs=2)
-    b = _make(loss, seed=1)
+    train_steps(a, nn.Linear(x.shape[1], D).to(device), x, y, epochs=2)
+    b = _make(loss, seed=1, device=device)
     b.load_state_dict(a.state_dict())
     a.eval()
     b.eval()
-    feats, labels = _batch(3)
+    feats, labels = _batch(3, device=device)
     with torch.no_grad():
         ta, tb = a(feats, labels).total, b(feats, labels).total
         pa, pb = a.predict(feats), b.predict(feats)
@@ -248,12 +262,12 @@ def check_state_dict_roundtrip(loss: LossLike) -> None:
     assert torch.equal(pa, pb), f"{name}: predict differs after a state_dict round trip"
 
 
-def check_determinism(loss: LossLike) -> None:
+def check_determinism(loss: LossLike, device: Device = "cpu") -> None:
     """The same seed gives the same plugin, loss values and gradients."""
     results = []
     for _ in range(2):
-        plugin = _make(loss, seed=7)
-        x, y = _batch(4)
+        plugin = _make(loss, seed=7, device=device)
+        x, y = _batch(4, device=device)
         x.requires_grad_(True)
         totals = []
         for out in _all_updates(plugin, x, y):
@@ -266,9 +280,9 @@ def check_determinism(loss: LossLike) -> None:
     assert torch.equal(results[0][1], results[1][1]), f"{name}: the same seed gives other gradients"
 
 
-def _edge_batches() -> dict[str, tuple[Tensor, Tensor]]:
+def _edge_batches(device: Device = "cpu") -> dict[str, tuple[Tensor, Tensor]]:
     x, _ = _batch(5, b=8)
-    return {
+    cases = {
         "one sample": (x[:1], torch.tensor([2])),
         "one class": (x, torch.full((8,), 1)),
         "one sample per class": (x[:K], torch.arange(K)),
@@ -276,15 +290,17 @@ def _edge_batches() -> dict[str, tuple[Tensor, Tensor]]:
         "huge features": (x * 1e4, torch.arange(8) % K),
         "tiny features": (x * 1e-6, torch.arange(8) % K),
     }
+    return {case: _on(device, feats, labels)  # type: ignore[misc]
+            for case, (feats, labels) in cases.items()}
 
 
-def check_edge_cases(loss: LossLike) -> None:
+def check_edge_cases(loss: LossLike, device: Device = "cpu") -> None:
     """No NaN or Inf, in training and eval mode, on degenerate batches."""
     for mode in ("train", "eval"):
-        plugin = _make(loss)
+        plugin = _make(loss, device=device)
         name = _name(plugin)
         plugin.train(mode == "train")
-        for case, (x, y) in _edge_batches().items():
+        for case, (x, y) in _edge_batches(device).items():
             for step in range(plugin.updates_per_batch):
                 feats = x.clone().requires_grad_(True)
                 out = plugin.update_loss(feats, y, step)
@@ -306,9 +322,9 @@ def check_edge_cases(loss: LossLike) -> None:
                     param.grad = None
 
 
-def check_bad_inputs(loss: LossLike) -> None:
+def check_bad_inputs(loss: LossLike, device: Device = "cpu") -> None:
     """Wrong shapes, labels out of range and non-finite features raise clear errors."""
-    plugin = _make(loss)
+    plugin = _make(loss, device=device)
     name = _name(plugin)
     x, y = _batch(6, b=6)
     bad: dict[str, tuple[object, object, type[Exception]]] = {
@@ -334,6 +350,7 @@ def check_bad_inputs(loss: LossLike) -> None:
         ),
     }
     for case, (feats, targets, error) in bad.items():
+        feats, targets = _on(device, feats, targets)  # type: ignore[arg-type]
         for step in range(plugin.updates_per_batch):
             try:
                 plugin.update_loss(feats, targets, step)  # type: ignore[arg-type]
@@ -346,7 +363,7 @@ def check_bad_inputs(loss: LossLike) -> None:
             else:
                 raise AssertionError(f"{name}: {case} raised no error (update {step})")
     try:
-        plugin.predict(torch.randn(3, D + 2))
+        plugin.predict(torch.randn(3, D + 2, device=device))
     except UserError:
         pass
     else:
@@ -458,7 +475,7 @@ def count_host_syncs() -> Iterator[HostSyncs]:
             setattr(Tensor, name, orig)
 
 
-def check_no_host_sync(loss: LossLike) -> None:
+def check_no_host_sync(loss: LossLike, device: Device = "cpu") -> None:
     """With value checks off (as the engine runs after a run's first batch), an update, its
     backward pass and ``predict`` never make the host wait for the device.
 
@@ -466,10 +483,10 @@ def check_no_host_sync(loss: LossLike) -> None:
     (``.item()``, ``float(t)``, ``if t:``) or makes a data-dependent shape (``bincount``,
     boolean masks, ``nonzero``) stalls every update.
     """
-    plugin = _make(loss)
+    plugin = _make(loss, device=device)
     name = _name(plugin)
     plugin.check_values = False
-    x, y = _batch(7)
+    x, y = _batch(7, device=device)
     for mode in ("train", "eval"):
         plugin.train(mode == "train")
         for step in range(plugin.updates_per_batch):
@@ -484,7 +501,7 @@ def check_no_host_sync(loss: LossLike) -> None:
             )
 
 
-CHECKS: tuple[Callable[[LossLike], None], ...] = (
+CHECKS: tuple[Callable[..., None], ...] = (  # each: check(loss, device="cpu")
     check_output,
     check_gradients,
     check_predict_agrees,
@@ -497,7 +514,11 @@ CHECKS: tuple[Callable[[LossLike], None], ...] = (
 )
 
 
-def run_conformance(loss: LossLike) -> None:
-    """Run every check of the kit on a registered name or a factory ``(K, d) -> LossPlugin``."""
+def run_conformance(loss: LossLike, device: Device = "cpu") -> None:
+    """Run every check of the kit on a registered name or a factory ``(K, d) -> LossPlugin``.
+
+    ``device``: where the plugin and the kit's data live ("cuda" checks a plugin on a GPU; the
+    kit's numbers are drawn on the CPU and moved, so they are the same on every device).
+    """
     for check in CHECKS:
-        check(loss)
+        check(loss, device)
