@@ -151,7 +151,7 @@ class Report:
 
 
 def _load(overrides: list[str]) -> list[Any]:
-    from podbench.specs import load_suite
+    from podbench.suite_spec import load_suite
 
     return load_suite("fast-cifar10", overrides).expand()
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from podbench.compiled import warm_up
 from podbench.engine import _Trainer, train_run
-from podbench.specs import RunSettings, RunSpec, load_suite, resolve_run
+from podbench.runs import RunSettings, RunSpec, resolve_run
+from podbench.suite_spec import load_suite
 from podbench.tasks import archs as archs_module
 from podbench.tasks import load_task, register_arch
 from podbench.tasks.fastnet import patch_covariance, whitening_filters
@@ -21,9 +22,13 @@ from podbench.tasks.fastnet import patch_covariance, whitening_filters
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
+    # a _Trainer built outside train_run switches on deterministic kernels: restore them after
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
 def _run(arch: str = "mlp", dataset: str = "digits", seed: int = 0, **settings: Any) -> RunSpec:
