@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -30,8 +31,9 @@ from podbench.losses import create_loss
 from podbench.runs import RunSettings, resolve_run
 from podbench.tasks import create_arch
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg-q75.tar.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+from bench_data import DEFAULT_DATA  # noqa: E402
+
 PRESET_BATCH = 1024  # fast-cifar10's batch size, for which its learning rate is set
 
 

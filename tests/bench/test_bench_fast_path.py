@@ -127,8 +127,12 @@ def _counting_compile(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> li
 
 
 def test_compile_is_paid_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._inductor.config as inductor_config
+
     calls = _counting_compile(monkeypatch)
+    monkeypatch.setattr(inductor_config, "compile_threads", 32)  # as if the host had 32 cores
     first = train_run(_run(compile=True, seed=0))
+    assert inductor_config.compile_threads == 1  # the run's one CPU, not the host's cores
     compiled_first = len(calls)
     assert first["status"] == "completed", first["error"]
     assert compiled_first >= 2  # training and evaluation graphs
