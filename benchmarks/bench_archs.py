@@ -52,7 +52,7 @@ def step_seconds(archs: list[str], batch: int, rounds: int) -> dict[str, list[fl
     y = torch.randint(0, 10, (batch,), generator=gen)
     nets = {}
     for name in archs:
-        model = create_arch(name, in_channels=3, image_size=32, feat_dim=128, num_classes=10)
+        model = create_arch(name, in_channels=3, image_size=32, feat_dim=128)
         plugin = create_loss("softmax", num_classes=10, feat_dim=128)
         params = [p for p in [*model.parameters(), *plugin.parameters()] if p.requires_grad]
         nets[name] = (model.train(), plugin, torch.optim.SGD(params, lr=0.01, momentum=0.9))

@@ -14,8 +14,8 @@ from podbench.compiled import warm_up
 from podbench.engine import _Trainer, train_run
 from podbench.runs import RunSettings, RunSpec, resolve_run
 from podbench.suite_spec import load_suite
-from podbench.tasks import archs as archs_module
 from podbench.tasks import load_task, register_arch
+from podbench.tasks.archs import ARCHS
 from podbench.tasks.fastnet import patch_covariance, whitening_filters
 
 
@@ -59,13 +59,13 @@ class _Recorder(nn.Module):
 
 @pytest.fixture
 def recorder_arch() -> Iterator[str]:
-    @register_arch("test-recorder", description="records init_from_data")
-    def _build(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
-        return _Recorder(in_channels * image_size * image_size), 8
+    with ARCHS.scratch():
+        @register_arch("test-recorder", description="records init_from_data")
+        def _build(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+            return _Recorder(in_channels * image_size * image_size), 8
 
-    _Recorder.events = []
-    yield "test-recorder"
-    archs_module._REGISTRY.pop("test-recorder")
+        _Recorder.events = []
+        yield "test-recorder"
 
 
 def test_data_init_hook_runs_once_before_training_on_training_images_only(recorder_arch: str
