@@ -150,6 +150,12 @@ class RunSettings(BaseModel):
             raise ValueError("list each probe once (its settings in one entry)")
         return value
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `amp: off` (and --set amp=off) as false
+        return "off" if value is False else value
+
     @field_validator("milestones")
     @classmethod
     def _milestones_sorted(cls, value: list[int] | None) -> list[int] | None:

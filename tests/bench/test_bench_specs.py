@@ -112,6 +112,15 @@ def test_run_id_is_stable_across_processes() -> None:
     assert len(ids) == 1 and ids == {load_suite("quickstart").expand()[4].run_id}
 
 
+def test_amp_off_unquoted_is_off_not_false(tmp_path: Path) -> None:
+    # YAML 1.1 reads a bare `off` as false; `amp: off` must still mean "off"
+    assert yaml.safe_load("amp: off") == {"amp": False}
+    runs = load_suite(_write(tmp_path, SMALL), ["amp=off"]).expand()
+    assert {r.amp for r in runs} == {"off"}
+    with pytest.raises(UserError, match="amp"):
+        load_suite(_write(tmp_path, SMALL), ["amp=true"])
+
+
 def test_overrides_dotted_keys_and_yaml_values(tmp_path: Path) -> None:
     spec = load_suite(
         _write(tmp_path, SMALL),
