@@ -198,8 +198,7 @@ def check_data_path(report: Report, plan: Plan) -> None:
         start = time.perf_counter()
         load_task(plan.dataset, plan.data_root)  # decodes once into the cache (every later load)
         first = time.perf_counter() - start
-        task = load_task(plan.dataset, plan.data_root, device=plan.device)
-        task.memory_format = torch.channels_last
+        task = load_task(plan.dataset, plan.data_root, device=plan.device, channels_last=True)
         next(task.train_batches(plan.data_batch, seed=0, epoch=99))  # warm-up
         rate = fast_rate(task, plan.data_batch, plan.data_epochs, torch.device(plan.device))
         report.line(f"data path on {plan.device}: {rate:,.0f} images/s ({plan.dataset}, "
