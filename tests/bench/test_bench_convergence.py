@@ -78,7 +78,7 @@ def _record(accs: list[float], **fields: Any) -> dict[str, Any]:
 
 def test_records_carry_the_flag_computed_from_their_history(tmp_path: Path) -> None:
     rising = parse_record(_record([0.30, 0.42, 0.47]))  # a schema-2 record, migrated
-    assert rising.schema_version == 3
+    assert rising.schema_version == 4  # migrated to the current schema
     assert rising.late_acc_gain == pytest.approx(0.05) and rising.still_improving is True
     flat = parse_record(_record([0.70, 0.782, 0.786]))
     assert flat.late_acc_gain == pytest.approx(0.004) and flat.still_improving is False
