@@ -136,11 +136,12 @@ def check_probe_settings(settings: RunSettings, source: str) -> None:
     """Validate each ``evaluate`` entry's settings against its probe (one sentence per mistake)."""
     if not settings.evaluate:
         return
-    from podbench.probes import probe_settings
+    from podbench.probes import create_probe
 
     for i, entry in enumerate(settings.evaluate):
         try:
-            probe_settings(entry.name, entry.probe_settings(), where=f"evaluate.{i}")
+            probe = create_probe(entry.name, entry.probe_settings(), where=f"evaluate.{i}")
+            probe.check_run(settings, where=f"evaluate.{i}")
         except UserError as err:
             raise UserError(f"{source}: field {err}") from None
 

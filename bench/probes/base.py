@@ -34,6 +34,7 @@ from torch import Tensor
 from podbench.probes.calibration import fit_temperature
 
 if TYPE_CHECKING:
+    from podbench.runs import RunSettings
     from podbench.tasks import Task
 
 __all__ = ["Probe", "ProbeContext"]
@@ -55,6 +56,10 @@ class Probe:
     def measure(self, context: ProbeContext) -> dict[str, float | None]:
         """The probe's named values for the run ``context`` describes."""
         raise NotImplementedError
+
+    def check_run(self, run: RunSettings, where: str = "evaluate") -> None:
+        """Refuse, when the spec is loaded, run settings this probe cannot measure under
+        (a :class:`~podbench.errors.UserError` starting with ``where``); default: any."""
 
 
 class ProbeContext:

@@ -19,13 +19,14 @@ Each writes flat named values; a name's last dot-separated part says what it is 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
+from podbench.errors import UserError
 from podbench.probes.base import Probe, ProbeContext
 from podbench.probes.calibration import (
     DEFAULT_BINS,
@@ -40,6 +41,9 @@ from podbench.probes.calibration import (
 from podbench.probes.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_names
 from podbench.probes.detection import ROC_FPR_GRID, detection_metrics, detection_score, tpr_at_fpr
 from podbench.probes.registry import register_probe
+
+if TYPE_CHECKING:
+    from podbench.runs import RunSettings
 
 __all__ = ["CalibrationProbe", "CorruptionsProbe", "OodProbe", "convert_channels"]
 
@@ -122,6 +126,12 @@ class OodProbe(Probe):
             if len(set(value)) != len(value):
                 raise ValueError("list each score once")
             return value
+
+    def check_run(self, run: RunSettings, where: str = "evaluate") -> None:
+        if not self.settings.datasets and not (self.settings.open_set and run.open_set):
+            raise UserError(f"{where}: the ood probe has no OOD set; list far-OOD datasets "
+                            "(datasets: [svhn]) or train on an open-set split (open_set: "
+                            "{known: 6}).")
 
     def _far_scores(self, context: ProbeContext, name: str) -> Tensor:
         other = context.other_task(name, self.settings.limit, self.settings.data_root)

@@ -90,6 +90,8 @@ def probe_settings(name: str, settings: Mapping[str, Any], where: str = "evaluat
         raise UserError(f"{where}.{field}: {msg}.") from None
 
 
-def create_probe(name: str, settings: Mapping[str, Any] | None = None) -> Probe:
+def create_probe(
+    name: str, settings: Mapping[str, Any] | None = None, where: str = "evaluate"
+) -> Probe:
     """An instance of probe ``name`` with ``settings`` validated by its ``Settings`` model."""
-    return probe_info(name).cls(probe_settings(name, settings or {}))
+    return probe_info(name).cls(probe_settings(name, settings or {}, where))

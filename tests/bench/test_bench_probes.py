@@ -145,6 +145,7 @@ def test_suite_noise_axis_and_probe_errors(tmp_path: Path) -> None:
         (["evaluate=[{name: ood, datasets: [svhm]}]"], "evaluate.0.datasets.0.*unknown dataset 'svhm'"),
         (["evaluate=[{name: ood, score: [msp]}]"], "evaluate.0.score: the ood probe has no setting"),
         (["evaluate=[ood, ood]"], "list each probe once"),
+        (["evaluate=[ood]"], "field evaluate.0: the ood probe has no OOD set"),
         (["label_noise={kind: uniform, rate: 0.2}"], "label_noise"),
         (["open_set={known: 1}"], "open_set.known"),
     ]:
