@@ -55,16 +55,35 @@ class RunDiverged(FloatingPointError):
     """The loss or the weights became NaN/Inf."""
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices); ask torch for deterministic kernels."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (all devices); choose deterministic or the fastest kernels.
+
+    ``deterministic``: deterministic kernels with cudnn.benchmark off (reproducible, slower on a
+    GPU); False: cudnn.benchmark on and whatever kernels are fastest.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    # cuBLAS needs this set before its first use to be deterministic
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if deterministic:  # cuBLAS needs this set before its first use to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's random states a resumed run needs: the CPU's, and the run's GPU's when on CUDA."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":  # dropout, augmentation and centroids may draw on the GPU
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Put back what :func:`rng_states` saved (a CPU-only checkpoint leaves the GPU's alone)."""
+    torch.set_rng_state(states["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"].cpu(), device)
 
 
 @functools.lru_cache(maxsize=1)
@@ -216,7 +235,7 @@ class _Trainer:
         self.run = run
         self.device = resolve_device(run.device)
         self.checkpoint_dir = checkpoint_dir
-        seed_everything(run.seed)
+        seed_everything(run.seed, run.deterministic)
         check_amp(run.amp, self.device)
         self.tf32 = use_tf32(self.device, run.amp)
         known, noise = _data_conditions(run)
@@ -228,6 +247,8 @@ class _Trainer:
             limit={"train": run.limit_train, "val": run.limit_eval, "test": run.limit_eval},
             known_classes=known, label_noise=noise,
             stream_bytes=stream_budget(run.gpus, self.device), channels_last=run.channels_last,
+            # streamed data: DataLoader workers within the run's CPU share, not the machine's
+            workers=min(8, int(run.cpus)),
         )
         info = self.task.info
         num_classes = len(self.task.classes)  # image folders know their classes only when read
@@ -461,7 +482,7 @@ class _Trainer:
             "train_images": self.train_images,
             "train_seconds": self.train_seconds,
             "optimizer_steps": self.optimizer_steps,
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng_states(self.device),
         }
         path = self.checkpoint_dir / CHECKPOINT_NAME
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -487,7 +508,8 @@ class _Trainer:
         self.train_images = int(state["train_images"])
         self.train_seconds = float(state["train_seconds"])
         self.optimizer_steps = int(state["optimizer_steps"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        # checkpoints written before the GPU's state was kept hold the CPU's as "torch_rng"
+        restore_rng_states(state.get("rng") or {"cpu": state["torch_rng"]}, self.device)
         self.start_epoch = int(state["epoch"]) + 1
 
     def _geometry(

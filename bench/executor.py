@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,23 @@ from podbench.record import RunError, RunRecord, utc_now
 from podbench.results import ResultsStore
 from podbench.runs import RunSpec
 
-__all__ = ["init_ray", "run_suite", "pending_runs", "SuiteOutcome"]
+__all__ = [
+    "init_ray",
+    "run_suite",
+    "pending_runs",
+    "SuiteOutcome",
+    "train_in_worker",
+    "allotted_gpu_ids",
+    "trial_resources",
+    "check_nodes_write",
+]
 
-# Tune would otherwise chdir into each trial's folder and relative data roots would break.
-_TRIAL_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+_TRIAL_ENV = {
+    # Tune would otherwise chdir into each trial's folder and relative data roots would break
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    # a trial given no GPU gets CUDA_VISIBLE_DEVICES="" (Ray 2.60 leaves every GPU visible to it)
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
+}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -187,26 +200,160 @@ def _set_auth_mode(mode: str) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def allotted_gpu_ids() -> list[str]:
+    """The ids of the GPUs Ray gave this task or trial ([] outside Ray or without ``gpus``)."""
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    return [str(i) for i in ray.get_gpu_ids()]
+
+
+def train_in_worker(
+    run: RunSpec,
+    *,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    tensorboard_dir: Path | None = None,
+) -> dict[str, Any]:
+    """:func:`~podbench.engine.train_run` inside a Ray trial; returns the run record.
+
+    The run trains on the GPU exactly when Ray gave it one (``gpus`` > 0), else on the CPU even
+    where GPUs are visible; a fractional run may fill only its share of the GPU's memory. The
+    record's ``env`` names the GPU ids and the Ray node. Whatever the run held is freed after
+    it, for the next run of this (reused) worker.
+    """
+    import torch
+
+    from podbench.engine import environment, train_run
+
+    torch.set_num_threads(max(1, int(run.cpus)))  # one thread per allotted CPU, no oversubscription
+    gpu_ids = allotted_gpu_ids()
+    try:
+        if gpu_ids and not torch.cuda.is_available():
+            record = _failed_record(
+                run, "GPUNotVisible",
+                f"Ray gave this run GPU {', '.join(gpu_ids)} (gpus: {run.gpus:g}) but torch sees no "
+                f"CUDA device there (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch {torch.__version__} built for "
+                f"CUDA {torch.version.cuda or 'none'}); install the NVIDIA driver and a CUDA build "
+                "of torch on that node, or set gpus: 0 to train on its CPUs",
+                env=environment(torch.device("cpu")),
+            )
+        else:
+            if gpu_ids and run.gpus < 1:  # packed runs share the GPU's memory by their shares
+                torch.cuda.set_per_process_memory_fraction(run.gpus)
+            on_device = run.model_copy(update={"device": "cuda" if gpu_ids else "cpu"})
+            record = train_run(on_device, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
+                               tensorboard_dir=tensorboard_dir)
+    finally:
+        _release_memory()
+    record["env"] = {**(record.get("env") or {}), "gpu_ids": gpu_ids, "ray_node": _ray_node()}
+    return record
+
+
+def _release_memory() -> None:
+    """Give back what a finished run held, before this worker takes the next run."""
+    import gc
+
+    import torch
+
+    gc.collect()  # a failed run's traceback keeps its model in a reference cycle until now
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _ray_node() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def _failed_record(
+    run: RunSpec, kind: str, message: str, *, trace: str | None = None,
+    env: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The record of a run that failed before or outside the engine."""
+    error = RunError(type=kind, message=message, traceback=trace, epoch=None)
+    return RunRecord.of_run(run, status="failed", error=error, env=env,
+                            finished_at=utc_now()).to_json_dict()
+
+
 def _trial(config: dict[str, Any]) -> None:
     """The Tune function trainable: train one run and write its record."""
-    import torch
     from ray import tune
 
-    from podbench.engine import train_run
     from podbench.tensorboard import run_log_dir
 
     run = RunSpec.model_validate(config["run"])
-    torch.set_num_threads(max(1, int(run.cpus)))  # one thread per allotted CPU, no oversubscription
     store = ResultsStore(config["results_dir"])
     existing = store.read_record(run.run_id)
     if existing is not None and existing.get("status") in ("completed", "diverged"):
         tune.report({"status": existing["status"], "skipped": True})
         return
     checkpoint_dir = store.checkpoint_dir(run.run_id) if run.checkpoint else None
-    record = train_run(run, checkpoint_dir=checkpoint_dir,
-                       tensorboard_dir=run_log_dir(store.root, run))
+    record = train_in_worker(run, checkpoint_dir=checkpoint_dir,
+                             tensorboard_dir=run_log_dir(store.root, run))
     store.write_record(record)
     tune.report({"status": record["status"], "final_test_acc": record["final_test_acc"] or 0.0})
+
+
+def trial_resources(config: dict[str, Any]) -> Any:
+    """The Ray resources of a run's trial: its CPUs, and its GPU share when ``gpus`` > 0."""
+    from ray import tune
+
+    bundle = {"CPU": float(config["run"]["cpus"])}
+    if config["run"]["gpus"]:
+        bundle["GPU"] = float(config["run"]["gpus"])
+    return tune.PlacementGroupFactory([bundle])
+
+
+def _can_write_records(folder: str, marker: str) -> str | None:
+    """On one node: why it cannot write records into the results ``folder``, or None."""
+    path = Path(folder)
+    if not (path / marker).is_file():
+        return "that node does not see the driver's results folder (it is another disk there)"
+    probe = path / "runs" / f"{marker}.{os.getpid()}.tmp"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("podbench write check\n")
+        probe.unlink()
+    except OSError as err:
+        return f"writing there fails ({err.strerror or err})"
+    return None
+
+
+def check_nodes_write(results: Path) -> None:
+    """Fail fast, in one sentence, when a node of the cluster cannot write records to ``results``.
+
+    Trials write their records themselves, so a node that sees another disk (no shared storage)
+    or a read-only one would lose its runs; this asks every node before the suite starts.
+    """
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    results.mkdir(parents=True, exist_ok=True)
+    marker = results / f".podbench-write-check-{uuid.uuid4().hex}"
+    marker.write_text("the driver's results folder\n")
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    check = ray.remote(num_cpus=0)(_can_write_records)  # runs even where every CPU is busy
+    try:
+        answers = ray.get([
+            check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(str(results), marker.name) for n in nodes
+        ], timeout=300)
+    finally:
+        marker.unlink(missing_ok=True)
+    for node, why in zip(nodes, answers, strict=True):
+        if why:
+            raise UserError(
+                f"--results {results}: Ray node {node['NodeManagerAddress']} (id "
+                f"{node['NodeID'][:12]}) cannot write run records there, {why}; put the results "
+                "folder on storage every node mounts at the same path and can write (NFS, a "
+                "shared volume) and pass that path with --results."
+            )
 
 
 class SuiteOutcome(dict):
@@ -272,8 +419,7 @@ def _worker_failure_record(store: ResultsStore, run_json: dict[str, Any], error_
     trace = None
     if error_file and Path(str(error_file)).is_file():
         trace = Path(str(error_file)).read_text(encoding="utf-8", errors="replace")[-20000:]
-    error = RunError(type="WorkerDied", message=message, traceback=trace, epoch=None)
-    record = RunRecord.of_run(run, status="failed", error=error, finished_at=utc_now()).to_json_dict()
+    record = _failed_record(run, "WorkerDied", message, trace=trace)
     store.write_record(record)
     return record
 
@@ -322,22 +468,18 @@ def run_suite(
     if max_concurrent:
         concurrency = min(concurrency, max_concurrent)
 
-    def resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
-        bundle = {"CPU": float(config["run"]["cpus"])}
-        if config["run"]["gpus"]:
-            bundle["GPU"] = float(config["run"]["gpus"])
-        return tune.PlacementGroupFactory([bundle])
-
     storage = tempfile.mkdtemp(prefix="podbench-tune-")  # Tune's own bookkeeping, not results
     progress = SuiteProgress(
         len(todo), skipped=skipped, concurrency=concurrency, stream=progress_stream,
         rich_display=rich_display,
     )
     results_abs = str(Path(results_dir).resolve())
+    if address:  # the trials write their records on their own nodes
+        check_nodes_write(Path(results_abs))
     try:
         with progress:
             tuner = tune.Tuner(
-                tune.with_resources(_trial, resources),
+                tune.with_resources(_trial, trial_resources),
                 param_space={
                     "run": tune.grid_search([r.model_dump(mode="json") for r in todo]),
                     "results_dir": results_abs,

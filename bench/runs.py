@@ -17,7 +17,14 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from podbench.errors import UserError
 
@@ -45,7 +52,8 @@ _HASHED_AT_DEFAULT: dict[str, Any] = {
 NON_RESULT_FIELDS = _NAMES_AND_RESOURCES | frozenset(_HASHED_AT_DEFAULT)
 # Result-determining fields added later: left out of the hash while at their defaults, so the
 # run ids written before they existed still match.
-_DROPPED_AT_DEFAULT: dict[str, Any] = {"evaluate": [], "label_noise": None, "open_set": None}
+_DROPPED_AT_DEFAULT: dict[str, Any] = {"evaluate": [], "label_noise": None, "open_set": None,
+                                        "deterministic": True}
 # Authors' milestones 30/60/90 of 100 epochs, scaled to the run's epoch count.
 AUTHORS_MILESTONE_FRACTIONS = (0.3, 0.6, 0.9)
 DEFAULT_EPOCHS = 100  # the authors' budget (LOSSES.md)
@@ -129,6 +137,8 @@ class RunSettings(BaseModel):
     max_steps: int | None = Field(None, ge=1)
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
+    # deterministic kernels, cudnn.benchmark off (reproducible); false: fastest kernels
+    deterministic: bool = True
     checkpoint: bool = False
     data_root: str | None = None
     image_size: int | None = Field(None, ge=1)
@@ -161,6 +171,28 @@ class RunSettings(BaseModel):
     def _milestones_sorted(cls, value: list[int] | None) -> list[int] | None:
         if value is not None and (any(m < 1 for m in value) or value != sorted(set(value))):
             raise ValueError("milestones must be increasing epoch numbers >= 1, e.g. [30, 60, 90]")
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_exactly_when_given(cls, value: float, info: ValidationInfo) -> float:
+        # a run uses a GPU exactly when Ray gives it one, and trains on one device at most
+        device = info.data.get("device")
+        if value > 1:
+            raise ValueError(
+                f"a run trains on one GPU, so {value:g} GPUs would leave the rest idle; use 1, or "
+                "a fraction such as 0.25 to pack four runs on a GPU"
+            )
+        if device == "cpu" and value > 0:
+            raise ValueError(
+                f"gpus: {value:g} with device: cpu reserves a GPU the run never uses; set gpus: 0, or "
+                "device: auto to train on the GPU"
+            )
+        if device == "cuda" and value == 0:
+            raise ValueError(
+                "device: cuda needs gpus > 0, since a run gets a GPU only when Ray gives it one; "
+                "set gpus: 1, or a fraction such as 0.25 to pack runs on a GPU"
+            )
         return value
 
     @model_validator(mode="after")

@@ -157,10 +157,9 @@ def _scheduler(bridge: _Bridge) -> Any:
 
 def _tune_trial(config: dict[str, Any]) -> None:
     """The Tune function trainable: one trial = one run on the validation split."""
-    import torch
     from ray import tune
 
-    from podbench.engine import train_run
+    from podbench.executor import train_in_worker
 
     if "invalid" in config:
         tune.report(
@@ -175,14 +174,13 @@ def _tune_trial(config: dict[str, Any]) -> None:
         return
     run = RunSpec.model_validate(config["run"])
     assert run.eval_split == "val", "tuning must never evaluate on the test split"
-    torch.set_num_threads(max(1, int(run.cpus)))  # one thread per allotted CPU
     last: dict[str, float] = {}
 
     def on_epoch(entry: dict[str, Any]) -> None:
         last[METRIC] = float(entry["val_acc"])
         tune.report({METRIC: last[METRIC], "epochs_done": int(entry["epoch"]) + 1})
 
-    record = train_run(run, on_epoch=on_epoch)
+    record = train_in_worker(run, on_epoch=on_epoch)  # on the device Ray gave the trial
     error = record.get("error") or {}
     tune.report(
         {

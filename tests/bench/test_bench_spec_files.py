@@ -173,7 +173,7 @@ def test_moving_the_data_folder_keeps_run_ids(tmp_path: Path) -> None:
     suite.write_text(yaml.safe_dump(SUITE | {"losses": ["pod", "softmax"], "seeds": 2}))
     here = load_suite(suite, [f"data_root={tmp_path / 'a'}"]).expand()
     there = load_suite(suite, ["datasets=[{name: digits, data_root: /mnt/elsewhere}]",
-                               "device=cpu", "cpus=4", "gpus=0.5", "checkpoint=true",
+                               "device=cuda", "cpus=4", "gpus=0.5", "checkpoint=true",
                                "channels_last=true", "compile=true"]).expand()
     assert {r.data_root for r in here} != {r.data_root for r in there}
     assert [r.run_id for r in here] == [r.run_id for r in there]
@@ -199,8 +199,13 @@ def test_run_ids_made_before_the_change_still_match() -> None:
     # fields added later (probes, label noise, open set) are left out while at their defaults
     for name in ("evaluate", "label_noise", "open_set"):
         del fields[name]
+    assert fields.pop("deterministic") is True  # added later too: hashed only away from True
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == run.run_id
+    # fastest (nondeterministic) kernels are another result: another id, hashed with the field
+    fast = run.model_copy(update={"deterministic": False})
+    text = json.dumps({**fields, "deterministic": False}, sort_keys=True, separators=(",", ":"))
+    assert fast.run_id == hashlib.sha256(text.encode()).hexdigest()[:16] != run.run_id
 
 
 def test_tune_fingerprint_ignores_where_data_lives_and_where_trials_run() -> None:
