@@ -35,7 +35,8 @@ __all__ = [
     "pending_runs",
     "SuiteOutcome",
     "train_in_worker",
-    "allotted_gpu_ids",
+    "trial_device",
+    "GPUNotVisible",
     "trial_resources",
     "check_nodes_write",
 ]
@@ -200,13 +201,36 @@ def _set_auth_mode(mode: str) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def allotted_gpu_ids() -> list[str]:
-    """The ids of the GPUs Ray gave this task or trial ([] outside Ray or without ``gpus``)."""
-    import ray
+class GPUNotVisible(RuntimeError):
+    """Ray gave a run GPUs (``ids``) that torch cannot see on that node."""
 
-    if not ray.is_initialized():
-        return []
-    return [str(i) for i in ray.get_gpu_ids()]
+    def __init__(self, message: str, ids: list[str]) -> None:
+        super().__init__(message)
+        self.ids = ids
+
+
+def trial_device() -> tuple[str, list[str]]:
+    """The device of the run this Ray task or trial executes, and the GPU ids Ray gave it.
+
+    ``("cuda", ids)`` exactly when Ray gave it GPUs (Ray then makes only those visible), else
+    ``("cpu", [])`` even where GPUs are visible. Raises :class:`GPUNotVisible` when Ray gave a GPU
+    that torch cannot see, rather than training on the CPU instead.
+    """
+    import ray
+    import torch
+
+    ids = [str(i) for i in ray.get_gpu_ids()] if ray.is_initialized() else []
+    if not ids:
+        return "cpu", []
+    if not torch.cuda.is_available():
+        raise GPUNotVisible(
+            f"Ray gave this run GPU {', '.join(ids)} but torch sees no CUDA device there "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch "
+            f"{torch.__version__} built for CUDA {torch.version.cuda or 'none'}); install the "
+            "NVIDIA driver and a CUDA build of torch on that node, or set gpus: 0 to train on "
+            "its CPUs", ids,
+        )
+    return "cuda", ids
 
 
 def train_in_worker(
@@ -218,34 +242,27 @@ def train_in_worker(
 ) -> dict[str, Any]:
     """:func:`~podbench.engine.train_run` inside a Ray trial; returns the run record.
 
-    The run trains on the GPU exactly when Ray gave it one (``gpus`` > 0), else on the CPU even
-    where GPUs are visible; a fractional run may fill only its share of the GPU's memory. The
-    record's ``env`` names the GPU ids and the Ray node. Whatever the run held is freed after
-    it, for the next run of this (reused) worker.
+    The run trains on the device of :func:`trial_device` (a run given no GPU never touches
+    CUDA); a fractional run may fill only its share of the GPU's memory. The record's ``env``
+    names the GPU ids and the Ray node. Whatever the run held is freed after it, for the next
+    run of this (reused) worker.
     """
     import torch
 
     from podbench.engine import environment, train_run
 
     torch.set_num_threads(max(1, int(run.cpus)))  # one thread per allotted CPU, no oversubscription
-    gpu_ids = allotted_gpu_ids()
+    gpu_ids: list[str] = []
     try:
-        if gpu_ids and not torch.cuda.is_available():
-            record = _failed_record(
-                run, "GPUNotVisible",
-                f"Ray gave this run GPU {', '.join(gpu_ids)} (gpus: {run.gpus:g}) but torch sees no "
-                f"CUDA device there (CUDA_VISIBLE_DEVICES="
-                f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch {torch.__version__} built for "
-                f"CUDA {torch.version.cuda or 'none'}); install the NVIDIA driver and a CUDA build "
-                "of torch on that node, or set gpus: 0 to train on its CPUs",
-                env=environment(torch.device("cpu")),
-            )
-        else:
-            if gpu_ids and run.gpus < 1:  # packed runs share the GPU's memory by their shares
-                torch.cuda.set_per_process_memory_fraction(run.gpus)
-            on_device = run.model_copy(update={"device": "cuda" if gpu_ids else "cpu"})
-            record = train_run(on_device, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-                               tensorboard_dir=tensorboard_dir)
+        device, gpu_ids = trial_device()
+        if gpu_ids and run.gpus < 1:  # packed runs share the GPU's memory by their shares
+            torch.cuda.set_per_process_memory_fraction(run.gpus)
+        on_device = run.model_copy(update={"device": device})
+        record = train_run(on_device, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
+                           tensorboard_dir=tensorboard_dir)
+    except GPUNotVisible as err:
+        gpu_ids = err.ids
+        record = _failed_record(run, "GPUNotVisible", str(err), env=environment(torch.device("cpu")))
     finally:
         _release_memory()
     record["env"] = {**(record.get("env") or {}), "gpu_ids": gpu_ids, "ray_node": _ray_node()}
@@ -258,7 +275,7 @@ def _release_memory() -> None:
 
     import torch
 
-    gc.collect()  # a failed run's traceback keeps its model in a reference cycle until now
+    gc.collect()  # a model or plugin caught in a reference cycle (a hook on itself) goes now
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 

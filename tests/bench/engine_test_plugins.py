@@ -6,10 +6,13 @@ this folder on PYTHONPATH).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
+import weakref
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -89,3 +92,69 @@ class RecordingPEDCCLoss(PEDCCLoss):
         if self.training:
             self.recorded.append(features.detach().clone())
         return super().compute_loss(features, targets)
+
+
+@register_loss(
+    "test-tracked",
+    description="softmax in a reference cycle (a hook on itself), its instances listed weakly",
+    defaults={},
+)
+class TrackedLoss(SoftmaxLoss):
+    #: weak references to every instance made in this process
+    instances: ClassVar[list[weakref.ref]] = []
+
+    def __init__(self, num_classes: int, feat_dim: int) -> None:
+        super().__init__(num_classes, feat_dim)
+        self.calls = 0
+        # a hook that closes over its own module, as plugins' hooks often do: a reference cycle
+        self.register_forward_pre_hook(lambda module, args: setattr(self, "calls", self.calls + 1))
+        self.instances.append(weakref.ref(self))
+
+
+@register_loss("test-oom", description="runs out of GPU memory in its first batch", defaults={})
+class OutOfMemoryLoss(SoftmaxLoss):
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        raise torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 20.00 GiB (raised by test-oom)")
+
+
+@register_loss(
+    "test-flags",
+    description="softmax that notes torch's determinism flags while it trains",
+    defaults={},
+)
+class FlagsLoss(SoftmaxLoss):
+    #: (cudnn.benchmark, cudnn.deterministic, deterministic algorithms) seen in training calls
+    seen: ClassVar[list[tuple[bool, bool, bool]]] = []
+
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        if self.training:
+            self.seen.append((torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+                              torch.are_deterministic_algorithms_enabled()))
+        return super().compute_loss(features, targets)
+
+
+def device_probe_trial(config: dict[str, Any]) -> None:
+    """A Tune trial that writes the device it resolves to, once all ``together`` probes run.
+
+    ``config``: ``run`` (a RunSpec as JSON; its label names the probe), ``folder``, ``together``.
+    """
+    from ray import tune
+
+    from podbench.executor import trial_device
+
+    torch.cuda.is_available = lambda: True  # this trial believes a GPU is there
+    device, ids = trial_device()
+    folder = Path(config["folder"])
+    tag = config["run"]["label"]
+    (folder / f"started-{tag}").write_text("")
+    deadline = time.monotonic() + 240
+    while len(list(folder.glob("started-*"))) < config["together"]:  # a barrier: all at once
+        if time.monotonic() > deadline:
+            raise TimeoutError("the probes did not all run at the same time")
+        time.sleep(0.2)
+    (folder / f"probe-{tag}.json").write_text(json.dumps({
+        "gpus": config["run"]["gpus"], "device": device, "ids": ids,
+        "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }))
+    tune.report({"done": 1})
