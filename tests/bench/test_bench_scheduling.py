@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import io
 import json
 import os
 import sys
@@ -37,12 +38,12 @@ def _test_plugins() -> Any:
     torch.set_num_threads(threads)
 
 
-def _run(loss: str = "softmax", **settings: Any) -> RunSpec:
+def _run(loss: str = "softmax", seed: int = 0, **settings: Any) -> RunSpec:
     base = dict(epochs=1, lr=0.05, batch_size=64, schedule="constant", limit_train=256,
                 limit_eval=128, imports=["engine_test_plugins"])
     base.update(settings)
     return resolve_run(RunSettings(**base), suite="sched", loss=loss, dataset="digits",
-                       arch="mlp", seed=0, feat_dim=16)
+                       arch="mlp", seed=seed, feat_dim=16)
 
 
 # ---------------------------------------------------------------------------- suite fields
@@ -281,8 +282,10 @@ def test_quarter_gpus_pack_four_runs_on_one_gpu(ray_with_gpus: int, tmp_path: Pa
 def test_suite_on_declared_gpus_without_cuda(ray_with_gpus: int, tmp_path: Path) -> None:
     from podbench.results import ResultsStore
 
-    runs = [_run("softmax"), _run("softmax", gpus=1), _run("test-oom")]
-    outcome = executor.run_suite(runs, tmp_path / "results", max_failures=0)
+    runs = [_run("softmax"), _run("softmax", seed=1, gpus=1), _run("test-oom")]
+    shown = io.StringIO()  # pytest's captured stdout would not pickle into Tune's callbacks
+    outcome = executor.run_suite(runs, tmp_path / "results", max_failures=0,
+                                 progress_stream=shown, rich_display=False)
     assert (outcome["completed"], outcome["failed"]) == (1, 2)  # the suite went on
     store = ResultsStore(tmp_path / "results")
     cpu, gpu, oom = (store.read_record(r.run_id) for r in runs)
