@@ -158,3 +158,28 @@ def device_probe_trial(config: dict[str, Any]) -> None:
         "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }))
     tune.report({"done": 1})
+
+
+@register_loss(
+    "test-slow",
+    description="softmax that sleeps `seconds` per training batch and notes where it started",
+    defaults={"folder": "", "seconds": 1.0},
+)
+class SlowLoss(SoftmaxLoss):
+    def __init__(self, num_classes: int, feat_dim: int, *, folder: str = "",
+                 seconds: float = 1.0) -> None:
+        super().__init__(num_classes, feat_dim)
+        self.folder, self.seconds = folder, seconds
+
+    def on_epoch_start(self, epoch: int) -> None:
+        import ray
+
+        if self.folder and epoch == 0:  # one file per start: <seed-free token>.<node id>.<pid>
+            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "none"
+            token = f"{torch.initial_seed()}.{node}.{os.getpid()}"
+            (Path(self.folder) / token).write_text("")
+
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        if self.training:
+            time.sleep(self.seconds)
+        return super().compute_loss(features, targets)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -183,12 +184,12 @@ def ray_nodes(tmp_path: Path):
     temp_dir = Path("/tmp") / f"podbench-ray-{os.getpid()}-{_free_port()}"  # short: socket paths
     nodes: list[subprocess.Popen] = []
 
-    def start(*args: str, env: dict[str, str]) -> Path:
+    def start(*args: str, env: dict[str, str], prefix: Sequence[str] = ()) -> Path:
         log = tmp_path / f"node-{len(nodes)}.log"
         apart = ["--include-dashboard=false", f"--temp-dir={temp_dir}"] if "--head" in args else []
         with log.open("w") as out:
             nodes.append(subprocess.Popen(
-                [*RAY, "start", *args, "--block", *apart],
+                [*prefix, *RAY, "start", *args, "--block", *apart],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             ))
         return log
@@ -244,6 +245,15 @@ def _run_one(tmp_path: Path, address: str, env: dict[str, str], name: str,
                      "--no-report", env=env)
 
 
+def _one_sentence(proc: subprocess.CompletedProcess[str]) -> str:
+    """The error of a command that must fail with one sentence and exit status 2."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and proc.stderr.strip().endswith(errors[0]), proc.stderr
+    return errors[0]
+
+
 def _completed(proc: subprocess.CompletedProcess[str], results: Path, n: int) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = _records(results)
@@ -289,10 +299,8 @@ def test_default_ray_start_cluster_with_token_through_address(tmp_path: Path, ra
                      "wrong")
     for proc, says in [(no_token, "none was found on this machine"),
                        (wrong, "rejected the authentication token from RAY_AUTH_TOKEN")]:
-        assert proc.returncode == 2, proc.stdout + proc.stderr
-        assert says in proc.stderr and "~/.ray/auth_token" in proc.stderr
-        assert "Traceback" not in proc.stderr and "nothing answers" not in proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        error = _one_sentence(proc)
+        assert says in error and "~/.ray/auth_token" in error and "nothing answers" not in error
     assert not (tmp_path / "wrong" / "runs").exists() or not _records(tmp_path / "wrong")
 
 
@@ -305,6 +313,110 @@ def test_default_ray_start_cluster_without_token(tmp_path: Path, ray_nodes) -> N
     subprocess.run([*RAY, "get-auth-token", "--generate"], env=_env(client_home), check=True,
                    capture_output=True, timeout=60)
     _completed(_run_one(tmp_path, address, _env(client_home), "no-auth"), tmp_path / "no-auth", 1)
+
+
+@pytest.fixture
+def three_nodes(monkeypatch: pytest.MonkeyPatch):
+    """Ray's own test cluster on this machine: a head without CPUs and two 1-CPU worker nodes.
+
+    Each node is its own raylet; the test process only starts and removes them (it is no driver).
+    """
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])  # the nodes' workers import the plugins
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        yield cluster, workers
+    finally:
+        cluster.shutdown()
+
+
+def test_a_node_lost_mid_suite_has_its_run_rerun_elsewhere(tmp_path: Path, three_nodes) -> None:
+    cluster, (kept, lost) = three_nodes
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    suite = _suite(tmp_path, SMALL.replace("losses: [softmax, pod]\n", "").replace("seeds: 2", "seeds: 4")
+                   + textwrap.dedent(f"""
+        imports: [engine_test_plugins]
+        losses: [{{name: test-slow, params: {{folder: "{starts}", seconds: 0.5}}}}]
+        limit_train: 128
+        limit_eval: 64
+        batch_size: 16
+    """))
+    results = tmp_path / "results"
+    driver = subprocess.Popen(
+        [PODBENCH, "run", str(suite), "--results", str(results), "--address", cluster.address,
+         "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not [p for p in starts.iterdir() if p.name.split(".")[1] == lost.node_id]:
+            assert driver.poll() is None and time.monotonic() < deadline, (
+                driver.stdout.read() if driver.stdout else "")
+            time.sleep(0.2)
+        cluster.remove_node(lost, allow_graceful=False)  # the node is gone, mid-run
+        output, _ = driver.communicate(timeout=400)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, output
+    records = _records(results)
+    # none lost, none duplicated: one completed record per run of the suite
+    assert len(records) == 4 and sorted(r["seed"] for r in records.values()) == [0, 1, 2, 3]
+    assert all(r["status"] == "completed" for r in records.values()), output
+    # every run started once, but the lost node's run, which started again on the other node
+    by_seed: dict[int, list[str]] = {}
+    for marker in starts.iterdir():
+        seed, node, _ = marker.name.split(".")
+        by_seed.setdefault(int(seed), []).append(node)
+    lost_seeds = [seed for seed, nodes in by_seed.items() if lost.node_id in nodes]
+    assert len(lost_seeds) == 1, by_seed
+    assert sorted(by_seed[lost_seeds[0]]) == sorted([lost.node_id, kept.node_id])
+    assert all(len(nodes) == 1 for seed, nodes in by_seed.items() if seed not in lost_seeds)
+    by_record = {r["seed"]: r for r in records.values()}
+    assert by_record[lost_seeds[0]]["env"]["ray_node"] == kept.node_id
+    assert {r["env"]["ray_node"] for r in records.values()} <= {kept.node_id, lost.node_id}
+
+
+def _mount_namespaces() -> bool:
+    try:
+        probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                               capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _mount_namespaces(), reason="needs mount namespaces (unshare -m)")
+@pytest.mark.parametrize(("mount", "says"), [
+    # the node sees an empty disk of its own at that path: results would never reach the driver
+    ("mount -t tmpfs none {folder}", "that node does not see the driver's results folder"),
+    # the node sees the folder, read-only
+    ("mount --bind {folder} {folder} && mount -o remount,bind,ro {folder}",
+     "Read-only file system"),
+])
+def test_a_node_that_cannot_write_the_results_fails_the_suite_at_once(
+    tmp_path: Path, ray_nodes, mount: str, says: str
+) -> None:
+    address = _start_head(ray_nodes, tmp_path / "home")
+    results = tmp_path / "shared" / "results"
+    results.mkdir(parents=True)
+    # a worker node whose view of the results folder differs: its own mount namespace
+    script = f"{mount.format(folder=results.parent)} && exec \"$@\""
+    worker = ray_nodes(f"--address={address}", "--num-cpus=1", env=_env(tmp_path / "home"),
+                       prefix=["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"])
+    _wait_for(worker, "Ray runtime started")
+    suite = _suite(tmp_path, ONE_RUN)
+    start = time.monotonic()
+    proc = _podbench("run", str(suite), "--results", str(results), "--address", address,
+                     "--no-report", env=_env(tmp_path / "home"))
+    error = _one_sentence(proc)
+    assert f"--results {results}: Ray node" in error and says in error
+    assert "cannot write run records there" in error and "shared volume" in error
+    assert not list((results / "runs").glob("*.json")) and time.monotonic() - start < 120
 
 
 def test_unreachable_address_is_a_user_error(tmp_path: Path) -> None:
