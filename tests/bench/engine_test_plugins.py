@@ -97,7 +97,6 @@ class RecordingPEDCCLoss(PEDCCLoss):
 @register_loss(
     "test-tracked",
     description="softmax in a reference cycle (a hook on itself), its instances listed weakly",
-    defaults={},
 )
 class TrackedLoss(SoftmaxLoss):
     #: weak references to every instance made in this process
@@ -111,7 +110,7 @@ class TrackedLoss(SoftmaxLoss):
         self.instances.append(weakref.ref(self))
 
 
-@register_loss("test-oom", description="runs out of GPU memory in its first batch", defaults={})
+@register_loss("test-oom", description="runs out of GPU memory in its first batch")
 class OutOfMemoryLoss(SoftmaxLoss):
     def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
         raise torch.cuda.OutOfMemoryError(
@@ -121,7 +120,6 @@ class OutOfMemoryLoss(SoftmaxLoss):
 @register_loss(
     "test-flags",
     description="softmax that notes torch's determinism flags while it trains",
-    defaults={},
 )
 class FlagsLoss(SoftmaxLoss):
     #: (cudnn.benchmark, cudnn.deterministic, deterministic algorithms) seen in training calls
@@ -163,7 +161,6 @@ def device_probe_trial(config: dict[str, Any]) -> None:
 @register_loss(
     "test-slow",
     description="softmax that sleeps `seconds` per training batch and notes where it started",
-    defaults={"folder": "", "seconds": 1.0},
 )
 class SlowLoss(SoftmaxLoss):
     def __init__(self, num_classes: int, feat_dim: int, *, folder: str = "",

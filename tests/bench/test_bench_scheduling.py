@@ -149,13 +149,18 @@ def test_streamed_data_loader_workers_stay_within_the_cpu_share(
                                   limit_eval=4, data_root=str(root)),
                       suite="s", loss="softmax", dataset="imagefolder", arch="mlp", seed=0,
                       feat_dim=8)
-    trainer = engine._Trainer(run, None)
+    flags = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    trainer = engine._Trainer(run, None)  # sets torch's determinism flags, as a run does
     try:
         for task in (trainer.task, trainer.eval_task):
             assert type(task).__name__ == "StreamingTask" and task.workers == workers
     finally:
         trainer.task.close()
         trainer.eval_task.close()
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])  # as train_run does
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[2:]
 
 
 # ---------------------------------------------------------------------------- after a run
