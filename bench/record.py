@@ -145,6 +145,8 @@ class Environment(BaseModel):
     threads: int | None = None  # torch threads of the run
     deterministic: bool | None = None  # torch's deterministic algorithms were on during the run
     tf32: bool | None = None  # TF32 was allowed for float32 matmuls and convolutions (CUDA)
+    gpu_ids: list[str] | None = None  # under Ray: the ids of the GPUs Ray gave the run
+    ray_node: str | None = None  # under Ray: the id of the node the run ran on
 
 
 def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:

@@ -154,11 +154,9 @@ def test_streamed_data_loader_workers_stay_within_the_cpu_share(
              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     trainer = engine._Trainer(run, None)  # sets torch's determinism flags, as a run does
     try:
-        for task in (trainer.task, trainer.eval_task):
-            assert type(task).__name__ == "StreamingTask" and task.workers == workers
+        assert type(trainer.task).__name__ == "StreamingTask" and trainer.task.workers == workers
     finally:
         trainer.task.close()
-        trainer.eval_task.close()
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])  # as train_run does
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[2:]
 
