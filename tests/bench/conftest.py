@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -14,4 +19,16 @@ def one_torch_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread_and_test_plugins() -> Iterator[None]:
+    """One torch thread for the module, and the misbehaving plugins of ``engine_test_plugins``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(HERE))
+    importlib.import_module("engine_test_plugins")
+    yield
+    sys.path.remove(str(HERE))
     torch.set_num_threads(threads)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +14,7 @@ from podbench.engine import train_run
 from podbench.geometry import GEOMETRY_KEYS
 from podbench.runs import RunSettings, RunSpec, resolve_run
 
-HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread_and_test_plugins() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    sys.path.insert(0, str(HERE))
-    importlib.import_module("engine_test_plugins")
-    yield
-    sys.path.remove(str(HERE))
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_and_test_plugins")
 
 
 def _run(loss: str = "softmax", arch: str = "mlp", seed: int = 0, params: dict | None = None,

@@ -7,11 +7,9 @@ No GPU is needed: the embedded Ray is given declared GPUs (``num_gpus``), and
 from __future__ import annotations
 
 import gc
-import importlib
 import io
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +25,7 @@ from podbench.suite_spec import load_suite
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _test_plugins() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    sys.path.insert(0, str(HERE))
-    importlib.import_module("engine_test_plugins")
-    yield
-    sys.path.remove(str(HERE))
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_and_test_plugins")
 
 
 def _run(loss: str = "softmax", seed: int = 0, **settings: Any) -> RunSpec:
