@@ -112,10 +112,10 @@ def test_a_third_party_probe_runs_from_a_suite_entry() -> None:
 
 def test_run_ids_of_runs_without_the_new_fields_are_unchanged() -> None:
     run = RunSpec(**BASE)
-    # the id as computed before evaluate/label_noise/open_set existed
+    # the id as computed before evaluate/label_noise/open_set (and deterministic) existed
     payload = run.model_dump(mode="json", exclude={"suite", "label", "imports", "cpus", "gpus",
                                                    "checkpoint", "evaluate", "label_noise",
-                                                   "open_set"})
+                                                   "open_set", "deterministic"})
     payload.update({"data_root": None, "device": "auto", "channels_last": False, "compile": False})
     old = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
     assert run.run_id == old.hexdigest()[:16]
