@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["Probe", "ProbeContext"]
 
 
-class Probe:
+class Probe(abc.ABC):
     """Base class of evaluation probes: ``Settings`` and ``measure``."""
 
     class Settings(BaseModel):
@@ -53,13 +54,14 @@ class Probe:
     def __init__(self, settings: BaseModel | None = None) -> None:
         self.settings = settings if settings is not None else self.Settings()
 
+    @abc.abstractmethod
     def measure(self, context: ProbeContext) -> dict[str, float | None]:
         """The probe's named values for the run ``context`` describes."""
-        raise NotImplementedError
 
     def check_run(self, run: RunSettings, where: str = "evaluate") -> None:
         """Refuse, when the spec is loaded, run settings this probe cannot measure under
         (a :class:`~podbench.errors.UserError` starting with ``where``); default: any."""
+        return None  # an optional hook: by default every run setting can be measured
 
 
 class ProbeContext:
