@@ -10,7 +10,8 @@ architectures, latent dimensions and seeds, plus the run settings every run shar
       - {name: cosface, params: {m: 0.35}, grid: {s: [16, 30]}}
     datasets:
       - fashion-mnist
-      # a dataset's own archs / epochs / limit_train / limit_eval / lr / batch_size / data_root
+      # a dataset's own archs / epochs / limit_train / limit_eval / lr / batch_size / image_size /
+      # data_root
       - {name: digits, archs: [mlp], epochs: 30, lr: 0.02}
     archs: [small-cnn]      # the blocks: each dataset x its archs (default: these)
     feat_dim: 32            # or a list (a grid); default: the dataset's latent dimension
@@ -88,8 +89,9 @@ class LossEntry(BaseModel):
 
 
 class DatasetEntry(BaseModel):
-    """A dataset in a suite, optionally with its own data root, batch size, architectures and
-    training length (each replaces the suite's setting for this dataset's runs only)."""
+    """A dataset in a suite, optionally with its own data root, batch size, architectures,
+    training length and image size (each replaces the suite's setting for this dataset's runs
+    only)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -102,10 +104,12 @@ class DatasetEntry(BaseModel):
     limit_train: int | None = Field(None, ge=1)
     limit_eval: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
+    # e.g. CIFAR-10 at 16 px for a ResNet block a CPU can afford
+    image_size: int | None = Field(None, ge=1)
 
     def settings(self, shared: RunSettings) -> RunSettings:
-        """The suite's shared settings with this dataset's epochs, limits and lr."""
-        keys = ("epochs", "limit_train", "limit_eval", "lr")
+        """The suite's shared settings with this dataset's epochs, limits, lr and image size."""
+        keys = ("epochs", "limit_train", "limit_eval", "lr", "image_size")
         own = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         return shared.model_copy(update=own) if own else shared
 

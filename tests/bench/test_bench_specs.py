@@ -57,7 +57,7 @@ def test_dataset_entries_set_their_own_archs_and_training_length(tmp_path: Path)
     text = SMALL.replace("datasets: [digits]", textwrap.dedent("""\
         datasets:
           - {name: digits, archs: [small-cnn, mlp], epochs: 20, limit_train: 300, limit_eval: 90, lr: 0.02}
-          - {name: synthetic, batch_size: 32}"""))
+          - {name: synthetic, batch_size: 32, image_size: 12}"""))
     runs = load_suite(_write(tmp_path, text + "limit_eval: 50\n"), ["losses=[softmax]"]).expand()
     # blocks: digits x its own 2 archs, synthetic x the suite's 1; x 2 dims x 2 seeds
     by_block: dict[tuple[str, str], list[RunSpec]] = {}
@@ -71,6 +71,7 @@ def test_dataset_entries_set_their_own_archs_and_training_length(tmp_path: Path)
     synth = by_block[("synthetic", "mlp")][0]
     assert (synth.epochs, synth.limit_train, synth.limit_eval, synth.lr, synth.batch_size) == (
         10, None, 50, 0.1, 32)
+    assert (synth.image_size, digits.image_size) == (12, None)  # only the entry that sets it
     assert synth.milestones == [3, 6, 9]  # the suite's 10 epochs
 
 

@@ -59,8 +59,7 @@ def test_cpu_benchmark_smoke_runs_one_step_per_block() -> None:
     if cifar is None:
         pytest.skip(f"no CIFAR-10 tarball at {found[0]}")
     spec = load_suite("cpu-benchmark", ["max_steps=1", "seeds=[0]", "losses=[pod]", "cpus=1",
-                                        "device=cpu", "datasets.6.data_root=" + str(cifar),
-                                        "datasets.7.data_root=" + str(cifar)])
+                                        "device=cpu", *(f"datasets.{i}.data_root={cifar}" for i in (5, 6, 7))])
     runs = spec.expand()
     assert len({(r.dataset, r.arch) for r in runs}) == len(runs) == 8
     for run in runs:
