@@ -462,6 +462,7 @@ class Counts:
     diverged: int
     failed: int
     used: int
+    still_improving: int = 0  # of the runs that enter: held-out accuracy still rising at the end
 
 
 @dataclass(frozen=True)
@@ -508,6 +509,7 @@ def _counts(obs: Observations) -> Counts:
         diverged=int((status == "diverged").sum()),
         failed=int((status == "failed").sum()),
         used=int(len(obs.used)),
+        still_improving=int(obs.used["still_improving"].astype(bool).sum()),
     )
 
 

@@ -36,6 +36,7 @@ from podbench.reports.verdicts import (
     convergence_sentences,
     difference_unit,
     failure_sentence,
+    improving_sentence,
     power_sentence,
     primary_reason,
     verdicts,
@@ -371,6 +372,7 @@ def build_report(
         "primary_reason": primary_reason(result),
         "verdicts": verdicts(result),
         "failure_policy": failure_sentence(result),
+        "improving": improving_sentence(result),
         "power_summary": power_sentence(result),
         "convergence_summary": convergence_sentences(result),
     }

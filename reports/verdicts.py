@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from podbench.convergence import STILL_IMPROVING_FRACTION, STILL_IMPROVING_THRESHOLD
 from podbench.reports.analysis import AcrossBlocks, Analysis, BayesianComparison, WithinBlock
 from podbench.reports.stats import SignedRankComparison
 
@@ -17,6 +18,7 @@ __all__ = [
     "convergence_sentences",
     "difference_unit",
     "failure_sentence",
+    "improving_sentence",
     "power_sentence",
     "primary_reason",
     "verdicts",
@@ -40,20 +42,47 @@ def _sentence(text: str) -> str:
     return f"{text[0].upper()}{text[1:]}"
 
 
-def _still_improving(result: Analysis, labels: Iterable[str], blocks: Iterable[str]) -> str:
-    """' It rests on n run(s) still improving ...' for the runs of labels in blocks, or ''."""
+def _improving_counts(result: Analysis, labels: Iterable[str], blocks: Iterable[str]) -> str:
+    """'arcface: 2, cosface: 3': the runs of labels in blocks still improving, by label."""
     labels, blocks = set(labels), set(blocks)
     counts: dict[str, int] = {}
     for s in result.per_block:
         if s.label in labels and s.block in blocks:
             counts[s.label] = counts.get(s.label, 0) + sum(s.still_improving)
-    total = sum(counts.values())
-    if total == 0:
+    return ", ".join(f"{lab}: {n}" for lab, n in counts.items() if n)
+
+
+def _still_improving(result: Analysis, labels: Iterable[str], blocks: Iterable[str]) -> str:
+    """' It rests on n run(s) still improving ...' for the runs of labels in blocks, or ''."""
+    parts = _improving_counts(result, labels, blocks)
+    if not parts:
         return ""
-    parts = ", ".join(f"{lab}: {n}" for lab, n in counts.items() if n)
+    total = sum(int(p.rsplit(": ", 1)[1]) for p in parts.split(", "))
     return (
         f" It rests on {total} run(s) still improving when training stopped ({parts}), "
         "so it may change with longer training."
+    )
+
+
+def improving_sentence(result: Analysis) -> str:
+    """How many of the runs that enter were still improving when training stopped (first screen)."""
+    if not result.still_improving_recorded:
+        return (
+            "These records do not say whether runs were still improving when training stopped "
+            "(they predate the flag), so no verdict here can be said to rest on converged runs."
+        )
+    rule = (
+        f"held-out accuracy up more than {STILL_IMPROVING_THRESHOLD * 100:g} point over the "
+        f"last {STILL_IMPROVING_FRACTION:.0%} of epochs, at least the last one"
+    )
+    n, used = result.counts.still_improving, result.counts.used
+    if n == 0:
+        return f"None of the {used} runs that enter was still improving when training stopped ({rule})."
+    parts = _improving_counts(result, result.labels, result.blocks)
+    return (
+        f"{n} of the {used} runs that enter were still improving when training stopped ({rule}; "
+        f"{parts}), marked † below: every verdict that rests on one says so, and it may change "
+        "with longer training."
     )
 
 

@@ -15,7 +15,7 @@ from statsmodels.stats.power import TTestIndPower
 
 from podbench.reports.analysis import Analysis, analyse
 from podbench.reports.records import load_results, metric_info
-from podbench.reports.verdicts import primary_reason, verdicts
+from podbench.reports.verdicts import improving_sentence, primary_reason, verdicts
 
 ERR = {"type": "Divergence", "message": "loss is NaN", "traceback": "", "epoch": 1}
 
@@ -150,9 +150,12 @@ def test_verdicts_resting_on_runs_still_improving_say_so(
     wilcoxon = next(v for v in text if v.startswith("ce vs pod (Wilcoxon"))
     assert "rests on 1 run(s) still improving when training stopped (ce: 1)" in wilcoxon
     assert all("still improving" in v for v in text if "ce" in v)
+    assert out.counts.still_improving == 1
+    assert improving_sentence(out).startswith("1 of the 24 runs that enter were still improving")
     out = _analyse(root, {"still_improving": None})  # records that cannot tell (one epoch)
     assert not out.still_improving_recorded
     assert not any("still improving" in v for v in verdicts(out))
+    assert "do not say whether runs were still improving" in improving_sentence(out)
 
 
 def test_seed_power_from_pooled_seed_variance(

@@ -639,6 +639,12 @@ def test_default_report_marks_runs_still_improving(default_report: dict[str, Any
     assert "rests on 2 run(s) still improving" in center
     ce = next(v for v in s["verdicts"] if v.startswith("ce vs pod (Wilcoxon"))
     assert "still improving" not in ce
+    # the first screen (the summary above the first table) counts them, in HTML and stats.json
+    assert s["counts"]["still_improving"] == 2  # centre's seed 0 on data1 and data2, set above
+    summary = html[html.index('<p class="summary">'): html.index('id="results"')]
+    assert f"2 of the {s['counts']['used']} runs that enter were still improving" in summary
+    assert "(center: 2)" not in summary and "center: 2)" in summary
+    assert s["improving"].startswith("2 of the ")
 
 
 def test_default_report_shows_power_and_convergence(default_report: dict[str, Any]) -> None:
