@@ -46,9 +46,13 @@ from podbench.record import RunError, RunRecord, package_version, utc_now
 from podbench.runs import RunSpec
 from podbench.tensorboard import RunCurves
 
-__all__ = ["train_run", "RunDiverged", "environment", "seed_everything"]
+__all__ = [
+    "train_run", "RunDiverged", "environment", "nondeterminism_alerts", "seed_everything"
+]
 
 CHECKPOINT_NAME = "last.pt"
+# how torch words the alert for an op without a deterministic kernel ("put_ does not have ...")
+NONDETERMINISTIC_ALERT = " does not have a deterministic implementation"
 
 
 class RunDiverged(FloatingPointError):
@@ -59,7 +63,11 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch (all devices); choose deterministic or the fastest kernels.
 
     ``deterministic``: deterministic kernels with cudnn.benchmark off (reproducible, slower on a
-    GPU); False: cudnn.benchmark on and whatever kernels are fastest.
+    GPU); False: cudnn.benchmark on and whatever kernels are fastest. An op that has no
+    deterministic kernel (on CUDA: adaptive average pooling's backward, scatter-add, ...) still
+    runs, with torch's warning, which :func:`nondeterminism_alerts` turns into the record's
+    ``env.nondeterministic_ops``: failing every ResNet run on a GPU would make the setting useless,
+    hiding the warning in a Ray worker's log would make it a false promise.
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -69,6 +77,32 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+@contextlib.contextmanager
+def nondeterminism_alerts() -> Iterator[list[str]]:
+    """Collect the ops torch warned have no deterministic kernel, in order of first use.
+
+    Other warnings raised inside pass through unchanged (shown after the block, through the
+    filters that were in force before it).
+    """
+    ops: list[str] = []
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            # once per op and place, not once per training step
+            warnings.filterwarnings("default", message=".*" + NONDETERMINISTIC_ALERT)
+            yield ops
+    finally:
+        for w in caught:
+            text = str(w.message)
+            if NONDETERMINISTIC_ALERT in text:
+                op = text.split(NONDETERMINISTIC_ALERT, 1)[0].strip()
+                if op not in ops:
+                    ops.append(op)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                                       source=w.source)
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
@@ -100,9 +134,15 @@ def _git_commit() -> str | None:
 
 
 def environment(
-    device: torch.device, deterministic: bool | None = None, tf32: bool | None = None
+    device: torch.device,
+    deterministic: bool | None = None,
+    tf32: bool | None = None,
+    nondeterministic_ops: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Where and with what a run ran (the record's ``env``)."""
+    """Where and with what a run ran (the record's ``env``).
+
+    ``nondeterministic_ops``: with deterministic kernels on, the ops that had none (torch warned).
+    """
     import podbench
 
     name = "cpu"
@@ -118,6 +158,7 @@ def environment(
         "ray": package_version("ray"),
         "threads": torch.get_num_threads(),
         "deterministic": deterministic,
+        "nondeterministic_ops": nondeterministic_ops if deterministic else None,
         "tf32": tf32,
     }
 
@@ -598,6 +639,8 @@ def train_run(
                      torch.is_deterministic_algorithms_warn_only_enabled())
     cudnn_flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     precision = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    alerts = contextlib.ExitStack()
+    nondeterministic_ops = alerts.enter_context(nondeterminism_alerts())
     try:
         trainer = _Trainer(run, checkpoint_dir)
         device = trainer.device
@@ -610,6 +653,7 @@ def train_run(
     except Exception as exc:  # a plugin or data error must not stop the suite
         status, error = "failed", _error(exc, getattr(trainer, "current_epoch", None))
     finally:
+        alerts.close()  # the ops torch warned about are now in nondeterministic_ops
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn_flags
         torch.set_float32_matmul_precision(precision[0])  # use_tf32 chose for this run only
@@ -633,7 +677,8 @@ def train_run(
         images_per_s=images_per_s,
         geometry=geometry,
         evaluation=trainer.evaluation if trainer is not None else {},
-        env=environment(device, deterministic_used, getattr(trainer, "tf32", None)),
+        env=environment(device, deterministic_used, getattr(trainer, "tf32", None),
+                        nondeterministic_ops),
         started_at=started_at,
         finished_at=utc_now(),
     )

@@ -144,6 +144,8 @@ class Environment(BaseModel):
     ray: str | None = None
     threads: int | None = None  # torch threads of the run
     deterministic: bool | None = None  # torch's deterministic algorithms were on during the run
+    # with deterministic on: the ops that had no deterministic kernel (torch warned), [] for none
+    nondeterministic_ops: list[str] | None = None
     tf32: bool | None = None  # TF32 was allowed for float32 matmuls and convolutions (CUDA)
     gpu_ids: list[str] | None = None  # under Ray: the ids of the GPUs Ray gave the run
     ray_node: str | None = None  # under Ray: the id of the node the run ran on

@@ -75,6 +75,25 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _determinism(runs: Any) -> str:
+    """How many runs asked for deterministic kernels, and the ops that had none (torch warned)."""
+    if "env.deterministic" not in runs:
+        return "not recorded"
+    on = runs["env.deterministic"].map(lambda v: v is True)
+    text = f"on in {int(on.sum())} of {len(runs)} runs"
+    if not on.any() or "env.nondeterministic_ops" not in runs:
+        return text
+    used: dict[str, int] = {}
+    for cell in runs.loc[on, "env.nondeterministic_ops"]:
+        ops = json.loads(cell) if isinstance(cell, str) else []  # a list is one cell of JSON text
+        for op in ops:
+            used[op] = used.get(op, 0) + 1
+    if not used:
+        return text + "; every op had a deterministic kernel"
+    listed = ", ".join(f"{op} ({n} runs)" for op, n in sorted(used.items()))
+    return text + f"; ops that had no deterministic kernel (torch warned, the run went on): {listed}"
+
+
 def _provenance(data: ResultsData) -> dict[str, Any]:
     """Where the results came from and which tools wrote the report."""
     runs = data.runs
@@ -97,6 +116,7 @@ def _provenance(data: ResultsData) -> dict[str, Any]:
         "devices": uniq("env.device"),
         "git_commits": uniq("env.git_commit"),
         "hostnames": uniq("env.hostname"),
+        "deterministic": _determinism(runs),
         "first_start": min(started) if started else None,
         "last_finish": max(finished) if finished else None,
         "report_generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

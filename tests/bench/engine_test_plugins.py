@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, ClassVar
@@ -129,6 +130,19 @@ class FlagsLoss(SoftmaxLoss):
         if self.training:
             self.seen.append((torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
                               torch.are_deterministic_algorithms_enabled()))
+        return super().compute_loss(features, targets)
+
+
+@register_loss(
+    "test-nondeterministic",
+    description="softmax plus an op torch has no deterministic kernel for, and a warning of its own",
+)
+class NondeterministicLoss(SoftmaxLoss):
+    def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
+        if self.training:
+            # put_ without accumulate has no deterministic kernel, on the CPU too
+            torch.zeros(4).put_(torch.tensor([1, 1]), torch.tensor([1.0, 2.0]))
+            warnings.warn("a plugin's own warning", UserWarning, stacklevel=1)
         return super().compute_loss(features, targets)
 
 

@@ -87,6 +87,19 @@ def test_deterministic_setting_is_applied_and_recorded(deterministic: bool) -> N
     assert after == before  # the next run in this process starts from the same flags
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_ops_without_a_deterministic_kernel_are_recorded(deterministic: bool) -> None:
+    # torch only warns for them (a deterministic ResNet run on CUDA would otherwise fail in
+    # adaptive pooling's backward); the warning sits in a Ray worker's log, so the record says it
+    with pytest.warns(UserWarning, match="a plugin's own warning"):  # other warnings pass through
+        record = engine.train_run(
+            _run("test-nondeterministic", device="cpu", deterministic=deterministic))
+    assert record["status"] == "completed", record["error"]
+    assert record["env"]["nondeterministic_ops"] == (["put_"] if deterministic else None)
+    record = engine.train_run(_run("test-flags", device="cpu", deterministic=True))
+    assert record["env"]["nondeterministic_ops"] == []  # softmax alone has none
+
+
 def test_checkpoints_keep_the_gpu_random_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gpu_state = torch.arange(16, dtype=torch.uint8)
     restored: list[tuple[torch.Tensor, torch.device]] = []

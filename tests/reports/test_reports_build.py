@@ -688,3 +688,25 @@ def test_cli_report_flags(
         assert podbench_main(["report", str(quickstart_dir), *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("podbench report: error: " + bad[0]) and "\n" not in err
+
+
+def test_provenance_lists_ops_without_a_deterministic_kernel(
+    tmp_path: Path, record_maker: Callable[..., dict[str, Any]],
+    results_writer: Callable[..., Path],
+) -> None:
+    # 3 runs asked for deterministic kernels: two hit ops without one; 1 run did not ask
+    envs = [(True, ["put_"]), (True, ["put_", "adaptive_avg_pool2d_backward_cuda"]), (True, []),
+            (False, None)]
+    records = []
+    for seed, (on, ops) in enumerate(envs):
+        rec = record_maker("pod" if seed % 2 else "softmax", "d0", "mlp", seed, 0.9 - 0.01 * seed)
+        rec["env"].update(deterministic=on, nondeterministic_ops=ops)
+        records.append(rec)
+    root = results_writer(tmp_path / "res", records)
+    build_report(root, tmp_path / "out", control="pod")
+    prov = json.loads((tmp_path / "out" / "stats.json").read_text())["provenance"]
+    assert prov["deterministic"] == (
+        "on in 3 of 4 runs; ops that had no deterministic kernel (torch warned, the run went on): "
+        "adaptive_avg_pool2d_backward_cuda (1 runs), put_ (2 runs)")
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "put_ (2 runs)" in html and "put\\_ (2 runs)" in (tmp_path / "out" / "report.tex").read_text()
