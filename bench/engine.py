@@ -138,6 +138,7 @@ def environment(
     deterministic: bool | None = None,
     tf32: bool | None = None,
     nondeterministic_ops: list[str] | None = None,
+    channels_last: bool | None = None,
 ) -> dict[str, Any]:
     """Where and with what a run ran (the record's ``env``).
 
@@ -160,6 +161,7 @@ def environment(
         "deterministic": deterministic,
         "nondeterministic_ops": nondeterministic_ops if deterministic else None,
         "tf32": tf32,
+        "channels_last": channels_last,
     }
 
 
@@ -174,6 +176,12 @@ def check_amp(amp: str, device: torch.device) -> None:
             f"amp: bf16 needs a GPU with native bfloat16 (compute capability 8.0 or newer), "
             f"but {torch.cuda.get_device_name(device)} has none; set amp: fp16 or amp: off."
         )
+
+
+def use_channels_last(setting: bool | str, device: torch.device) -> bool:
+    """The channels-last layout: as set, or with ``auto`` on CUDA only, where tensor-core
+    convolutions want it; on the CPU its gain is not established here, so auto leaves it off."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 def use_tf32(device: torch.device, amp: str) -> bool:
@@ -279,6 +287,7 @@ class _Trainer:
         seed_everything(run.seed, run.deterministic)
         check_amp(run.amp, self.device)
         self.tf32 = use_tf32(self.device, run.amp)
+        self.channels_last = use_channels_last(run.channels_last, self.device)
         known, noise = _data_conditions(run)
         # each split once: the training split at limit_train, the evaluated ones at limit_eval
         self.task: Task = load_task(
@@ -287,7 +296,7 @@ class _Trainer:
             use_val=run.eval_split == "val" or bool(run.evaluate),  # probes fit T on validation
             limit={"train": run.limit_train, "val": run.limit_eval, "test": run.limit_eval},
             known_classes=known, label_noise=noise,
-            stream_bytes=stream_budget(run.gpus, self.device), channels_last=run.channels_last,
+            stream_bytes=stream_budget(run.gpus, self.device), channels_last=self.channels_last,
             # streamed data: DataLoader workers within the run's CPU share, not the machine's
             workers=min(8, int(run.cpus)),
         )
@@ -304,7 +313,7 @@ class _Trainer:
         # prepare_model moves and converts self.model in place; checkpoints save self.model, whose
         # state_dict keys lack the compiled wrapper's "_orig_mod." prefix
         self.forward: Callable[[torch.Tensor], torch.Tensor] = prepare_model(
-            self.model, self.device, channels_last=run.channels_last, compile=run.compile,
+            self.model, self.device, channels_last=self.channels_last, compile=run.compile,
             compile_threads=run.cpus,
         )
         self._init_from_data()
@@ -360,7 +369,7 @@ class _Trainer:
             self._load_checkpoint(checkpoint_dir / CHECKPOINT_NAME)
         if run.compile:  # compile now, so that compile time is not training time (images/s)
             warm_up(self.model, self.forward, self._warm_up_shapes(), self.autocast,
-                    memory_format=torch.channels_last if run.channels_last else None)
+                    memory_format=torch.channels_last if self.channels_last else None)
 
     def _init_from_data(self) -> None:
         """A backbone's data-dependent initialisation, from a shuffled training batch only."""
@@ -388,7 +397,7 @@ class _Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if self.run.channels_last and x.dim() == 4:
+        if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -678,7 +687,7 @@ def train_run(
         geometry=geometry,
         evaluation=trainer.evaluation if trainer is not None else {},
         env=environment(device, deterministic_used, getattr(trainer, "tf32", None),
-                        nondeterministic_ops),
+                        nondeterministic_ops, getattr(trainer, "channels_last", None)),
         started_at=started_at,
         finished_at=utc_now(),
     )

@@ -147,6 +147,7 @@ class Environment(BaseModel):
     # with deterministic on: the ops that had no deterministic kernel (torch warned), [] for none
     nondeterministic_ops: list[str] | None = None
     tf32: bool | None = None  # TF32 was allowed for float32 matmuls and convolutions (CUDA)
+    channels_last: bool | None = None  # data and network ran in the channels-last layout
     gpu_ids: list[str] | None = None  # under Ray: the ids of the GPUs Ray gave the run
     ray_node: str | None = None  # under Ray: the id of the node the run ran on
 

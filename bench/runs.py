@@ -126,7 +126,9 @@ class RunSettings(BaseModel):
     gamma: float = Field(0.1, gt=0)
     grad_clip: float | None = Field(None, gt=0)
     amp: Literal["off", "bf16", "fp16"] = "off"
-    channels_last: bool = False
+    # channels-last layout for data and network: auto = on CUDA (where it helps convolutions:
+    # tensor cores), off on the CPU; it does not change results, so it is not in the run id
+    channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_split: Literal["test", "val"] = "test"

@@ -255,7 +255,7 @@ def check_suite(report: Report, plan: Plan, workdir: Path) -> None:
         devices = {r["env"]["device"].split(":")[0] for r in records}
         if devices != {plan.device}:
             raise RuntimeError(f"the runs ran on {devices}, not {plan.device}")
-        if not all(r["spec"]["amp"] == "bf16" and r["spec"]["channels_last"] for r in records):
+        if not all(r["spec"]["amp"] == "bf16" and r["env"]["channels_last"] for r in records):
             raise RuntimeError("the runs did not train with bf16 autocast and channels_last")
         accs = ", ".join(f"{r['label']} {r['final_test_acc']:.3f}"
                          for r in sorted(records, key=lambda r: r["label"]))

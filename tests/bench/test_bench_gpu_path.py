@@ -232,3 +232,21 @@ def test_channels_last_batches_reach_the_network_without_a_copy() -> None:
     trainer.train_epoch(0)
     assert len(yielded) == 3 and [ptr for ptr, _ in seen] == yielded  # the task's own tensors
     assert all(last for _, last in seen)
+
+
+@pytest.mark.parametrize(("setting", "device", "used"), [
+    ("auto", "cuda", True), ("auto", "cpu", False), (True, "cpu", True), (False, "cuda", False)])
+def test_channels_last_auto_is_on_for_cuda_only(setting: Any, device: str, used: bool) -> None:
+    assert engine.use_channels_last(setting, torch.device(device)) is used
+
+
+def test_channels_last_default_is_auto_recorded_and_not_in_the_run_id() -> None:
+    run = _run(dataset="synthetic", arch="small-cnn", limit_train=32, max_steps=1, epochs=1)
+    assert run.channels_last == "auto"
+    ids = {run.model_copy(update={"channels_last": v}).run_id for v in ("auto", True, False)}
+    assert ids == {run.run_id}  # a layout, not a result: finished runs keep their ids
+    record = engine.train_run(run)
+    assert record["status"] == "completed", record["error"]
+    assert record["env"]["channels_last"] is False  # auto on the CPU
+    record = engine.train_run(run.model_copy(update={"channels_last": True}))
+    assert record["env"]["channels_last"] is True
