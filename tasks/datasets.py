@@ -340,64 +340,14 @@ def load_task(
     Returns:
         A Task whose batches are normalised float images on ``device`` with int64 labels.
     """
-    from podbench.tasks import cache, formats
+    from podbench.tasks import cache
     from podbench.tasks.task import TensorTask
 
-    src_cls = dataset_source(name)
-    info = src_cls.info
-    for value in (limit.values() if isinstance(limit, Mapping) else [limit]):
-        if value is not None and int(value) < 1:
-            raise UserError(f"limit must be a positive number of samples or null, got {value}.")
-    if image_size is not None and int(image_size) < 1:
-        raise UserError(f"image_size must be a positive number of pixels, got {image_size}.")
-    if use_val and not 0.0 < val_fraction < 1.0:
-        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
+    _check_load_arguments(limit, image_size, use_val, val_fraction)
     dev = resolve_device(device)
-
-    located, looked = locate_dataset(name, root)
-    if located is None:
-        raise UserError(_not_found_message(info, looked))
-    src = src_cls()
-    if (src.cache or located.cache) and located.files:
-        raw = cache.cached_arrays(info.name, located, image_size,
-                                  lambda: src.read(located, image_size=image_size))
-    else:
-        raw = src.read(located, image_size=image_size)
-
-    # facts from the data itself (image folders know their classes only once read)
-    first = raw.train
-    if isinstance(first, ArraySplit):
-        channels, native = int(first.images.shape[1]), int(first.images.shape[-1])
-    else:
-        channels, native = info.channels, formats.folder_image_size(first.paths, image_size,
-                                                                    info.image_size)
-    info = dataclasses.replace(
-        info, num_classes=len(raw.classes), channels=channels, image_size=native,
-        train_size=len(first.labels), test_size=len(raw.test.labels),
-    )
-    if len(info.mean) != channels:  # e.g. grayscale image folders: one constant per channel
-        info = dataclasses.replace(info, mean=info.mean[:1] * channels, std=info.std[:1] * channels)
-
-    # which samples of which source split each task split takes (None: all of them)
-    plan: dict[str, tuple[str, np.ndarray | None]] = {}
-    if use_val:
-        from podbench.tasks.splits import stratified_split
-
-        kept, held = stratified_split(raw.train.labels.numpy(), val_fraction, split_seed)
-        plan["train"], plan["val"] = ("train", kept), ("train", held)
-    else:
-        plan["train"] = ("train", None)
-    plan["test"] = ("test", None)
-    if known_classes is not None:
-        plan = _open_set_plan(plan, raw, known_classes)
-    for key, (source, idx) in plan.items():
-        kept_head = _split_limit(limit, key)
-        if kept_head is not None:
-            from podbench.tasks.splits import balanced_head
-
-            labels = getattr(raw, source).labels.numpy()
-            base = np.arange(len(labels)) if idx is None else idx
-            plan[key] = (source, base[balanced_head(labels[base], int(kept_head))])
+    raw, located, info = _read_source(name, root, image_size)
+    plan = _split_plan(raw, limit, use_val=use_val, val_fraction=val_fraction,
+                       split_seed=split_seed, known_classes=known_classes)
 
     def materialise(source_splits: dict[str, ArraySplit | FileSplit]) -> dict:
         return {key: source_splits[source] if idx is None else _subset(source_splits[source], idx)
@@ -413,9 +363,11 @@ def load_task(
         info = dataclasses.replace(info, num_classes=len(classes))
     file_based = any(isinstance(s, FileSplit) for s in source_splits.values())
     if file_based:
+        native = info.image_size
+        assert native is not None  # _read_source set it from the data
         sizes = [len(getattr(raw, src).labels) if idx is None else len(idx)
                  for src, idx in plan.values()]
-        decoded_bytes = sum(sizes) * channels * native * native
+        decoded_bytes = sum(sizes) * info.channels * native * native
         if stream is None:
             stream = decoded_bytes > (stream_threshold() if stream_bytes is None else stream_bytes)
         if stream:
@@ -448,6 +400,86 @@ def load_task(
                       channels_last=channels_last)
     task.label_noise_rate = noise_rate
     return task
+
+
+def _check_load_arguments(
+    limit: int | Mapping[str, int | None] | None, image_size: int | None, use_val: bool,
+    val_fraction: float,
+) -> None:
+    """One sentence for a limit, image size or validation share that cannot be used."""
+    for value in (limit.values() if isinstance(limit, Mapping) else [limit]):
+        if value is not None and int(value) < 1:
+            raise UserError(f"limit must be a positive number of samples or null, got {value}.")
+    if image_size is not None and int(image_size) < 1:
+        raise UserError(f"image_size must be a positive number of pixels, got {image_size}.")
+    if use_val and not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
+
+
+def _read_source(
+    name: str, root: str | Path | None, image_size: int | None
+) -> tuple[Any, Any, DatasetInfo]:
+    """The dataset's splits as read (through the cache where it has one), where they were found,
+    and its info with the facts from the data itself (classes, channels, native size, sizes)."""
+    from podbench.tasks import cache, formats
+
+    src_cls = dataset_source(name)
+    info = src_cls.info
+    located, looked = locate_dataset(name, root)
+    if located is None:
+        raise UserError(_not_found_message(info, looked))
+    src = src_cls()
+    if (src.cache or located.cache) and located.files:
+        raw = cache.cached_arrays(info.name, located, image_size,
+                                  lambda: src.read(located, image_size=image_size))
+    else:
+        raw = src.read(located, image_size=image_size)
+    # image folders know their classes only once read
+    first = raw.train
+    if isinstance(first, ArraySplit):
+        channels, native = int(first.images.shape[1]), int(first.images.shape[-1])
+    else:
+        channels, native = info.channels, formats.folder_image_size(first.paths, image_size,
+                                                                    info.image_size)
+    info = dataclasses.replace(
+        info, num_classes=len(raw.classes), channels=channels, image_size=native,
+        train_size=len(first.labels), test_size=len(raw.test.labels),
+    )
+    if len(info.mean) != channels:  # e.g. grayscale image folders: one constant per channel
+        info = dataclasses.replace(info, mean=info.mean[:1] * channels, std=info.std[:1] * channels)
+    return raw, located, info
+
+
+def _split_plan(
+    raw: Any,
+    limit: int | Mapping[str, int | None] | None,
+    *,
+    use_val: bool,
+    val_fraction: float,
+    split_seed: int,
+    known_classes: Sequence[int] | None,
+) -> dict[str, tuple[str, np.ndarray | None]]:
+    """Which samples of which source split each task split takes (None: all of them)."""
+    plan: dict[str, tuple[str, np.ndarray | None]] = {}
+    if use_val:
+        from podbench.tasks.splits import stratified_split
+
+        kept, held = stratified_split(raw.train.labels.numpy(), val_fraction, split_seed)
+        plan["train"], plan["val"] = ("train", kept), ("train", held)
+    else:
+        plan["train"] = ("train", None)
+    plan["test"] = ("test", None)
+    if known_classes is not None:
+        plan = _open_set_plan(plan, raw, known_classes)
+    for key, (source, idx) in plan.items():
+        kept_head = _split_limit(limit, key)
+        if kept_head is not None:
+            from podbench.tasks.splits import balanced_head
+
+            labels = getattr(raw, source).labels.numpy()
+            base = np.arange(len(labels)) if idx is None else idx
+            plan[key] = (source, base[balanced_head(labels[base], int(kept_head))])
+    return plan
 
 
 def _split_limit(limit: int | Mapping[str, int | None] | None, split: str) -> int | None:
