@@ -6,10 +6,10 @@ batch in [0, 1], quantised to 8 bits as the published CIFAR-10-C arrays are (``n
 truncates). The parameters are those of Hendrycks's ``make_cifar_c.py`` (the small-image set).
 
 Included: the corruptions that need no extra assets and no ImageMagick:
-gaussian/shot/impulse/speckle noise, gaussian/defocus blur, fog (plasma fractal), brightness,
-contrast, saturate (RGB only), JPEG and pixelate. Left out: frost (photographs), motion blur and
-snow (ImageMagick's motion blur), glass blur (sequential pixel swaps), zoom blur, elastic
-transform and spatter.
+gaussian/shot/impulse/speckle noise, gaussian/defocus/glass/zoom blur, fog (plasma fractal),
+brightness, contrast, saturate (RGB only), JPEG and pixelate. Left out: frost (photographs),
+motion blur and snow (ImageMagick's motion blur), elastic transform (OpenCV's affine warp) and
+spatter (OpenCV's morphology).
 
 Where the original works on RGB and a dataset is grayscale, the corruption is applied to the
 one channel (brightness: V = the grey level).
@@ -18,6 +18,7 @@ one channel (brightness: V = the grey level).
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,62 @@ def _defocus_blur(x: Tensor, params: tuple[float, float], gen: torch.Generator) 
     kernel = kernel[centre - r:centre + r + 1, centre - r:centre + r + 1]
     # OpenCV's filter2D: correlation, borders reflected without repeating the edge (101)
     return _filter(x, kernel, "reflect")
+
+
+def glass_offsets(images: Tensor, delta: int, iterations: int, gen: torch.Generator) -> Tensor:
+    """(iterations, positions, B, 2) offsets (dy, dx) in [-delta, delta) for :func:`_glass_blur`,
+    positions in its order: rows from H - delta down to delta + 1, within them columns alike
+    (NumPy's ``randint(-delta, delta)`` excludes +delta, so the draws lean up and left)."""
+    h, w = images.shape[-2:]
+    positions = (h - 2 * delta) * (w - 2 * delta)
+    return torch.randint(-delta, delta, (iterations, max(positions, 0), images.shape[0], 2),
+                         generator=gen, device=images.device)
+
+
+def _glass_blur(x: Tensor, params: tuple[float, int, int], gen: torch.Generator) -> Tensor:
+    sigma, delta, iterations = params
+    h, w = x.shape[-2:]
+    # blurred, then stored as 8-bit as the original (np.uint8 truncates)
+    x = torch.floor(_gaussian_blur(x, sigma, gen).clamp(0, 1) * 255.0 + 1e-4) / 255.0
+    offsets = glass_offsets(x, delta, iterations, gen)
+    rows = range(h - delta, delta, -1)
+    cols = range(w - delta, delta, -1)
+    batch = torch.arange(x.shape[0], device=x.device)
+    for it in range(iterations):
+        for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
+            dy, dx = offsets[it, k, :, 0], offsets[it, k, :, 1]
+            # the released code's "swap" x[h, w], x[h', w'] = x[h', w'], x[h, w] reads two views
+            # of an RGB array, so it copies the pixel at (h', w') to (h, w) and leaves (h', w')
+            x[batch, :, r, c] = x[batch, :, r + dy, c + dx]
+    return _gaussian_blur(x, sigma, gen)
+
+
+def zoom_factors(upper: float) -> np.ndarray:
+    """The zoom factors of one severity, as the original draws them: ``np.arange(1, upper, .01)``."""
+    return np.arange(1, upper, 0.01)
+
+
+def clipped_zoom(x: Tensor, factor: float) -> Tensor:
+    """Hendrycks's ``clipped_zoom``: the centre ceil(H / factor) square, zoomed by ``factor`` as
+    scipy.ndimage.zoom(order=1) does (bilinear, corners aligned; output round(size * factor)),
+    then the centre H x H (square images)."""
+    h = x.shape[-1]
+    crop = math.ceil(h / factor)
+    top = (h - crop) // 2
+    x = x[..., top:top + crop, top:top + crop]
+    size = int(round(crop * factor))
+    if size != crop:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
+    trim = (size - h) // 2
+    return x[..., trim:trim + h, trim:trim + h]
+
+
+def _zoom_blur(x: Tensor, upper: float, gen: torch.Generator) -> Tensor:
+    factors = zoom_factors(upper)
+    out = torch.zeros_like(x)
+    for factor in factors:
+        out += clipped_zoom(x, float(factor))
+    return (x + out) / (len(factors) + 1)
 
 
 # -- weather ----------------------------------------------------------------------------------
@@ -267,6 +324,9 @@ CORRUPTIONS: dict[str, Corruption] = {c.name: c for c in (
     Corruption("gaussian-blur", _gaussian_blur, (0.4, 0.6, 0.7, 0.8, 1.0), family="blur"),
     Corruption("defocus-blur", _defocus_blur,
                ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)), family="blur"),
+    Corruption("glass-blur", _glass_blur,
+               ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)), family="blur"),
+    Corruption("zoom-blur", _zoom_blur, (1.06, 1.11, 1.16, 1.21, 1.26), family="blur"),
     Corruption("fog", _fog, ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
                family="weather"),
     Corruption("brightness", _brightness, (0.05, 0.1, 0.15, 0.2, 0.3), family="weather"),

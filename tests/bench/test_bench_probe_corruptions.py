@@ -16,6 +16,7 @@ from podbench.probes.corruptions import (
     corrupt,
     corruption_names,
     defocus_kernel,
+    glass_offsets,
     hsv_to_rgb,
     plasma_fractal,
     rgb_to_hsv,
@@ -233,3 +234,57 @@ def test_fog_and_plasma_fractal() -> None:
     assert float(out.min()) >= np.floor(a * a / (a + strength) * 255) / 255 - 1e-6
     assert float(out.max()) <= a + 1e-6
     assert float(out.std()) > 0.02
+
+
+def _hendrycks_zoom_blur(img: np.ndarray, upper: float) -> np.ndarray:
+    """make_cifar_c.py's zoom_blur on one HWC float image, written out with scipy."""
+    def clipped_zoom(a: np.ndarray, zoom_factor: float) -> np.ndarray:
+        h = a.shape[0]
+        ch = int(np.ceil(h / zoom_factor))
+        top = (h - ch) // 2
+        a = ndimage.zoom(a[top:top + ch, top:top + ch], (zoom_factor, zoom_factor, 1), order=1)
+        trim_top = (a.shape[0] - h) // 2
+        return a[trim_top:trim_top + h, trim_top:trim_top + h]
+
+    factors = np.arange(1, upper, 0.01)
+    out = np.zeros_like(img)
+    for z in factors:
+        out += clipped_zoom(img, z)
+    return np.clip((img + out) / (len(factors) + 1), 0, 1)
+
+
+def test_zoom_blur_matches_scipy_zoom() -> None:
+    x = _random_images(2, 3, 32, seed=4)
+    for severity, upper in enumerate(CORRUPTIONS["zoom-blur"].params, start=1):
+        got = corrupt(x, "zoom-blur", severity, _gen()).numpy()
+        for b in range(2):
+            ref = _hendrycks_zoom_blur(x[b].permute(1, 2, 0).numpy().astype(np.float32), upper)
+            diff = np.abs(got[b] - _quantise(ref.transpose(2, 0, 1)))
+            assert diff.max() <= LEVEL + 1e-6 and np.mean(diff > 1e-6) < 0.01, severity
+    # severity 1 averages the image and 7 zooms: float rounding lets arange reach 1.06 itself
+    assert len(np.arange(1, 1.06, 0.01)) == 7
+
+
+def test_glass_blur_matches_the_released_loop() -> None:
+    x = _random_images(3, 3, 12, seed=5)
+    for severity, (sigma, delta, iterations) in enumerate(CORRUPTIONS["glass-blur"].params, 1):
+        got = corrupt(x, "glass-blur", severity, _gen(9)).numpy()
+        offsets = glass_offsets(x, delta, iterations, _gen(9)).numpy()  # the same draws
+        for b in range(3):
+            img = x[b].permute(1, 2, 0).double().numpy()
+            blur = ndimage.gaussian_filter(img, sigma=(sigma, sigma, 0), mode="nearest", truncate=4.0)
+            u8 = np.floor(np.clip(blur, 0, 1) * 255 + 1e-4)  # np.uint8 of the blurred image
+            for it in range(iterations):
+                k = 0
+                for h in range(12 - delta, delta, -1):
+                    for w in range(12 - delta, delta, -1):
+                        dy, dx = offsets[it, k, b]
+                        k += 1
+                        # the released "swap" on an RGB array: views, so a copy
+                        u8[h, w], u8[h + dy, w + dx] = u8[h + dy, w + dx], u8[h, w]
+            ref = ndimage.gaussian_filter(u8 / 255.0, sigma=(sigma, sigma, 0), mode="nearest",
+                                          truncate=4.0)
+            diff = np.abs(got[b] - _quantise(ref).transpose(2, 0, 1))
+            assert diff.max() <= LEVEL + 1e-6 and np.mean(diff > 1e-6) < 0.01, severity
+    # the draws: dy, dx in [-1, 0] for delta 1 (NumPy's randint excludes the upper bound)
+    assert set(np.unique(offsets)) == {-1, 0}
