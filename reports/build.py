@@ -81,17 +81,26 @@ def _determinism(runs: Any) -> str:
         return "not recorded"
     on = runs["env.deterministic"].map(lambda v: v is True)
     text = f"on in {int(on.sum())} of {len(runs)} runs"
-    if not on.any() or "env.nondeterministic_ops" not in runs:
+    if not on.any():
         return text
+    column = "env.nondeterministic_ops"
+    # a list is one cell of JSON text; records written before the field have none
+    cells = [c for c in runs.loc[on, column] if isinstance(c, str)] if column in runs else []
+    unknown = int(on.sum()) - len(cells)
+    if not cells:
+        return text + "; which ops had no deterministic kernel is not recorded"
     used: dict[str, int] = {}
-    for cell in runs.loc[on, "env.nondeterministic_ops"]:
-        ops = json.loads(cell) if isinstance(cell, str) else []  # a list is one cell of JSON text
-        for op in ops:
+    for cell in cells:
+        for op in json.loads(cell):
             used[op] = used.get(op, 0) + 1
-    if not used:
-        return text + "; every op had a deterministic kernel"
-    listed = ", ".join(f"{op} ({n} runs)" for op, n in sorted(used.items()))
-    return text + f"; ops that had no deterministic kernel (torch warned, the run went on): {listed}"
+    if used:
+        listed = ", ".join(f"{op} ({n} runs)" for op, n in sorted(used.items()))
+        text += f"; ops that had no deterministic kernel (torch warned, the run went on): {listed}"
+    else:
+        text += "; every op had a deterministic kernel"
+    if unknown:
+        text += f" (in the {len(cells)} runs that record it; {unknown} predate the record)"
+    return text
 
 
 def _provenance(data: ResultsData) -> dict[str, Any]:

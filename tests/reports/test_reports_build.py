@@ -696,7 +696,7 @@ def test_provenance_lists_ops_without_a_deterministic_kernel(
 ) -> None:
     # 3 runs asked for deterministic kernels: two hit ops without one; 1 run did not ask
     envs = [(True, ["put_"]), (True, ["put_", "adaptive_avg_pool2d_backward_cuda"]), (True, []),
-            (False, None)]
+            (False, None), (True, None)]  # the last: written before the field existed
     records = []
     for seed, (on, ops) in enumerate(envs):
         rec = record_maker("pod" if seed % 2 else "softmax", "d0", "mlp", seed, 0.9 - 0.01 * seed)
@@ -706,7 +706,8 @@ def test_provenance_lists_ops_without_a_deterministic_kernel(
     build_report(root, tmp_path / "out", control="pod")
     prov = json.loads((tmp_path / "out" / "stats.json").read_text())["provenance"]
     assert prov["deterministic"] == (
-        "on in 3 of 4 runs; ops that had no deterministic kernel (torch warned, the run went on): "
-        "adaptive_avg_pool2d_backward_cuda (1 runs), put_ (2 runs)")
+        "on in 4 of 5 runs; ops that had no deterministic kernel (torch warned, the run went on): "
+        "adaptive_avg_pool2d_backward_cuda (1 runs), put_ (2 runs) (in the 3 runs that record it; "
+        "1 predate the record)")
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "put_ (2 runs)" in html and "put\\_ (2 runs)" in (tmp_path / "out" / "report.tex").read_text()
