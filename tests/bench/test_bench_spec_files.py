@@ -200,6 +200,9 @@ def test_run_ids_made_before_the_change_still_match() -> None:
     for name in ("evaluate", "label_noise", "open_set"):
         del fields[name]
     assert fields.pop("deterministic") is True  # added later too: hashed only away from True
+    # not results, hashed at their old defaults whatever their value (channels_last is now "auto")
+    assert fields["channels_last"] == "auto"
+    fields.update(data_root=None, device="auto", channels_last=False, compile=False)
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == run.run_id
     # fastest (nondeterministic) kernels are another result: another id, hashed with the field
