@@ -182,7 +182,8 @@ def test_report_files_are_written(full_report: dict[str, Any]) -> None:
 
 def test_failed_and_diverged_runs_are_counted_and_explained(full_report: dict[str, Any]) -> None:
     s = full_report["stats"]
-    assert s["counts"] == {"runs": 68, "completed": 66, "diverged": 1, "failed": 1, "used": 66}
+    assert s["counts"] == {"runs": 68, "completed": 66, "diverged": 1, "failed": 1, "used": 66,
+                           "still_improving": 0}  # the fixture's records are flagged converged
     excluded = {e["status"]: e for e in s["excluded_runs"]}
     assert excluded["diverged"]["error_message"] == DIVERGED_MSG
     assert excluded["diverged"]["error_epoch"] == 2
@@ -522,7 +523,8 @@ def test_report_when_every_run_failed(
     ]
     path = build_report(results_factory({}, extra=failed), control="pod", failed="exclude")
     s = _strict_json(path.with_name("stats.json"))
-    assert s["counts"] == {"runs": 4, "completed": 0, "diverged": 0, "failed": 4, "used": 0}
+    assert s["counts"] == {"runs": 4, "completed": 0, "diverged": 0, "failed": 4, "used": 0,
+                           "still_improving": 0}
     assert s["verdicts"] == [
         "d / a: no comparison, the control 'pod' has no completed run in this block."
     ]
