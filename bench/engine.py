@@ -648,25 +648,23 @@ def train_run(
                      torch.is_deterministic_algorithms_warn_only_enabled())
     cudnn_flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     precision = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
-    alerts = contextlib.ExitStack()
-    nondeterministic_ops = alerts.enter_context(nondeterminism_alerts())
-    try:
-        trainer = _Trainer(run, checkpoint_dir)
-        device = trainer.device
-        deterministic_used = torch.are_deterministic_algorithms_enabled()
-        if tensorboard_dir is not None:
-            curves = RunCurves(tensorboard_dir, run, first_epoch=trainer.start_epoch)
-        geometry = trainer.fit(on_epoch, curves)
-    except FloatingPointError as exc:  # RunDiverged, or a plugin's NonFiniteFeaturesError
-        status, error = "diverged", _error(exc, getattr(trainer, "current_epoch", None))
-    except Exception as exc:  # a plugin or data error must not stop the suite
-        status, error = "failed", _error(exc, getattr(trainer, "current_epoch", None))
-    finally:
-        alerts.close()  # the ops torch warned about are now in nondeterministic_ops
-        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn_flags
-        torch.set_float32_matmul_precision(precision[0])  # use_tf32 chose for this run only
-        torch.backends.cudnn.allow_tf32 = precision[1]
+    with nondeterminism_alerts() as nondeterministic_ops:  # filled when the block ends
+        try:
+            trainer = _Trainer(run, checkpoint_dir)
+            device = trainer.device
+            deterministic_used = torch.are_deterministic_algorithms_enabled()
+            if tensorboard_dir is not None:
+                curves = RunCurves(tensorboard_dir, run, first_epoch=trainer.start_epoch)
+            geometry = trainer.fit(on_epoch, curves)
+        except FloatingPointError as exc:  # RunDiverged, or a plugin's NonFiniteFeaturesError
+            status, error = "diverged", _error(exc, getattr(trainer, "current_epoch", None))
+        except Exception as exc:  # a plugin or data error must not stop the suite
+            status, error = "failed", _error(exc, getattr(trainer, "current_epoch", None))
+        finally:
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn_flags
+            torch.set_float32_matmul_precision(precision[0])  # use_tf32 chose for this run only
+            torch.backends.cudnn.allow_tf32 = precision[1]
     history = trainer.history if trainer is not None else []
     accs = [h["test_acc"] for h in history if h.get("test_acc") is not None]
     images_per_s = None

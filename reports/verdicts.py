@@ -42,25 +42,31 @@ def _sentence(text: str) -> str:
     return f"{text[0].upper()}{text[1:]}"
 
 
-def _improving_counts(result: Analysis, labels: Iterable[str], blocks: Iterable[str]) -> str:
-    """'arcface: 2, cosface: 3': the runs of labels in blocks still improving, by label."""
+def _improving_counts(
+    result: Analysis, labels: Iterable[str], blocks: Iterable[str]
+) -> dict[str, int]:
+    """The runs of labels in blocks still improving when training stopped, by label (> 0 only)."""
     labels, blocks = set(labels), set(blocks)
     counts: dict[str, int] = {}
     for s in result.per_block:
         if s.label in labels and s.block in blocks:
             counts[s.label] = counts.get(s.label, 0) + sum(s.still_improving)
-    return ", ".join(f"{lab}: {n}" for lab, n in counts.items() if n)
+    return {lab: n for lab, n in counts.items() if n}
+
+
+def _by_label(counts: dict[str, int]) -> str:
+    """'arcface: 2, cosface: 3'."""
+    return ", ".join(f"{lab}: {n}" for lab, n in counts.items())
 
 
 def _still_improving(result: Analysis, labels: Iterable[str], blocks: Iterable[str]) -> str:
     """' It rests on n run(s) still improving ...' for the runs of labels in blocks, or ''."""
-    parts = _improving_counts(result, labels, blocks)
-    if not parts:
+    counts = _improving_counts(result, labels, blocks)
+    if not counts:
         return ""
-    total = sum(int(p.rsplit(": ", 1)[1]) for p in parts.split(", "))
     return (
-        f" It rests on {total} run(s) still improving when training stopped ({parts}), "
-        "so it may change with longer training."
+        f" It rests on {sum(counts.values())} run(s) still improving when training stopped "
+        f"({_by_label(counts)}), so it may change with longer training."
     )
 
 
@@ -78,7 +84,7 @@ def improving_sentence(result: Analysis) -> str:
     n, used = result.counts.still_improving, result.counts.used
     if n == 0:
         return f"None of the {used} runs that enter was still improving when training stopped ({rule})."
-    parts = _improving_counts(result, result.labels, result.blocks)
+    parts = _by_label(_improving_counts(result, result.labels, result.blocks))
     return (
         f"{n} of the {used} runs that enter were still improving when training stopped ({rule}; "
         f"{parts}), marked † below: every verdict that rests on one says so, and it may change "
