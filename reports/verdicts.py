@@ -203,8 +203,8 @@ def _floor_text(w: SignedRankComparison) -> str:
     """'smallest attainable Holm-adjusted p 0.047 (1 zero difference: raw p >= 0.0156)'."""
     zeros = f"{w.ties} zero difference(s)" if w.ties else "no zero difference"
     return (
-        f"smallest attainable Holm-adjusted p {w.min_p_holm:.4g} ({zeros}: raw p cannot go "
-        f"below {w.min_p:.4g})"
+        f"smallest attainable Holm-adjusted p {w.min_p_holm:.3f}; {zeros}, so its raw p cannot "
+        f"go below {w.min_p:.3g}"
     )
 
 
