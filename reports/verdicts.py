@@ -180,6 +180,7 @@ def _nemenyi(result: Analysis, across: AcrossBlocks, alpha: float) -> list[str]:
             "Nemenyi's post-hoc test and the critical-difference diagram are left out: they "
             "are only meaningful after Friedman's test rejects (Demšar 2006, section 3.2.2), "
             f"and it did not at α = {alpha}. The mean ranks above are descriptive."
+            + _still_improving(result, across.methods, across.blocks)
         ]
     if nem is None:
         return []
@@ -259,8 +260,12 @@ def _equivalence(result: Analysis, dunit: str) -> list[str]:
     ctrl, out = result.control, []
     for e in result.across_blocks.equivalence:
         t = e.test
+        rising = _still_improving(result, [e.label, ctrl], result.across_blocks.blocks)
         if t.p is None:
-            out.append(f"TOST, {e.label} vs {ctrl}: not computed (no spread of block differences).")
+            out.append(
+                f"TOST, {e.label} vs {ctrl}: not computed (no spread of block differences)."
+                + rising
+            )
             continue
         verdict = (
             f"equivalent within ±{t.bound:g} {dunit}"
@@ -271,6 +276,7 @@ def _equivalence(result: Analysis, dunit: str) -> list[str]:
             f"TOST (paired t over blocks), {e.label} vs {ctrl}: mean difference "
             f"{t.mean_diff:+.2f} {dunit}, {100 * t.confidence:g}% interval "
             f"[{t.ci_low:+.2f}, {t.ci_high:+.2f}], {_p(t.p)}: {verdict} at α = {result.alpha}."
+            + rising
         )
     return out
 
