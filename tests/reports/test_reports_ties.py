@@ -3,6 +3,8 @@ report compares two numbers: counts, ranks, tests, effect sizes and P(A > B)."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,3 +132,16 @@ def test_welch_sees_no_spread_in_near_equal_seeds() -> None:
     (c,) = welch_vs_control(groups, "ctrl")
     assert c.p is None and "no variation" in (c.note or "")
     assert c.mean_diff == pytest.approx(1.0) and c.cliffs_delta == 1.0
+
+
+def test_an_accuracy_equal_to_the_target_reaches_it() -> None:
+    from podbench.reports.convergence import time_to_target
+
+    # 297 of 360 correct is 82.5 %, exactly 0.99 x (300 of 360); in floating point the target
+    # comes out 82.50000000000001, above the accuracy
+    acc = 100 * (297 / 360)
+    target = 0.99 * (100 * (300 / 360))
+    assert acc < target  # the float error
+    assert Fraction(297, 360) == Fraction(99, 100) * Fraction(300, 360)  # exact equality
+    epochs, seconds = time_to_target([80.0, acc, 83.0], [1.0, 2.0, 3.0], target)
+    assert (epochs, seconds) == (2.0, 3.0)
