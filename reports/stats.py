@@ -18,6 +18,7 @@ that is an improvement for the metric's direction. Two-sided p-values do not dep
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -64,6 +65,7 @@ __all__ = [
     "tost_paired",
     "welch_vs_control",
     "wilcoxon_power",
+    "wilcoxon_rejection_region",
     "wilcoxon_vs_control",
 ]
 
@@ -552,17 +554,12 @@ def wilcoxon_power(
     when block differences are normal with mean ``difference`` and standard deviation ``sd``.
 
     Continuous differences have no zeros or ties, so the exact p depends on W+ alone: the
-    rejection region comes from scipy's exact p of every W+, and W+ is simulated (seeded).
+    rejection region comes from W+'s exact null distribution (:func:`wilcoxon_rejection_region`),
+    and W+ is simulated (seeded).
     """
     if n_blocks < 1 or not sd > 0:
         return None
-    top = n_blocks * (n_blocks + 1) // 2
-    ones = np.arange(1, n_blocks + 1, dtype=float)
-    # W+ = w: the ranks 1..w' with positive sign realise any w; scipy's exact p of each w
-    reject = np.zeros(top + 1, bool)
-    for w in range(top + 1):
-        p = stats.wilcoxon(_signed_ranks_with_sum(ones, w), method="exact").pvalue
-        reject[w] = p < level
+    reject = wilcoxon_rejection_region(n_blocks, level)
     rng = np.random.default_rng(seed)
     d = rng.normal(difference, sd, size=(nsamples, n_blocks))
     ranks = stats.rankdata(np.abs(d), axis=1)
@@ -570,11 +567,19 @@ def wilcoxon_power(
     return float(reject[w_plus].mean())
 
 
-def _signed_ranks_with_sum(ranks: np.ndarray, w: int) -> np.ndarray:
-    """The ranks 1..N signed so that the positive ones sum to ``w`` (greedy from the top)."""
-    signs = -np.ones_like(ranks)
-    left = w
-    for i in range(len(ranks) - 1, -1, -1):
-        if ranks[i] <= left:
-            signs[i], left = 1.0, left - int(ranks[i])
-    return signs * ranks
+@functools.lru_cache(maxsize=64)
+def wilcoxon_rejection_region(n: int, level: float) -> np.ndarray:
+    """For each W+ = 0..n(n+1)/2 of n untied, non-zero differences: whether the exact two-sided
+    p, 2 min(P(W+ <= w), P(W+ >= w)) under the null, is below ``level``. The null counts of W+
+    are the numbers of subsets of the ranks 1..n with each sum (a knapsack count)."""
+    top = n * (n + 1) // 2
+    counts = np.zeros(top + 1)
+    counts[0] = 1.0
+    for r in range(1, n + 1):
+        counts[r:] = counts[r:] + counts[:-r].copy()
+    null = counts / counts.sum()
+    low, high = np.cumsum(null), np.cumsum(null[::-1])[::-1]
+    p = np.minimum(1.0, 2 * np.minimum(low, high))
+    region = p < level
+    region.flags.writeable = False  # cached: shared by every caller
+    return region

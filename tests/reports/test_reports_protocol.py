@@ -285,3 +285,19 @@ def test_all_tied_methods_name_no_best(results_factory) -> None:
     assert not any(c["bold"] for row in main["rows"] for c in row["cells"])
     scores = [s for s in convergence_sentences(out) if s.startswith("AlgoPerf")]
     assert scores and all("all tied" in s and "highest" not in s for s in scores)
+
+
+@pytest.mark.parametrize(("n", "level"), [(8, 0.0125), (8, 0.05), (11, 0.05), (15, 0.01)])
+def test_wilcoxon_rejection_region_matches_scipy_exact(n: int, level: float) -> None:
+    from podbench.reports.stats import wilcoxon_rejection_region
+
+    region = wilcoxon_rejection_region(n, level)
+    ranks = np.arange(1, n + 1, dtype=float)
+    for w in range(n * (n + 1) // 2 + 1):
+        signs = -np.ones(n)  # the ranks 1..n signed so that the positive ones sum to w
+        left = w
+        for i in range(n - 1, -1, -1):
+            if ranks[i] <= left:
+                signs[i], left = 1.0, left - ranks[i]
+        p = stats.wilcoxon(signs * ranks, method="exact").pvalue
+        assert region[w] == (p < level), w
