@@ -4,10 +4,14 @@ The unit of comparison is a (dataset, architecture) block with the seeds average
 2006). Steps: which runs enter and with which value (:func:`observations`), per block and method
 (:func:`per_block`), seeds within each block (:func:`within_blocks`), the blocks × methods table
 and which analysis it supports (:func:`block_table`, :func:`choose_primary`: across blocks only
-when Wilcoxon–Holm can reach alpha), the tests across blocks (:func:`across_blocks`), probability
-of improvement and IQM (:func:`bootstrap_summary`), seeds and power (:func:`seed_power`),
-convergence (:func:`convergence`) and latent geometry. :func:`analyse` runs them all and returns
-one :class:`Analysis`, which build.py writes as stats.json.
+when Wilcoxon–Holm can reach alpha), the tests across blocks (:func:`across_blocks`: Friedman,
+Nemenyi only when Friedman rejects, Wilcoxon–Holm with each comparison's attainable p, Bayesian
+signed-rank with the posterior mass in the ROPE, TOST, the power across blocks
+(:func:`across_power`) and the same tests over datasets (:func:`dataset_level`)), probability
+of improvement and IQM normalised per block (:func:`bootstrap_summary`), seeds and power
+(:func:`seed_power`), convergence (:func:`convergence`) and latent geometry. :func:`analyse`
+runs them all and returns one :class:`Analysis`, which build.py writes as stats.json. Block
+means are rounded to :data:`podbench.reports.stats.RESOLUTION`, so equal accuracies tie.
 """
 
 from __future__ import annotations

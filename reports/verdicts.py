@@ -313,20 +313,20 @@ def variance_sentence(result: Analysis) -> str:
     parts = []
     if "runs" in kinds:
         parts.append(
-            "where marked stratified, the seeds (training randomness) are resampled within "
-            "each block and the blocks are held fixed"
+            'resampled "runs": the seeds (training randomness) are resampled within each block '
+            "and the blocks are held fixed"
         )
     if "blocks" in kinds:
         parts.append(
-            "where marked over blocks, the blocks are resampled and the runs within each are "
-            "held fixed (a block with one run has no seed variance to resample)"
+            'resampled "blocks": the blocks are resampled and the runs within each are held '
+            "fixed (a block with one run has no seed variance to resample)"
         )
     if not parts:
         return ""
     return (
-        "What the intervals hold: " + "; ".join(parts) + ". Neither includes the sampling of "
-        "the test sets (each block's test images are fixed), nor other data sets or "
-        "architectures than these blocks."
+        "What the intervals hold: " + "; ".join(parts) + ". They do not include the sampling "
+        "of the test sets (each block's test images are fixed), nor data sets or architectures "
+        "other than these blocks."
     )
 
 

@@ -301,3 +301,22 @@ def test_wilcoxon_rejection_region_matches_scipy_exact(n: int, level: float) -> 
                 signs[i], left = 1.0, left - ranks[i]
         p = stats.wilcoxon(signs * ranks, method="exact").pvalue
         assert region[w] == (p < level), w
+
+
+def test_single_run_blocks_report_a_block_bootstrap_and_its_variance_sources(
+    results_factory,
+) -> None:
+    from podbench.reports.verdicts import variance_sentence, verdicts
+
+    pod = [0.81, 0.70, 0.90, 0.60, 0.75, 0.66]
+    ce = [0.80, 0.71, 0.89, 0.59, 0.76, 0.65]
+    table = {("pod", f"d{b}", "mlp"): [pod[b]] for b in range(6)}
+    table |= {("ce", f"d{b}", "mlp"): [ce[b]] for b in range(6)}
+    out = _analyse(results_factory(table))
+    (imp,) = out.bootstrap.improvement
+    assert imp.resampling == "blocks" and imp.estimate == pytest.approx(2 / 6)
+    assert imp.ci_high - imp.ci_low > 0.3
+    text = variance_sentence(out)
+    assert '"blocks": the blocks are resampled' in text and "test sets" in text
+    assert '"runs"' not in text
+    assert any("bootstrap over blocks" in v for v in verdicts(out))
