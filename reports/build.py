@@ -33,12 +33,16 @@ from podbench.reports.tables import (
     secondary_tables,
 )
 from podbench.reports.verdicts import (
+    across_power_sentence,
     convergence_sentences,
+    dataset_sentences,
     difference_unit,
     failure_sentence,
     improving_sentence,
+    metric_caveat,
     power_sentence,
     primary_reason,
+    variance_sentence,
     verdicts,
 )
 
@@ -240,7 +244,26 @@ def _latex_tables(context: dict[str, Any]) -> dict[str, Markup | None]:
             f"Across blocks, each method against {ctrl}: mean difference ({dunit}), Wilcoxon "
             "signed-rank (zero differences split) with Holm's correction, matched-pairs "
             "rank-biserial correlation, Cohen's d_z and the Bayesian signed-rank posterior "
-            f"(ROPE ±{result.rope:g} {dunit}).",
+            f"(ROPE ±{result.rope:g} {dunit}): posterior mass above, inside and below the ROPE, "
+            "and the share of samples in which the ROPE is the most probable region "
+            "(baycomp's P(equivalent)). Lowest attainable Holm p: from each comparison's own "
+            "zero differences.",
+            "method",
+        ),
+        "equivalence": (
+            f"Across blocks, TOST of each method against {ctrl} (paired t over block means) with "
+            f"bounds ±ROPE and the matching {100 * (1 - 2 * result.alpha):g}% interval.",
+            "method",
+        ),
+        "across_power": (
+            "Power of the exact Wilcoxon test across blocks at Holm's first-step level alpha/m "
+            f"for true mean differences ({dunit}), block differences normal with the observed "
+            "standard deviation.",
+            "method",
+        ),
+        "datasets": (
+            f"Over datasets (the blocks of each dataset averaged), each method against {ctrl}: "
+            "Wilcoxon with Holm's correction.",
             "method",
         ),
         "within": (
@@ -248,9 +271,11 @@ def _latex_tables(context: dict[str, Any]) -> dict[str, Markup | None]:
             "block",
         ),
         "improvement": (
-            f"Interquartile mean over the runs of {len(boot.blocks)} block(s) and probability "
-            f"of improvement over {ctrl}, {100 * boot.confidence:g}% stratified-bootstrap "
-            f"intervals ({boot.reps} resamples, seed {boot.seed}).",
+            f"Interquartile mean over the runs of {len(boot.blocks)} block(s), normalised per "
+            "block (0 = the block's worst run of any method, 1 = its best), and probability "
+            f"of improvement over {ctrl}, {100 * boot.confidence:g}% bootstrap intervals "
+            f"({boot.reps} resamples, seed {boot.seed}; resampled: runs within blocks, or "
+            "blocks where a block has fewer than 2 runs).",
             "method",
         ),
         "power": (
@@ -404,6 +429,10 @@ def build_report(
         "improving": improving_sentence(result),
         "power_summary": power_sentence(result),
         "convergence_summary": convergence_sentences(result),
+        "variance_summary": variance_sentence(result),
+        "across_power_summary": across_power_sentence(result),
+        "dataset_summary": dataset_sentences(result),
+        "metric_caveat": metric_caveat(result),
     }
     criteria = criteria_summary(data, chosen, alpha=alpha, rope=rope, failed=policy)
     prov = _provenance(data)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from podbench.reports.observations import Observations, block_key
 from podbench.reports.records import ResultsData
+from podbench.reports.stats import at_resolution
 
 __all__ = [
     "R_MAX",
@@ -45,8 +46,9 @@ def time_to_target(
 
     Returns ``(inf, inf)`` when it never does; seconds are NaN when an epoch's time is unknown.
     """
+    goal = float(at_resolution(target))  # an accuracy equal to the target reaches it
     for i, acc in enumerate(test_acc):
-        if acc is not None and math.isfinite(acc) and acc >= target:
+        if acc is not None and math.isfinite(acc) and float(at_resolution(acc)) >= goal:
             if seconds is None:
                 return float(i + 1), math.nan
             spent = [s for s in seconds[: i + 1]]

@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.transforms as mtransforms  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scikit_posthocs as sp  # noqa: E402
@@ -40,6 +41,7 @@ __all__ = [
 
 # Labels come from user files: never let "$" start matplotlib's math parser.
 STYLE: Any = {"text.parse_math": False, "svg.fonttype": "none", "pdf.fonttype": 42}
+CD_BAR_PT = 26  # the CD bar's height above the axes, in points: clear of the tick labels
 
 
 def _palette(labels: list[str]) -> dict[str, Any]:
@@ -179,7 +181,8 @@ def learning_curves_figure(data: ResultsData, labels: list[str]) -> Figure | Non
 
 
 def cd_figure(across: AcrossBlocks) -> Figure | None:
-    """Critical difference diagram (scikit-posthocs) from mean ranks and Nemenyi p-values."""
+    """Critical difference diagram (scikit-posthocs) from mean ranks and Nemenyi p-values; only
+    when Nemenyi was run, i.e. after a rejecting Friedman test (analysis.across_blocks)."""
     if across.nemenyi is None or across.mean_ranks is None:
         return None
     ranks = pd.Series(across.mean_ranks)
@@ -190,24 +193,21 @@ def cd_figure(across: AcrossBlocks) -> Figure | None:
         sp.critical_difference_diagram(ranks, pmat, ax=ax, alpha=across.nemenyi.alpha)
         cd = across.nemenyi.cd
         start = float(ranks.min())
-        trans = ax.get_xaxis_transform()  # x in rank units, y in axes fraction
-        ax.plot(
-            [start, start + cd], [1.22, 1.22], color="black", lw=2, transform=trans, clip_on=False
-        )
+        # Offsets in points above the axes (not axes fractions, which scale with the figure's
+        # height): the tick labels, then the CD bar and its label, then the title above both.
+        base = ax.get_xaxis_transform()  # x in rank units, y in axes fraction
+        bar = mtransforms.offset_copy(base, fig=fig, y=CD_BAR_PT, units="points")
+        label = mtransforms.offset_copy(base, fig=fig, y=CD_BAR_PT + 3, units="points")
+        ax.plot([start, start + cd], [1.0, 1.0], color="black", lw=2, transform=bar, clip_on=False)
         ax.text(
-            start + cd / 2,
-            1.27,
-            f"CD = {cd:.2f}",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-            transform=trans,
+            start + cd / 2, 1.0, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8,
+            transform=label,
         )
         ax.set_title(
             f"Mean ranks over {across.n_blocks} blocks (1 = best); bars join methods Nemenyi "
             "cannot separate",
             fontsize=9,
-            pad=42,
+            pad=CD_BAR_PT + 20,
         )
         fig.tight_layout()
     return fig

@@ -3,9 +3,14 @@
 Follows Demšar (2006) and Benavoli et al. (2016/2017): Friedman with the Iman–Davenport
 correction, mean ranks and the Nemenyi critical difference; Wilcoxon signed-rank against a control
 with Holm's correction, the matched-pairs rank-biserial correlation and Cohen's d_z over blocks;
-the Bayesian signed-rank test with a region of practical equivalence; Welch's t-test, Cohen's d and
-Cliff's delta for seeds within one block; the smallest p-value a rank test can attain; the seeds a
-t-test needs for a given power. Differences and effect sizes
+the Bayesian signed-rank test with a region of practical equivalence, and TOST with its 90%
+interval; Welch's t-test, Cohen's d and Cliff's delta for seeds within one block; the smallest
+p-value a rank test can attain, from the zeros and ties it actually has; the seeds a t-test needs
+for a given power, and the power of the Wilcoxon–Holm test across blocks.
+
+Every comparison of two values is made at :data:`RESOLUTION` (values rounded to 1e-9 in the
+metric's report unit, see :func:`at_resolution`): seed means that are equal in exact arithmetic
+differ by ~1e-14 in floating point, and must tie, not win. Differences and effect sizes
 always keep the sign of method minus control in the metric's own units; ``better`` says whether
 that is an improvement for the metric's direction. Two-sided p-values do not depend on direction.
 """
@@ -13,6 +18,7 @@ that is an improvement for the metric's direction. Two-sided p-values do not dep
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -37,7 +43,11 @@ __all__ = [
     "SignedRankComparison",
     "SignedRankPosterior",
     "Summary",
+    "EquivalenceTest",
+    "RESOLUTION",
+    "at_resolution",
     "attainable_holm_p",
+    "attainable_wilcoxon_p",
     "bayesian_signed_rank",
     "blocks_needed",
     "cliffs_delta",
@@ -45,13 +55,17 @@ __all__ = [
     "describe",
     "friedman_iman_davenport",
     "holm",
+    "holm_floors",
     "matched_pairs_rank_biserial",
     "mean_ranks",
     "min_detectable_difference",
     "nemenyi_critical_difference",
     "seeds_needed",
     "t_test_power",
+    "tost_paired",
     "welch_vs_control",
+    "wilcoxon_power",
+    "wilcoxon_rejection_region",
     "wilcoxon_vs_control",
 ]
 
@@ -59,6 +73,15 @@ BAYES_SAMPLES = 20000
 BAYES_SEED = 0
 # Demšar (2006): ranks of zero differences are split evenly between R+ and R-.
 ZERO_METHOD = "zsplit"
+# The resolution at which two values count as equal (report units: accuracy points). Far below
+# one image of any test set (1/10,000 of the data is 0.01 points), far above float error.
+RESOLUTION_DECIMALS = 9
+RESOLUTION = 10.0**-RESOLUTION_DECIMALS
+
+
+def at_resolution(x: ArrayLike) -> np.ndarray:
+    """Values rounded to :data:`RESOLUTION`, so that equal accuracies compare equal (-0 made 0)."""
+    return np.round(np.asarray(x, float), RESOLUTION_DECIMALS) + 0.0
 
 
 def finite(x: Any) -> float | None:
@@ -108,28 +131,58 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 def cliffs_delta(x: ArrayLike, y: ArrayLike) -> float:
     """Cliff's delta: P(X > Y) - P(X < Y) over all pairs, in [-1, 1]."""
-    a = np.asarray(x, float)[:, None]
-    b = np.asarray(y, float)[None, :]
-    return float(np.sign(a - b).mean())
+    a = at_resolution(x)[:, None]
+    b = at_resolution(y)[None, :]
+    return float(np.sign(at_resolution(a - b)).mean())
 
 
 def cohens_d(x: ArrayLike, y: ArrayLike) -> float | None:
     """Cohen's d of two independent samples with the pooled standard deviation."""
-    a, b = np.asarray(x, float), np.asarray(y, float)
+    a, b = at_resolution(x), at_resolution(y)
     if a.size < 2 or b.size < 2:
         return None
     pooled = ((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2)
-    if pooled <= 0:
+    diff = float(at_resolution(a.mean() - b.mean()))
+    if pooled <= RESOLUTION**2:
         return None
-    return float((a.mean() - b.mean()) / math.sqrt(pooled))
+    return diff / math.sqrt(pooled)
 
 
 def attainable_holm_p(n_blocks: int, n_comparisons: int) -> float:
     """The smallest Holm-adjusted p any of ``n_comparisons`` Wilcoxon tests over ``n_blocks``
-    can reach: the exact two-sided p is at least 2/2^N, and Holm multiplies the smallest p by m."""
+    can reach before the data are seen (no zero differences, no ties): the exact two-sided p is
+    at least 2/2^N, and Holm multiplies the smallest p by m. Zero differences raise it: see
+    :func:`attainable_wilcoxon_p`."""
     if n_blocks < 1 or n_comparisons < 1:
         return 1.0
     return min(1.0, n_comparisons * 2.0 ** (1 - n_blocks))
+
+
+def attainable_wilcoxon_p(diff: ArrayLike) -> float:
+    """The smallest two-sided p the Wilcoxon signed-rank test (scipy, zeros split) can give for
+    paired differences with these magnitudes: the same zeros and tied |d|, every other difference
+    of one sign. With z zero differences out of N it is 2/2^(N-z) when the rest are distinct."""
+    d = np.abs(at_resolution(diff))
+    if d.size == 0 or not (d > 0).any():
+        return 1.0
+    return float(stats.wilcoxon(d, zero_method=ZERO_METHOD, alternative="two-sided").pvalue)
+
+
+def holm_floors(floors: Sequence[float]) -> list[float]:
+    """For each test of a Holm family, the smallest adjusted p it can reach when every test's
+    raw p can go down to its own floor: the tests with lower floors may come before it, each
+    at its floor (taking the lowest ones first is best), and Holm's adjusted p is the running
+    maximum of (m - j + 1) p_(j)."""
+    m = len(floors)
+    out = []
+    for i, f in enumerate(floors):
+        ahead = sorted(g for j, g in enumerate(floors) if j != i and g <= f)
+        best = min(1.0, m * f)
+        for s in range(1, len(ahead) + 1):
+            terms = [(m - j) * ahead[j] for j in range(s)] + [(m - s) * f]
+            best = min(best, min(1.0, max(terms)))
+        out.append(float(best))
+    return out
 
 
 def blocks_needed(n_comparisons: int, alpha: float) -> int:
@@ -146,7 +199,7 @@ def matched_pairs_rank_biserial(diff: ArrayLike) -> float | None:
     Ranks of |d| over all pairs; zero differences keep their ranks, split evenly between R+ and
     R- (Demšar 2006; scipy's ``zero_method="zsplit"``). In [-1, 1]; None without any pair.
     """
-    d = np.asarray(diff, float)
+    d = at_resolution(diff)
     if d.size == 0:
         return None
     ranks = stats.rankdata(np.abs(d))
@@ -157,7 +210,8 @@ def matched_pairs_rank_biserial(diff: ArrayLike) -> float | None:
 
 def mean_ranks(table: pd.DataFrame, higher_is_better: bool = True) -> pd.Series:
     """Average rank of each column over the rows (1 = best; ties share the average rank)."""
-    oriented = -table.to_numpy(float) if higher_is_better else table.to_numpy(float)
+    values = at_resolution(table.to_numpy(float))
+    oriented = -values if higher_is_better else values
     ranks = stats.rankdata(oriented, axis=1, method="average")
     return pd.Series(ranks.mean(axis=0), index=table.columns)
 
@@ -184,7 +238,7 @@ def friedman_iman_davenport(table: pd.DataFrame) -> Friedman:
     df2 = (k-1)(N-1). Rank reversal leaves both unchanged, so the metric's direction is irrelevant.
     """
     n, k = table.shape
-    columns = [table[c].to_numpy(float) for c in table.columns]
+    columns = [at_resolution(table[c].to_numpy(float)) for c in table.columns]
     chi2, chi2_p = stats.friedmanchisquare(*columns)
     base = Friedman(n, k, finite(chi2), finite(chi2_p), None, k - 1, (k - 1) * (n - 1), None)
     if base.chi2 is None:  # every block tied throughout: no test possible
@@ -234,6 +288,8 @@ class SignedRankComparison:
     p_holm: float | None = None
     significant: bool = False
     note: str | None = None
+    min_p: float = 1.0  # the smallest raw p attainable with this comparison's zeros and ties
+    min_p_holm: float = 1.0  # the smallest Holm-adjusted p attainable in its family
 
 
 _Tested = TypeVar("_Tested", "SignedRankComparison", "SeedComparison")
@@ -264,42 +320,56 @@ def wilcoxon_vs_control(
         higher_is_better: the metric's direction (for wins/losses and ``better``).
     """
     sign = 1.0 if higher_is_better else -1.0
-    ctrl = table[control].to_numpy(float)
+    ctrl = at_resolution(table[control].to_numpy(float))
     results: list[SignedRankComparison] = []
     for label in table.columns:
         if label == control:
             continue
-        x = table[label].to_numpy(float)
-        diff = x - ctrl
+        x = at_resolution(table[label].to_numpy(float))
+        diff = at_resolution(x - ctrl)
         sd = float(diff.std(ddof=1)) if diff.size > 1 else 0.0
+        mean = float(at_resolution(diff.mean()))
         row = SignedRankComparison(
             label=str(label),
             n_blocks=int(diff.size),
-            mean_diff=float(diff.mean()),
+            mean_diff=mean,
             median_diff=float(np.median(diff)),
             wins=int((sign * diff > 0).sum()),
             ties=int((diff == 0).sum()),
             losses=int((sign * diff < 0).sum()),
             rank_biserial=matched_pairs_rank_biserial(diff),
-            cohens_dz=float(diff.mean() / sd) if sd > 0 else None,
-            better=bool(sign * diff.mean() > 0),
+            cohens_dz=mean / sd if sd > RESOLUTION else None,
+            better=bool(sign * mean > 0),
+            min_p=attainable_wilcoxon_p(diff),
         )
         if np.all(diff == 0):
             row = dataclasses.replace(row, note="identical to the control on every block: no test")
         else:
-            res = stats.wilcoxon(x, ctrl, zero_method=ZERO_METHOD, alternative="two-sided")
+            res = stats.wilcoxon(diff, zero_method=ZERO_METHOD, alternative="two-sided")
             row = dataclasses.replace(row, statistic=finite(res.statistic), p=finite(res.pvalue))
         results.append(row)
+    tested = [i for i, r in enumerate(results) if r.p is not None]
+    floors = holm_floors([results[i].min_p for i in tested])
+    for i, f in zip(tested, floors, strict=True):
+        results[i] = dataclasses.replace(results[i], min_p_holm=f)
     return _with_holm(results, alpha)
 
 
 @dataclass(frozen=True)
 class SignedRankPosterior:
-    """Posterior probabilities of Benavoli's Bayesian signed-rank test."""
+    """Benavoli's Bayesian signed-rank test: two readings of one posterior.
+
+    ``p_*`` are baycomp's probabilities: the share of posterior samples in which that region is
+    the most probable of the three (so ``p_equivalent`` is not the posterior mass inside the
+    ROPE). ``mass_*`` are the posterior expected shares of the difference inside each region.
+    """
 
     p_control_better: float
     p_equivalent: float
     p_other_better: float
+    mass_control_better: float = 0.0
+    mass_equivalent: float = 0.0
+    mass_other_better: float = 0.0
 
 
 def bayesian_signed_rank(
@@ -312,19 +382,49 @@ def bayesian_signed_rank(
 ) -> SignedRankPosterior:
     """Benavoli's Bayesian signed-rank test (baycomp) of ``other`` against ``control``.
 
-    Values are oriented so that higher is better. Returns the posterior probabilities that the
-    control is practically better, that the two are practically equivalent (difference within
-    ±rope), and that ``other`` is practically better.
+    Values are oriented so that higher is better; the differences enter at :data:`RESOLUTION`.
+    Returns, for the control practically better, the two practically equivalent (difference
+    within ±rope) and ``other`` practically better, baycomp's probability that the region is the
+    most probable one, and the posterior mean of the region's mass.
     """
-    x, y = np.asarray(control, float), np.asarray(other, float)
-    if rope > 0:
-        left, eq, right = baycomp.SignedRankTest.probs(
-            x, y, rope, nsamples=nsamples, random_state=seed
-        )
-    else:
-        left, right = baycomp.SignedRankTest.probs(x, y, 0, nsamples=nsamples, random_state=seed)
-        eq = 0.0
-    return SignedRankPosterior(float(left), float(eq), float(right))
+    diff = at_resolution(np.asarray(other, float) - np.asarray(control, float))
+    # baycomp takes y - x: with x = 0 it sees the rounded differences as they are
+    sample = baycomp.SignedRankTest.sample(
+        np.zeros_like(diff), diff, max(rope, 0.0), nsamples=nsamples, random_state=seed
+    )
+    shares = np.bincount(np.argmax(sample, axis=1), minlength=3) / len(sample)
+    if rope <= 0:  # two regions only: baycomp's probabilities without the ROPE column
+        shares = np.array([shares[0], 0.0, shares[2]]) / (shares[0] + shares[2])
+    mass = sample.mean(axis=0)
+    return SignedRankPosterior(*(float(v) for v in (*shares, *mass)))
+
+
+@dataclass(frozen=True)
+class EquivalenceTest:
+    """TOST of paired differences against ±bound, with the (1 - 2 alpha) t-interval that decides
+    it: equivalent at alpha exactly when the interval lies inside ±bound."""
+
+    bound: float
+    mean_diff: float
+    p: float | None  # the larger of the two one-sided p-values; None without spread
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float
+    equivalent: bool
+
+
+def tost_paired(diff: ArrayLike, bound: float, alpha: float = 0.05) -> EquivalenceTest:
+    """Two one-sided t-tests (statsmodels' ``ttost_paired``) that the mean paired difference
+    lies within ±bound, and the matching (1 - 2 alpha) Student-t interval of the mean."""
+    from statsmodels.stats.weightstats import DescrStatsW, ttost_paired
+
+    d = at_resolution(diff)
+    mean, confidence = float(at_resolution(d.mean())), 1 - 2 * alpha
+    if d.size < 2 or not d.std(ddof=1) > RESOLUTION or not bound > 0:
+        return EquivalenceTest(bound, mean, None, None, None, confidence, False)
+    p = float(ttost_paired(d, np.zeros_like(d), -bound, bound)[0])
+    low, high = DescrStatsW(d).tconfint_mean(alpha=2 * alpha)
+    return EquivalenceTest(bound, mean, p, float(low), float(high), confidence, p < alpha)
 
 
 @dataclass(frozen=True)
@@ -359,14 +459,14 @@ def welch_vs_control(
     p-value and a note saying why.
     """
     sign = 1.0 if higher_is_better else -1.0
-    ctrl = np.asarray(groups[control], float)
+    ctrl = at_resolution(groups[control])
     results: list[SeedComparison] = []
     for label, vals in groups.items():
         if label == control:
             continue
-        x = np.asarray(vals, float)
+        x = at_resolution(vals)
         both = bool(x.size and ctrl.size)
-        diff = float(x.mean() - ctrl.mean()) if both else None
+        diff = float(at_resolution(x.mean() - ctrl.mean())) if both else None
         row = SeedComparison(
             label=label,
             n=int(x.size),
@@ -378,7 +478,7 @@ def welch_vs_control(
         )
         if x.size < 2 or ctrl.size < 2:
             row = dataclasses.replace(row, note="needs at least 2 completed seeds on each side")
-        elif x.var(ddof=1) == 0 and ctrl.var(ddof=1) == 0:
+        elif max(x.var(ddof=1), ctrl.var(ddof=1)) <= RESOLUTION**2:
             row = dataclasses.replace(row, note="no variation across seeds on either side")
         else:
             with warnings.catch_warnings():
@@ -439,3 +539,47 @@ def min_detectable_difference(sd: float, n: int, alpha: float, power: float = 0.
         high *= 2
     effect = brentq(lambda e: t_test_power(e, n, alpha) - power, 0.0, high, xtol=1e-12)
     return float(effect) * sd
+
+
+def wilcoxon_power(
+    sd: float,
+    n_blocks: int,
+    difference: float,
+    level: float,
+    *,
+    nsamples: int = 20000,
+    seed: int = 0,
+) -> float | None:
+    """Power of the two-sided exact Wilcoxon signed-rank test at ``level`` over ``n_blocks``
+    when block differences are normal with mean ``difference`` and standard deviation ``sd``.
+
+    Continuous differences have no zeros or ties, so the exact p depends on W+ alone: the
+    rejection region comes from W+'s exact null distribution (:func:`wilcoxon_rejection_region`),
+    and W+ is simulated (seeded).
+    """
+    if n_blocks < 1 or not sd > 0:
+        return None
+    reject = wilcoxon_rejection_region(n_blocks, level)
+    rng = np.random.default_rng(seed)
+    d = rng.normal(difference, sd, size=(nsamples, n_blocks))
+    ranks = stats.rankdata(np.abs(d), axis=1)
+    w_plus = np.rint((ranks * (d > 0)).sum(axis=1)).astype(int)
+    return float(reject[w_plus].mean())
+
+
+@functools.lru_cache(maxsize=64)
+def wilcoxon_rejection_region(n: int, level: float) -> np.ndarray:
+    """For each W+ = 0..n(n+1)/2 of n untied, non-zero differences: whether the exact two-sided
+    p, 2 min(P(W+ <= w), P(W+ >= w)) under the null, is below ``level``. The null counts of W+
+    are the numbers of subsets of the ranks 1..n with each sum (a knapsack count)."""
+    top = n * (n + 1) // 2
+    counts = np.zeros(top + 1)
+    counts[0] = 1.0
+    for r in range(1, n + 1):
+        counts[r:] = counts[r:] + counts[:-r].copy()
+    null = counts / counts.sum()
+    low, high = np.cumsum(null), np.cumsum(null[::-1])[::-1]
+    p = np.minimum(1.0, 2 * np.minimum(low, high))
+    region = p < level
+    region.flags.writeable = False  # cached: shared by every caller
+    return region

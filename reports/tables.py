@@ -15,7 +15,10 @@ __all__ = [
     "RISING_MARK",
     "WORSE_MARK",
     "comparison_rows",
+    "across_power_rows",
     "convergence_rows",
+    "dataset_rows",
+    "equivalence_rows",
     "excluded_rows",
     "fmt",
     "fmt_p",
@@ -77,6 +80,8 @@ def main_table(result: Analysis) -> dict[str, Any]:
     for block in result.blocks:
         means = [c.mean for lab in labels if (c := cells.get((block, lab))) and c.mean is not None]
         best = (max(means) if higher else min(means)) if means else None
+        if len(means) > 1 and np.allclose(means, means[0], rtol=0, atol=1e-9):
+            best = None  # every method ties: none is best
         row_cells = []
         for lab in labels:
             c = cells.get((block, lab))
@@ -99,8 +104,10 @@ def main_table(result: Analysis) -> dict[str, Any]:
     rank_row = None
     if ranks:
         best_rank = min(ranks.values())
+        all_tied = len(set(ranks.values())) == 1  # no best mean rank then
         rank_row = [
-            {"text": fmt(ranks.get(lab)), "bold": ranks.get(lab) == best_rank} for lab in labels
+            {"text": fmt(ranks.get(lab)), "bold": not all_tied and ranks.get(lab) == best_rank}
+            for lab in labels
         ]
     return {"labels": labels, "rows": rows, "rank_row": rank_row}
 
@@ -137,14 +144,68 @@ def comparison_rows(result: Analysis) -> Rows:
                 "W/T/L": f"{w.wins}/{w.ties}/{w.losses}",
                 "Wilcoxon p": fmt_p(w.p),
                 "Holm p": fmt_p(w.p_holm),
+                "lowest attainable Holm p": fmt(w.min_p_holm, 3) if w.p is not None else "–",
                 "rank-biserial": fmt(w.rank_biserial),
                 "Cohen's dz": fmt(w.cohens_dz),
-                "P(better)": fmt(None if b is None else b.p_other_better, 3),
-                "P(equiv.)": fmt(None if b is None else b.p_equivalent, 3),
-                f"P({ctrl} better)": fmt(None if b is None else b.p_control_better, 3),
+                "mass better": fmt(None if b is None else b.mass_other_better, 3),
+                "mass in ROPE": fmt(None if b is None else b.mass_equivalent, 3),
+                f"mass {ctrl} better": fmt(None if b is None else b.mass_control_better, 3),
+                "P(ROPE most probable)": fmt(None if b is None else b.p_equivalent, 3),
             }
         )
     return rows
+
+
+def equivalence_rows(result: Analysis) -> Rows:
+    """Across blocks, each method against the control: TOST with its 90% interval."""
+    ctrl = result.control
+    return [
+        {
+            "method": e.label,
+            f"diff vs {ctrl}": fmt(e.test.mean_diff),
+            "bounds": f"±{e.test.bound:g}",
+            f"{100 * e.test.confidence:g}% CI": "–"
+            if e.test.ci_low is None
+            else f"[{e.test.ci_low:+.2f}, {e.test.ci_high:+.2f}]",
+            "TOST p": fmt_p(e.test.p),
+            "equivalent": "yes" if e.test.equivalent else "no",
+        }
+        for e in result.across_blocks.equivalence
+    ]
+
+
+def across_power_rows(result: Analysis) -> Rows:
+    """Per method: sd of its block differences and the across-block test's power."""
+    pw = result.across_blocks.power
+    if pw is None:
+        return []
+    return [
+        {
+            "method": c.label,
+            "sd of block diffs": fmt(c.sd),
+            **{f"power for {d}": fmt(v, 3) for d, v in c.power.items()},
+        }
+        for c in pw.comparisons
+    ]
+
+
+def dataset_rows(result: Analysis) -> Rows:
+    """Over datasets (the blocks of each dataset averaged), each method against the control."""
+    lev, ctrl = result.across_blocks.by_dataset, result.control
+    if lev is None:
+        return []
+    return [
+        {
+            "method": w.label,
+            "datasets": str(w.n_blocks),
+            f"diff vs {ctrl}": fmt(w.mean_diff),
+            "W/T/L": f"{w.wins}/{w.ties}/{w.losses}",
+            "mean rank": fmt(lev.mean_ranks.get(w.label)),
+            "Holm p": fmt_p(w.p_holm),
+            "lowest attainable Holm p": fmt(w.min_p_holm, 3) if w.p is not None else "–",
+        }
+        for w in lev.wilcoxon
+    ]
 
 
 def within_rows(result: Analysis) -> Rows:
@@ -228,10 +289,11 @@ def improvement_rows(result: Analysis) -> Rows:
             {
                 "method": q.label,
                 "runs": str(q.n_runs),
-                "IQM": fmt(q.estimate),
-                "IQM 95% CI": f"[{q.ci_low:.2f}, {q.ci_high:.2f}]",
+                "IQM (normalised)": fmt(q.estimate, 3),
+                "IQM 95% CI": f"[{q.ci_low:.3f}, {q.ci_high:.3f}]",
                 f"P(method > {ctrl})": "–" if i is None else fmt(i.estimate, 3),
                 "P 95% CI": "–" if i is None else f"[{i.ci_low:.3f}, {i.ci_high:.3f}]",
+                "resampled": q.resampling if i is None else f"{q.resampling} / {i.resampling}",
             }
         )
     return rows
@@ -327,6 +389,9 @@ def secondary_tables(result: Analysis, studies: list[TuningStudy]) -> dict[str, 
         "convergence": convergence_rows(result),
         "profiles": profile_rows(result),
         "improvement": improvement_rows(result),
+        "equivalence": equivalence_rows(result),
+        "across_power": across_power_rows(result),
+        "datasets": dataset_rows(result),
         "power": power_rows(result),
         "still_improving": still_improving_rows(result),
         "geometry": geometry_rows(result),

@@ -15,12 +15,16 @@ from podbench.reports.analysis import AcrossBlocks, Analysis, BayesianComparison
 from podbench.reports.stats import SignedRankComparison
 
 __all__ = [
+    "across_power_sentence",
     "convergence_sentences",
+    "dataset_sentences",
     "difference_unit",
     "failure_sentence",
     "improving_sentence",
+    "metric_caveat",
     "power_sentence",
     "primary_reason",
+    "variance_sentence",
     "verdicts",
 ]
 
@@ -107,7 +111,9 @@ def primary_reason(result: Analysis) -> str:
         return (
             f"{b.n_blocks} blocks (dataset × architecture) have a value of every method: "
             f"{floor} < α = {b.alpha}, and at least Demšar's {b.min_blocks} blocks; seeds are "
-            "averaged within each block first."
+            "averaged within each block first. That floor holds without zero differences: each "
+            "block where a method ties the control raises it, so every comparison below states "
+            "its own smallest attainable p."
         )
     if b.why == "control-missing":
         why = f"the control {result.control!r} has no value in some block"
@@ -169,6 +175,13 @@ def _friedman(result: Analysis, across: AcrossBlocks, alpha: float) -> list[str]
 
 def _nemenyi(result: Analysis, across: AcrossBlocks, alpha: float) -> list[str]:
     nem = across.nemenyi
+    if across.nemenyi_gated:
+        return [
+            "Nemenyi's post-hoc test and the critical-difference diagram are left out: they "
+            "are only meaningful after Friedman's test rejects (Demšar 2006, section 3.2.2), "
+            f"and it did not at α = {alpha}. The mean ranks above are descriptive."
+            + _still_improving(result, across.methods, across.blocks)
+        ]
     if nem is None:
         return []
     rising = _still_improving(result, across.methods, across.blocks)
@@ -187,22 +200,31 @@ def _nemenyi(result: Analysis, across: AcrossBlocks, alpha: float) -> list[str]:
     ]
 
 
-def _wilcoxon(result: Analysis, w: SignedRankComparison, dunit: str) -> str:
-    ctrl, b = result.control, result.primary_basis
+def _floor_text(w: SignedRankComparison) -> str:
+    """'smallest attainable Holm-adjusted p 0.047 (1 zero difference: raw p >= 0.0156)'."""
+    zeros = f"{w.ties} zero difference(s)" if w.ties else "no zero difference"
+    return (
+        f"smallest attainable Holm-adjusted p {w.min_p_holm:.3f}; {zeros}, so its raw p cannot "
+        f"go below {w.min_p:.3g}"
+    )
+
+
+def _wilcoxon(result: Analysis, w: SignedRankComparison, dunit: str, over: str = "blocks") -> str:
+    ctrl = result.control
     rising = _still_improving(result, [w.label, ctrl], result.across_blocks.blocks)
     if w.p_holm is None:
         return f"{w.label} vs {ctrl}: {w.note}.{rising}"
     direction = "better" if w.better else "worse"
     if w.significant:
         sig = f"significantly {direction} than {ctrl}"
-    elif b.min_p >= b.alpha:
-        sig = f"significance was unattainable (smallest attainable Holm-adjusted p {b.min_p:.4g})"
+    elif w.min_p_holm >= result.alpha:
+        sig = f"significance was unattainable for this comparison ({_floor_text(w)})"
     else:
-        sig = f"not significantly different from {ctrl}"
+        sig = f"not significantly different from {ctrl} ({_floor_text(w)})"
     rb = "–" if w.rank_biserial is None else f"{w.rank_biserial:+.2f}"
     dz = "" if w.cohens_dz is None else f", Cohen's d_z {w.cohens_dz:+.2f}"
     return (
-        f"{w.label} vs {ctrl} (Wilcoxon signed-rank over {w.n_blocks} blocks, zero differences "
+        f"{w.label} vs {ctrl} (Wilcoxon signed-rank over {w.n_blocks} {over}, zero differences "
         f"split, Holm): mean difference {w.mean_diff:+.2f} {dunit}, {w.wins} wins / {w.ties} "
         f"ties / {w.losses} losses, Holm-adjusted {_p(w.p_holm)}: {sig}; matched-pairs "
         f"rank-biserial correlation {rb}{dz}.{rising}"
@@ -211,31 +233,65 @@ def _wilcoxon(result: Analysis, w: SignedRankComparison, dunit: str) -> str:
 
 def _bayesian(result: Analysis, b: BayesianComparison, dunit: str) -> str:
     ctrl = result.control
-    probs = (b.p_other_better, b.p_equivalent, b.p_control_better)
+    mass = (b.mass_other_better, b.mass_equivalent, b.mass_control_better)
     words = (
         f"{b.label} is practically better",
         "they are practically equivalent",
         f"{ctrl} is practically better",
     )
-    best = max(range(3), key=lambda i: probs[i])
+    best = max(range(3), key=lambda i: mass[i])
     conclusion = (
-        f"{words[best]} with probability {probs[best]:.3f}"
-        if probs[best] >= EVIDENCE
-        else f"no conclusion reaches probability {EVIDENCE}"
+        f"{words[best]} (posterior mass {mass[best]:.3f} ≥ {EVIDENCE})"
+        if mass[best] >= EVIDENCE
+        else f"no region holds {EVIDENCE} of the posterior mass, so no conclusion"
     )
     return (
-        f"Bayesian signed-rank, {b.label} vs {ctrl} (ROPE ±{b.rope:g} {dunit}): "
-        f"P({b.label} better) = {probs[0]:.3f}, P(equivalent) = {probs[1]:.3f}, "
-        f"P({ctrl} better) = {probs[2]:.3f}; {conclusion}."
-        + _still_improving(result, [b.label, ctrl], result.across_blocks.blocks)
+        f"Bayesian signed-rank, {b.label} vs {ctrl} (ROPE ±{b.rope:g} {dunit}): posterior mass "
+        f"of the difference inside the ROPE {mass[1]:.3f}, above it ({b.label} better) "
+        f"{mass[0]:.3f}, below it ({ctrl} better) {mass[2]:.3f}: {conclusion}. The ROPE is "
+        f"the most probable region in {b.p_equivalent:.3f} of the posterior samples (baycomp's "
+        f"P(equivalent); {b.label} better: {b.p_other_better:.3f}, {ctrl} better: "
+        f"{b.p_control_better:.3f}), which is not the probability that the difference lies "
+        "inside it." + _still_improving(result, [b.label, ctrl], result.across_blocks.blocks)
     )
+
+
+def _equivalence(result: Analysis, dunit: str) -> list[str]:
+    ctrl, out = result.control, []
+    for e in result.across_blocks.equivalence:
+        t = e.test
+        rising = _still_improving(result, [e.label, ctrl], result.across_blocks.blocks)
+        if t.p is None:
+            out.append(
+                f"TOST, {e.label} vs {ctrl}: not computed (no spread of block differences)."
+                + rising
+            )
+            continue
+        verdict = (
+            f"equivalent within ±{t.bound:g} {dunit}"
+            if t.equivalent
+            else f"equivalence within ±{t.bound:g} {dunit} not shown"
+        )
+        out.append(
+            f"TOST (paired t over blocks), {e.label} vs {ctrl}: mean difference "
+            f"{t.mean_diff:+.2f} {dunit}, {100 * t.confidence:g}% interval "
+            f"[{t.ci_low:+.2f}, {t.ci_high:+.2f}], {_p(t.p)}: {verdict} at α = {result.alpha}."
+            + rising
+        )
+    return out
+
+
+_RESAMPLED = {
+    "runs": "stratified bootstrap (runs resampled within each block)",
+    "blocks": "bootstrap over blocks (a block has fewer than 2 runs of a method)",
+}
 
 
 def _improvement(result: Analysis) -> list[str]:
     boot, ctrl = result.bootstrap, result.control
     return [
         f"Probability of improvement P({i.label} > {ctrl}) over {i.n_blocks} block(s) = "
-        f"{i.estimate:.3f}, {100 * boot.confidence:g}% stratified-bootstrap interval "
+        f"{i.estimate:.3f}, {100 * boot.confidence:g}% {_RESAMPLED[i.resampling]} interval "
         f"[{i.ci_low:.3f}, {i.ci_high:.3f}]"
         + (
             f": {i.label} is more likely better than not."
@@ -247,6 +303,31 @@ def _improvement(result: Analysis) -> list[str]:
         + _still_improving(result, [i.label, ctrl], boot.blocks)
         for i in boot.improvement
     ]
+
+
+def variance_sentence(result: Analysis) -> str:
+    """Which sources of variance the bootstrap intervals hold and which they hold fixed."""
+    kinds = {i.resampling for i in result.bootstrap.improvement} | {
+        q.resampling for q in result.bootstrap.iqm
+    }
+    parts = []
+    if "runs" in kinds:
+        parts.append(
+            'resampled "runs": the seeds (training randomness) are resampled within each block '
+            "and the blocks are held fixed"
+        )
+    if "blocks" in kinds:
+        parts.append(
+            'resampled "blocks": the blocks are resampled and the runs within each are held '
+            "fixed (a block with one run has no seed variance to resample)"
+        )
+    if not parts:
+        return ""
+    return (
+        "What the intervals hold: " + "; ".join(parts) + ". They do not include the sampling "
+        "of the test sets (each block's test images are fixed), nor data sets or architectures "
+        "other than these blocks."
+    )
 
 
 def _within(result: Analysis, w: WithinBlock, dunit: str) -> list[str]:
@@ -286,8 +367,60 @@ def verdicts(result: Analysis) -> list[str]:
             + _nemenyi(result, across, result.alpha)
             + [_wilcoxon(result, w, dunit) for w in across.wilcoxon]
             + [_bayesian(result, b, dunit) for b in across.bayesian]
+            + _equivalence(result, dunit)
         )
     return tests + _improvement(result)
+
+
+def across_power_sentence(result: Analysis) -> str | None:
+    """The across-block test's power for the planned differences (beside the seeds table, which
+    is about tests within a block)."""
+    pw, dunit = result.across_blocks.power, difference_unit(result.metric.unit)
+    if pw is None or not pw.comparisons:
+        return None
+    parts = []
+    for c in pw.comparisons:
+        if c.sd is None:
+            parts.append(f"{c.label}: no spread of block differences")
+            continue
+        at = ", ".join(
+            f"{v:.3f} for {d} {dunit}" for d, v in c.power.items() if v is not None
+        )
+        parts.append(f"{c.label} (sd of block differences {c.sd:.2f} {dunit}): {at}")
+    return (
+        f"Power across blocks: the chance that Wilcoxon over the {pw.n_blocks} blocks rejects at "
+        f"Holm's first-step level α/m = {pw.level:.4g}, if the method truly differed from "
+        f"{result.control} by the stated mean, with block differences spread as observed: "
+        + "; ".join(parts)
+        + ". A non-significant result here is weak evidence of no difference where this is low."
+    )
+
+
+def dataset_sentences(result: Analysis) -> list[str]:
+    """The analysis over datasets (blocks of one dataset averaged), beside the block-level one."""
+    lev = result.across_blocks.by_dataset
+    if lev is None:
+        return []
+    dunit = difference_unit(result.metric.unit)
+    ranks = ", ".join(f"{lab} {r:.2f}" for lab, r in lev.mean_ranks.items())
+    head = (
+        f"Blocks that share a dataset share its test set and are not independent data sets, so "
+        f"the blocks of each dataset are also averaged into one value: {lev.n_datasets} "
+        f"datasets ({', '.join(lev.datasets)}); mean ranks over them {ranks}."
+    )
+    return [head] + [_wilcoxon(result, w, dunit, over="datasets") for w in lev.wilcoxon]
+
+
+def metric_caveat(result: Analysis) -> str | None:
+    """A caveat for metrics that pick an epoch by reading the test set."""
+    if result.metric.name != "best_test_acc":
+        return None
+    return (
+        "Caveat: best test accuracy takes, for each run, the epoch with the highest test "
+        "accuracy, so the epoch is chosen on the test set itself: it is biased upwards, more "
+        "for noisier and longer runs, and is no estimate of accuracy on new data. Compare "
+        "final_test_acc (the default) for a verdict."
+    )
 
 
 def power_sentence(result: Analysis) -> str | None:
@@ -331,10 +464,18 @@ def convergence_sentences(result: Analysis) -> list[str]:
     for measure in ("epochs", "seconds"):
         scores = [p for p in conv.profiles if p.measure == measure]
         if scores:
-            best = max(scores, key=lambda p: p.score)
+            top = max(round(p.score, 9) for p in scores)
+            leaders = [p.label for p in scores if round(p.score, 9) == top]
             listing = ", ".join(f"{p.label} {p.score:.3f}" for p in scores)
+            lead = (
+                f"highest: {leaders[0]}"
+                if len(leaders) == 1
+                else "all tied"
+                if len(leaders) == len(scores)
+                else f"highest, tied: {', '.join(leaders)}"
+            )
             out.append(
                 f"AlgoPerf benchmark score in {measure} to target (r_max = {conv.r_max:g}, 1 = "
-                f"fastest on every block): {listing}; highest: {best.label}."
+                f"fastest on every block): {listing}; {lead}."
             )
     return out

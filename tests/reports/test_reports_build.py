@@ -621,11 +621,18 @@ def test_default_report_probability_of_improvement_and_iqm(default_report: dict[
             won.append(np.mean([[1.0 if a > c else 0.5 if a == c else 0.0 for c in y] for a in x]))
         assert imp["estimate"] == pytest.approx(np.mean(won))
         assert imp["ci_low"] <= imp["estimate"] <= imp["ci_high"]
+    labels = [q["label"] for q in boot["iqm"]]
     for q in boot["iqm"]:
-        pooled = np.concatenate([_values(table, q["label"], b) for b in range(7)])
-        assert q["estimate"] == pytest.approx(stats.trim_mean(pooled, 0.25))
+        # each run on its block's 0-1 scale (worst run of any method 0, best 1), then pooled
+        scaled = []
+        for b in range(7):
+            every = np.concatenate([_values(table, lab, b) for lab in labels])
+            x = np.asarray(_values(table, q["label"], b))
+            scaled.extend((x - every.min()) / (every.max() - every.min()))
+        assert q["estimate"] == pytest.approx(stats.trim_mean(scaled, 0.25))
+        assert q["resampling"] == "runs"
     header, *rows = _table_rows(default_report["html"], "improvement-table")
-    assert header[:4] == ["method", "runs", "IQM", "IQM 95% CI"] and len(rows) == 3
+    assert header[:4] == ["method", "runs", "IQM (normalised)", "IQM 95% CI"] and len(rows) == 3
 
 
 def test_default_report_marks_runs_still_improving(default_report: dict[str, Any]) -> None:
