@@ -1,0 +1,262 @@
+"""Per-run claims: creation, liveness, stale takeover, races between takers, heartbeats, release.
+
+Heartbeat times are set by hand through an injected clock: no test sleeps for a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from podbench.claims import Claim, ClaimInfo, ClaimStore, Holder, describe, file_key
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _other_host(pid: int = 4242) -> Holder:
+    """A process of another host (one host per pid: their pids are never looked up here)."""
+    return Holder(host=f"host{pid}.example", pid=pid, pidns="pid:[1]", pid_started=5.0)
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this host that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_first_claim_is_generation_zero_with_the_holder_and_times(tmp_path: Path) -> None:
+    clock = Clock(1_000.0)
+    store = ClaimStore(tmp_path / "claims", clock=clock)
+    claim = store.acquire("run-a", driver="podbench run on test (pid 1)")
+    assert claim is not None
+    assert _files(tmp_path / "claims") == ["run-a.0.claim"]  # no temporary file left over
+    data = json.loads((tmp_path / "claims" / "run-a.0.claim").read_text())
+    assert data["holder"]["pid"] == os.getpid() and data["holder"]["host"] == os.uname().nodename
+    assert data["started_at"] == data["heartbeat_at"] == 1_000.0
+    assert data["driver"] == "podbench run on test (pid 1)" and data["generation"] == 0
+    claim.release()
+    assert _files(tmp_path / "claims") == []
+
+
+def test_a_live_claim_of_another_process_is_skipped(tmp_path: Path) -> None:
+    clock = Clock()
+    parent = Holder.this_process()
+    # a process of this host that runs: the test's parent (pytest's launcher or shell)
+    other = ClaimStore(tmp_path, clock=clock,
+                       me=Holder(parent.host, os.getppid(), parent.pidns, None))
+    assert other.acquire("r") is not None
+    mine = ClaimStore(tmp_path, clock=clock)
+    assert mine.acquire("r") is None
+    assert mine.live("r") is not None and mine.live("r").holder.pid == os.getppid()
+    clock.now += 119.0  # below the 120 s staleness: still alive
+    assert mine.acquire("r") is None
+
+
+def test_heartbeat_older_than_the_timeout_is_taken_over_from_any_host(tmp_path: Path) -> None:
+    clock = Clock(10_000.0)
+    theirs = ClaimStore(tmp_path, clock=clock, stale_after=60, me=_other_host())
+    old = theirs.acquire("r", driver="them")
+    mine = ClaimStore(tmp_path, clock=clock, stale_after=60)
+    clock.now = 10_060.0  # exactly the timeout: not yet stale
+    assert mine.acquire("r") is None
+    clock.now = 10_060.5
+    new = mine.acquire("r", driver="me")
+    assert new is not None and new.info.generation == 1
+    assert _files(tmp_path) == ["r.0.claim", "r.1.claim"]  # a takeover deletes nothing
+    assert mine.current("r").driver == "me"
+    assert old is not None and old.refresh() is False and old.lost  # the old holder learns it
+    old.release()  # ... and leaves the new holder's file alone
+    assert _files(tmp_path) == ["r.0.claim", "r.1.claim"]
+    new.release()  # the new holder removes both
+    assert _files(tmp_path) == []
+
+
+def test_a_refreshed_heartbeat_keeps_the_claim(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    theirs = ClaimStore(tmp_path, clock=clock, stale_after=60, me=_other_host())
+    claim = theirs.acquire("r")
+    mine = ClaimStore(tmp_path, clock=clock, stale_after=60)
+    for step in range(1, 6):  # 50 s between beats, 250 s in all: never 60 s without one
+        clock.now = 50.0 * step
+        assert claim.refresh() is True
+        assert mine.acquire("r") is None
+    assert json.loads(claim.info.path.read_text())["heartbeat_at"] == 250.0
+    assert json.loads(claim.info.path.read_text())["started_at"] == 0.0
+    clock.now = 250.0 + 61.0
+    assert mine.acquire("r") is not None
+
+
+def test_same_host_dead_pid_is_taken_over_at_once(tmp_path: Path) -> None:
+    clock = Clock()
+    me = Holder.this_process()
+    dead = Holder(me.host, _dead_pid(), me.pidns, None)
+    assert ClaimStore(tmp_path, clock=clock, me=dead).acquire("r") is not None
+    mine = ClaimStore(tmp_path, clock=clock)
+    assert mine.live("r") is None  # no time passed: the dead pid alone makes it stale
+    claim = mine.acquire("r")
+    assert claim is not None and claim.info.generation == 1
+
+
+def test_a_reused_pid_does_not_keep_a_dead_claim_alive(tmp_path: Path) -> None:
+    me = Holder.this_process()
+    assert me.pid_started is not None  # /proc tells process start times here
+    # the claim's holder had this pid but started an hour earlier: another process
+    earlier = Holder(me.host, me.pid, me.pidns, me.pid_started - 360_000.0)
+    ClaimStore(tmp_path, me=earlier).acquire("r")
+    assert ClaimStore(tmp_path).acquire("r") is not None
+
+
+def test_a_pid_of_another_host_is_not_looked_up_here(tmp_path: Path) -> None:
+    clock = Clock()
+    # a pid that has exited here, but the holder is on another host (or pid namespace)
+    for holder in (_other_host(_dead_pid()),
+                   Holder(os.uname().nodename, _dead_pid(), "pid:[other-namespace]", None)):
+        folder = tmp_path / holder.host / str(holder.pidns)
+        ClaimStore(folder, clock=clock, me=holder).acquire("r")
+        assert ClaimStore(folder, clock=clock).acquire("r") is None
+
+
+class _RacingStore(ClaimStore):
+    """A store that, the first time it judges a claim stale, lets ``rival`` act first."""
+
+    rival: ClaimStore | None = None
+
+    def is_stale(self, info: ClaimInfo) -> bool:
+        stale = super().is_stale(info)
+        rival, self.rival = self.rival, None
+        if stale and rival is not None:
+            self.rival_claim = rival.acquire("r")
+        return stale
+
+
+def test_two_takers_of_one_stale_claim_cannot_both_win(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    ClaimStore(tmp_path, clock=clock, stale_after=60, me=_other_host(1)).acquire("r")
+    clock.now = 100.0  # stale for everyone
+    a = _RacingStore(tmp_path, clock=clock, stale_after=60, me=_other_host(2))
+    a.rival = ClaimStore(tmp_path, clock=clock, stale_after=60, me=_other_host(3))
+    # a has read generation 0 and found it stale; b takes generation 1 before a writes it
+    assert a.acquire("r") is None
+    assert a.rival_claim is not None and a.rival_claim.info.holder.pid == 3
+    assert a.current("r").holder.pid == 3 and _files(tmp_path) == ["r.0.claim", "r.1.claim"]
+
+
+class _BlindStore(ClaimStore):
+    """A store whose first look finds no claim (a listing taken just before a newer one)."""
+
+    blind = True
+
+    def current(self, key: str) -> ClaimInfo | None:
+        if self.blind:
+            self.blind = False
+            return None
+        return super().current(key)
+
+
+def test_a_claim_created_below_a_newer_generation_withdraws(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    holder = ClaimStore(tmp_path, clock=clock, stale_after=60, me=_other_host(1))
+    holder.acquire("r")
+    clock.now = 100.0
+    newer = ClaimStore(tmp_path, clock=clock, stale_after=60, me=_other_host(2)).acquire("r")
+    assert newer is not None and newer.info.generation == 1
+    holder.release_all("r", below=1)  # generation 0 gone: only the live generation 1 is left
+    late = _BlindStore(tmp_path, clock=clock, stale_after=60).acquire("r")
+    assert late is None  # it created generation 0, saw generation 1 and withdrew
+    assert _files(tmp_path) == ["r.1.claim"]
+
+
+def _race(folder: str, barrier, winners) -> None:
+    barrier.wait()
+    claim = ClaimStore(folder).acquire("r", driver=str(os.getpid()))
+    if claim is not None:
+        winners.put(os.getpid())
+
+
+def test_processes_racing_for_one_stale_claim_yield_one_winner(tmp_path: Path) -> None:
+    me = Holder.this_process()
+    ClaimStore(tmp_path, me=Holder(me.host, _dead_pid(), me.pidns, None)).acquire("r")
+    ctx = multiprocessing.get_context("fork")
+    barrier, winners = ctx.Barrier(6), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(str(tmp_path), barrier, winners)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    won = []
+    while not winners.empty():
+        won.append(winners.get())
+    assert len(won) == 1
+    assert ClaimStore(tmp_path).current("r").driver == str(won[0])
+
+
+def test_kept_alive_beats_and_releases_on_an_exception(tmp_path: Path) -> None:
+    ticks = iter(range(1, 10_000))
+    store = ClaimStore(tmp_path, clock=lambda: float(next(ticks)))
+    claim = store.acquire("r")
+    assert claim is not None and claim.info.heartbeat_at == 1.0
+    with pytest.raises(RuntimeError, match="training failed"), claim.kept_alive(interval=0.01):
+        deadline = time.monotonic() + 30
+        while json.loads(claim.info.path.read_text())["heartbeat_at"] < 3.0:
+            assert time.monotonic() < deadline, "the heartbeat thread never refreshed the claim"
+            time.sleep(0.01)
+        raise RuntimeError("training failed")
+    assert claim.released and _files(tmp_path) == []
+
+
+def test_an_unreadable_claim_file_ages_by_its_modification_time(tmp_path: Path) -> None:
+    clock = Clock(time.time())
+    path = tmp_path / "r.0.claim"
+    path.write_text("")  # an O_EXCL claim whose content is not written yet
+    store = ClaimStore(tmp_path, clock=clock, stale_after=60)
+    assert store.acquire("r") is None
+    os.utime(path, (clock.now - 61, clock.now - 61))
+    claim = store.acquire("r")
+    assert claim is not None and claim.info.generation == 1
+
+
+def test_file_keys_are_safe_and_distinct() -> None:
+    assert file_key("3f2a9c01de") == "3f2a9c01de"
+    keys = ["trial-quick/pod-0", "trial-quick_pod-0", "trial-quick/pod[x]-0", "a.b"]
+    names = [file_key(k) for k in keys]
+    assert len(set(names)) == len(names)
+    assert all(set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+               for n in names)
+
+
+def test_describe_and_all_current_show_the_holders(tmp_path: Path) -> None:
+    clock = Clock(50_000.0)
+    theirs = ClaimStore(tmp_path, clock=clock, stale_after=60, me=_other_host(77))
+    theirs.acquire("a", driver="podbench run on elsewhere (pid 7)")
+    clock.now += 5
+    claim_b = theirs.acquire("trial/b[1]", driver="podbench tune")
+    clock.now += 30
+    assert isinstance(claim_b, Claim)
+    mine = ClaimStore(tmp_path, clock=clock, stale_after=60)
+    rows = [describe(mine, info) for info in mine.all_current()]
+    assert [r["key"] for r in rows] == ["a", "trial/b[1]"]  # oldest first, keys as given
+    assert rows[0]["host"] == "host77.example" and rows[0]["pid"] == 77
+    assert rows[0]["heartbeat_age_s"] == 35.0 and rows[1]["heartbeat_age_s"] == 30.0
+    assert {r["state"] for r in rows} == {"alive"}
+    clock.now += 26  # a: 61 s without a heartbeat; b: 56 s
+    assert [describe(mine, i)["state"] for i in mine.all_current()] == ["stale", "alive"]
