@@ -36,10 +36,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from podbench.fileio import atomic_write_text
 
@@ -51,8 +51,10 @@ __all__ = [
     "ClaimInfo",
     "ClaimStore",
     "Holder",
+    "Shared",
     "describe",
     "file_key",
+    "share_work",
 ]
 
 CLAIMS_DIR = "claims"
@@ -62,6 +64,7 @@ STALE_AFTER_S = 120.0
 HEARTBEAT_S = 15.0
 _SUFFIX = ".claim"
 _SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
+T = TypeVar("T")
 
 
 def _pid_namespace() -> str | None:
@@ -384,3 +387,69 @@ def describe(store: ClaimStore, info: ClaimInfo) -> dict[str, Any]:
         "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.started_at)),
         "heartbeat_age_s": max(0.0, store.clock() - info.heartbeat_at),
     }
+
+
+@dataclass
+class Shared:
+    """How :func:`share_work` ended: what others finished, and whether this driver was stopped."""
+
+    elsewhere: list[Any] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def share_work(
+    todo: Sequence[T],
+    *,
+    key: Callable[[T], str],
+    finished: Callable[[T], bool],
+    train: Callable[[list[T]], set[str]],
+    claims: ClaimStore,
+    driver: str,
+    poll: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    on_elsewhere: Callable[[T], None] | None = None,
+    on_wait: Callable[[list[ClaimInfo]], None] | None = None,
+) -> Shared:
+    """Do the work of ``todo`` together with other drivers, each item once.
+
+    Items that another driver holds alive are waited for; the rest go to ``train`` (in rounds).
+    An item another driver finished counts as ``elsewhere``; one whose holder died (stale claim)
+    goes to the next round here. Returns when every item is finished, or at once when a round of
+    ``train`` ends with an item neither finished nor held elsewhere (the driver was interrupted).
+
+    Args:
+        key: an item's claim key.
+        finished: whether an item has its result (by any driver) since this invocation began.
+        train: trains a batch, claiming each item in the process that trains it; returns the keys
+            it found held by another process (they are waited for again).
+        claims: the claim store; ``driver``: this driver's name in the claims it makes.
+        poll: seconds between looks while only others' items are left; ``sleep`` waits them.
+        on_elsewhere: told each item another driver finished; ``on_wait``: the claims waited for.
+    """
+    out, tried = Shared(), set()
+    waiting = list(todo)
+    while waiting:
+        batch, held = [], []
+        for item in waiting:
+            if finished(item):
+                if key(item) not in tried:
+                    out.elsewhere.append(item)
+                    if on_elsewhere is not None:
+                        on_elsewhere(item)
+                continue
+            claim = claims.live(key(item))
+            (held if claim is not None and claim.driver != driver else batch).append(item)
+        if batch:
+            lost = train(batch)
+            tried.update(key(i) for i in batch if key(i) not in lost)
+            if any(key(i) in tried and not finished(i) for i in batch):
+                out.interrupted = True
+                return out
+            if lost:  # taken meanwhile (or still held by a worker of this driver): look later
+                sleep(poll)
+        elif held:
+            if on_wait is not None:
+                on_wait([c for c in (claims.live(key(i)) for i in held) if c is not None])
+            sleep(poll)
+        waiting = held + [i for i in batch if key(i) not in tried]
+    return out

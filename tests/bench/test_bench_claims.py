@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from podbench.claims import Claim, ClaimInfo, ClaimStore, Holder, describe, file_key
+from podbench.claims import Claim, ClaimInfo, ClaimStore, Holder, describe, file_key, share_work
 
 
 class Clock:
@@ -260,3 +260,102 @@ def test_describe_and_all_current_show_the_holders(tmp_path: Path) -> None:
     assert {r["state"] for r in rows} == {"alive"}
     clock.now += 26  # a: 61 s without a heartbeat; b: 56 s
     assert [describe(mine, i)["state"] for i in mine.all_current()] == ["stale", "alive"]
+
+
+class _Drivers:
+    """Another driver's claims and a results folder of plain marker files, for share_work."""
+
+    def __init__(self, folder: Path, clock: Clock) -> None:
+        self.clock = clock
+        self.claims = ClaimStore(folder / "claims", clock=clock, stale_after=60)
+        self.other = ClaimStore(folder / "claims", clock=clock, stale_after=60,
+                                me=_other_host(9))
+        self.done = folder / "done"
+        self.done.mkdir()
+        self.trained: list[str] = []  # by this driver, in order
+
+    def finished(self, item: str) -> bool:
+        return (self.done / item).exists()
+
+    def train(self, batch: list[str]) -> set[str]:
+        lost = set()
+        for item in batch:
+            claim = self.claims.acquire(item, driver="me")
+            if claim is None:
+                lost.add(item)
+                continue
+            self.trained.append(item)
+            (self.done / item).write_text("me")
+            claim.release()
+        return lost
+
+
+def test_share_work_waits_for_the_other_driver_and_counts_its_runs(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    d = _Drivers(tmp_path, clock)
+    theirs = d.other.acquire("a", driver="them")
+    waits: list[list[str]] = []
+
+    def sleep(seconds: float) -> None:  # the other driver finishes "a" while this one waits
+        clock.now += seconds
+        if len(waits) == 3:
+            (d.done / "a").write_text("them")
+            theirs.release()
+
+    shared = share_work(["a", "b", "c"], key=str, finished=d.finished, train=d.train,
+                        claims=d.claims, driver="me", poll=2.0, sleep=sleep,
+                        on_wait=lambda cs: waits.append([c.key for c in cs]))
+    assert d.trained == ["b", "c"] and shared.elsewhere == ["a"] and not shared.interrupted
+    assert waits == [["a"], ["a"], ["a"]] and clock.now == 6.0
+
+
+def test_share_work_takes_over_the_run_of_a_driver_that_died(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    d = _Drivers(tmp_path, clock)
+    d.other.acquire("a", driver="them")  # and never a heartbeat again
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    shared = share_work(["a", "b"], key=str, finished=d.finished, train=d.train,
+                        claims=d.claims, driver="me", poll=5.0, sleep=sleep)
+    assert d.trained == ["b", "a"] and shared.elsewhere == [] and not shared.interrupted
+    assert 60.0 < clock.now <= 65.0  # taken over at the first look after the 60 s timeout
+    assert _files(tmp_path / "claims") == []
+
+
+def test_share_work_stops_when_a_round_is_interrupted(tmp_path: Path) -> None:
+    d = _Drivers(tmp_path, Clock(0.0))
+    d.other.acquire("c", driver="them")
+    calls = []
+
+    def train(batch: list[str]) -> set[str]:  # Ctrl-C: "a" finished, "b" never ran
+        calls.append(list(batch))
+        (d.done / "a").write_text("me")
+        return set()
+
+    shared = share_work(["a", "b", "c"], key=str, finished=d.finished, train=train,
+                        claims=d.claims, driver="me", sleep=lambda s: pytest.fail("waited"))
+    assert shared.interrupted and calls == [["a", "b"]] and shared.elsewhere == []
+
+
+def test_share_work_waits_again_for_a_run_lost_to_a_racing_driver(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    d = _Drivers(tmp_path, clock)
+    rounds: list[list[str]] = []
+    other_claim: list[Claim] = []
+
+    def train(batch: list[str]) -> set[str]:
+        rounds.append(list(batch))
+        if len(rounds) == 1:  # the other driver claims "a" between the look and the trial
+            other_claim.append(d.other.acquire("a", driver="them"))
+        return d.train(batch)
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+        (d.done / "a").write_text("them")
+        other_claim[0].release()
+
+    shared = share_work(["a", "b"], key=str, finished=d.finished, train=train,
+                        claims=d.claims, driver="me", sleep=sleep)
+    assert rounds == [["a", "b"]] and d.trained == ["b"] and shared.elsewhere == ["a"]
