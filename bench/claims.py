@@ -132,6 +132,7 @@ class ClaimInfo:
     started_at: float
     heartbeat_at: float
     path: Path = field(compare=False)
+    what: str = ""  # the work, for people: "softmax seed 0 (digits/mlp)"
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -254,7 +255,7 @@ class ClaimStore:
 
     # ------------------------------------------------------------------ claiming
 
-    def acquire(self, key: str, driver: str = "") -> Claim | None:
+    def acquire(self, key: str, driver: str = "", what: str = "") -> Claim | None:
         """Claim ``key`` for this process; None when another process holds it alive."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(8):
@@ -264,7 +265,7 @@ class ClaimStore:
             generation = 0 if current is None else current.generation + 1
             now = self.clock()
             info = ClaimInfo(key, generation, uuid.uuid4().hex, self.me, driver, now, now,
-                             self._path(key, generation))
+                             self._path(key, generation), what)
             if not self._create(info):
                 continue  # another process created this generation first: look at its claim
             if self._generations(key)[-1] != generation:  # a newer claim appeared meanwhile
@@ -353,9 +354,11 @@ class Claim:
             self.store.release_all(self.key, below=self.info.generation)
             self.info.path.unlink(missing_ok=True)
 
-    @contextlib.contextmanager
-    def kept_alive(self, interval: float = HEARTBEAT_S) -> Iterator[Claim]:
-        """Refresh the heartbeat every ``interval`` seconds in a thread; release at the end."""
+    def start_heartbeat(self, interval: float = HEARTBEAT_S) -> Callable[[], None]:
+        """Refresh the heartbeat every ``interval`` seconds in a thread until ``stop()``.
+
+        Returns ``stop``, which ends the thread and releases the claim.
+        """
         stop = threading.Event()
 
         def beat() -> None:
@@ -368,18 +371,29 @@ class Claim:
 
         thread = threading.Thread(target=beat, name=f"claim-{self.key}", daemon=True)
         thread.start()
-        try:
-            yield self
-        finally:
+
+        def stop_and_release() -> None:
             stop.set()
             thread.join(timeout=10)
             self.release()
+
+        return stop_and_release
+
+    @contextlib.contextmanager
+    def kept_alive(self, interval: float = HEARTBEAT_S) -> Iterator[Claim]:
+        """Keep the heartbeat going while the block runs; release the claim however it ends."""
+        stop = self.start_heartbeat(interval)
+        try:
+            yield self
+        finally:
+            stop()
 
 
 def describe(store: ClaimStore, info: ClaimInfo) -> dict[str, Any]:
     """A claim as a row for people: key, state, holder, driver, since, heartbeat age."""
     return {
         "key": info.key,
+        "what": info.what,
         "state": "stale" if store.is_stale(info) else "alive",
         "host": info.holder.host,
         "pid": info.holder.pid,
