@@ -3,9 +3,7 @@
 The driver owns the studies (only it writes the storage, so a SQLite file is safe). A study is
 named ``<study>/<loss label>`` and stores the tune file's fingerprint: a rerun of the same file
 resumes it, a file that changes what a trial computes is refused. Trials cut off by an
-interruption are marked failed and do not count towards ``n_trials``; a RUNNING trial whose driver
-still holds its claim in ``RESULTS/claims`` (another ``podbench tune`` on the same folder) is left
-to that driver.
+interruption are marked failed and do not count towards ``n_trials``.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from podbench.claims import ClaimStore
 from podbench.errors import UserError
 from podbench.runs import NON_RESULT_FIELDS
 from podbench.tuning.tune_spec import TuneSpec
@@ -32,7 +29,6 @@ __all__ = [
     "storage_url",
     "study_dir",
     "study_name",
-    "trial_claim_key",
 ]
 
 METRIC = "val_acc"
@@ -133,30 +129,14 @@ def open_study(spec: TuneSpec, label: str, storage: optuna.storages.BaseStorage)
     return study
 
 
-def trial_claim_key(study: optuna.Study, number: int) -> str:
-    """The claim key of trial ``number`` of ``study`` (held by the driver that asked it)."""
-    return f"trial {study.study_name} #{number}"
-
-
-def reap_interrupted(study: optuna.Study, claims: ClaimStore | None = None) -> int:
-    """Mark trials left RUNNING by an interrupted driver as failed; they do not count.
-
-    A trial whose claim in ``claims`` is alive runs in another driver and is left alone; the
-    stale claims of the trials marked failed are deleted.
-    """
+def reap_interrupted(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by an interrupted driver as failed; they do not count."""
     storage = study._storage  # the public Study API cannot end a trial it did not ask for
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    reaped = 0
     for trial in stale:
-        key = trial_claim_key(study, trial.number)
-        if claims is not None and claims.live(key) is not None:
-            continue
         storage.set_trial_user_attr(trial._trial_id, ATTR_INTERRUPTED, True)
         storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        if claims is not None:
-            claims.release_all(key)
-        reaped += 1
-    return reaped
+    return len(stale)
 
 
 def budget_used(study: optuna.Study) -> int:

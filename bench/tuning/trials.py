@@ -28,9 +28,7 @@ import optuna
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
-from podbench.claims import ClaimStore
 from podbench.errors import UserError
-from podbench.results import ResultsStore
 from podbench.runs import RunSpec
 from podbench.tuning.outputs import best_points, write_outputs
 from podbench.tuning.study import (
@@ -46,7 +44,6 @@ from podbench.tuning.study import (
     open_study,
     reap_interrupted,
     storage_url,
-    trial_claim_key,
 )
 from podbench.tuning.tune_spec import TuneSpec
 
@@ -56,34 +53,11 @@ __all__ = ["run_study"]
 class _Bridge:
     """What the searcher and the scheduler of one loss share (driver side)."""
 
-    def __init__(
-        self, spec: TuneSpec, label: str, study: optuna.Study, claims: ClaimStore | None = None
-    ) -> None:
+    def __init__(self, spec: TuneSpec, label: str, study: optuna.Study) -> None:
         self.spec, self.label, self.study = spec, label, study
         self.distributions = spec.distributions(label)
         self.trials: dict[str, optuna.Trial] = {}
         self.pruned: set[str] = set()
-        self.claims = claims
-        self.releases: dict[str, Any] = {}  # Tune trial id -> stop the claim's heartbeat
-
-    def claim(self, trial_id: str, trial: optuna.Trial) -> None:
-        """Claim a trial this driver asked for, so other drivers leave it running."""
-        if self.claims is None:
-            return
-        claim = self.claims.acquire(
-            trial_claim_key(self.study, trial.number),
-            driver=f"podbench tune on {self.claims.me.host} (pid {self.claims.me.pid})",
-            what=f"{self.label} trial {trial.number}",
-        )
-        if claim is not None:  # a new trial number: nobody else can hold it
-            self.releases[trial_id] = claim.start_heartbeat()
-
-    def release(self, trial_id: str | None = None) -> None:
-        """Release one trial's claim, or (None) every claim this driver still holds."""
-        for tid in [trial_id] if trial_id is not None else list(self.releases):
-            stop = self.releases.pop(tid, None)
-            if stop is not None:
-                stop()
 
     def progress(self, number: int, study: optuna.Study) -> None:
         """One line per finished trial."""
@@ -114,7 +88,6 @@ def _searcher(bridge: _Bridge) -> Any:
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
             trial = bridge.study.ask(bridge.distributions)
             bridge.trials[trial_id] = trial
-            bridge.claim(trial_id, trial)
             trial.set_user_attr(ATTR_LABEL, bridge.label)
             config: dict[str, Any] = {"number": trial.number}
             try:
@@ -152,7 +125,6 @@ def _searcher(bridge: _Bridge) -> Any:
             else:
                 trial.set_user_attr(ATTR_STATUS, "completed")
                 bridge.study.tell(trial, float(result[METRIC]))
-            bridge.release(trial_id)  # after tell: until then the trial is RUNNING
             bridge.progress(trial.number, bridge.study)
 
     return OptunaAskTell()
@@ -221,9 +193,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
     )
 
 
-def _tune_loss(
-    spec: TuneSpec, label: str, study: optuna.Study, todo: int, claims: ClaimStore | None = None
-) -> None:
+def _tune_loss(spec: TuneSpec, label: str, study: optuna.Study, todo: int) -> None:
     """Run ``todo`` more trials of one loss on Ray (Ray already started)."""
     from ray import tune
 
@@ -231,7 +201,7 @@ def _tune_loss(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C must end the whole tuning run, not only this loss's Tuner (which would return)
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    bridge = _Bridge(spec, label, study, claims)
+    bridge = _Bridge(spec, label, study)
     resources = {"cpu": spec.cpus, "gpu": spec.gpus}
     bookkeeping = tempfile.mkdtemp(prefix="podbench-tune-")  # Tune's own files, not results
     try:
@@ -253,7 +223,6 @@ def _tune_loss(
         )
         tuner.fit()
     finally:
-        bridge.release()  # trials cut off by Ctrl-C: the next driver reaps them
         shutil.rmtree(bookkeeping, ignore_errors=True)
 
 
@@ -282,11 +251,10 @@ def run_study(
     url = storage_url(spec, results_dir, storage)
     store = open_storage(url, "--storage" if storage else "tune file field 'storage':")
     outcome = StudyOutcome(spec=spec, storage_url=url, studies={})
-    claims = ResultsStore(results_dir).claims()  # other drivers on this folder keep their trials
     for label in spec.losses:
         study = open_study(spec, label, store)
         outcome.studies[label] = study
-        outcome.interrupted[label] = reap_interrupted(study, claims)
+        outcome.interrupted[label] = reap_interrupted(study)
     try:
         for label, study in outcome.studies.items():
             todo = spec.n_trials - budget_used(study)
@@ -294,7 +262,7 @@ def run_study(
             if todo <= 0:
                 continue
             init_ray(address, num_cpus)
-            _tune_loss(spec, label, study, todo, claims)
+            _tune_loss(spec, label, study, todo)
     finally:  # also on Ctrl-C: the outputs show what finished (a rerun resumes from there)
         outcome.best = best_points(spec, outcome.studies)
         if write:

@@ -360,26 +360,3 @@ def test_share_work_waits_again_for_a_run_lost_to_a_racing_driver(tmp_path: Path
                         claims=d.claims, driver="me", sleep=sleep)
     assert rounds == [["a", "b"]] and d.trained == ["b"] and shared.elsewhere == ["a"]
 
-
-def test_reaping_leaves_the_trials_of_a_live_tuning_driver_running(tmp_path: Path) -> None:
-    import optuna
-    from optuna.trial import TrialState
-
-    from podbench.tuning.study import reap_interrupted, trial_claim_key
-
-    study = optuna.create_study(study_name="quick/softmax", storage=optuna.storages.InMemoryStorage())
-    live, dead, unclaimed = study.ask(), study.ask(), study.ask()
-    clock = Clock(0.0)
-    ClaimStore(tmp_path, clock=clock, me=_other_host(5)).acquire(trial_claim_key(study, live.number))
-    me = Holder.this_process()
-    ClaimStore(tmp_path, clock=clock, me=Holder(me.host, _dead_pid(), me.pidns, None)).acquire(
-        trial_claim_key(study, dead.number))
-    mine = ClaimStore(tmp_path, clock=clock)
-    assert reap_interrupted(study, mine) == 2
-    states = {t.number: t.state for t in study.get_trials()}
-    assert states == {live.number: TrialState.RUNNING, dead.number: TrialState.FAIL,
-                      unclaimed.number: TrialState.FAIL}
-    assert [i.key for i in mine.all_current()] == [f"trial quick/softmax #{live.number}"]
-    clock.now = 121.0  # the other driver stopped beating 121 s ago: its trial is reaped now
-    assert reap_interrupted(study, mine) == 1
-    assert study.get_trials()[live.number].state == TrialState.FAIL and mine.all_current() == []
