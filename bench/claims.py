@@ -423,6 +423,7 @@ def share_work(
     sleep: Callable[[float], None] = time.sleep,
     on_elsewhere: Callable[[T], None] | None = None,
     on_wait: Callable[[list[ClaimInfo]], None] | None = None,
+    on_takeover: Callable[[T, ClaimInfo], None] | None = None,
 ) -> Shared:
     """Do the work of ``todo`` together with other drivers, each item once.
 
@@ -438,7 +439,8 @@ def share_work(
             it found held by another process (they are waited for again).
         claims: the claim store; ``driver``: this driver's name in the claims it makes.
         poll: seconds between looks while only others' items are left; ``sleep`` waits them.
-        on_elsewhere: told each item another driver finished; ``on_wait``: the claims waited for.
+        on_elsewhere: told each item another driver finished; ``on_wait``: the claims waited for;
+            ``on_takeover``: each item whose stale claim (of another driver) goes to ``train``.
     """
     out, tried = Shared(), set()
     waiting = list(todo)
@@ -451,8 +453,15 @@ def share_work(
                     if on_elsewhere is not None:
                         on_elsewhere(item)
                 continue
-            claim = claims.live(key(item))
-            (held if claim is not None and claim.driver != driver else batch).append(item)
+            claim = claims.current(key(item))
+            if claim is None or claim.driver == driver:
+                batch.append(item)
+            elif not claims.is_stale(claim):
+                held.append(item)
+            else:
+                if on_takeover is not None:
+                    on_takeover(item, claim)
+                batch.append(item)
         if batch:
             lost = train(batch)
             tried.update(key(i) for i in batch if key(i) not in lost)

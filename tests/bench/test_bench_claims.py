@@ -317,9 +317,12 @@ def test_share_work_takes_over_the_run_of_a_driver_that_died(tmp_path: Path) -> 
     def sleep(seconds: float) -> None:
         clock.now += seconds
 
+    taken: list[tuple[str, str, float]] = []
     shared = share_work(["a", "b"], key=str, finished=d.finished, train=d.train,
-                        claims=d.claims, driver="me", poll=5.0, sleep=sleep)
+                        claims=d.claims, driver="me", poll=5.0, sleep=sleep,
+                        on_takeover=lambda item, c: taken.append((item, c.driver, clock.now)))
     assert d.trained == ["b", "a"] and shared.elsewhere == [] and not shared.interrupted
+    assert len(taken) == 1 and taken[0][:2] == ("a", "them") and taken[0][2] > 60.0
     assert 60.0 < clock.now <= 65.0  # taken over at the first look after the 60 s timeout
     assert _files(tmp_path / "claims") == []
 
