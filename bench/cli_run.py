@@ -135,6 +135,7 @@ def run_run(args: argparse.Namespace) -> int:
         f"results: {store.root} ({outcome.completed} completed, {outcome.diverged} diverged, "
         f"{outcome.failed} failed, {outcome.skipped} skipped as already done"
         + (f", {outcome.interrupted} not run" if outcome.interrupted else "")
+        + (f", {outcome.elsewhere} trained by another driver" if outcome.elsewhere else "")
         + f"); table: {table}"
     )
     if not args.no_report:

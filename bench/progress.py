@@ -127,6 +127,11 @@ class SuiteProgress:
         self.running.add(run_id)
         self._refresh()
 
+    def run_left(self, run_id: str) -> None:
+        """A run that started here but that another driver trains (its line comes later)."""
+        self.running.discard(run_id)
+        self._refresh()
+
     def note(self, text: str) -> None:
         """One line for people between the run lines (waiting for, taking over runs)."""
         if self._rich is not None:
