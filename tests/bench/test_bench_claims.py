@@ -363,3 +363,74 @@ def test_share_work_waits_again_for_a_run_lost_to_a_racing_driver(tmp_path: Path
                         claims=d.claims, driver="me", sleep=sleep)
     assert rounds == [["a", "b"]] and d.trained == ["b"] and shared.elsewhere == ["a"]
 
+
+
+def _tiny_run(seed: int = 0):
+    from podbench.runs import RunSettings, resolve_run
+
+    settings = RunSettings(epochs=2, lr=0.05, batch_size=32, device="cpu")
+    return resolve_run(settings, suite="t", loss="softmax", dataset="digits", arch="mlp",
+                       seed=seed, feat_dim=8)
+
+
+def _fake_record(run, status: str = "completed") -> dict:
+    from podbench.record import RunRecord, utc_now
+
+    return RunRecord.of_run(run, status=status, finished_at=utc_now()).to_json_dict()
+
+
+def test_train_claimed_trains_once_writes_then_releases(tmp_path: Path) -> None:
+    from podbench.results import ResultsStore
+    from podbench.run_claims import claim_settings, train_claimed
+
+    store, run = ResultsStore(tmp_path), _tiny_run()
+    seen: list[list[str]] = []
+
+    def train(on_epoch) -> dict:  # what the trial's process sees while it trains
+        seen.append(_files(tmp_path / "claims"))
+        on_epoch({"epoch": 0})
+        return _fake_record(run)
+
+    record = train_claimed(store, run, claim_settings(), train)
+    assert record is not None and store.read_record(run.run_id)["status"] == "completed"
+    assert seen == [[f"{run.run_id}.0.claim"]] and _files(tmp_path / "claims") == []
+    # a final record now exists: a second trial (another driver's) trains nothing
+    assert train_claimed(store, run, claim_settings(), train) is None and len(seen) == 1
+
+
+def test_train_claimed_skips_a_run_another_process_holds(tmp_path: Path) -> None:
+    from podbench.results import ResultsStore
+    from podbench.run_claims import claim_settings, train_claimed
+
+    store, run = ResultsStore(tmp_path), _tiny_run()
+    store.claims(me=_other_host(3)).acquire(run.run_id, driver="them")
+    called = []
+    assert train_claimed(store, run, claim_settings(), lambda on_epoch: called.append(1)) is None
+    assert called == [] and store.read_record(run.run_id) is None
+
+
+def test_train_claimed_stops_and_writes_nothing_when_its_claim_is_taken_over(tmp_path: Path) -> None:
+    from podbench.results import ResultsStore
+    from podbench.run_claims import ClaimLost, claim_settings, train_claimed
+
+    store, run = ResultsStore(tmp_path), _tiny_run()
+    clock = Clock(time.time() + 1000)  # the taker's clock: this holder's heartbeat looks old
+    raised: list[ClaimLost] = []
+
+    def train(on_epoch) -> dict:  # epochs until the heartbeat thread notices the takeover
+        taker = store.claims(clock=clock, me=_other_host(8)).acquire(run.run_id, driver="taker")
+        assert taker is not None
+        deadline = time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline:
+                on_epoch({"epoch": 0})
+                time.sleep(0.01)
+        except ClaimLost as err:  # the engine turns it into a failed record
+            raised.append(err)
+            return _fake_record(run, "failed")
+        return _fake_record(run)
+
+    settings = {**claim_settings(), "heartbeat": 0.01}
+    assert train_claimed(store, run, settings, train) is None
+    assert raised and store.read_record(run.run_id) is None  # the taker writes the record
+    assert [c.driver for c in store.claims().all_current()] == ["taker"]  # its claim stays
