@@ -442,37 +442,55 @@ def share_work(
         on_elsewhere: told each item another driver finished; ``on_wait``: the claims waited for;
             ``on_takeover``: each item whose stale claim (of another driver) goes to ``train``.
     """
-    out, tried = Shared(), set()
+    sharing = _Sharing(key, finished, claims, driver, on_elsewhere, on_takeover)
     waiting = list(todo)
     while waiting:
-        batch, held = [], []
-        for item in waiting:
-            if finished(item):
-                if key(item) not in tried:
-                    out.elsewhere.append(item)
-                    if on_elsewhere is not None:
-                        on_elsewhere(item)
-                continue
-            claim = claims.current(key(item))
-            if claim is None or claim.driver == driver:
-                batch.append(item)
-            elif not claims.is_stale(claim):
-                held.append(item)
-            else:
-                if on_takeover is not None:
-                    on_takeover(item, claim)
-                batch.append(item)
+        batch, held = sharing.sort_out(waiting)
         if batch:
             lost = train(batch)
-            tried.update(key(i) for i in batch if key(i) not in lost)
-            if any(key(i) in tried and not finished(i) for i in batch):
-                out.interrupted = True
-                return out
+            sharing.tried.update(key(i) for i in batch if key(i) not in lost)
+            if any(key(i) in sharing.tried and not finished(i) for i in batch):
+                sharing.out.interrupted = True
+                break
             if lost:  # taken meanwhile (or still held by a worker of this driver): look later
                 sleep(poll)
         elif held:
             if on_wait is not None:
                 on_wait([c for c in (claims.live(key(i)) for i in held) if c is not None])
             sleep(poll)
-        waiting = held + [i for i in batch if key(i) not in tried]
-    return out
+        waiting = held + [i for i in batch if key(i) not in sharing.tried]
+    return sharing.out
+
+
+@dataclass
+class _Sharing:
+    """The state of one :func:`share_work` call."""
+
+    key: Callable[[Any], str]
+    finished: Callable[[Any], bool]
+    claims: ClaimStore
+    driver: str
+    on_elsewhere: Callable[[Any], None] | None
+    on_takeover: Callable[[Any, ClaimInfo], None] | None
+    out: Shared = field(default_factory=Shared)
+    tried: set[str] = field(default_factory=set)  # handed to train (and not found held there)
+
+    def sort_out(self, waiting: list[Any]) -> tuple[list[Any], list[Any]]:
+        """(to train here, held alive by another driver); finished items leave, counted."""
+        batch, held = [], []
+        for item in waiting:
+            if self.finished(item):
+                if self.key(item) not in self.tried:
+                    self.out.elsewhere.append(item)
+                    if self.on_elsewhere is not None:
+                        self.on_elsewhere(item)
+                continue
+            claim = self.claims.current(self.key(item))
+            if claim is not None and claim.driver != self.driver:
+                if not self.claims.is_stale(claim):
+                    held.append(item)
+                    continue
+                if self.on_takeover is not None:
+                    self.on_takeover(item, claim)
+            batch.append(item)
+        return batch, held

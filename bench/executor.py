@@ -31,7 +31,13 @@ from typing import Any
 
 from podbench import ray_cluster
 from podbench.results import ResultsStore
-from podbench.run_claims import CLAIMED, claim_settings, share_suite, train_claimed
+from podbench.run_claims import (
+    CLAIMED,
+    claim_settings,
+    drop_dead_claim,
+    share_suite,
+    train_claimed,
+)
 from podbench.runs import RunSpec
 from podbench.worker import failed_record, train_in_worker
 
@@ -139,6 +145,7 @@ def worker_failure_record(store: ResultsStore, run_json: dict[str, Any], error_f
         trace = Path(str(error_file)).read_text(encoding="utf-8", errors="replace")[-20000:]
     record = failed_record(run, "WorkerDied", message, trace=trace)
     store.write_record(record)
+    drop_dead_claim(store, run.run_id)  # the dead worker's claim would linger until a rerun
     return record
 
 

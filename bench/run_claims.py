@@ -16,7 +16,7 @@ from podbench.claims import HEARTBEAT_S, STALE_AFTER_S, ClaimInfo, Shared, share
 from podbench.results import ResultsStore
 from podbench.runs import RunSpec
 
-__all__ = ["CLAIMED", "claim_settings", "share_suite", "train_claimed"]
+__all__ = ["CLAIMED", "claim_settings", "drop_dead_claim", "share_suite", "train_claimed"]
 
 #: what a trial reports when another process trains its run (or already did)
 CLAIMED = "claimed"
@@ -64,6 +64,17 @@ def train_claimed(
             return None  # the driver that took it over writes the record
         store.write_record(record)  # before the release, so a later claimant sees it
     return record
+
+
+def drop_dead_claim(store: ResultsStore, run_id: str) -> bool:
+    """Delete the claim files of a run whose holder is dead (its worker died on every try and
+    the driver wrote the record); a claim that still looks alive stays. Returns whether it went."""
+    claims = store.claims()
+    current = claims.current(run_id)
+    if current is None or not claims.is_stale(current):
+        return False
+    claims.release_all(run_id)
+    return True
 
 
 def _record_mark(store: ResultsStore, run_id: str) -> int | None:

@@ -434,3 +434,17 @@ def test_train_claimed_stops_and_writes_nothing_when_its_claim_is_taken_over(tmp
     assert train_claimed(store, run, settings, train) is None
     assert raised and store.read_record(run.run_id) is None  # the taker writes the record
     assert [c.driver for c in store.claims().all_current()] == ["taker"]  # its claim stays
+
+
+def test_the_claim_of_a_dead_worker_goes_with_the_drivers_failure_record(tmp_path: Path) -> None:
+    from podbench.executor import worker_failure_record
+    from podbench.results import ResultsStore
+
+    store, dead_run, live_run = ResultsStore(tmp_path), _tiny_run(0), _tiny_run(1)
+    me = Holder.this_process()
+    store.claims(me=Holder(me.host, _dead_pid(), me.pidns, None)).acquire(dead_run.run_id)
+    store.claims(me=_other_host(4)).acquire(live_run.run_id)  # may still be dying elsewhere
+    for run in (dead_run, live_run):
+        record = worker_failure_record(store, run.model_dump(mode="json"), None)
+        assert record["status"] == "failed" and record["error"]["type"] == "WorkerDied"
+    assert [c.key for c in store.claims().all_current()] == [live_run.run_id]
