@@ -237,7 +237,7 @@ def run_results(args: argparse.Namespace) -> int:
 
 
 def _print_in_progress(store: Any, console: Any) -> None:
-    """The runs and trials being trained on this folder now: who holds them, since when."""
+    """The runs being trained on this folder now: who holds them, since when."""
     from rich.table import Table
 
     from podbench.claims import describe
@@ -246,8 +246,8 @@ def _print_in_progress(store: Any, console: Any) -> None:
     rows = [describe(claims, info) for info in claims.all_current()]
     if not rows:
         return
-    table = Table(title=f"in progress: {len(rows)} run(s) or trial(s) claimed "
-                        "(stale: its holder died; the next driver takes it over)")
+    table = Table(title=f"in progress: {len(rows)} run(s) claimed by the processes training "
+                        "them (stale: its holder died; the next driver takes it over)")
     for column in ("run", "what", "state", "host", "pid", "driver", "since", "heartbeat"):
         table.add_column(column)
     for r in rows:

@@ -44,7 +44,7 @@ class ResultsStore:
         return self.runs_dir / f"{run_id}.json"
 
     def claims(self, **kwargs: Any) -> ClaimStore:
-        """The claims of the runs (and tuning trials) being trained on this folder now."""
+        """The claims of the runs being trained on this folder now (see podbench.claims)."""
         return ClaimStore(self.root / CLAIMS_DIR, **kwargs)
 
     def checkpoint_dir(self, run_id: str) -> Path:
