@@ -448,3 +448,22 @@ def test_the_claim_of_a_dead_worker_goes_with_the_drivers_failure_record(tmp_pat
         record = worker_failure_record(store, run.model_dump(mode="json"), None)
         assert record["status"] == "failed" and record["error"]["type"] == "WorkerDied"
     assert [c.key for c in store.claims().all_current()] == [live_run.run_id]
+
+
+def test_podbench_results_lists_the_claimed_runs(tmp_path: Path, capsys) -> None:
+    from podbench.cli import main
+    from podbench.results import ResultsStore
+
+    store = ResultsStore(tmp_path)
+    store.claims(me=_other_host(31)).acquire("aaa", driver="podbench run on h31 (pid 3)",
+                                             what="pod seed 0 (digits/mlp)")
+    me = Holder.this_process()
+    store.claims(me=Holder(me.host, _dead_pid(), me.pidns, None)).acquire(
+        "bbb", driver="podbench run on here (pid 4)", what="softmax seed 1 (digits/mlp)")
+    assert main(["results", str(tmp_path)]) == 0  # no records yet, only claims
+    out = capsys.readouterr().out
+    assert "no run records yet" in out and "in progress: 2 run(s)" in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    assert set(rows) == {"aaa", "bbb"}
+    assert "alive" in rows["aaa"] and "host31.example" in rows["aaa"] and "(pid 3)" in rows["aaa"]
+    assert "stale" in rows["bbb"] and "softmax seed 1" in rows["bbb"]
