@@ -268,7 +268,7 @@ class ClaimStore:
                              self._path(key, generation), what)
             if not self._create(info):
                 continue  # another process created this generation first: look at its claim
-            if self._generations(key)[-1] != generation:  # a newer claim appeared meanwhile
+            if self._generations(key)[-1:] != [generation]:  # a newer claim appeared meanwhile
                 info.path.unlink(missing_ok=True)
                 return None
             return Claim(self, info)

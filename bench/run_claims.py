@@ -73,7 +73,7 @@ def drop_dead_claim(store: ResultsStore, run_id: str) -> bool:
     current = claims.current(run_id)
     if current is None or not claims.is_stale(current):
         return False
-    claims.release_all(run_id)
+    claims.release_all(run_id, below=current.generation + 1)  # a newer claimant's stays
     return True
 
 
