@@ -135,6 +135,7 @@ def run_run(args: argparse.Namespace) -> int:
         f"results: {store.root} ({outcome.completed} completed, {outcome.diverged} diverged, "
         f"{outcome.failed} failed, {outcome.skipped} skipped as already done"
         + (f", {outcome.interrupted} not run" if outcome.interrupted else "")
+        + (f", {outcome.elsewhere} trained by another driver" if outcome.elsewhere else "")
         + f"); table: {table}"
     )
     if not args.no_report:
@@ -213,21 +214,43 @@ def run_results(args: argparse.Namespace) -> int:
 
     results = given_results(args)
     store = ResultsStore.open_existing(results)
+    console = Console(file=sys.stdout, width=160)
     summary = store.summary()
     if summary.empty:
         print(f"{results}: no run records yet.")
-        return 0
-    if args.write_csv:
-        store.write_table()
-    table = Table(title=f"{results}: final test accuracy per method (mean ± std over seeds)")
-    for column in ("dataset", "arch", "method", "runs", "completed", "diverged", "failed",
-                   "test acc", "± std", "best acc", "images/s"):
-        table.add_column(column, justify="left" if column in ("dataset", "arch", "method") else "right")
-    for row in summary.itertuples(index=False):
-        table.add_row(
-            str(row.dataset), str(row.arch), str(row.label), str(row.runs), str(row.completed),
-            str(row.diverged), str(row.failed), _fmt(row.test_acc_mean), _fmt(row.test_acc_std),
-            _fmt(row.best_test_acc_mean), _fmt(row.images_per_s, 0),
-        )
-    Console(file=sys.stdout, width=160).print(table)
+    else:
+        if args.write_csv:
+            store.write_table()
+        table = Table(title=f"{results}: final test accuracy per method (mean ± std over seeds)")
+        for column in ("dataset", "arch", "method", "runs", "completed", "diverged", "failed",
+                       "test acc", "± std", "best acc", "images/s"):
+            table.add_column(column, justify="left" if column in ("dataset", "arch", "method") else "right")
+        for row in summary.itertuples(index=False):
+            table.add_row(
+                str(row.dataset), str(row.arch), str(row.label), str(row.runs), str(row.completed),
+                str(row.diverged), str(row.failed), _fmt(row.test_acc_mean), _fmt(row.test_acc_std),
+                _fmt(row.best_test_acc_mean), _fmt(row.images_per_s, 0),
+            )
+        console.print(table)
+    _print_in_progress(store, console)
     return 0
+
+
+def _print_in_progress(store: Any, console: Any) -> None:
+    """The runs being trained on this folder now: who holds them, since when."""
+    from rich.table import Table
+
+    from podbench.claims import describe
+
+    claims = store.claims()
+    rows = [describe(claims, info) for info in claims.all_current()]
+    if not rows:
+        return
+    table = Table(title=f"in progress: {len(rows)} run(s) claimed by the processes training "
+                        "them (stale: its holder died; the next driver takes it over)")
+    for column in ("run", "what", "state", "host", "pid", "driver", "since", "heartbeat"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["key"], r["what"], r["state"], r["host"], str(r["pid"]), r["driver"],
+                      r["since"], f"{r['heartbeat_age_s']:.0f} s ago")
+    console.print(table)

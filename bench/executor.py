@@ -10,6 +10,11 @@ driver records it ``failed`` (:func:`worker_failure_record`). The records then g
 or diverged; failed runs are tried again). All but :func:`run_suite` and its Tune callback work
 without Ray; the connection to Ray is :mod:`podbench.ray_cluster`'s.
 
+Several drivers may share one results folder (two terminals, a job submitted twice, nodes on
+NFS): a trial claims its run before training it (:mod:`podbench.run_claims`), and the driver
+waits for the runs other drivers hold, taking over those whose holder died, so each run is
+trained once.
+
 On a cluster of several machines the results directory must be on storage every node sees (NFS,
 a shared volume), since the trials write their records there themselves.
 """
@@ -26,6 +31,13 @@ from typing import Any
 
 from podbench import ray_cluster
 from podbench.results import ResultsStore
+from podbench.run_claims import (
+    CLAIMED,
+    claim_settings,
+    drop_dead_claim,
+    share_suite,
+    train_claimed,
+)
 from podbench.runs import RunSpec
 from podbench.worker import failed_record, train_in_worker
 
@@ -42,23 +54,28 @@ __all__ = [
 @dataclass(frozen=True)
 class SuiteOutcome:
     """Counts of a suite invocation: runs skipped (a final record existed), and of the runs it
-    ran, those completed, diverged, failed, and interrupted (no record: the suite was stopped)."""
+    ran, those completed, diverged, failed, and interrupted (no record: the suite was stopped);
+    ``elsewhere``: runs another driver on the same folder trained meanwhile."""
 
     skipped: int = 0
     completed: int = 0
     diverged: int = 0
     failed: int = 0
     interrupted: int = 0
+    elsewhere: int = 0
 
     @classmethod
-    def of_records(cls, ran: Sequence[RunSpec], store: ResultsStore, skipped: int
-                   ) -> SuiteOutcome:
+    def of_records(cls, ran: Sequence[RunSpec], store: ResultsStore, skipped: int,
+                   elsewhere: Sequence[RunSpec] = ()) -> SuiteOutcome:
         """The counts after running ``ran``, from their records in ``store``."""
         counts = {"completed": 0, "diverged": 0, "failed": 0, "interrupted": 0}
+        others = {r.run_id for r in elsewhere}
         for run in ran:
+            if run.run_id in others:
+                continue
             record = store.read_record(run.run_id)
             counts["interrupted" if record is None else record["status"]] += 1
-        return cls(skipped=skipped, **counts)
+        return cls(skipped=skipped, elsewhere=len(others), **counts)
 
     @property
     def ok(self) -> bool:
@@ -71,9 +88,12 @@ def pending_runs(runs: Sequence[RunSpec], store: ResultsStore) -> list[RunSpec]:
     return [r for r in runs if not store.has_final(r.run_id)]
 
 
-def run_trial(run: RunSpec, results_dir: str | Path) -> dict[str, Any]:
-    """One trial's work: train ``run`` and write its record, unless a final record exists
-    already (a retried trial of a run that finished); returns what the trial reports to Tune."""
+def run_trial(run: RunSpec, results_dir: str | Path, claims: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """One trial's work: claim ``run``, train it and write its record, unless a final record
+    exists already (a retried trial of a run that finished, or another driver's) or another
+    process holds the run (``claims``: :func:`~podbench.run_claims.claim_settings`); returns what
+    the trial reports to Tune (``skipped`` when it trained nothing)."""
     from podbench.tensorboard import run_log_dir
 
     store = ResultsStore(results_dir)
@@ -81,9 +101,11 @@ def run_trial(run: RunSpec, results_dir: str | Path) -> dict[str, Any]:
     if existing is not None and existing.get("status") in ("completed", "diverged"):
         return {"status": existing["status"], "skipped": True}
     checkpoint_dir = store.checkpoint_dir(run.run_id) if run.checkpoint else None
-    record = train_in_worker(run, checkpoint_dir=checkpoint_dir,
-                             tensorboard_dir=run_log_dir(store.root, run))
-    store.write_record(record)
+    record = train_claimed(store, run, claims or claim_settings(), lambda on_epoch: train_in_worker(
+        run, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
+        tensorboard_dir=run_log_dir(store.root, run)))
+    if record is None:
+        return {"status": CLAIMED, "skipped": True}
     return {"status": record["status"], "final_test_acc": record["final_test_acc"] or 0.0}
 
 
@@ -91,7 +113,8 @@ def _trial(config: dict[str, Any]) -> None:
     """The Tune function trainable: :func:`run_trial` on the trial's run."""
     from ray import tune
 
-    tune.report(run_trial(RunSpec.model_validate(config["run"]), config["results_dir"]))
+    tune.report(run_trial(RunSpec.model_validate(config["run"]), config["results_dir"],
+                          config.get("claims")))
 
 
 def trial_resources(config: dict[str, Any]) -> Any:
@@ -122,6 +145,7 @@ def worker_failure_record(store: ResultsStore, run_json: dict[str, Any], error_f
         trace = Path(str(error_file)).read_text(encoding="utf-8", errors="replace")[-20000:]
     record = failed_record(run, "WorkerDied", message, trace=trace)
     store.write_record(record)
+    drop_dead_claim(store, run.run_id)  # the dead worker's claim would linger until a rerun
     return record
 
 
@@ -148,8 +172,11 @@ def _progress_callback(store: ResultsStore, progress: Any) -> Any:
                 self.progress.run_started(_run_id(run), run.get("label") or run["loss"])
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            record = ResultsStore(self.root).read_record(_run_id(trial.config["run"]))
-            if self.progress is not None and record is not None:
+            run_id = _run_id(trial.config["run"])
+            record = ResultsStore(self.root).read_record(run_id)
+            if self.progress is not None and (trial.last_result or {}).get("skipped"):
+                self.progress.run_left(run_id)  # another driver's: shown when it finishes
+            elif self.progress is not None and record is not None:
                 self.progress.run_finished(record)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -169,7 +196,7 @@ def _concurrency(cluster_cpus: float, todo: Sequence[RunSpec], max_concurrent: i
 
 
 def _tuner(todo: Sequence[RunSpec], results_abs: str, storage: str, max_concurrent: int | None,
-           max_failures: int, callback: Any) -> Any:
+           max_failures: int, callback: Any, claims: dict[str, Any]) -> Any:
     from ray import tune
 
     return tune.Tuner(
@@ -177,6 +204,7 @@ def _tuner(todo: Sequence[RunSpec], results_abs: str, storage: str, max_concurre
         param_space={
             "run": tune.grid_search([r.model_dump(mode="json") for r in todo]),
             "results_dir": results_abs,
+            "claims": claims,
         },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent or None,
@@ -235,11 +263,19 @@ def run_suite(
     results_abs = str(Path(results_dir).resolve())
     if address:  # the trials write their records on their own nodes
         ray_cluster.check_nodes_write(Path(results_abs))
-    storage = tempfile.mkdtemp(prefix="podbench-tune-")  # Tune's own bookkeeping, not results
-    try:
-        with progress:
-            _tuner(todo, results_abs, storage, max_concurrent, max_failures,
-                   _progress_callback(store, progress)).fit()
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
-    return SuiteOutcome.of_records(todo, store, skipped)
+    claims = claim_settings()
+
+    def train(batch: list[RunSpec]) -> set[str]:
+        """One round of trials; returns the runs they found held or finished by another driver."""
+        storage = tempfile.mkdtemp(prefix="podbench-tune-")  # Tune's bookkeeping, not results
+        try:
+            grid = _tuner(batch, results_abs, storage, max_concurrent, max_failures,
+                          _progress_callback(store, progress), claims).fit()
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
+        return {_run_id(r.config["run"]) for r in grid if (r.metrics or {}).get("skipped")}
+
+    with progress:
+        shared = share_suite(todo, store, claims, train, progress.note,
+                             lambda record: progress.run_finished(record, " (another driver)"))
+    return SuiteOutcome.of_records(todo, store, skipped, shared.elsewhere)

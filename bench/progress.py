@@ -127,7 +127,20 @@ class SuiteProgress:
         self.running.add(run_id)
         self._refresh()
 
-    def run_finished(self, record: dict[str, Any]) -> None:
+    def run_left(self, run_id: str) -> None:
+        """A run that started here but that another driver trains (its line comes later)."""
+        self.running.discard(run_id)
+        self._refresh()
+
+    def note(self, text: str) -> None:
+        """One line for people between the run lines (waiting for, taking over runs)."""
+        if self._rich is not None:
+            self._rich.console.print(text, markup=False, highlight=False)
+        else:
+            self._line(text)
+
+    def run_finished(self, record: dict[str, Any], suffix: str = "") -> None:
+        """One line per finished run; ``suffix`` is appended (" (trained by another driver)")."""
         self.running.discard(record.get("run_id", ""))
         if record.get("status") == "completed":
             self.done += 1
@@ -135,7 +148,7 @@ class SuiteProgress:
             self.failed += 1
         if record.get("wall_time_s") is not None:
             self.durations.append(float(record["wall_time_s"]))
-        line = f"[{self.done + self.failed}/{self.total}] {format_run_line(record)}"
+        line = f"[{self.done + self.failed}/{self.total}] {format_run_line(record)}{suffix}"
         if self._rich is not None:
             self._rich.console.print(line, markup=False, highlight=False)
             self._rich.update(self._task, completed=self.done + self.failed, state=self.state())

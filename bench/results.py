@@ -5,6 +5,7 @@ Layout (readable without podbench)::
     RESULTS/suite.yaml           the expanded suite that produced the runs
     RESULTS/runs/<run_id>.json   one record per run
     RESULTS/results.csv          one row per run, flat columns
+    RESULTS/claims/              the runs being trained now, and by whom (see podbench.claims)
 
 A record is written by the process that trained the run, as a temporary file in the same folder
 renamed over the final name, so a reader (or a resumed suite) sees either nothing or the whole
@@ -20,6 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from podbench.claims import CLAIMS_DIR, ClaimStore
 from podbench.errors import UserError
 from podbench.fileio import atomic_write_text
 from podbench.record import FINAL_STATUSES, RunRecord, load_record, parse_record, records_frame
@@ -40,6 +42,10 @@ class ResultsStore:
 
     def record_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.json"
+
+    def claims(self, **kwargs: Any) -> ClaimStore:
+        """The claims of the runs being trained on this folder now (see podbench.claims)."""
+        return ClaimStore(self.root / CLAIMS_DIR, **kwargs)
 
     def checkpoint_dir(self, run_id: str) -> Path:
         return self.root / "checkpoints" / run_id
@@ -101,7 +107,7 @@ class ResultsStore:
     def open_existing(cls, root: str | Path) -> ResultsStore:
         """A store that must already hold run records (for ``podbench results``)."""
         store = cls(root)
-        if not store.runs_dir.is_dir():
+        if not store.runs_dir.is_dir() and not (store.root / CLAIMS_DIR).is_dir():
             raise UserError(
                 f"{root}: not a results directory (no runs/ folder); give the --results folder of "
                 "a `podbench run`."

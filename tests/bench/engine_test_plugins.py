@@ -194,3 +194,28 @@ class SlowLoss(SoftmaxLoss):
         if self.training:
             time.sleep(self.seconds)
         return super().compute_loss(features, targets)
+
+
+@register_loss(
+    "test-gated",
+    description="softmax that notes each training start and then waits for a gate file",
+)
+class GatedLoss(SoftmaxLoss):
+    """Each start writes ``<folder>/<seed>.<pid>.<n>``; training goes on once ``gate`` exists."""
+
+    def __init__(self, num_classes: int, feat_dim: int, *, folder: str = "",
+                 gate: str = "") -> None:
+        super().__init__(num_classes, feat_dim)
+        self.folder, self.gate = folder, gate
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if epoch != 0:
+            return
+        starts = Path(self.folder)
+        n = len(list(starts.glob(f"{torch.initial_seed()}.{os.getpid()}.*")))
+        (starts / f"{torch.initial_seed()}.{os.getpid()}.{n}").write_text("")
+        deadline = time.monotonic() + 300
+        while self.gate and not Path(self.gate).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("test-gated: the gate file never appeared")
+            time.sleep(0.1)

@@ -117,6 +117,7 @@ def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path,
         assert 0.1 < record["final_test_acc"] <= 1.0  # better than chance on 10 classes
         assert record["env"]["threads"] == 1  # torch threads = the run's CPUs
     assert not [p for p in (results / "runs").iterdir() if not p.name.endswith(".json")]
+    assert not list((results / "claims").iterdir())  # the killed driver's claims taken, released
     # a per-run line was printed for each finished run
     assert sum(line.count("done     ") for line in proc.stdout.splitlines()) == 4 - len(before)
 
