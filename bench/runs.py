@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -38,10 +39,12 @@ __all__ = [
     "ProbeEntry",
     "RunSettings",
     "RunSpec",
+    "check_joins_results",
     "check_one_setting_per_method",
     "feat_dim_problem",
     "resolve_run",
     "result_fields",
+    "whole_number",
     "with_tag",
 ]
 
@@ -71,6 +74,14 @@ DEFAULT_MAX_RUNS = 10_000
 # The largest latent dimension a run may have: the loss's class centres (classes x feat_dim) and
 # the network's last layer grow with it; 2**16 already needs 2.6 GB for 10,000 classes.
 MAX_FEAT_DIM = 65_536
+
+
+def whole_number(value: Any) -> Any:
+    """``"1e9"`` -> 1000000000: a number YAML 1.1 left as text (no dot), when whole; else as is."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?[eE][+]?[0-9]+\s*", value):
+        number = float(value)
+        return int(number) if number.is_integer() else value
+    return value
 
 
 def feat_dim_problem(value: int) -> str | None:
@@ -425,8 +436,35 @@ def check_one_setting_per_method(
                 )
             raise UserError(
                 f"{source}: method '{label}' on {block} would pool runs of different settings "
-                f"as its seeds ({shown}); give each setting its own label (label: in its "
-                "losses entry) or list them as a grid."
+                f"as its seeds ({shown}); keep one setting per method and block: give each "
+                "setting its own label (label: in its losses entry), or list each dataset once."
             )
         if not group or settings not in group:
             group.append(settings)
+
+
+def check_joins_results(runs: Iterable[RunSpec], results_dir: Any, source: str) -> None:
+    """Refuse runs that would join a results folder's method of another setting (same label and
+    block): e.g. a tuned point run into the folder of a suite, under the suite's label.
+
+    Records that cannot be read are left to the commands that read them.
+    """
+    from podbench.results import ResultsStore
+
+    store = ResultsStore(results_dir)
+    if not store.runs_dir.is_dir():
+        return
+    runs = list(runs)
+    planned = [run.model_dump(mode="json") for run in runs]
+    ids = {run.run_id for run in runs}
+    earlier = []
+    for path in sorted(store.runs_dir.glob("*.json")):
+        if path.name.startswith(".") or path.stem in ids:
+            continue
+        try:
+            record = store.read_record(path.stem)
+        except UserError:
+            continue
+        if record and isinstance(record.get("spec"), dict):
+            earlier.append({**record["spec"], "label": record.get("label")})
+    check_one_setting_per_method(planned, source, earlier=earlier, earlier_where=str(store.root))

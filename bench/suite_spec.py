@@ -29,7 +29,6 @@ each distinct loss once; :meth:`SuiteSpec.expand` gives the list of
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Sequence
 from itertools import product
 from math import prod
@@ -55,6 +54,7 @@ from podbench.runs import (
     check_one_setting_per_method,
     feat_dim_problem,
     resolve_run,
+    whole_number,
     with_tag,
 )
 from podbench.spec_files import NameRef, SpecFile, load_spec, validation_error_to_user_error
@@ -133,14 +133,6 @@ class DatasetEntry(BaseModel):
         return shared.model_copy(update=own) if own else shared
 
 
-def _whole_number(value: Any) -> Any:
-    """``"1e9"`` -> 1000000000: a number YAML 1.1 left as text, when it is whole; else as given."""
-    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?[eE][+]?[0-9]+\s*", value):
-        number = float(value)
-        return int(number) if number.is_integer() else value
-    return value
-
-
 def _names_to_entries(value: Any) -> Any:
     """``[pod, {name: softmax}]`` -> ``[{name: pod}, {name: softmax}]``: a bare name is an entry."""
     if isinstance(value, list):
@@ -198,7 +190,7 @@ class SuiteSpec(SpecFile):
     def _feat_dim_shorthand(cls, value: Any) -> Any:
         values = value if isinstance(value, list) else [value] if value is not None else None
         # YAML 1.1 reads `1e9` (no dot) as text: a whole number written so is still that number
-        return None if values is None else [_whole_number(v) for v in values]
+        return None if values is None else [whole_number(v) for v in values]
 
     @field_validator("feat_dim")
     @classmethod
