@@ -154,7 +154,7 @@ def check_fits(
     """Every run fits a node of the Ray it will run on (see :mod:`podbench.resources`)."""
     from podbench.resources import check_resources, cluster_capacity, local_capacity
 
-    capacity = cluster_capacity(address) if address else local_capacity(num_cpus)
+    capacity = cluster_capacity(address, num_cpus) if address else local_capacity(num_cpus)
     check_resources(runs, capacity, source, what=what)
 
 

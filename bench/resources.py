@@ -64,13 +64,14 @@ def local_capacity(num_cpus: int | None) -> Capacity:
     return Capacity(((cpus, gpus),), where, embedded=True)
 
 
-def cluster_capacity(address: str) -> Capacity:
-    """The alive nodes of the Ray cluster at ``address`` (connecting to it)."""
+def cluster_capacity(address: str, num_cpus: int | None = None) -> Capacity:
+    """The alive nodes of the Ray cluster at ``address`` (connecting to it; ``num_cpus`` is
+    passed on as the runs would, and ignored there)."""
     import ray
 
     from podbench.executor import init_ray
 
-    init_ray(address, None)
+    init_ray(address, num_cpus)
     nodes = tuple(
         (float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
         for n in ray.nodes()

@@ -42,9 +42,18 @@ def test_grid_expansion_labels_and_defaults(tmp_path: Path) -> None:
     # methods: softmax, pod, pod[no-sc], cosface[s=16], cosface[s=30] = 5; x 2 dims x 2 seeds
     assert len(runs) == 5 * 2 * 2
     assert len({r.run_id for r in runs}) == len(runs)
+    # each latent size of the feat_dim grid is a method of its own, never pooled as seeds
     labels = sorted({r.label for r in runs})
-    assert labels == ["cosface[s=16]", "cosface[s=30]", "pod", "pod[no-sc]", "softmax"]
-    cos16 = next(r for r in runs if r.label == "cosface[s=16]")
+    assert labels == sorted(
+        [f"{m}[feat_dim={d}]" for m in ("pod", "softmax") for d in (16, 32)]
+        + [f"{m}[{v},feat_dim={d}]" for m, v in
+           [("cosface", "s=16"), ("cosface", "s=30"), ("pod", "no-sc")] for d in (16, 32)]
+    )
+    for label in labels:
+        assert sorted(r.seed for r in runs if r.label == label) == [0, 1]
+        assert {f"feat_dim={r.feat_dim}]" for r in runs if r.label == label} == {
+            label[label.index("feat_dim="):]}
+    cos16 = next(r for r in runs if r.label == "cosface[s=16,feat_dim=16]")
     assert cos16.loss_params == {"m": 0.2, "s": 16}
     assert {r.seed for r in runs} == {0, 1} and {r.feat_dim for r in runs} == {16, 32}
     run = runs[0]

@@ -102,7 +102,8 @@ def test_space_layers_plugin_then_file_then_loss(tmp_path: Path) -> None:
             "space": {
                 "sc_weight": {"type": "float", "low": 0.5, "high": 2.0},
                 "centroids": None,
-                "feat_dim": {"type": "categorical", "choices": [8, 16]},
+                # a simplex of digits' 10 centroids needs feat_dim >= 9 (load_tune builds each)
+                "feat_dim": {"type": "categorical", "choices": [12, 16]},
             },
         }
     }
@@ -125,12 +126,12 @@ def test_space_layers_plugin_then_file_then_loss(tmp_path: Path) -> None:
             "lr": 0.05,
             "weight_decay": 1e-5,
             "sc_weight": 1.5,
-            "feat_dim": 8,
+            "feat_dim": 12,
             "nac_weight": 2.0,
             "delta_schedule": "none",
         },
     )
-    assert (run.lr, run.weight_decay, run.feat_dim) == (0.05, 1e-5, 8)
+    assert (run.lr, run.weight_decay, run.feat_dim) == (0.05, 1e-5, 12)
     assert run.loss_params == {
         "alpha": 0.02,
         "sc_weight": 1.5,
@@ -212,7 +213,8 @@ def test_best_suites_rerun_the_best_point_on_test_over_seeds() -> None:
     for label, point in best.items():
         assert [r.seed for r in runs[label]] == [0, 1, 2]
         for r in runs[label]:
-            assert r.eval_split == "test" and r.label == label and r.epochs == 2
+            # the best point is a method of its own beside an untuned run of the loss
+            assert r.eval_split == "test" and r.label == f"{label}[tuned]" and r.epochs == 2
             assert (r.lr, r.weight_decay) == (
                 point["params"]["lr"],
                 point["params"]["weight_decay"],
