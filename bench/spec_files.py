@@ -259,16 +259,19 @@ def _check_yaml_tree(root: yaml.Node, source: str) -> None:
 
 def _check_repeated_keys(node: yaml.MappingNode, path: str, source: str) -> None:
     first_line: dict[tuple[str, str], int] = {}
+    position = 0
     for key, _ in node.value:
         if not isinstance(key, yaml.ScalarNode) or key.value == "<<":  # merge keys may repeat
             continue
+        position += 1
         line = key.start_mark.line + 1
         earlier = first_line.setdefault((key.tag, key.value), line)
-        if earlier != line:
+        if len(first_line) < position:  # this key was there before
             field = f"{path}{shorten(key.value, 40)}"
+            lines = f"lines {earlier} and {line}" if earlier != line else f"both on line {line}"
             raise UserError(
-                f"{source} line {line}: field '{field}' is given twice (lines {earlier} and "
-                f"{line}) and YAML would silently keep the last; keep one of them."
+                f"{source} line {line}: field '{field}' is given twice ({lines}) and YAML "
+                "would silently keep the last; keep one of them."
             )
 
 
