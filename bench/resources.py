@@ -102,17 +102,16 @@ def check_resources(
         if capacity.fits(cpus, gpus):
             continue
         if gpus > capacity.gpus:
-            has = "no GPU" if capacity.gpus == 0 else f"at most {capacity.gpus:g} GPUs on a node"
             raise UserError(
-                f"{source}: field 'gpus': each {what} asks for {gpus:g} GPU but {capacity.where} "
-                f"has {has}, so it would wait forever; train on the CPU with --set gpus=0 --set "
-                "device=cpu, or give --address of a Ray cluster with GPUs."
+                f"{source}: field 'gpus': each {what} asks for {gpus:g} GPU, more than any node of "
+                f"{capacity.where} has, so it would wait forever; train on the CPU with --set "
+                "gpus=0 --set device=cpu, or give --address of a Ray cluster with GPUs."
             )
         more = f"raise --num-cpus to {math.ceil(cpus)}, " if capacity.embedded else ""
         if cpus > capacity.cpus:
             raise UserError(
-                f"{source}: field 'cpus': each {what} asks for {cpus:g} CPUs but {capacity.where} "
-                f"has at most {capacity.cpus:g} on a node, so it would wait forever; lower it "
+                f"{source}: field 'cpus': each {what} asks for {cpus:g} CPUs, more than any node "
+                f"of {capacity.where} has, so it would wait forever; lower it "
                 f"(--set cpus={capacity.cpus:g}), {more}or give --address of a larger cluster."
             )
         raise UserError(

@@ -380,10 +380,10 @@ def test_a_run_asking_for_more_cpus_than_ray_has_is_refused_before_ray_starts(
     path = _write(tmp_path, PLAIN)
     err = _refused(["run", str(path), "--results", str(tmp_path / "r"), "--num-cpus", "1",
                     "--set", "cpus=2"], capsys)
-    assert "field 'cpus': each run asks for 2 CPUs but the embedded Ray on this machine " \
-           "(1 CPUs, --num-cpus 1; " in err
-    assert "has at most 1 on a node, so it would wait forever; lower it (--set cpus=1), " \
-           "raise --num-cpus to 2, or give --address of a larger cluster." in err
+    assert "field 'cpus': each run asks for 2 CPUs, more than any node of the embedded Ray on " \
+           "this machine (1 CPUs, --num-cpus 1; " in err
+    assert "has, so it would wait forever; lower it (--set cpus=1), raise --num-cpus to 2, or " \
+           "give --address of a larger cluster." in err
     assert not (tmp_path / "r").exists()  # nothing written
 
 
@@ -394,9 +394,10 @@ def test_a_gpu_run_on_a_machine_without_gpu_is_refused_with_the_cpu_fix(
     path = _write(tmp_path, PLAIN)
     err = _refused(["run", str(path), "--results", str(tmp_path / "r"), "--num-cpus", "1",
                     "--set", "gpus=1"], capsys)
-    assert "field 'gpus': each run asks for 1 GPU but the embedded Ray on this machine" in err
-    assert "0 GPUs) has no GPU, so it would wait forever; train on the CPU with --set gpus=0 " \
-           "--set device=cpu, or give --address of a Ray cluster with GPUs." in err
+    assert "field 'gpus': each run asks for 1 GPU, more than any node of the embedded Ray on " \
+           "this machine (1 CPUs, --num-cpus 1; 0 GPUs) has, so it would wait forever; train on " \
+           "the CPU with --set gpus=0 --set device=cpu, or give --address of a Ray cluster with " \
+           "GPUs." in err
 
 
 def test_a_run_needing_cpus_and_a_gpu_on_one_node_of_a_cluster() -> None:
@@ -409,6 +410,6 @@ def test_a_run_needing_cpus_and_a_gpu_on_one_node_of_a_cluster() -> None:
     with pytest.raises(UserError, match="fields 'cpus' and 'gpus': each run asks for 4 CPUs and 1 "
                        "GPU on one node, but no node of the Ray cluster at h:1 has both"):
         check_resources([RunSettings(cpus=4, gpus=1)], cluster, "s.yaml")
-    with pytest.raises(UserError, match=r"has at most 8 on a node.*lower it \(--set cpus=8\), or "
-                       "give --address"):
+    with pytest.raises(UserError, match=r"asks for 9 CPUs, more than any node of the Ray cluster at "
+                       r"h:1 has.*lower it \(--set cpus=8\), or give --address"):
         check_resources([RunSettings(cpus=9)], cluster, "s.yaml")

@@ -319,5 +319,5 @@ def test_tune_trials_asking_for_a_gpu_the_machine_lacks_are_refused(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     path = write(tmp_path, {**TINY, "gpus": 0.5})
     err = _tune_refused(["tune", str(path), "--results", str(tmp_path / "r")], capsys)
-    assert "field 'gpus': each trial asks for 0.5 GPU but the embedded Ray on this machine" in err
+    assert "field 'gpus': each trial asks for 0.5 GPU, more than any node of the embedded Ray" in err
     assert "--set gpus=0 --set device=cpu" in err and not (tmp_path / "r").exists()
