@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.resources
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -113,6 +113,7 @@ def load_spec(
     *,
     kind: str,
     context: dict[str, Any] | None = None,
+    check: Callable[[SpecT, str], None] | None = None,
 ) -> tuple[SpecT, str]:
     """Read, override, import, validate and name-check a spec file (see the module docstring).
 
@@ -122,6 +123,8 @@ def load_spec(
         overrides: ``key=value`` strings (dotted keys, YAML values).
         kind: ``"suite"`` or ``"tune"``, for messages and the built-in names.
         context: pydantic's validation context for the model (e.g. ``{"max_runs": N}``).
+        check: called with (spec, source) once the model is valid, before the registries are
+            loaded: cheap checks that must answer at once (e.g. the number of runs).
 
     Returns:
         (spec, source) where source names the file for further messages.
@@ -136,6 +139,8 @@ def load_spec(
         spec = model.model_validate(data, context=context)
     except ValidationError as err:
         raise validation_error_to_user_error(err, source) from None
+    if check is not None:
+        check(spec, source)
     check_names(spec.name_refs(), source)
     check_probe_settings(spec, source)
     return spec, source

@@ -312,16 +312,17 @@ def load_suite(
         >>> spec = load_suite("quickstart", ["epochs=1"])  # doctest: +SKIP
         >>> runs = spec.expand()
     """
-    spec, source = load_spec(
-        path_or_name, SuiteSpec, overrides, kind="suite", context={"max_runs": max_runs}
-    )
-    count = spec.run_count()
-    if count > max_runs:
-        raise UserError(
-            f"{source}: the suite expands to {count:,} runs, more than --max-runs {max_runs}; "
-            "shrink seeds, grids, variants, datasets or feat_dim, or raise --max-runs if you "
-            "mean it."
-        )
+    def check_count(spec: SuiteSpec, source: str) -> None:
+        count = spec.run_count()
+        if count > max_runs:
+            raise UserError(
+                f"{source}: the suite expands to {count:,} runs, more than --max-runs {max_runs}; "
+                "shrink seeds, grids, variants, datasets or feat_dim, or raise --max-runs if you "
+                "mean it."
+            )
+
+    spec, source = load_spec(path_or_name, SuiteSpec, overrides, kind="suite",
+                             context={"max_runs": max_runs}, check=check_count)
     _check_labels(spec, source)
     try:
         runs = spec.expand()

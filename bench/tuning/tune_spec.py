@@ -439,14 +439,16 @@ def load_tune(
         >>> spec = load_tune("tune-quickstart", ["n_trials=4"])  # doctest: +SKIP
         >>> spec.distributions("pod")
     """
-    spec, source = load_spec(path_or_name, TuneSpec, overrides, kind="tune")
-    trials = spec.n_trials * len(spec.losses)
-    if trials > max_runs:
-        raise UserError(
-            f"{source}: field 'n_trials': {spec.n_trials} trials for each of {len(spec.losses)} "
-            f"loss(es) make {trials:,} runs, more than --max-runs {max_runs}; lower n_trials, or "
-            "raise --max-runs if you mean it."
-        )
+    def check_trials(spec: TuneSpec, source: str) -> None:
+        trials = spec.n_trials * len(spec.losses)
+        if trials > max_runs:
+            raise UserError(
+                f"{source}: field 'n_trials': {spec.n_trials} trials for each of "
+                f"{len(spec.losses)} loss(es) make {trials:,} runs, more than --max-runs "
+                f"{max_runs}; lower n_trials, or raise --max-runs if you mean it."
+            )
+
+    spec, source = load_spec(path_or_name, TuneSpec, overrides, kind="tune", check=check_trials)
     for label in spec.losses:
         _check_space(spec, label, source)
         _check_builds(spec, label, source)
