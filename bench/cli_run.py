@@ -119,7 +119,10 @@ def run_run(args: argparse.Namespace) -> int:
     # every check before anything is written
     suite = load_suite(args.spec, args.overrides, max_runs=max_runs(args))
     runs = suite.expand()
-    check_fits(runs, args.spec, address=address, num_cpus=args.num_cpus)
+    done = ResultsStore(args.results or DEFAULT_RESULTS_ROOT / suite.name)  # read, not created
+    todo = [run for run in runs if not done.has_final(run.run_id)]
+    if todo:  # runs already done ask nothing of the cluster
+        check_fits(todo, args.spec, address=address, num_cpus=args.num_cpus)
     if not address:  # on a cluster the data lives on the workers, not necessarily here
         check_data_present(
             [(f"datasets.{i}", ds.name, suite.data_root if ds.data_root is None else ds.data_root,

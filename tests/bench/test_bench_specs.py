@@ -360,8 +360,9 @@ def test_run_refuses_to_join_a_method_of_other_settings_in_the_results_folder(
 ) -> None:
     path, results = _write(tmp_path, PLAIN), tmp_path / "out"
     _recorded(results, load_suite(path, build_losses=False).expand())
-    # the same settings again: every run is done, nothing starts
-    assert main(["run", str(path), "--results", str(results), "--no-report"]) == 0
+    # the same settings again: every run is done, nothing starts (so it asks no CPUs of Ray)
+    assert main(["run", str(path), "--results", str(results), "--no-report", "--num-cpus", "1",
+                 "--set", "cpus=64"]) == 0
     assert "already have records" in capsys.readouterr().out
     err = _refused(["run", str(path), "--results", str(results), "--set", "epochs=3"], capsys)
     assert f"method 'pod' on digits / mlp already has runs in {results} with other settings " \
