@@ -6,10 +6,12 @@ same for suite files (:func:`podbench.suite_spec.load_suite`) and tune files
 
 1. read the file as UTF-8 text (:func:`~podbench.fileio.read_user_text`: a folder, a binary file,
    another encoding or a file without read permission is one sentence);
-2. parse the YAML into a mapping;
+2. parse the YAML into a mapping (:func:`parse_yaml`: a key given twice, or aliases expanding
+   beyond :data:`MAX_YAML_VALUES` values, is refused on the node tree, before values are built);
 3. apply the ``--set key=value`` overrides;
 4. import the modules listed under ``imports:``, so that the plugins they register are known;
-5. validate the pydantic model (:class:`SpecFile` subclasses);
+5. validate the pydantic model (:class:`SpecFile` subclasses), then the caller's cheap checks
+   (the number of runs against ``--max-runs``);
 6. look every loss, variant, hyperparameter, dataset and architecture name up in the registries
    (:func:`check_names` over the model's ``name_refs()``).
 

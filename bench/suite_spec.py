@@ -24,6 +24,11 @@ architectures, latent dimensions and seeds, plus the run settings every run shar
 (so unknown names and bad values fail with one sentence naming the field), expands it and builds
 each distinct loss once; :meth:`SuiteSpec.expand` gives the list of
 :class:`~podbench.runs.RunSpec`, each with a stable ``run_id``.
+
+A method (a label) in a block is one setting, its runs differing only in the seed: each grid
+point and variant has its own label (``cosface[s=16]``), a ``feat_dim`` list adds the size
+(``pod[feat_dim=16]``), two loss entries may not share a label, and whatever else would still
+vary within a label and block (a dataset listed twice with other epochs) is refused.
 """
 
 from __future__ import annotations
