@@ -50,7 +50,7 @@ from pydantic import (
     model_validator,
 )
 
-from podbench.errors import UserError
+from podbench.errors import UserError, shorten
 from podbench.runs import (
     DEFAULT_MAX_RUNS,
     LabelNoiseSettings,
@@ -343,8 +343,8 @@ def _check_labels(spec: SuiteSpec, source: str) -> None:
     """Two loss entries never make the same method: each label belongs to one entry."""
     owner: dict[str, int] = {}
     for i, entry in enumerate(spec.losses):
-        for label in sorted({label for _, _, label in entry.expand()}):
-            j = owner.setdefault(label, i)
+        for full in sorted({label for _, _, label in entry.expand()}):
+            j, label = owner.setdefault(full, i), shorten(full)
             if j == i:
                 continue
             if entry.label:
