@@ -48,6 +48,8 @@ __all__ = [
 
 # The best point of a loss is its own method: `pod[tuned]` beside a suite's `pod`.
 TUNED_TAG = "tuned"
+# `podbench tune` bounded --seeds by --max-runs already (a suite's own bound is the default)
+_UNBOUNDED = {"max_runs": float("inf")}
 
 
 def best_points(spec: TuneSpec, studies: dict[str, optuna.Study]) -> dict[str, dict[str, Any]]:
@@ -150,7 +152,7 @@ def best_suites(
             "feat_dim": [run.feat_dim],
             "seeds": seeds if isinstance(seeds, int) else list(seeds),
         }
-        SuiteSpec.model_validate(suite)  # what we hand over must load as a suite
+        SuiteSpec.model_validate(suite, context=_UNBOUNDED)  # what we hand over must load as a suite
         suites[label] = suite
     return suites
 
@@ -205,7 +207,7 @@ def rerun_best(
     suites = best_suites(outcome.spec, outcome.best, seeds)
     runs: list[RunSpec] = []
     for suite in suites.values():
-        runs.extend(SuiteSpec.model_validate(suite).expand())
+        runs.extend(SuiteSpec.model_validate(suite, context=_UNBOUNDED).expand())
     check_joins_results(runs, results_dir, f"the best points of study {outcome.spec.name}")
     ResultsStore(results_dir).write_suite(
         {
