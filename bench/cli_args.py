@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 from podbench.errors import UserError
@@ -21,6 +22,7 @@ __all__ = [
     "add_results_argument",
     "add_spec_arguments",
     "given_results",
+    "max_runs",
     "positive",
     "ray_address",
     "results_folder",
@@ -37,10 +39,17 @@ def add_spec_arguments(
     example: str = "epochs=2",
 ) -> None:
     """The spec argument and its ``--set`` overrides."""
+    from podbench.runs import DEFAULT_MAX_RUNS
+
     parser.add_argument("spec", metavar=metavar, help=what)
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help=f"override a field (dotted keys, YAML values), e.g. --set {example}; repeatable",
+    )
+    parser.add_argument(
+        "--max-runs", type=int, default=DEFAULT_MAX_RUNS, metavar="N",
+        help=f"refuse a file that makes more than N runs or trials (default {DEFAULT_MAX_RUNS}), "
+        "counted before any is built",
     )
 
 
@@ -85,10 +94,22 @@ def given_results(args: argparse.Namespace) -> Path:
 
 
 def results_folder(given: str | Path | None, name: str) -> Path:
-    """``--results`` or ``podbench-results/<name>``; an existing file there is a user error."""
+    """``--results`` or ``podbench-results/<name>``, created and checked writable.
+
+    An existing file there, or a folder that cannot be created or written, is a user error.
+    """
     results = Path(given) if given else DEFAULT_RESULTS_ROOT / name
     if results.exists() and not results.is_dir():
         raise UserError(f"--results {results}: exists and is not a directory; give a folder path.")
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=results):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"--results {results}: cannot write there ({err.strerror or err}); give a folder you "
+            "can write to, or fix its permissions."
+        ) from None
     return results
 
 
@@ -115,6 +136,12 @@ def add_ray_arguments(
 def ray_address(given: str | None) -> str | None:
     """``--address``, else ``$RAY_ADDRESS`` (Ray's own convention), else None: an embedded Ray."""
     return given or os.environ.get("RAY_ADDRESS") or None
+
+
+def max_runs(args: argparse.Namespace) -> int:
+    """``--max-runs``, checked positive."""
+    positive(args.max_runs, "--max-runs")
+    return int(args.max_runs)
 
 
 def positive(value: int | None, flag: str) -> None:

@@ -22,6 +22,7 @@ from podbench.cli_args import (
     add_results_argument,
     add_spec_arguments,
     given_results,
+    max_runs,
     positive,
     ray_address,
     results_folder,
@@ -68,10 +69,10 @@ def run_validate(args: argparse.Namespace) -> int:
     if _is_tune_file(args.spec):
         from podbench.tuning import load_tune
 
-        tune_spec = load_tune(args.spec, args.overrides)
+        tune_spec = load_tune(args.spec, args.overrides, max_runs=max_runs(args))
         print(f"{args.spec}: valid tune file ({type(tune_spec).__name__}).")
         return 0
-    suite = load_suite(args.spec, args.overrides)
+    suite = load_suite(args.spec, args.overrides, max_runs=max_runs(args))
     runs = suite.expand()
     labels = sorted({r.label for r in runs})
     blocks = sorted({(r.dataset, r.arch) for r in runs})
@@ -107,6 +108,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def run_run(args: argparse.Namespace) -> int:
     from podbench.executor import run_suite
     from podbench.results import ResultsStore
+    from podbench.runs import check_joins_results
     from podbench.suite_spec import load_suite
 
     positive(args.max_concurrent, "--max-concurrent")
@@ -114,8 +116,13 @@ def run_run(args: argparse.Namespace) -> int:
     if args.max_failures < 0:
         raise UserError("--max-failures: must be 0 or more; e.g. --max-failures 2.")
     address = ray_address(args.address)
-    suite = load_suite(args.spec, args.overrides)  # every check before anything is written
+    # every check before anything is written
+    suite = load_suite(args.spec, args.overrides, max_runs=max_runs(args))
     runs = suite.expand()
+    done = ResultsStore(args.results or DEFAULT_RESULTS_ROOT / suite.name)  # read, not created
+    todo = [run for run in runs if not done.has_final(run.run_id)]
+    if todo:  # runs already done ask nothing of the cluster
+        check_fits(todo, args.spec, address=address, num_cpus=args.num_cpus)
     if not address:  # on a cluster the data lives on the workers, not necessarily here
         check_data_present(
             [(f"datasets.{i}", ds.name, suite.data_root if ds.data_root is None else ds.data_root,
@@ -124,6 +131,7 @@ def run_run(args: argparse.Namespace) -> int:
             args.spec,
         )
     results = results_folder(args.results, suite.name)
+    check_joins_results(runs, results, args.spec)
     store = ResultsStore(results)
     store.write_suite(suite.model_dump(mode="json"))  # with --set applied: rerunnable as is
     outcome = run_suite(
@@ -141,6 +149,17 @@ def run_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         write_report(store.root)
     return 0 if outcome.ok else 1
+
+
+def check_fits(
+    runs: Sequence[RunSettings], source: str, *, address: str | None, num_cpus: int | None,
+    what: str = "run",
+) -> None:
+    """Every run fits a node of the Ray it will run on (see :mod:`podbench.resources`)."""
+    from podbench.resources import check_resources, cluster_capacity, local_capacity
+
+    capacity = cluster_capacity(address, num_cpus) if address else local_capacity(num_cpus)
+    check_resources(runs, capacity, source, what=what)
 
 
 def check_data_present(datasets: Sequence[tuple[str, str, str | None, str]], source: str) -> None:

@@ -16,11 +16,13 @@ from podbench.cli_args import (
     add_ray_arguments,
     add_results_argument,
     add_spec_arguments,
+    max_runs,
     positive,
     ray_address,
     results_folder,
 )
-from podbench.cli_run import check_data_present, probe_datasets, write_report
+from podbench.cli_run import check_data_present, check_fits, probe_datasets, write_report
+from podbench.errors import UserError
 
 __all__ = ["add_tune_arguments", "run_tune"]
 
@@ -65,7 +67,15 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.max_concurrent:
         overrides.append(f"max_concurrent={args.max_concurrent}")
     address = ray_address(args.address)
-    spec = load_tune(args.spec, overrides)  # every check before anything starts
+    limit = max_runs(args)
+    spec = load_tune(args.spec, overrides, max_runs=limit)  # every check before anything starts
+    if args.seeds and args.seeds * len(spec.losses) > limit:
+        raise UserError(
+            f"--seeds {args.seeds}: reruns {args.seeds * len(spec.losses):,} runs "
+            f"({len(spec.losses)} loss(es)), more than --max-runs {limit}; give fewer seeds, "
+            "or raise --max-runs if you mean it."
+        )
+    check_fits([spec], args.spec, address=address, num_cpus=args.num_cpus, what="trial")
     if not address:  # on a cluster the data lives on the workers, not necessarily here
         check_data_present([("dataset", spec.dataset, spec.data_root, "data_root"),
                             *probe_datasets(spec)], args.spec)

@@ -43,7 +43,7 @@ from pydantic import (
 )
 
 from podbench.convergence import held_out_accuracies, late_gain, rising
-from podbench.errors import UserError
+from podbench.errors import UserError, excerpt, shorten
 from podbench.fileio import read_user_text
 
 if TYPE_CHECKING:
@@ -261,7 +261,8 @@ def _sentence(err: ValidationError, source: str) -> str:
         first = others[0]
         field = ".".join(map(str, first["loc"])) or "record"
         return (
-            f"{source}: the field {field} is invalid ({first['msg']}, got {first['input']!r}); "
+            f"{source}: the field {shorten(field)} is invalid ({shorten(first['msg'], 300)}, "
+            f"got {excerpt(first['input'])}); "
             "fix that field or delete the file and rerun that run."
         )
     return f"{source} lacks the field(s) {', '.join(missing)}; rerun that run."

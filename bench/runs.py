@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import (
@@ -27,16 +29,24 @@ from pydantic import (
     model_validator,
 )
 
-from podbench.errors import UserError
+from podbench.errors import UserError, excerpt, shorten
 
 __all__ = [
+    "DEFAULT_MAX_RUNS",
+    "MAX_FEAT_DIM",
     "NON_RESULT_FIELDS",
     "LabelNoiseSettings",
     "OpenSetSettings",
     "ProbeEntry",
     "RunSettings",
     "RunSpec",
+    "check_joins_results",
+    "check_one_setting_per_method",
+    "feat_dim_problem",
     "resolve_run",
+    "result_fields",
+    "whole_number",
+    "with_tag",
 ]
 
 # Fields that do not change what a run computes, hence not its run_id: names, plugin imports,
@@ -59,6 +69,34 @@ _DROPPED_AT_DEFAULT: dict[str, Any] = {"evaluate": [], "label_noise": None, "ope
 AUTHORS_MILESTONE_FRACTIONS = (0.3, 0.6, 0.9)
 DEFAULT_EPOCHS = 100  # the authors' budget (LOSSES.md)
 DEFAULT_BATCH_SIZE = 128  # for datasets the authors did not use
+# Runs one suite (or one tune file's trials or reruns) may make unless --max-runs says more:
+# the largest built-in suite makes 120; a grid of millions is a typo, found before it is built.
+DEFAULT_MAX_RUNS = 10_000
+# The largest latent dimension a run may have: the loss's class centres (classes x feat_dim) and
+# the network's last layer grow with it; 2**16 already needs 2.6 GB for 10,000 classes.
+MAX_FEAT_DIM = 65_536
+
+
+def whole_number(value: Any) -> Any:
+    """``"1e9"`` -> 1000000000: a number YAML 1.1 left as text (no dot), when whole; else as is."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?[eE][+]?[0-9]+\s*", value):
+        number = float(value)
+        return int(number) if number.is_integer() else value
+    return value
+
+
+def feat_dim_problem(value: int) -> str | None:
+    """Why ``value`` is not a usable latent dimension, or None when it is."""
+    if value < 1:
+        return "feat_dim must be a positive integer"
+    if value > MAX_FEAT_DIM:
+        gigabytes = value * 10 * 4 / 1e9  # float32 centres of a 10-class dataset alone
+        return (
+            f"feat_dim {value} is above {MAX_FEAT_DIM}, the largest latent dimension podbench "
+            f"builds (the class centres alone would take {gigabytes:,.1f} GB for 10 classes); "
+            "use a smaller feat_dim such as 512"
+        )
+    return None
 
 
 class ProbeEntry(BaseModel):
@@ -231,14 +269,18 @@ class RunSpec(RunSettings):
             data = {**data, "label": loss if variant is None else f"{loss}[{variant}]"}
         return data
 
+    @field_validator("feat_dim")
+    @classmethod
+    def _feat_dim_buildable(cls, value: int) -> int:
+        problem = feat_dim_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @property
     def run_id(self) -> str:
         """16 hex digits of sha256 over the canonical JSON of the result-determining fields."""
-        payload = self.model_dump(mode="json", exclude=set(_NAMES_AND_RESOURCES))
-        payload.update(_HASHED_AT_DEFAULT)
-        for key, default in _DROPPED_AT_DEFAULT.items():
-            if payload.get(key) == default:
-                del payload[key]
+        payload = result_fields(self.model_dump(mode="json"))
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -247,6 +289,16 @@ def _authors_milestones(epochs: int) -> list[int]:
     """The epochs the authors' multistep schedule decays at, for a run of ``epochs`` epochs."""
     return sorted({max(1, round(f * epochs)) for f in AUTHORS_MILESTONE_FRACTIONS
                    if round(f * epochs) < epochs})
+
+
+def result_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a run (as JSON, e.g. a record's ``spec``) that determine its result."""
+    payload = {k: v for k, v in spec.items() if k not in _NAMES_AND_RESOURCES}
+    payload.update(_HASHED_AT_DEFAULT)
+    for key, default in _DROPPED_AT_DEFAULT.items():
+        if payload.get(key) == default:
+            del payload[key]
+    return payload
 
 
 def resolve_run(
@@ -309,3 +361,114 @@ def resolve_run(
         seed=seed,
         label=label or "",
     )
+
+
+# ---------------------------------------------------------------------------- one setting per method
+
+# Runs of one method in one block may differ only in their seed: the block is the dataset, the
+# architecture and the training condition (label noise, an open-set split), as in the report.
+_BLOCK_FIELDS = ("dataset", "arch", "label_noise", "open_set")
+
+
+def with_tag(label: str, tag: str) -> str:
+    """``pod`` -> ``pod[tag]``, ``pod[no-sc]`` -> ``pod[no-sc,tag]``: a label naming one more setting."""
+    return f"{label[:-1]},{tag}]" if label.endswith("]") and "[" in label else f"{label}[{tag}]"
+
+
+def _method_key(spec: dict[str, Any]) -> tuple[str, str]:
+    """(label, block text) of a run given as JSON."""
+    condition = [f"{k} {json.dumps(spec[k], sort_keys=True)}"
+                 for k in ("label_noise", "open_set") if spec.get(k) is not None]
+    block = f"{spec.get('dataset')} / {spec.get('arch')}" + (
+        f" ({', '.join(condition)})" if condition else "")
+    return str(spec.get("label") or spec.get("loss")), block
+
+
+def _method_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a method's runs in one block must share: the result fields but seed and block."""
+    fields = result_fields(spec)
+    out = {k: v for k, v in fields.items() if k not in _BLOCK_FIELDS and k != "seed"}
+    params = out.pop("loss_params", None) or {}
+    out.update({f"loss_params.{k}": v for k, v in params.items()})
+    return out
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """``key a vs b`` for each setting both give with different values (unknown ones skipped)."""
+    params = {k for k in a.keys() | b.keys() if k.startswith("loss_params.")}
+    keys = sorted((a.keys() & b.keys()) | params)
+    return [f"{k} {excerpt(a.get(k), 30)} vs {excerpt(b.get(k), 30)}"
+            for k in keys if a.get(k) != b.get(k)]
+
+
+def check_one_setting_per_method(
+    runs: Iterable[dict[str, Any]], source: str, *,
+    earlier: Iterable[dict[str, Any]] = (), earlier_where: str = "",
+) -> None:
+    """Refuse runs that the report would pool as seeds of one method but differ in a setting.
+
+    Args:
+        runs: the runs to start (or of one suite), as JSON (``RunSpec.model_dump(mode="json")``).
+        source: the spec file, for the message.
+        earlier: runs that already have records (their ``spec``), which the new ones join.
+        earlier_where: the results folder of ``earlier``, for the message.
+
+    Raises:
+        UserError: naming the method, the block, the settings that differ and the fix.
+    """
+    known: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for spec in earlier:
+        settings = _method_settings(spec)
+        group = known.setdefault(_method_key(spec), [])
+        if settings not in group:
+            group.append(settings)
+    n_earlier = {key: len(group) for key, group in known.items()}
+    for spec in runs:
+        key, settings = _method_key(spec), _method_settings(spec)
+        group = known.setdefault(key, [])
+        for i, other in enumerate(group):
+            diffs = _differences(other, settings)
+            if not diffs:
+                continue
+            shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+            label, block = (shorten(part, 80) for part in key)
+            if i < n_earlier.get(key, 0):
+                raise UserError(
+                    f"{source}: method '{label}' on {block} already has runs in {earlier_where} "
+                    f"with other settings ({shown}), which the report would pool as its seeds; "
+                    "give the loss its own label, or use another --results folder."
+                )
+            raise UserError(
+                f"{source}: method '{label}' on {block} would pool runs of different settings "
+                f"as its seeds ({shown}); keep one setting per method and block: give each "
+                "setting its own label (label: in its losses entry), or list each dataset once."
+            )
+        if not group or settings not in group:
+            group.append(settings)
+
+
+def check_joins_results(runs: Iterable[RunSpec], results_dir: Any, source: str) -> None:
+    """Refuse runs that would join a results folder's method of another setting (same label and
+    block): e.g. a tuned point run into the folder of a suite, under the suite's label.
+
+    Records that cannot be read are left to the commands that read them.
+    """
+    from podbench.results import ResultsStore
+
+    store = ResultsStore(results_dir)
+    if not store.runs_dir.is_dir():
+        return
+    runs = list(runs)
+    planned = [run.model_dump(mode="json") for run in runs]
+    ids = {run.run_id for run in runs}
+    earlier = []
+    for path in sorted(store.runs_dir.glob("*.json")):
+        if path.name.startswith(".") or path.stem in ids:
+            continue
+        try:
+            record = store.read_record(path.stem)
+        except UserError:
+            continue
+        if record and isinstance(record.get("spec"), dict):
+            earlier.append({**record["spec"], "label": record.get("label")})
+    check_one_setting_per_method(planned, source, earlier=earlier, earlier_where=str(store.root))

@@ -6,10 +6,12 @@ same for suite files (:func:`podbench.suite_spec.load_suite`) and tune files
 
 1. read the file as UTF-8 text (:func:`~podbench.fileio.read_user_text`: a folder, a binary file,
    another encoding or a file without read permission is one sentence);
-2. parse the YAML into a mapping;
+2. parse the YAML into a mapping (:func:`parse_yaml`: a key given twice, or aliases expanding
+   beyond :data:`MAX_YAML_VALUES` values, is refused on the node tree, before values are built);
 3. apply the ``--set key=value`` overrides;
 4. import the modules listed under ``imports:``, so that the plugins they register are known;
-5. validate the pydantic model (:class:`SpecFile` subclasses);
+5. validate the pydantic model (:class:`SpecFile` subclasses), then the caller's cheap checks
+   (the number of runs against ``--max-runs``);
 6. look every loss, variant, hyperparameter, dataset and architecture name up in the registries
    (:func:`check_names` over the model's ``name_refs()``).
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.resources
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -30,7 +32,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import Field, ValidationError
 
-from podbench.errors import UserError
+from podbench.errors import UserError, excerpt, shorten
 from podbench.fileio import read_user_text
 from podbench.registry import Registry
 from podbench.runs import RunSettings
@@ -44,6 +46,7 @@ __all__ = [
     "check_names",
     "import_plugins",
     "load_spec",
+    "parse_yaml",
     "read_spec_mapping",
     "validation_error_to_user_error",
 ]
@@ -51,6 +54,8 @@ __all__ = [
 # suite and study names become folder names
 SPEC_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _TUNE_PREFIX = "tune-"  # built-in tune files are named tune-*.yaml
+# values a spec file may hold once YAML aliases are expanded (a large suite holds a few hundred)
+MAX_YAML_VALUES = 100_000
 
 
 # ---------------------------------------------------------------------------- the models' base
@@ -104,7 +109,13 @@ SpecT = TypeVar("SpecT", bound=SpecFile)
 
 
 def load_spec(
-    path_or_name: str | Path, model: type[SpecT], overrides: Sequence[str] = (), *, kind: str
+    path_or_name: str | Path,
+    model: type[SpecT],
+    overrides: Sequence[str] = (),
+    *,
+    kind: str,
+    context: dict[str, Any] | None = None,
+    check: Callable[[SpecT, str], None] | None = None,
 ) -> tuple[SpecT, str]:
     """Read, override, import, validate and name-check a spec file (see the module docstring).
 
@@ -113,6 +124,9 @@ def load_spec(
         model: the spec model, e.g. ``SuiteSpec``.
         overrides: ``key=value`` strings (dotted keys, YAML values).
         kind: ``"suite"`` or ``"tune"``, for messages and the built-in names.
+        context: pydantic's validation context for the model (e.g. ``{"max_runs": N}``).
+        check: called with (spec, source) once the model is valid, before the registries are
+            loaded: cheap checks that must answer at once (e.g. the number of runs).
 
     Returns:
         (spec, source) where source names the file for further messages.
@@ -124,9 +138,11 @@ def load_spec(
     if isinstance(imports, list) and all(isinstance(m, str) for m in imports):
         import_plugins(imports, source)
     try:
-        spec = model.model_validate(data)
+        spec = model.model_validate(data, context=context)
     except ValidationError as err:
         raise validation_error_to_user_error(err, source) from None
+    if check is not None:
+        check(spec, source)
     check_names(spec.name_refs(), source)
     check_probe_settings(spec, source)
     return spec, source
@@ -195,15 +211,75 @@ def read_spec_mapping(path_or_name: str | Path, *, kind: str = "suite") -> tuple
                 f"{', '.join(_builtin(kind))}."
             )
         text, source = resource.read_text(encoding="utf-8"), f"{path_or_name} (built-in)"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{source}{where}: not valid YAML ({err.__class__.__name__}); fix the syntax there.") from None
+    data = parse_yaml(text, source)
     if not isinstance(data, dict):
         raise UserError(f"{source}: a {kind} file must be a YAML mapping (key: value lines) at the top.")
     return data, source
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text like ``yaml.safe_load``, refusing what it would misread or choke on.
+
+    A key given twice in one mapping (YAML keeps the last silently) and anchors and aliases that
+    expand to more than :data:`MAX_YAML_VALUES` values (a "billion laughs" file) are one
+    sentence each, found on the parsed node tree before any value is built.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_tree(node, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(
+            f"{source}{where}: not valid YAML ({err.__class__.__name__}); fix the syntax there."
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_tree(root: yaml.Node, source: str) -> None:
+    """Count the values with aliases expanded (stopping at the bound) and find repeated keys."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    seen: set[int] = set()  # mappings whose keys were checked (an alias repeats a mapping)
+    count = 0
+    while stack:
+        node, path = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise UserError(
+                f"{source}: the YAML expands to more than {MAX_YAML_VALUES} values through its "
+                "anchors and aliases (&name / *name); write the values out instead of nesting "
+                "aliases."
+            )
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, f"{path}{i}.") for i, child in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            if id(node) not in seen:
+                seen.add(id(node))
+                _check_repeated_keys(node, path, source)
+            stack.extend((value, f"{path}{shorten(key.value, 40)}.") for key, value in node.value)
+
+
+def _check_repeated_keys(node: yaml.MappingNode, path: str, source: str) -> None:
+    first_line: dict[tuple[str, str], int] = {}
+    position = 0
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.value == "<<":  # merge keys may repeat
+            continue
+        position += 1
+        line = key.start_mark.line + 1
+        earlier = first_line.setdefault((key.tag, key.value), line)
+        if len(first_line) < position:  # this key was there before
+            field = f"{path}{shorten(key.value, 40)}"
+            lines = f"lines {earlier} and {line}" if earlier != line else f"both on line {line}"
+            raise UserError(
+                f"{source} line {line}: field '{field}' is given twice ({lines}) and YAML "
+                "would silently keep the last; keep one of them."
+            )
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -212,12 +288,15 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
+        shown = excerpt(item)
         if not sep or not key:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. --set epochs=2.")
+            raise UserError(f"--set {shown}: expected key=value, e.g. --set epochs=2.")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise UserError(f"--set {item!r}: the value is not valid YAML; quote it or fix the brackets.") from None
+            value = parse_yaml(raw, f"--set {shown}") if raw.strip() else None
+        except UserError as err:
+            if "not valid YAML" not in str(err):
+                raise
+            raise UserError(f"--set {shown}: the value is not valid YAML; quote it or fix the brackets.") from None
         parts = key.split(".")
         node: Any = out
         for depth, part in enumerate(parts[:-1]):
@@ -229,7 +308,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
                 node = node.setdefault(part, {})
             else:
                 raise UserError(
-                    f"--set {item!r}: '{'.'.join(parts[: depth + 1])}' is not a mapping or list index; "
+                    f"--set {shown}: '{'.'.join(parts[: depth + 1])}' is not a mapping or list index; "
                     "check the key path."
                 )
         last = parts[-1]
@@ -238,7 +317,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         elif isinstance(node, dict):
             node[last] = value
         else:
-            raise UserError(f"--set {item!r}: cannot set '{key}' there; check the key path.")
+            raise UserError(f"--set {shown}: cannot set '{key}' there; check the key path.")
     return out
 
 
@@ -264,8 +343,8 @@ def validation_error_to_user_error(err: ValidationError, source: str) -> UserErr
     elif first["type"] == "missing":
         msg = "required field is missing; add it"
     more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
-    where = ".".join(str(p) for p in loc) or "(top level)"
-    return UserError(f"{source}: field '{where}': {msg}{more}.")
+    where = ".".join(shorten(str(p), 40) for p in loc) or "(top level)"
+    return UserError(f"{source}: field '{where}': {shorten(msg, 300)}{more}.")
 
 
 # ---------------------------------------------------------------------------- the name check

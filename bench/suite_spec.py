@@ -24,6 +24,11 @@ architectures, latent dimensions and seeds, plus the run settings every run shar
 (so unknown names and bad values fail with one sentence naming the field), expands it and builds
 each distinct loss once; :meth:`SuiteSpec.expand` gives the list of
 :class:`~podbench.runs.RunSpec`, each with a stable ``run_id``.
+
+A method (a label) in a block is one setting, its runs differing only in the seed: each grid
+point and variant has its own label (``cosface[s=16]``), a ``feat_dim`` list adds the size
+(``pod[feat_dim=16]``), two loss entries may not share a label, and whatever else would still
+vary within a label and block (a dataset listed twice with other epochs) is refused.
 """
 
 from __future__ import annotations
@@ -31,13 +36,32 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from itertools import product
+from math import prod
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from podbench.errors import UserError
-from podbench.runs import LabelNoiseSettings, RunSettings, RunSpec, resolve_run
+from podbench.errors import UserError, shorten
+from podbench.runs import (
+    DEFAULT_MAX_RUNS,
+    LabelNoiseSettings,
+    RunSettings,
+    RunSpec,
+    check_one_setting_per_method,
+    feat_dim_problem,
+    resolve_run,
+    whole_number,
+    with_tag,
+)
 from podbench.spec_files import NameRef, SpecFile, load_spec, validation_error_to_user_error
 
 __all__ = ["DatasetEntry", "LossEntry", "SuiteSpec", "load_suite"]
@@ -169,22 +193,34 @@ class SuiteSpec(SpecFile):
     @field_validator("feat_dim", mode="before")
     @classmethod
     def _feat_dim_shorthand(cls, value: Any) -> Any:
-        return [value] if isinstance(value, int) else value
+        values = value if isinstance(value, list) else [value] if value is not None else None
+        # YAML 1.1 reads `1e9` (no dot) as text: a whole number written so is still that number
+        return None if values is None else [whole_number(v) for v in values]
 
     @field_validator("feat_dim")
     @classmethod
     def _feat_dim_positive(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (not value or any(d < 1 for d in value)):
+        if value is not None and not value:
             raise ValueError("feat_dim must be a positive integer or a non-empty list of them")
+        for dim in value or []:
+            problem = feat_dim_problem(dim)
+            if problem:
+                raise ValueError(problem)
         return value
 
     @field_validator("seeds", mode="before")
     @classmethod
-    def _seed_count(cls, value: Any) -> Any:
+    def _seed_count(cls, value: Any, info: ValidationInfo) -> Any:
         # `seeds: 3` means seeds 0, 1, 2
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 1:
                 raise ValueError("seeds must be a count >= 1 or a list of seeds")
+            max_runs = (info.context or {}).get("max_runs", DEFAULT_MAX_RUNS)
+            if value > max_runs:  # before the list is built: 10**12 seeds is a typo
+                raise ValueError(
+                    f"{value} seeds make more runs than --max-runs {max_runs}; give fewer "
+                    f"seeds, or raise --max-runs if you mean it"
+                )
             return list(range(value))
         return value
 
@@ -215,6 +251,17 @@ class SuiteSpec(SpecFile):
             yield NameRef(f"archs.{i}", "arch", arch)
         yield from super().name_refs()
 
+    def run_count(self) -> int:
+        """How many runs :meth:`expand` makes at most (a repeated grid point counts each time),
+        computed without building them."""
+        points = sum(
+            len(entry.variants or [entry.variant]) * prod(len(v) for v in entry.grid.values())
+            for entry in self.losses
+        )
+        blocks = sum(len(ds.archs or self.archs) for ds in self.datasets)
+        axes = len(self.label_noise or [None]) * len(self.feat_dim or [None])
+        return blocks * axes * points * len(self.seeds)
+
     def expand(self) -> list[RunSpec]:
         """Every run of the grid, in a stable order, each fully resolved (duplicates dropped)."""
         settings = self.settings()
@@ -231,6 +278,8 @@ class SuiteSpec(SpecFile):
         )
         for ds, noise, arch, dims, entry in points:
             for variant, params, label in entry.expand():
+                if len(dims_grid) > 1:  # each latent size of a grid is a method of its own
+                    label = with_tag(label, f"feat_dim={dims}")
                 for seed in self.seeds:
                     run = resolve_run(
                         ds.settings(settings), suite=self.name, loss=entry.name, variant=variant,
@@ -245,7 +294,11 @@ class SuiteSpec(SpecFile):
 
 
 def load_suite(
-    path_or_name: str | Path, overrides: Sequence[str] = (), *, build_losses: bool = True
+    path_or_name: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    build_losses: bool = True,
+    max_runs: int = DEFAULT_MAX_RUNS,
 ) -> SuiteSpec:
     """Load and fully validate a suite (a YAML file or a built-in name) with ``--set`` overrides.
 
@@ -255,6 +308,7 @@ def load_suite(
         build_losses: also build each distinct loss once on CPU, so that a value the loss
             rejects (e.g. feat_dim too small for simplex centroids) fails here; PEDCC's charge
             model for hundreds of classes makes this take tens of seconds.
+        max_runs: the most runs the suite may make (``--max-runs``); counted before any is built.
 
     Raises:
         UserError: one sentence naming the field path and the fix.
@@ -264,14 +318,48 @@ def load_suite(
         >>> len(runs), sorted({run.loss for run in runs}), {run.epochs for run in runs}
         (15, ['arcface', 'cosface', 'pedcc', 'pod', 'softmax'], {1})
     """
-    spec, source = load_spec(path_or_name, SuiteSpec, overrides, kind="suite")
+    def check_count(spec: SuiteSpec, source: str) -> None:
+        count = spec.run_count()
+        if count > max_runs:
+            raise UserError(
+                f"{source}: the suite expands to {count:,} runs, more than --max-runs {max_runs}; "
+                "shrink seeds, grids, variants, datasets or feat_dim, or raise --max-runs if you "
+                "mean it."
+            )
+
+    spec, source = load_spec(path_or_name, SuiteSpec, overrides, kind="suite",
+                             context={"max_runs": max_runs}, check=check_count)
+    _check_labels(spec, source)
     try:
         runs = spec.expand()
     except ValidationError as err:  # e.g. a dataset default that breaks a constraint
         raise validation_error_to_user_error(err, source) from None
+    check_one_setting_per_method([r.model_dump(mode="json") for r in runs], source)
     if build_losses:
         _check_losses_build(spec, runs, source)
     return spec
+
+
+def _check_labels(spec: SuiteSpec, source: str) -> None:
+    """Two loss entries never make the same method: each label belongs to one entry."""
+    owner: dict[str, int] = {}
+    for i, entry in enumerate(spec.losses):
+        for full in sorted({label for _, _, label in entry.expand()}):
+            j, label = owner.setdefault(full, i), shorten(full)
+            if j == i:
+                continue
+            if entry.label:
+                problem = (
+                    f"field 'losses.{i}.label': '{label}' is already the method of losses.{j}; "
+                    "give each loss entry its own label"
+                )
+            else:
+                problem = (
+                    f"field 'losses.{i}': loss '{entry.name}' is listed again (as losses.{j}) "
+                    f"and both would be reported as the one method '{label}'; give one of them "
+                    f"a label (e.g. label: {entry.name}-b), or merge them into one entry with a grid"
+                )
+            raise UserError(f"{source}: {problem}.")
 
 
 def _check_losses_build(spec: SuiteSpec, runs: Sequence[RunSpec], source: str) -> None:

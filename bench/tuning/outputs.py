@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from podbench.errors import UserError
 from podbench.fileio import atomic_write_text
-from podbench.runs import RunSpec
+from podbench.runs import RunSpec, check_joins_results, with_tag
 from podbench.suite_spec import SuiteSpec
 from podbench.tuning.study import (
     ATTR_EPOCHS,
@@ -37,6 +37,7 @@ from podbench.tuning.study import (
 from podbench.tuning.tune_spec import RUN_KEYWORDS, TUNABLE_RUN_FIELDS, TuneSpec
 
 __all__ = [
+    "TUNED_TAG",
     "best_points",
     "best_suites",
     "importances",
@@ -44,6 +45,12 @@ __all__ = [
     "trials_table",
     "write_outputs",
 ]
+
+
+# The best point of a loss is its own method: `pod[tuned]` beside a suite's `pod`.
+TUNED_TAG = "tuned"
+# `podbench tune` bounded --seeds by --max-runs already (a suite's own bound is the default)
+_UNBOUNDED = {"max_runs": float("inf")}
 
 
 def best_points(spec: TuneSpec, studies: dict[str, optuna.Study]) -> dict[str, dict[str, Any]]:
@@ -137,7 +144,8 @@ def best_suites(
                     "name": run.loss,
                     "variant": run.variant,
                     "params": dict(run.loss_params),
-                    "label": label,
+                    # not the label of an untuned run of the same loss in the folder
+                    "label": with_tag(label, TUNED_TAG),
                 }
             ],
             "datasets": [run.dataset],
@@ -145,7 +153,7 @@ def best_suites(
             "feat_dim": [run.feat_dim],
             "seeds": seeds if isinstance(seeds, int) else list(seeds),
         }
-        SuiteSpec.model_validate(suite)  # what we hand over must load as a suite
+        SuiteSpec.model_validate(suite, context=_UNBOUNDED)  # what we hand over must load as a suite
         suites[label] = suite
     return suites
 
@@ -200,7 +208,8 @@ def rerun_best(
     suites = best_suites(outcome.spec, outcome.best, seeds)
     runs: list[RunSpec] = []
     for suite in suites.values():
-        runs.extend(SuiteSpec.model_validate(suite).expand())
+        runs.extend(SuiteSpec.model_validate(suite, context=_UNBOUNDED).expand())
+    check_joins_results(runs, results_dir, f"the best points of study {outcome.spec.name}")
     ResultsStore(results_dir).write_suite(
         {
             "name": f"{outcome.spec.name}-best",

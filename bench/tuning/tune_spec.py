@@ -53,8 +53,16 @@ from pydantic import (
     model_validator,
 )
 
-from podbench.errors import UserError
-from podbench.runs import NON_RESULT_FIELDS, RunSettings, RunSpec, resolve_run
+from podbench.errors import UserError, shorten
+from podbench.runs import (
+    DEFAULT_MAX_RUNS,
+    NON_RESULT_FIELDS,
+    RunSettings,
+    RunSpec,
+    feat_dim_problem,
+    resolve_run,
+    whole_number,
+)
 from podbench.spec_files import NameRef, SpecFile, load_spec, validation_error_to_user_error
 
 __all__ = [
@@ -151,6 +159,9 @@ class CategoricalParam(BaseModel):
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 param_adapter: TypeAdapter[FloatParam | IntParam | CategoricalParam] = TypeAdapter(Param)
 
+# choices of one categorical parameter built when the file loads (the rest are left to trials)
+_MAX_CHOICES_BUILT = 16
+
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "lr": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
     "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
@@ -218,6 +229,19 @@ class TuneSpec(SpecFile):
     storage: str | None = None
     space: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     losses: dict[str, LossTune] = Field(min_length=1)
+
+    @field_validator("feat_dim", mode="before")
+    @classmethod
+    def _feat_dim_number(cls, value: Any) -> Any:
+        return whole_number(value)
+
+    @field_validator("feat_dim")
+    @classmethod
+    def _feat_dim_buildable(cls, value: int | None) -> int | None:
+        problem = None if value is None else feat_dim_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("eval_split", mode="before")
     @classmethod
@@ -397,12 +421,16 @@ class TuneSpec(SpecFile):
 # ---------------------------------------------------------------------------- loading
 
 
-def load_tune(path_or_name: str | Path, overrides: Sequence[str] = ()) -> TuneSpec:
+def load_tune(
+    path_or_name: str | Path, overrides: Sequence[str] = (), *, max_runs: int = DEFAULT_MAX_RUNS
+) -> TuneSpec:
     """Load and fully validate a tune file (a YAML file or a built-in name) with ``--set`` overrides.
 
     The loading pipeline of :mod:`podbench.spec_files` (``imports:`` included), then the search
-    spaces: each entry a valid range, each ``enqueue`` point inside it, and the space's corner a
-    valid run.
+    spaces: each entry a valid range, each ``enqueue`` point inside it, the space's corner a
+    valid run, and the loss built (on CPU) with its fixed parameters at each end of each range and
+    each choice, so that a parameter of the wrong type fails here rather than in every trial.
+    ``max_runs`` bounds the trials (``n_trials`` per loss), as ``--max-runs`` does.
 
     Raises:
         UserError: one sentence naming the field path and the fix.
@@ -412,10 +440,57 @@ def load_tune(path_or_name: str | Path, overrides: Sequence[str] = ()) -> TuneSp
         >>> spec.distributions("pod")["lr"]
         FloatDistribution(high=0.3, log=True, low=0.003, step=None)
     """
-    spec, source = load_spec(path_or_name, TuneSpec, overrides, kind="tune")
+    def check_trials(spec: TuneSpec, source: str) -> None:
+        trials = spec.n_trials * len(spec.losses)
+        if trials > max_runs:
+            raise UserError(
+                f"{source}: field 'n_trials': {spec.n_trials} trials for each of "
+                f"{len(spec.losses)} loss(es) make {trials:,} runs, more than --max-runs "
+                f"{max_runs}; lower n_trials, or raise --max-runs if you mean it."
+            )
+
+    spec, source = load_spec(path_or_name, TuneSpec, overrides, kind="tune", check=check_trials)
     for label in spec.losses:
         _check_space(spec, label, source)
+        _check_builds(spec, label, source)
     return spec
+
+
+def _check_builds(spec: TuneSpec, label: str, source: str) -> None:
+    """Build the loss at the space's corner and, one parameter at a time, at the other end of each
+    range and at each choice (a wrong type in ``params`` or a choice fails when the file loads)."""
+    from podbench.losses import create_loss
+    from podbench.tasks import dataset_info
+
+    num_classes = dataset_info(spec.dataset).num_classes
+    if num_classes is None:  # an image folder: its classes are known only when read
+        return
+    space = spec.loss_space(label)
+    corner = {k: _corner(p) for k, p in space.items()}
+    points: list[tuple[str, dict[str, Any]]] = [(f"losses.{label}", corner)]
+    origins = {k: origin for k, (_, origin) in spec.space_entries(label).items()}
+    for key, param in space.items():
+        values = param.choices[1:] if isinstance(param, CategoricalParam) else [param.high]
+        points += [(origins[key], {**corner, key: v}) for v in values[:_MAX_CHOICES_BUILT]]
+    built: set[str] = set()
+    for where, point in points:
+        try:
+            run = spec.run_for(label, point)
+        except ValidationError as err:
+            problem = shorten(str(err.errors()[0]["msg"]).removeprefix("Value error, "), 300)
+            raise UserError(f"{source}: field '{where}' (for {label}): {problem}.") from None
+        key = json.dumps([run.variant, run.loss_params, run.feat_dim], sort_keys=True, default=str)
+        if key in built:
+            continue
+        built.add(key)
+        try:
+            create_loss(run.loss, num_classes=int(num_classes), feat_dim=run.feat_dim,
+                        variant=run.variant, **run.loss_params)
+        except UserError as err:
+            raise UserError(
+                f"{source}: field '{where}' (for {label}, feat_dim={run.feat_dim}): "
+                f"{str(err).rstrip('.')}."
+            ) from None
 
 
 def _check_space(spec: TuneSpec, label: str, source: str) -> None:

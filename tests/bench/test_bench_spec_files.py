@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,124 @@ def test_an_unknown_name_gets_the_closest_registered_one(
     err = capsys.readouterr().err
     assert "unknown" in err and f"'{wrong}' (did you mean '{meant}'?)" in err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- inputs a user really writes
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Exit status and stderr of the real CLI, checked to be one line without a traceback."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") <= 1, err
+    return code, err
+
+
+PLAIN = {"name": "plain", "losses": ["pod", "softmax"], "datasets": ["digits"], "archs": ["mlp"],
+         "feat_dim": 16, "epochs": 2}
+DUPLICATED = """\
+name: dup
+losses:
+  - {name: cosface, params: {m: 0.2, s: 16, m: 0.5}}
+datasets: [digits]
+archs: [mlp]
+feat_dim: 16
+epochs: 2
+epochs: 5
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "lines"),
+    [
+        (DUPLICATED.replace("m: 0.5", "k: 1"), "epochs", "(lines 7 and 8)"),
+        (DUPLICATED.replace("epochs: 5\n", ""), "losses.0.params.m", "(both on line 3)"),
+    ],
+)
+def test_a_yaml_key_given_twice_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, field: str, lines: str
+) -> None:
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    assert yaml.safe_load(text)  # what PyYAML alone does: keeps the last value, says nothing
+    code, err = _cli(["validate", str(path)], capsys)
+    assert code == 2
+    assert f"field '{field}' is given twice {lines}" in err and "keep one of them" in err
+
+
+def test_a_billion_laughs_file_is_refused_at_once(tmp_path: Path) -> None:
+    # 10 levels of 10 aliases each: 10**10 values once expanded, a few hundred bytes of YAML
+    lines = ["name: lol", 'l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = tmp_path / "lol.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    # the timeout only stops a hang (the old code ran past 30 s); it is not the measure
+    done = subprocess.run(
+        [sys.executable, "-m", "podbench", "validate", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    print(f"billion laughs refused in {time.perf_counter() - start:.2f} s (interpreter start included)")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "expands to more than 100000 values through its anchors and aliases" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["seeds=1000000000000"], "field 'seeds': 1000000000000 seeds make more runs than "
+         "--max-runs 10000"),
+        # 100 x 100 grid points x 6 seeds = 60,000 runs, counted, never built
+        ([f"losses=[{{name: cosface, grid: {{s: {list(range(1, 101))}, "
+          f"m: {[i / 1000 for i in range(100)]}}}}}]", "seeds=6"],
+         "the suite expands to 60,000 runs, more than --max-runs 10000"),
+    ],
+)
+def test_a_huge_grid_is_refused_before_it_is_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], needle: str
+) -> None:
+    path = _write(tmp_path, PLAIN)
+    args = ["validate", str(path)] + [x for o in overrides for x in ("--set", o)]
+    start = time.perf_counter()
+    code, err = _cli(args, capsys)
+    print(f"refused in {time.perf_counter() - start:.2f} s")
+    assert code == 2 and needle in err and "raise --max-runs" in err
+
+
+def test_max_runs_raises_and_lowers_the_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, PLAIN)  # 2 losses x 3 seeds = 6 runs
+    code, err = _cli(["validate", str(path), "--set", "seeds=3", "--max-runs", "5"], capsys)
+    assert code == 2 and "expands to 6 runs, more than --max-runs 5" in err
+    assert main(["validate", str(path), "--set", "seeds=3", "--max-runs", "6"]) == 0
+    assert "with 6 run(s)" in capsys.readouterr().out
+
+
+def test_an_unwritable_results_folder_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.geteuid() == 0:  # root writes through any mode bits; /sys refuses even root
+        folder = Path("/sys")
+    else:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+    suite = _write(tmp_path, PLAIN)
+    code, err = _cli(["run", str(suite), "--results", str(folder), "--num-cpus", "1"], capsys)
+    assert code == 2
+    assert f"--results {folder}: cannot write there" in err and "give a folder you can write to" in err
+
+
+def test_a_huge_bad_value_is_quoted_as_an_excerpt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from podbench.record import RunRecord
+
+    run = load_suite(_write(tmp_path, PLAIN), build_losses=False).expand()[0]
+    record = RunRecord.of_run(run, status="completed", final_test_acc=0.5).to_json_dict()
+    record["final_test_acc"] = "9" * 20_000_000  # 20 MB where a number belongs
+    runs = tmp_path / "r" / "runs"
+    runs.mkdir(parents=True)
+    (runs / f"{run.run_id}.json").write_text(json.dumps(record))
+    code, err = _cli(["results", "--results", str(tmp_path / "r")], capsys)
+    assert code == 2
+    assert "the field final_test_acc is invalid" in err and "characters left out" in err
+    assert len(err) < 1000, len(err)

@@ -42,9 +42,18 @@ def test_grid_expansion_labels_and_defaults(tmp_path: Path) -> None:
     # methods: softmax, pod, pod[no-sc], cosface[s=16], cosface[s=30] = 5; x 2 dims x 2 seeds
     assert len(runs) == 5 * 2 * 2
     assert len({r.run_id for r in runs}) == len(runs)
+    # each latent size of the feat_dim grid is a method of its own, never pooled as seeds
     labels = sorted({r.label for r in runs})
-    assert labels == ["cosface[s=16]", "cosface[s=30]", "pod", "pod[no-sc]", "softmax"]
-    cos16 = next(r for r in runs if r.label == "cosface[s=16]")
+    assert labels == sorted(
+        [f"{m}[feat_dim={d}]" for m in ("pod", "softmax") for d in (16, 32)]
+        + [f"{m}[{v},feat_dim={d}]" for m, v in
+           [("cosface", "s=16"), ("cosface", "s=30"), ("pod", "no-sc")] for d in (16, 32)]
+    )
+    for label in labels:
+        assert sorted(r.seed for r in runs if r.label == label) == [0, 1]
+        assert {f"feat_dim={r.feat_dim}]" for r in runs if r.label == label} == {
+            label[label.index("feat_dim="):]}
+    cos16 = next(r for r in runs if r.label == "cosface[s=16,feat_dim=16]")
     assert cos16.loss_params == {"m": 0.2, "s": 16}
     assert {r.seed for r in runs} == {0, 1} and {r.feat_dim for r in runs} == {16, 32}
     run = runs[0]
@@ -256,3 +265,152 @@ def test_cpu_benchmark_has_the_blocks_the_tests_across_blocks_need() -> None:
     # every block complete: every method, every seed (at least 3 for the seed-power analysis)
     assert len(spec.seeds) >= 3
     assert len(runs) == len(blocks) * len(methods) * len(spec.seeds)
+
+
+# ---------------------------------------------------------------------------- one setting per method
+
+PLAIN = """
+name: plain
+losses: [pod, softmax]
+datasets: [digits]
+archs: [mlp]
+feat_dim: 16
+seeds: 2
+epochs: 2
+"""
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """stderr of a CLI call that must exit 2 with one line and no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+def test_a_feat_dim_grid_is_one_method_per_size_in_validate_and_the_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, PLAIN)
+    assert main(["validate", str(path), "--set", "feat_dim=[12, 16]"]) == 0
+    out = capsys.readouterr().out
+    assert "4 method(s) (pod[feat_dim=12], pod[feat_dim=16], softmax[feat_dim=12], " \
+           "softmax[feat_dim=16])" in out
+    runs = load_suite(path, ["feat_dim=[12, 16]"], build_losses=False).expand()
+    cells: dict[str, list[tuple[int, int]]] = {}
+    for r in runs:
+        cells.setdefault(r.label, []).append((r.feat_dim, r.seed))
+    # the old code pooled both sizes under `pod`: seeds [0, 0, 1, 1]
+    assert cells["pod[feat_dim=12]"] == [(12, 0), (12, 1)]
+    assert cells["softmax[feat_dim=16]"] == [(16, 0), (16, 1)]
+
+
+@pytest.mark.parametrize(
+    ("losses", "needle"),
+    [
+        ("[{name: pod, label: mine}, {name: softmax, label: mine}]",
+         "field 'losses.1.label': 'mine' is already the method of losses.0; give each loss "
+         "entry its own label."),
+        ("[{name: cosface, params: {m: 0.2}}, {name: cosface, params: {m: 0.5}}]",
+         "field 'losses.1': loss 'cosface' is listed again (as losses.0) and both would be "
+         "reported as the one method 'cosface'; give one of them a label (e.g. label: "
+         "cosface-b), or merge them into one entry with a grid."),
+    ],
+)
+def test_two_loss_entries_of_one_method_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], losses: str, needle: str
+) -> None:
+    err = _refused(["validate", str(_write(tmp_path, PLAIN)), "--set", f"losses={losses}"], capsys)
+    assert needle in err
+
+
+def test_a_dataset_listed_twice_with_other_settings_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    both = "datasets=[digits, {name: digits, epochs: 5}]"
+    err = _refused(["validate", str(_write(tmp_path, PLAIN)), "--set", both], capsys)
+    assert "method 'pod' on digits / mlp would pool runs of different settings as its seeds " \
+           "(epochs 2 vs 5, milestones [1] vs [2, 3, 4])" in err
+    assert "give each setting its own label" in err
+
+
+@pytest.mark.parametrize("value", ["1e9", "1000000000", "[16, 1.0e+9]"])
+def test_a_huge_feat_dim_is_refused_before_a_loss_is_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    path = _write(tmp_path, PLAIN.replace("feat_dim: 16", f"feat_dim: {value}"))
+    err = _refused(["validate", str(path)], capsys)
+    # 10 classes x 10**9 float32 centres = 40 GB: what the old validate tried to allocate
+    assert "field 'feat_dim': feat_dim 1000000000 is above 65536" in err
+    assert "40.0 GB for 10 classes" in err and "use a smaller feat_dim" in err
+
+
+def _recorded(results: Path, runs: list[RunSpec]) -> None:
+    """Completed records of ``runs`` as `podbench run` writes them."""
+    from podbench.record import RunRecord
+    from podbench.results import ResultsStore
+
+    store = ResultsStore(results)
+    for run in runs:
+        store.write_record(RunRecord.of_run(run, status="completed", final_test_acc=0.5))
+
+
+def test_run_refuses_to_join_a_method_of_other_settings_in_the_results_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, results = _write(tmp_path, PLAIN), tmp_path / "out"
+    _recorded(results, load_suite(path, build_losses=False).expand())
+    # the same settings again: every run is done, nothing starts (so it asks no CPUs of Ray)
+    assert main(["run", str(path), "--results", str(results), "--no-report", "--num-cpus", "1",
+                 "--set", "cpus=64"]) == 0
+    assert "already have records" in capsys.readouterr().out
+    err = _refused(["run", str(path), "--results", str(results), "--set", "epochs=3"], capsys)
+    assert f"method 'pod' on digits / mlp already has runs in {results} with other settings " \
+           "(epochs 2 vs 3, milestones [1] vs [1, 2])" in err
+    assert "give the loss its own label, or use another --results folder" in err
+    # under its own label the new setting is a method of its own
+    own = ["losses=[{name: pod, label: pod-3}, {name: softmax, label: softmax-3}]", "epochs=3"]
+    from podbench.runs import check_joins_results
+
+    check_joins_results(load_suite(path, own, build_losses=False).expand(), results, str(path))
+
+
+def test_a_run_asking_for_more_cpus_than_ray_has_is_refused_before_ray_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, PLAIN)
+    err = _refused(["run", str(path), "--results", str(tmp_path / "r"), "--num-cpus", "1",
+                    "--set", "cpus=2"], capsys)
+    assert "field 'cpus': each run asks for 2 CPUs, more than any node of the embedded Ray on " \
+           "this machine (1 CPUs, --num-cpus 1; " in err
+    assert "has, so it would wait forever; lower it (--set cpus=1), raise --num-cpus to 2, or " \
+           "give --address of a larger cluster." in err
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_a_gpu_run_on_a_machine_without_gpu_is_refused_with_the_cpu_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # this machine shows Ray no GPU
+    path = _write(tmp_path, PLAIN)
+    err = _refused(["run", str(path), "--results", str(tmp_path / "r"), "--num-cpus", "1",
+                    "--set", "gpus=1"], capsys)
+    assert "field 'gpus': each run asks for 1 GPU, more than any node of the embedded Ray on " \
+           "this machine (1 CPUs, --num-cpus 1; 0 GPUs) has, so it would wait forever; train on " \
+           "the CPU with --set gpus=0 --set device=cpu, or give --address of a Ray cluster with " \
+           "GPUs." in err
+
+
+def test_a_run_needing_cpus_and_a_gpu_on_one_node_of_a_cluster() -> None:
+    from podbench.resources import Capacity, check_resources
+    from podbench.runs import RunSettings
+
+    # two nodes: 8 CPUs without GPU, 2 CPUs with one; a run of 4 CPUs and 1 GPU fits neither
+    cluster = Capacity(((8.0, 0.0), (2.0, 1.0)), "the Ray cluster at h:1", embedded=False)
+    check_resources([RunSettings(cpus=2, gpus=1), RunSettings(cpus=8)], cluster, "s.yaml")
+    with pytest.raises(UserError, match="fields 'cpus' and 'gpus': each run asks for 4 CPUs and 1 "
+                       "GPU on one node, but no node of the Ray cluster at h:1 has both"):
+        check_resources([RunSettings(cpus=4, gpus=1)], cluster, "s.yaml")
+    with pytest.raises(UserError, match=r"asks for 9 CPUs, more than any node of the Ray cluster at "
+                       r"h:1 has.*lower it \(--set cpus=8\), or give --address"):
+        check_resources([RunSettings(cpus=9)], cluster, "s.yaml")

@@ -102,7 +102,8 @@ def test_space_layers_plugin_then_file_then_loss(tmp_path: Path) -> None:
             "space": {
                 "sc_weight": {"type": "float", "low": 0.5, "high": 2.0},
                 "centroids": None,
-                "feat_dim": {"type": "categorical", "choices": [8, 16]},
+                # a simplex of digits' 10 centroids needs feat_dim >= 9 (load_tune builds each)
+                "feat_dim": {"type": "categorical", "choices": [12, 16]},
             },
         }
     }
@@ -125,12 +126,12 @@ def test_space_layers_plugin_then_file_then_loss(tmp_path: Path) -> None:
             "lr": 0.05,
             "weight_decay": 1e-5,
             "sc_weight": 1.5,
-            "feat_dim": 8,
+            "feat_dim": 12,
             "nac_weight": 2.0,
             "delta_schedule": "none",
         },
     )
-    assert (run.lr, run.weight_decay, run.feat_dim) == (0.05, 1e-5, 8)
+    assert (run.lr, run.weight_decay, run.feat_dim) == (0.05, 1e-5, 12)
     assert run.loss_params == {
         "alpha": 0.02,
         "sc_weight": 1.5,
@@ -212,7 +213,8 @@ def test_best_suites_rerun_the_best_point_on_test_over_seeds() -> None:
     for label, point in best.items():
         assert [r.seed for r in runs[label]] == [0, 1, 2]
         for r in runs[label]:
-            assert r.eval_split == "test" and r.label == label and r.epochs == 2
+            # the best point is a method of its own beside an untuned run of the loss
+            assert r.eval_split == "test" and r.label == f"{label}[tuned]" and r.epochs == 2
             assert (r.lr, r.weight_decay) == (
                 point["params"]["lr"],
                 point["params"]["weight_decay"],
@@ -253,3 +255,69 @@ def test_cli_unusable_storage_is_a_user_error(
     )
     err = capsys.readouterr().err
     assert code == 2 and "--storage nosuchdb://x/y" in err and "postgresql://" in err
+
+
+def _tune_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    from podbench.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("loss", "field", "problem"),
+    [
+        # a fixed parameter of the wrong type: the old code failed every trial instead
+        ({"params": {"sc_weight": "heavy"}, "space": {"centroids": None}}, "losses.pod",
+         "pod: sc_weight='heavy' is invalid; give a finite number >= 0."),
+        # one choice of a categorical of the wrong type, not the first (the corner)
+        ({"space": {"centroids": None, "nac_weight": {"type": "categorical",
+                                                      "choices": [1.0, "big"]}}},
+         "losses.pod.space.nac_weight", "pod: nac_weight='big' is invalid"),
+    ],
+)
+@pytest.mark.parametrize("verb", ["validate", "tune"])
+def test_a_loss_parameter_of_the_wrong_type_fails_when_the_file_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verb: str, loss: dict, field: str,
+    problem: str,
+) -> None:
+    path = write(tmp_path, {**TINY, "losses": {"pod": loss}})
+    err = _tune_refused([verb, str(path), "--results", str(tmp_path / "r")][: 2 if verb ==
+                                                                            "validate" else 4],
+                        capsys)
+    assert f"tune.yaml: field '{field}' (for pod, feat_dim=16): {problem}" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "args", "needle"),
+    [
+        ({"feat_dim": "1e9"}, [], "field 'feat_dim': feat_dim 1000000000 is above 65536"),
+        # (yaml.safe_dump sorts the losses: pod is checked first)
+        ({"space": {"feat_dim": {"type": "int", "low": 16, "high": 10**8}}}, [],
+         "field 'space.feat_dim' (for pod): feat_dim 100000000 is above 65536"),
+        ({"n_trials": 6000}, [], "field 'n_trials': 6000 trials for each of 2 loss(es) make "
+         "12,000 runs, more than --max-runs 10000"),
+        ({}, ["--seeds", "6000"], "--seeds 6000: reruns 12,000 runs (2 loss(es)), more than "
+         "--max-runs 10000"),
+    ],
+)
+def test_tune_files_are_bounded_like_suites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict, args: list[str],
+    needle: str,
+) -> None:
+    path = write(tmp_path, {**TINY, **changes})
+    err = _tune_refused(["tune", str(path), "--results", str(tmp_path / "r"), *args], capsys)
+    assert needle in err
+
+
+def test_tune_trials_asking_for_a_gpu_the_machine_lacks_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    path = write(tmp_path, {**TINY, "gpus": 0.5})
+    err = _tune_refused(["tune", str(path), "--results", str(tmp_path / "r")], capsys)
+    assert "field 'gpus': each trial asks for 0.5 GPU, more than any node of the embedded Ray" in err
+    assert "--set gpus=0 --set device=cpu" in err and not (tmp_path / "r").exists()

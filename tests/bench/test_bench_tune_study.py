@@ -240,17 +240,31 @@ def test_cli_seeds_reruns_best_points_on_test_as_suite_runs(
     }
     path = tmp_path / "seeded.yaml"
     path.write_text(yaml.safe_dump(spec))
-    before = len(reads(split_log))
+    # the README's sequence: a suite run into out/, then the tuned best point into the same out/
+    suite = {k: spec[k] for k in ("dataset", "arch", "feat_dim", "epochs", "batch_size", "schedule")}
+    suite = {"name": "untuned", "losses": [{"name": "pod", "params": {"centroids": "simplex"}}],
+             "datasets": [suite.pop("dataset")], "archs": [suite.pop("arch")], "seeds": 2, **suite}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
     # the suite executor hands its progress stream to Ray, which cannot pickle pytest's capture
+    with capsys.disabled():
+        assert main(["run", str(tmp_path / "suite.yaml"), "--results", str(tmp_path / "r"),
+                     "--no-report"]) == 0
+    before = len(reads(split_log))
     with capsys.disabled():
         assert main(["tune", str(path), "--results", str(tmp_path / "r"), "--seeds", "2"]) == 0
     best = yaml.safe_load((tmp_path / "r" / "tune" / "seeded" / "best.yaml").read_text())["losses"]
     records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "runs").glob("*.json")]
-    assert sorted((r["label"], r["seed"]) for r in records) == [("pod", 0), ("pod", 1)]
+    # the tuned point is a method of its own beside the suite's, not two more seeds of `pod`
+    assert sorted((r["label"], r["seed"]) for r in records) == [
+        ("pod", 0), ("pod", 1), ("pod[tuned]", 0), ("pod[tuned]", 1)]
+    stats = json.loads((tmp_path / "r" / "report" / "stats.json").read_text())
+    assert sorted(stats["labels"]) == ["pod", "pod[tuned]"]
+    assert all(r["spec"]["lr"] == 0.1 for r in records if r["label"] == "pod")
+    records = [r for r in records if r["label"] == "pod[tuned]"]
     for r in records:
         assert r["status"] == "completed" and r["spec"]["eval_split"] == "test"
         assert r["final_test_acc"] is not None and r["suite"] == "seeded-best"
-        assert math.isclose(r["spec"]["lr"], best[r["label"]]["params"]["lr"])
+        assert math.isclose(r["spec"]["lr"], best["pod"]["params"]["lr"])
         assert r["spec"]["loss_params"]["centroids"] == "simplex"
     assert (tmp_path / "r" / "results.csv").is_file()
     # the tuning trials read "val" only; the reruns are what read "test"
