@@ -8,7 +8,7 @@ cluster has, and the fix.
 - Embedded Ray (no ``--address``): this machine, with ``--num-cpus`` CPUs (default: all of them)
   and the GPUs CUDA shows (``CUDA_VISIBLE_DEVICES`` respected, as Ray does).
 - A cluster (``--address``): the alive nodes Ray reports (``ray.nodes()``), after connecting the
-  way the executor does (:func:`podbench.executor.init_ray`), which the runs then reuse.
+  way the executor does (:func:`podbench.ray_cluster.init_ray`), which the runs then reuse.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def cluster_capacity(address: str, num_cpus: int | None = None) -> Capacity:
     passed on as the runs would, and ignored there)."""
     import ray
 
-    from podbench.executor import init_ray
+    from podbench.ray_cluster import init_ray
 
     init_ray(address, num_cpus)
     nodes = tuple(
