@@ -403,7 +403,7 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 def check_one_setting_per_method(
     runs: Iterable[dict[str, Any]], source: str, *,
-    earlier: Iterable[dict[str, Any]] = (), earlier_where: str = "",
+    earlier: Iterable[dict[str, Any]] = (), earlier_where: str = "", fix: str = "",
 ) -> None:
     """Refuse runs that the report would pool as seeds of one method but differ in a setting.
 
@@ -412,6 +412,7 @@ def check_one_setting_per_method(
         source: the spec file, for the message.
         earlier: runs that already have records (their ``spec``), which the new ones join.
         earlier_where: the results folder of ``earlier``, for the message.
+        fix: the fix the message gives (default: one setting per method and block in the suite).
 
     Raises:
         UserError: naming the method, the block, the settings that differ and the fix.
@@ -440,8 +441,9 @@ def check_one_setting_per_method(
                 )
             raise UserError(
                 f"{source}: method '{label}' on {block} would pool runs of different settings "
-                f"as its seeds ({shown}); keep one setting per method and block: give each "
-                "setting its own label (label: in its losses entry), or list each dataset once."
+                f"as its seeds ({shown}); " + (fix or "keep one setting per method and block: "
+                "give each setting its own label (label: in its losses entry), or list each "
+                "dataset once") + "."
             )
         if not group or settings not in group:
             group.append(settings)

@@ -19,6 +19,7 @@ import pandas as pd
 from podbench.errors import UserError
 from podbench.fileio import read_user_text
 from podbench.record import GEOMETRY_KEYS, history_frame, load_record, records_frame
+from podbench.runs import check_one_setting_per_method
 
 __all__ = [
     "GEOMETRY_KEYS",
@@ -155,6 +156,12 @@ def load_results(results_dir: str | Path) -> ResultsData:
         raise UserError(f"{runs_dir} holds no run records (*.json); run a suite into {root} first.")
     models = [load_record(p) for p in paths]
     records = [m.to_json_dict() for m in models]
+    # Runs of one label and block are pooled as seeds: refuse a folder where they differ.
+    check_one_setting_per_method(
+        (r["spec"] for r in records), str(runs_dir),
+        fix="the report pools a label's runs in a block as seeds; rerun the odd ones under a "
+            "label of their own (label: in the suite's losses entry), or report them apart",
+    )
     runs = records_frame(models)
     history = history_frame(models)
     suite_path = root / "suite.yaml"

@@ -414,3 +414,26 @@ def test_a_run_needing_cpus_and_a_gpu_on_one_node_of_a_cluster() -> None:
     with pytest.raises(UserError, match=r"asks for 9 CPUs, more than any node of the Ray cluster at "
                        r"h:1 has.*lower it \(--set cpus=8\), or give --address"):
         check_resources([RunSettings(cpus=9)], cluster, "s.yaml")
+
+
+def test_report_refuses_a_folder_that_pools_two_settings_of_one_method(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a folder written before labels were checked: pod's seed 0 at 2 epochs, seed 1 at 3 epochs
+    path, results = _write(tmp_path, PLAIN), tmp_path / "out"
+    runs = load_suite(path, build_losses=False).expand()
+    three = load_suite(path, ["epochs=3"], build_losses=False).expand()
+    mixed = [r for r in runs if not (r.loss == "pod" and r.seed == 1)]
+    mixed += [r for r in three if r.loss == "pod" and r.seed == 1]
+    assert len(mixed) == len(runs) == 4
+    _recorded(results, mixed)
+    err = _refused(["report", str(results)], capsys)
+    assert "method 'pod' on digits / mlp would pool runs of different settings as its seeds " \
+           "(epochs 2 vs 3" in err
+    assert "rerun the odd ones under a label of their own" in err
+    # one setting per method: the same folder without the odd run reports
+    (results / "runs" / f"{mixed[-1].run_id}.json").unlink()
+    _recorded(results, [r for r in runs if r.loss == "pod" and r.seed == 1])
+    from podbench.reports.records import load_results
+
+    assert len(load_results(results).records) == 4
