@@ -289,9 +289,11 @@ def add_corruption_errors(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.Da
             counts[counts == 0] = np.nan  # no corruption entered (or the run has no values)
             new[column][block.index] = np.nansum(values, axis=1) / counts
             new[column + "_n"][block.index] = counts
-    for column, values in new.items():
-        if values.notna().any():
-            runs[column] = values
+    for prefix, benchmark in GROUPS:  # the columns of each group that has corruptions
+        if any(_is_benchmark(n) == benchmark for n in cells):
+            for column in [c for c in new if c.startswith(prefix)
+                           and c[len(prefix):].count(".") == 0]:
+                runs[column] = new[column]
     return runs
 
 

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from cases import channel_cases
 from matplotlib.colors import hsv_to_rgb as mpl_hsv_to_rgb
 from matplotlib.colors import rgb_to_hsv as mpl_rgb_to_hsv
 from PIL import Image
@@ -456,3 +457,15 @@ def test_draws_come_from_the_cpu_generator() -> None:
     noise = torch.randn(x.shape, generator=_gen(21), dtype=torch.float64)
     ref = _quantise(_exact(x) + 0.04 * noise.numpy())
     assert np.array_equal(_levels(corrupt(x, "gaussian-noise", 1, _gen(21))), _levels(ref))
+
+
+@pytest.mark.parametrize("case", list(channel_cases()), ids=lambda c: c[0])
+def test_contrast_on_the_shared_channel_cases(case: tuple[str, torch.Tensor]) -> None:
+    _, levels = case
+    x = levels.double().numpy() / 255.0
+    for severity, factor in enumerate(CORRUPTIONS["contrast"].params, start=1):
+        # make_cifar_c.py: np.mean(x, axis=(0, 1), keepdims=True) of an HWC image
+        ref = np.stack([(img - img.mean(axis=(1, 2), keepdims=True)) * factor
+                        + img.mean(axis=(1, 2), keepdims=True) for img in x])
+        got = corrupt(levels.float() / 255.0, "contrast", severity, _gen())
+        assert np.array_equal(_levels(got), _levels(_quantise(ref))), severity
