@@ -185,10 +185,14 @@ def test_run_with_a_missing_far_ood_set_exits_2_before_writing(
 
 
 def test_probes_run_with_tf32_off_and_restore_it() -> None:
+    from podbench.probes.runner import run_probes
+    from podbench.tasks import load_task
+
     seen: dict[str, object] = {}
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
               torch.get_float32_matmul_precision())
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    task = load_task("digits", use_val=True, augment=False,
+                     limit={"train": 100, "val": 50, "test": 50})
     try:
         with PROBES.scratch():
             @register_probe("tf32-spy", description="records the TF32 flags while it measures")
@@ -199,12 +203,19 @@ def test_probes_run_with_tf32_off_and_restore_it() -> None:
                                      torch.get_float32_matmul_precision())
                     return {"value": 1.0}
 
-            _run(evaluate=["tf32-spy"])
+            run = RunSpec(**{**BASE, "evaluate": ["tf32-spy"]})
+            # as a GPU run trains: TF32 on (the engine switches it on for CUDA runs)
+            torch.set_float32_matmul_precision("high")
+            torch.backends.cudnn.allow_tf32 = True
+            out = run_probes(run, run.evaluate, forward=lambda x: x.flatten(1)[:, :10],
+                             predict=lambda f: f, task=task)
+        assert out == {"tf32-spy": {"value": 1.0}}
         assert seen["flags"] == (False, False, "highest")
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        # restored after the probes
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[:2]
         torch.set_float32_matmul_precision(before[2])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[:2]
 
 
 def test_corruption_draws_do_not_depend_on_the_other_corruptions() -> None:
