@@ -22,7 +22,10 @@ corruption c and severity s:
 - ``rel_ce_vs_softmax`` = mean_c sum_s (E_cs - E_clean) / D_c with softmax's error rise
   D_c = sum_s (E^softmax_cs - E^softmax_clean), over the corruptions whose D_c is clearly
   positive: D_c > 2 SE(D_c), the standard error from the spread of softmax's seeds (sd / sqrt(R))
-  and from the number of images n (binomial, sum_s E(1 - E) / n + S^2 E_clean (1 - E_clean) / n).
+  and from the n test images the seeds share: sum_s |d_s| (1 - |d_s|) / n for the severities'
+  mean rises d_s, the variance of a paired difference with the fewest images flipped that give
+  it (the records keep accuracies, not each image's outcome, so this is a lower bound of the
+  test-set term; without ``evaluation.corruptions.n`` the seeds' spread alone).
   A corruption that barely hurts softmax would divide by noise (a denominator near 0 or below it
   gives ratios of +-1000 %), so it is refused; ``rel_ce_vs_softmax_n`` says how many corruptions
   entered (``ce_vs_softmax_n`` alike) and :func:`corruption_denominators` lists every D_c, its SE
@@ -213,9 +216,12 @@ def _denominator(base: pd.DataFrame, columns: list[str]) -> tuple[float, float]:
     rise = (err - clean[:, None]).sum(axis=1)
     var = float(np.var(rise, ddof=1)) / len(rise) if len(rise) > 1 else 0.0
     n = pd.to_numeric(base[IMAGES], errors="coerce").mean() if IMAGES in base else np.nan
-    if np.isfinite(n) and n > 0:  # the test images are shared by the seeds: not divided by R
-        e, e0 = err.mean(axis=0), float(clean.mean())
-        var += float((e * (1 - e)).sum() + len(columns) ** 2 * e0 * (1 - e0)) / n
+    if np.isfinite(n) and n > 0:
+        # the test images, shared by the seeds (not divided by R): each severity's rise d_s is a
+        # paired difference on the same images; with the fewest flips that give it (the records
+        # keep accuracies, not each image's outcome) its variance is |d_s| (1 - |d_s|) / n
+        d = np.abs((err - clean[:, None]).mean(axis=0))
+        var += float((d * (1 - d)).sum()) / n
     return float(rise.mean()), var**0.5
 
 

@@ -108,7 +108,7 @@ def test_corruption_errors_against_softmax_by_hand() -> None:
     assert pod["evaluation.corruptions.ce_vs_softmax"] == pytest.approx(ce)
     assert pod["evaluation.corruptions.ce_vs_softmax_n"] == 3
     # relative: softmax's rise on fog is 0.1 + 0.3 = 0.4, far above its noise; on pixelate it
-    # is 0.01 +- 0.025 (within noise) and on contrast -0.03 (<= 0): both refused
+    # is 0.01 +- 0.0105 (within noise) and on contrast -0.03 (<= 0): both refused
     assert pod["evaluation.corruptions.rel_ce_vs_softmax"] == pytest.approx(
         ((0.1 - 0.05) + (0.3 - 0.05)) / 0.4)
     assert pod["evaluation.corruptions.rel_ce_vs_softmax_n"] == 1
@@ -125,12 +125,13 @@ def test_softmax_denominators_and_their_standard_errors_by_hand() -> None:
                  + [_corruption_row("pod", 0, 0.95, POD_ERRORS)])
     table = corruption_denominators(runs).set_index("corruption")
     # pixelate: rises 0.0 and 0.02 -> D = 0.01; seeds: sd 0.01414 / sqrt(2) = 0.01; images
-    # (n = 1000, shared by the seeds): (2 * 0.105 * 0.895 + 2^2 * 0.1 * 0.9) / 1000
-    var = 0.01**2 + (2 * 0.105 * 0.895 + 4 * 0.1 * 0.9) / 1000
+    # (n = 1000, shared by the seeds): mean rises per severity 0.005 and 0.005, each a paired
+    # difference with variance 0.005 * 0.995 / 1000
+    var = 0.01**2 + 2 * 0.005 * 0.995 / 1000
     assert table.loc["pixelate", "rise"] == pytest.approx(0.01)
     assert table.loc["pixelate", "se"] == pytest.approx(var**0.5)
-    # fog: D = 0.4, no spread over seeds: SE from the images only
-    assert table.loc["fog", "se"] == pytest.approx(((0.16 + 0.24 + 0.36) / 1000) ** 0.5)
+    # fog: D = 0.1 + 0.3, no spread over seeds: SE from the images only
+    assert table.loc["fog", "se"] == pytest.approx(((0.1 * 0.9 + 0.3 * 0.7) / 1000) ** 0.5)
     assert table["entered"].to_dict() == {"fog": True, "pixelate": False, "contrast": False,
                                           "speckle-noise": True}
     assert table["benchmark"].to_dict() == {"fog": True, "pixelate": True, "contrast": True,
