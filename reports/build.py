@@ -407,7 +407,7 @@ def build_report(
     """
     _check_options(alpha, rope, difference, target_fraction)
     policy = check_failed_policy(failed)
-    data = with_criteria(load_results(results_dir))  # conditions as blocks, mCE vs softmax
+    data = with_criteria(load_results(results_dir))  # conditions as blocks, errors vs softmax
     info: MetricInfo = metric_info(metric, data.runs.columns)
     chosen = _resolve_control(control, data)
     out = _output_dir(out_dir, data)

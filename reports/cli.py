@@ -42,7 +42,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"compared metric of the run records: one of {', '.join(METRICS)}, or a probe's "
         "value by its short name (ece, ace, cw_ece, nll, brier, auroc, aupr_in, aupr_out, "
-        "fpr95, mca, mce, rel_mce; _raw for T = 1) or its column (evaluation.<probe>.<name>); "
+        "fpr95, mca, ce_vs_softmax, rel_ce_vs_softmax; _raw for T = 1) or its column "
+        "(evaluation.<probe>.<name>, e.g. evaluation.ood.near.auroc); "
         "its direction (higher or lower is better) comes with it (default: final_test_acc)",
     )
     parser.add_argument(

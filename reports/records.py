@@ -78,7 +78,7 @@ def metric_info(name: str, columns: Iterable[str] | None = None) -> MetricInfo:
         return criterion_metric(name, columns)
     raise UserError(
         f"--metric {name!r} is not a recorded metric; use one of: {', '.join(METRICS)}, or "
-        "a probe's value (ece, nll, brier, auroc, fpr95, mca, rel_mce...)."
+        "a probe's value (ece, nll, brier, auroc, fpr95, mca, rel_ce_vs_softmax...)."
     )
 
 

@@ -23,7 +23,12 @@ from podbench.reports.analysis import (
     per_block,
     within_blocks,
 )
-from podbench.reports.criteria import SUMMARY_CRITERIA, CriterionSummary, criterion_metric
+from podbench.reports.criteria import (
+    SUMMARY_CRITERIA,
+    CriterionSummary,
+    corruption_denominators,
+    criterion_metric,
+)
 from podbench.reports.observations import FailedPolicy, observations
 from podbench.reports.records import METRICS, MetricInfo, ResultsData
 from podbench.reports.stats import mean_ranks
@@ -31,6 +36,7 @@ from podbench.reports.tables import fmt
 
 __all__ = [
     "criteria_rows",
+    "denominators_note",
     "criteria_summary",
     "noise_figure",
     "reliability_figure",
@@ -85,6 +91,9 @@ def criteria_summary(
         oriented = table.means * (1.0 if metric.higher_is_better else -1.0)
         ranks = mean_ranks(oriented, higher_is_better=True)
         primary, verdict = _verdict(obs, table, control, alpha, rope, metric)
+        if name.endswith(".rel_ce_vs_softmax"):
+            verdict += denominators_note(data.runs, benchmark=not name.endswith(".extras."
+                                                                                 "rel_ce_vs_softmax"))
         means = table.means.mean(axis=0)
         out.append(CriterionSummary(
             metric=metric, n_blocks=len(table.means),
@@ -93,6 +102,23 @@ def criteria_summary(
             best=str(ranks.idxmin()), primary_analysis=primary, verdict=verdict,
         ))
     return out
+
+
+def denominators_note(runs: pd.DataFrame, benchmark: bool = True) -> str:
+    """Which corruptions entered the relative corruption error, per block, and the refused ones
+    with softmax's error rise D +- SE (points summed over severities)."""
+    table = corruption_denominators(runs)
+    if table.empty:
+        return ""
+    table = table[table["benchmark"] == benchmark]
+    parts = []
+    for (dataset, arch), block in table.groupby(["dataset", "arch"]):
+        refused = [f"{r.corruption} (D = {100 * r.rise:.2f} ± {100 * r.se:.2f})"
+                   for r in block.itertuples() if not r.entered]
+        part = f"{dataset} / {arch}: {int(block['entered'].sum())} of {len(block)} corruptions"
+        parts.append(part + (f", refused {', '.join(refused)}" if refused else ""))
+    return ("; corruptions entered (softmax's error rise D > 2 SE, points): "
+            + "; ".join(parts)) if parts else ""
 
 
 def criteria_rows(summary: list[CriterionSummary], labels: list[str]) -> list[dict[str, str]]:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from podbench.runs import RunSettings
     from podbench.tasks import Task
 
-__all__ = ["Probe", "ProbeContext"]
+__all__ = ["Probe", "ProbeContext", "full_precision"]
 
 
 class Probe(abc.ABC):
@@ -152,3 +152,19 @@ def evaluating(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, mode in zip(modules, modes, strict=True):
             m.train(mode)
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """float32 matmuls and convolutions in full precision for the block (TF32 off, as probes
+    compare values across devices), the previous settings restored after it."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    precision = torch.get_float32_matmul_precision()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

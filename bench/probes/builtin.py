@@ -7,18 +7,23 @@ Each writes flat named values; a name's last dot-separated part says what it is 
   ``brier`` of softmax(scores / T) with the fitted temperature ``temperature``, the same with
   ``_raw`` appended at T = 1 (the loss's scores as they are), ``acc``, and the reliability
   diagram's bins ``reliability.<m>.conf|acc|share`` (and ``reliability_raw.<m>...``).
-- ``ood``: for each OOD set (``open-set``: the held-out classes of an open-set split;
-  a far-OOD dataset by its name) and each score (``msp``, ``max-logit``, ``energy``):
-  ``<set>.<score>.auroc|aupr_in|aupr_out|fpr95`` with in-distribution positive, and the ROC curve
-  of the first score at fixed false-positive rates ``<set>.<score>.roc.tpr_at_fprNNN`` (NNN in
-  percent); ``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95``: their mean over the sets for the
-  first score.
+- ``ood``: for each OOD set (``open-set``: the held-out classes of an open-set split, the
+  near-OOD set; a far-OOD dataset by its name) and each score (``msp``, ``max-logit``,
+  ``energy``): ``<set>.<score>.auroc|aupr_in|aupr_out|fpr95`` with in-distribution positive,
+  OpenOOD's convention beside them (``openood_aupr_in|openood_aupr_out|openood_fpr95``: OOD
+  positive, trapezoidal AUPR), and the ROC curve of the first score at fixed false-positive
+  rates ``<set>.<score>.roc.tpr_at_fprNNN`` (NNN in percent). Headlines for the first score,
+  near and far apart: ``near.<metric>`` (the open-set split) and ``far.<metric>`` (the mean
+  over the far-OOD datasets).
 - ``corruptions``: ``clean.acc``, ``<corruption>.s<severity>.acc``, ``<corruption>.acc`` (mean
-  over severities) and ``mca``, the mean corruption accuracy over corruptions and severities.
+  over severities), ``n`` (the images measured), ``mca``, the mean corruption accuracy over the
+  benchmark's corruptions and severities, and ``extras.mca`` over the held-out extras
+  (speckle noise, gaussian blur, saturate), each only when some were measured.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -48,7 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["CalibrationProbe", "CorruptionsProbe", "OodProbe", "convert_channels"]
 
 OPEN_SET = "open-set"
-DETECTION_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+DETECTION_METRICS = (
+    "auroc", "aupr_in", "aupr_out", "fpr95", "openood_aupr_in", "openood_aupr_out", "openood_fpr95",
+)
 
 
 def _finite(value: float) -> float | None:
@@ -105,8 +112,9 @@ def convert_channels(images: Tensor, channels: int) -> Tensor:
 
 @register_probe(
     "ood",
-    description="open-set and far-OOD detection (max probability, max logit, energy): AUROC, "
-                "AUPR-in, AUPR-out, FPR at 95% TPR, in-distribution positive",
+    description="open-set (near) and far-OOD detection (max probability, max logit, energy): "
+                "AUROC, AUPR-in, AUPR-out, FPR at 95% TPR, in-distribution positive, and "
+                "OpenOOD's convention",
 )
 class OodProbe(Probe):
     """Detection of the held-out classes of an open-set split and of other datasets."""
@@ -165,15 +173,28 @@ class OodProbe(Probe):
                 if kind == first:
                     for fpr, tpr in zip(ROC_FPR_GRID, tpr_at_fpr(id_s, ood_s), strict=True):
                         out[f"{set_name}.{kind}.roc.tpr_at_fpr{round(fpr * 100):03d}"] = tpr
+        far = [s for s in sets if s != OPEN_SET]
         for metric in DETECTION_METRICS:
-            values = [out[f"{s}.{first}.{metric}"] for s in sets]
-            out[metric] = sum(v for v in values if v is not None) / len(values)
+            if OPEN_SET in sets:
+                out[f"near.{metric}"] = out[f"{OPEN_SET}.{first}.{metric}"]
+            if far:
+                values = [out[f"{s}.{first}.{metric}"] for s in far]
+                out[f"far.{metric}"] = sum(v for v in values if v is not None) / len(values)
         return out
+
+
+def _stream(seed: int, batch: int, name: str, severity: int) -> torch.Generator:
+    """A CPU generator per (run seed, batch, corruption, severity): the same draws on any device,
+    and a corruption's draws do not depend on which others are measured."""
+    key = [seed, batch, zlib.crc32(name.encode()), severity]
+    state = np.random.SeedSequence(key).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]) >> 1)
 
 
 @register_probe(
     "corruptions",
-    description="accuracy under CIFAR-10-C corruptions generated on the device, 5 severities",
+    description="accuracy under CIFAR-10-C corruptions generated on the device, 5 severities "
+                "(14 of the benchmark's 15, frost left out, and 3 held-out extras)",
 )
 class CorruptionsProbe(Probe):
     """Accuracy on corrupted copies of the evaluation split (Hendrycks & Dietterich 2019)."""
@@ -218,20 +239,21 @@ class CorruptionsProbe(Probe):
                 x, y = x[: limit - seen], y[: limit - seen]
             seen += int(y.shape[0])
             correct[("clean", 0)] += self._hits(context, x, y)
-            for i, (name, severity) in enumerate(cells):
-                # one stream per (run seed, batch, corruption, severity): reproducible anywhere
-                state = np.random.SeedSequence([context.seed, index, i]).generate_state(1, np.uint64)
-                gen = torch.Generator(device=x.device).manual_seed(int(state[0]) >> 1)
-                correct[(name, severity)] += self._hits(context, corrupt(x, name, severity, gen), y)
+            for name, severity in cells:
+                correct[(name, severity)] += self._hits(
+                    context, corrupt(x, name, severity, _stream(context.seed, index, name, severity)), y)
         if seen == 0:
             raise RuntimeError(f"the {context.split} split yielded no sample")
-        out: dict[str, float | None] = {"clean.acc": correct[("clean", 0)] / seen}
+        out: dict[str, float | None] = {"clean.acc": correct[("clean", 0)] / seen, "n": seen}
         for name, severity in cells:
             out[f"{name}.s{severity}.acc"] = correct[(name, severity)] / seen
         for name in names:
             accs = [correct[(name, s)] / seen for s in self.settings.severities]
             out[f"{name}.acc"] = sum(accs) / len(accs)
-        out["mca"] = sum(correct[c] for c in cells) / (seen * len(cells))
+        for key, benchmark in (("mca", True), ("extras.mca", False)):
+            mine = [c for c in cells if CORRUPTIONS[c[0]].benchmark == benchmark]
+            if mine:
+                out[key] = sum(correct[c] for c in mine) / (seen * len(mine))
         return out
 
     @staticmethod

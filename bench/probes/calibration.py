@@ -6,8 +6,11 @@ as tensors on any device, and returns plain floats. Computed in float64.
 
 - ``expected_calibration_error`` (ECE, Guo et al. 2017): the confidence c_i = max_k p_ik is put
   into ``bins`` equal-width bins ((m-1)/M, m/M]; ECE = sum_m |B_m|/N |acc(B_m) - conf(B_m)|.
-- ``adaptive_calibration_error`` (Nixon et al. 2019): the same sum over equal-count bins (the
-  samples sorted by confidence, split into ``bins`` runs whose sizes differ by at most one).
+- ``adaptive_calibration_error``: AdaECE (Mukhoti et al. 2020, "Calibrating deep neural
+  networks using focal loss"): the same top-label sum over equal-count bins (the samples sorted
+  by confidence, split into ``bins`` runs whose sizes differ by at most one, as
+  ``numpy.array_split``). Nixon et al. 2019's ACE is another metric: classwise, over the
+  probabilities of every class, with adaptive ranges.
 - ``classwise_calibration_error`` (Kull et al. 2019): for each class k, the ECE of p_ik against
   the indicator y_i = k over equal-width bins of p_ik; the mean over classes.
 - ``negative_log_likelihood``: mean of -log softmax(scores)_y.

@@ -2,8 +2,10 @@
 
 Convention: **in-distribution is the positive class** and a higher score means "more likely
 in-distribution" (as in Hendrycks & Gimpel 2017 and Liang et al. 2018). OpenOOD (Yang et al.
-2022) reports the reverse (OOD positive, so its FPR@95 is measured at 95% of the OOD samples
-detected); AUROC is the same either way, the two AUPRs swap roles.
+2022; ``openood/evaluators/metrics.py``) takes OOD as positive: its FPR@95 is the share of
+in-distribution samples flagged at the threshold that flags 95% of the OOD samples, and its
+AUPRs are trapezoids under scikit-learn's precision-recall curve, not average precision.
+AUROC is the same either way; :func:`openood_metrics` gives OpenOOD's three others.
 
 Scores of a sample with class scores s (the loss's ``predict``) and temperature T:
 
@@ -18,7 +20,8 @@ Metrics of the in-distribution scores ``id_scores`` against the OOD scores ``ood
   (R_n - R_{n-1}) P_n, as scikit-learn's ``average_precision_score``);
 - ``aupr_out``: average precision with OOD positive and the negated score;
 - ``fpr95``: the share of OOD samples accepted at the highest threshold that accepts at
-  least 95% of the in-distribution samples.
+  least 95% of the in-distribution samples;
+- ``openood_aupr_in``, ``openood_aupr_out``, ``openood_fpr95``: OpenOOD's convention (above).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ __all__ = [
     "detection_metrics",
     "detection_score",
     "fpr_at_tpr",
+    "openood_metrics",
+    "pr_curve_area",
     "roc_auc",
     "roc_curve",
     "tpr_at_fpr",
@@ -102,6 +107,19 @@ def average_precision(positive: Tensor, negative: Tensor) -> float:
     return float((steps * precision).sum())
 
 
+def pr_curve_area(positive: Tensor, negative: Tensor) -> float:
+    """Trapezoids under the precision-recall curve of the positives: the points (R_n, P_n) of
+    each distinct threshold and (0, 1), as ``sklearn.metrics.auc`` of ``precision_recall_curve``."""
+    scores, labels = _labelled(positive, negative)
+    last = torch.ones_like(scores, dtype=torch.bool)
+    last[:-1] = scores[1:] != scores[:-1]
+    tps = torch.cumsum(labels, 0)[last]
+    precision = torch.cat([torch.ones(1, dtype=torch.float64), tps / torch.cumsum(
+        torch.ones_like(labels), 0)[last]])
+    recall = torch.cat([torch.zeros(1, dtype=torch.float64), tps / tps[-1]])
+    return float(torch.sum(torch.diff(recall) * (precision[1:] + precision[:-1]) / 2.0))
+
+
 def fpr_at_tpr(positive: Tensor, negative: Tensor, tpr: float = 0.95) -> float:
     """FPR at the first (highest) threshold whose TPR reaches ``tpr``."""
     fprs, tprs, _ = roc_curve(positive, negative)
@@ -123,11 +141,23 @@ def tpr_at_fpr(positive: Tensor, negative: Tensor, grid: Sequence[float] = ROC_F
     return out
 
 
+def openood_metrics(id_scores: Tensor, ood_scores: Tensor) -> dict[str, float]:
+    """OpenOOD's AUPR-in, AUPR-out (trapezoids) and FPR@95 (OOD positive, share of the
+    in-distribution samples flagged when 95% of the OOD samples are)."""
+    return {
+        "openood_aupr_in": pr_curve_area(id_scores, ood_scores),
+        "openood_aupr_out": pr_curve_area(-ood_scores, -id_scores),
+        "openood_fpr95": fpr_at_tpr(-ood_scores, -id_scores, 0.95),
+    }
+
+
 def detection_metrics(id_scores: Tensor, ood_scores: Tensor) -> dict[str, float]:
-    """AUROC, AUPR-in, AUPR-out and FPR@95%TPR, in-distribution positive."""
+    """AUROC, AUPR-in, AUPR-out and FPR@95%TPR, in-distribution positive, and OpenOOD's
+    convention beside them (:func:`openood_metrics`)."""
     return {
         "auroc": roc_auc(id_scores, ood_scores),
         "aupr_in": average_precision(id_scores, ood_scores),
         "aupr_out": average_precision(-ood_scores, -id_scores),
         "fpr95": fpr_at_tpr(id_scores, ood_scores, 0.95),
+        **openood_metrics(id_scores, ood_scores),
     }

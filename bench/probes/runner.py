@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from podbench.probes.base import ProbeContext
+from podbench.probes.base import ProbeContext, full_precision
 from podbench.probes.registry import create_probe
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ def run_probes(
     )
     out = {}
     for entry in entries:
-        values = create_probe(entry.name, entry.probe_settings()).measure(context)
+        with full_precision():  # TF32 off while probes run: the same values on any GPU
+            values = create_probe(entry.name, entry.probe_settings()).measure(context)
         # records are strict JSON: an undefined value (NaN) is recorded as null
         out[entry.name] = {k: v if v is None or math.isfinite(v) else None for k, v in values.items()}
     return out

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from cases import CalibrationCase, DetectionCase, calibration_cases, detection_cases
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -30,6 +31,7 @@ from podbench.probes.detection import (
     detection_metrics,
     detection_score,
     fpr_at_tpr,
+    openood_metrics,
     roc_auc,
     tpr_at_fpr,
 )
@@ -202,3 +204,105 @@ def test_detection_scores() -> None:
     assert energy[1] == pytest.approx(2 * math.log(sum(math.exp(v / 2) for v in (0.5, 0.4, 0.3))))
     with pytest.raises(ValueError, match="unknown detection score"):
         detection_score(s, "odin")
+
+
+# -- every metric on the shared cases (tests/cases.py) ----------------------------------------
+
+CALIBRATION = list(calibration_cases())
+DETECTION = list(detection_cases())
+
+
+def _guo_ece_loop(p: np.ndarray, y: np.ndarray, bins: int) -> float:
+    """Top-label ECE written as a loop over Guo's bins (lo, hi], the first also holding 0."""
+    conf, hit = p.max(1), (p.argmax(1) == y).astype(float)
+    total = 0.0
+    for m in range(bins):
+        lo, hi = m / bins, (m + 1) / bins
+        inside = (conf > lo) & (conf <= hi) if m else (conf <= hi)
+        if inside.any():
+            total += inside.mean() * abs(hit[inside].mean() - conf[inside].mean())
+    return total
+
+
+@pytest.mark.parametrize("case", CALIBRATION, ids=lambda c: c.name)
+def test_calibration_metrics_on_the_shared_cases(case: CalibrationCase) -> None:
+    p, y = case.probs.numpy(), case.labels.numpy()
+    ece = expected_calibration_error(case.probs, case.labels, case.bins)
+    assert ece == pytest.approx(_guo_ece_loop(p, y, case.bins), abs=1e-12)
+    if case.name != "exact-bin-edges":  # torchmetrics puts an edge value in the bin above it
+        from torchmetrics.functional.classification import multiclass_calibration_error
+
+        theirs = multiclass_calibration_error(case.probs, case.labels, num_classes=p.shape[1],
+                                              n_bins=case.bins, norm="l1")
+        assert ece == pytest.approx(float(theirs), abs=1e-6)  # torchmetrics sums in float32
+    conf, hit = p.max(1), (p.argmax(1) == y).astype(float)
+    order = np.argsort(conf, kind="stable")
+    adaptive = sum(len(c) / len(y) * abs(hit[c].mean() - conf[c].mean())
+                   for c in np.array_split(order, min(case.bins, len(y))))
+    assert adaptive_calibration_error(case.probs, case.labels, case.bins) == pytest.approx(
+        adaptive, abs=1e-12)
+    total = 0.0
+    for k in range(p.shape[1]):
+        for m in range(case.bins):
+            lo, hi = m / case.bins, (m + 1) / case.bins
+            inside = (p[:, k] > lo) & (p[:, k] <= hi) if m else (p[:, k] <= hi)
+            if inside.any():
+                total += inside.mean() * abs(p[inside, k].mean() - (y[inside] == k).mean())
+    assert classwise_calibration_error(case.probs, case.labels, case.bins) == pytest.approx(
+        total / p.shape[1], abs=1e-12)
+    k = p.shape[1]
+    assert brier_score(case.probs, case.labels) == pytest.approx(
+        brier_score_loss(y, p, labels=list(range(k)), scale_by_half=False), abs=1e-12)
+    if (p > 0).all():
+        assert negative_log_likelihood(case.probs.log(), case.labels) == pytest.approx(
+            log_loss(y, p, labels=list(range(k))), rel=1e-9)
+
+
+def test_ece_bin_edges_with_hits_and_misses_hand_worked() -> None:
+    # 4 bins, edges 0.5 and 0.75 exact: 0.75 (hit) and 0.75 (miss) belong to (0.5, 0.75],
+    # 0.8 (hit) to (0.75, 1], 0.5 (argmax class 0: a hit) to (0.25, 0.5]
+    probs = torch.tensor([[0.75, 0.25], [0.75, 0.25], [0.8, 0.2], [0.5, 0.5]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 0])
+    guo = 2 / 4 * abs(0.75 - 0.5) + 1 / 4 * abs(0.8 - 1) + 1 / 4 * abs(0.5 - 1)
+    assert expected_calibration_error(probs, labels, bins=4) == pytest.approx(guo, abs=1e-12)
+    # were the edge values put in the bin above ([lo, hi), torchmetrics' convention), the edge
+    # bin would pool 0.75, 0.75 and 0.8 and 0.5 would move up: 3/4 |0.7667 - 2/3| + 1/4 |0.5 - 1|
+    above = 3 / 4 * abs((0.75 + 0.75 + 0.8) / 3 - 2 / 3) + 1 / 4 * 0.5
+    assert abs(guo - above) > 0.05
+
+
+@pytest.mark.parametrize("case", DETECTION, ids=lambda c: c.name)
+def test_detection_metrics_on_the_shared_cases(case: DetectionCase) -> None:
+    from sklearn.metrics import auc, precision_recall_curve
+
+    y = np.r_[np.ones(case.inside.numel()), np.zeros(case.outside.numel())]
+    s = np.r_[case.inside.numpy(), case.outside.numpy()]
+    got = detection_metrics(case.inside, case.outside)
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert got["aupr_in"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert got["aupr_out"] == pytest.approx(average_precision_score(1 - y, -s), abs=1e-12)
+    fpr, tpr, _ = sk_roc_curve(y, s, drop_intermediate=False)
+    assert got["fpr95"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-12)
+    # OpenOOD's auc_and_fpr_recall, written out with scikit-learn as OpenOOD computes it
+    ood = 1 - y
+    fpr_o, tpr_o, _ = sk_roc_curve(ood, -s)
+    p_in, r_in, _ = precision_recall_curve(y, s)
+    p_out, r_out, _ = precision_recall_curve(ood, -s)
+    assert got["openood_fpr95"] == pytest.approx(fpr_o[np.argmax(tpr_o >= 0.95)], abs=1e-12)
+    assert got["openood_aupr_in"] == pytest.approx(auc(r_in, p_in), abs=1e-12)
+    assert got["openood_aupr_out"] == pytest.approx(auc(r_out, p_out), abs=1e-12)
+    assert auc(fpr_o, tpr_o) == pytest.approx(got["auroc"], abs=1e-12)  # AUROC either way
+
+
+def test_openood_columns_hand_worked() -> None:
+    inside = torch.tensor([3.0, 2.0])
+    outside = torch.tensor([2.5, 1.0])
+    # OOD positive, score -s: ranks 1.0 (ood), 2.0 (id), 2.5 (ood), 3.0 (id) by -s descending.
+    # flagging the top 1: 1 of 2 OOD caught; top 3: 2 of 2 caught and 1 of 2 ID flagged
+    got = openood_metrics(inside, outside)
+    assert got["openood_fpr95"] == pytest.approx(0.5)
+    # PR points of the ID positives: (0, 1), (1/2, 1), (1/2, 1/2), (1, 2/3), (1, 1/2):
+    # trapezoids 1/2 * (1 + 1) / 2 + 1/2 * (1/2 + 2/3) / 2 = 0.5 + 0.29167
+    assert got["openood_aupr_in"] == pytest.approx(0.5 + 0.5 * (0.5 + 2 / 3) / 2)
+    # average precision of the same points is 1/2 * 1 + 1/2 * 2/3: the conventions differ
+    assert average_precision(inside, outside) == pytest.approx(0.5 + 1 / 3)

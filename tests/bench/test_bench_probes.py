@@ -59,10 +59,15 @@ def test_engine_writes_probe_values_and_their_cross_checks() -> None:
     assert sum(shares) == pytest.approx(1.0)
     ood = ev["ood"]
     assert {"open-set.msp.auroc", "synthetic.energy.fpr95", "open-set.max-logit.aupr_out"} <= set(ood)
-    assert ood["auroc"] == pytest.approx((ood["open-set.msp.auroc"] + ood["synthetic.msp.auroc"]) / 2)
+    # near (the open-set split) and far (the far-OOD sets) apart, never averaged together
+    assert "auroc" not in ood
+    assert ood["near.auroc"] == ood["open-set.msp.auroc"]
+    assert ood["far.auroc"] == ood["synthetic.msp.auroc"]
+    assert ood["far.openood_fpr95"] == ood["synthetic.msp.openood_fpr95"]
     corr = ev["corruptions"]
     assert corr["mca"] == pytest.approx(np.mean([corr[f"{c}.s{s}.acc"] for c in
                                                  ("gaussian-noise", "contrast") for s in (1, 5)]))
+    assert corr["n"] == 200 and "extras.mca" not in corr  # limit_eval; no extra measured
     assert corr["contrast.acc"] == pytest.approx((corr["contrast.s1.acc"] + corr["contrast.s5.acc"]) / 2)
     # every: 1 -> also after the first epoch; the last epoch's values are the record's
     assert set(record["history"][0]["evaluation"]) == {"corruptions"}
@@ -177,3 +182,49 @@ def test_run_with_a_missing_far_ood_set_exits_2_before_writing(
     err = capsys.readouterr().err
     assert "field 'evaluate.0.datasets.1': dataset 'cifar10' was not found" in err
     assert "evaluate.0.data_root" in err and not results.exists()
+
+
+def test_probes_run_with_tf32_off_and_restore_it() -> None:
+    from podbench.probes.runner import run_probes
+    from podbench.tasks import load_task
+
+    seen: dict[str, object] = {}
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.get_float32_matmul_precision())
+    task = load_task("digits", use_val=True, augment=False,
+                     limit={"train": 100, "val": 50, "test": 50})
+    try:
+        with PROBES.scratch():
+            @register_probe("tf32-spy", description="records the TF32 flags while it measures")
+            class Spy(Probe):
+                def measure(self, context):  # type: ignore[no-untyped-def]
+                    seen["flags"] = (torch.backends.cuda.matmul.allow_tf32,
+                                     torch.backends.cudnn.allow_tf32,
+                                     torch.get_float32_matmul_precision())
+                    return {"value": 1.0}
+
+            run = RunSpec(**{**BASE, "evaluate": ["tf32-spy"]})
+            # as a GPU run trains: TF32 on (the engine switches it on for CUDA runs)
+            torch.set_float32_matmul_precision("high")
+            torch.backends.cudnn.allow_tf32 = True
+            out = run_probes(run, run.evaluate, forward=lambda x: x.flatten(1)[:, :10],
+                             predict=lambda f: f, task=task)
+        assert out == {"tf32-spy": {"value": 1.0}}
+        assert seen["flags"] == (False, False, "highest")
+        # restored after the probes
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before[2])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[:2]
+
+
+def test_corruption_draws_do_not_depend_on_the_other_corruptions() -> None:
+    both = _run(evaluate=[{"name": "corruptions", "severities": [3],
+                           "corruptions": ["gaussian-noise", "speckle-noise"]}])
+    alone = _run(evaluate=[{"name": "corruptions", "severities": [3],
+                            "corruptions": ["speckle-noise"]}])
+    b, a = both["evaluation"]["corruptions"], alone["evaluation"]["corruptions"]
+    assert a["speckle-noise.s3.acc"] == b["speckle-noise.s3.acc"]
+    # the benchmark's mean and the extras' apart
+    assert b["mca"] == b["gaussian-noise.s3.acc"] and b["extras.mca"] == b["speckle-noise.s3.acc"]
+    assert "mca" not in a and a["extras.mca"] == a["speckle-noise.s3.acc"]

@@ -113,13 +113,18 @@ def test_run_id_covers_result_fields_only() -> None:
 
 
 def test_run_id_is_stable_across_processes() -> None:
-    code = "from podbench.suite_spec import load_suite; print(load_suite('quickstart').expand()[4].run_id)"
-    ids = {
+    import podbench
+
+    # each child imports the podbench under test (its file is checked) under another hash seed
+    code = ("import podbench; from podbench.suite_spec import load_suite; "
+            "print(podbench.__file__); print(load_suite('quickstart').expand()[4].run_id)")
+    outputs = [
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin:/bin"}).stdout.strip()
-        for seed in (12345,)
-    }
-    assert len(ids) == 1 and ids == {load_suite("quickstart").expand()[4].run_id}
+                       env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}).stdout.split()
+        for seed in ("0", "12345", "random")
+    ]
+    assert {file for file, _ in outputs} == {podbench.__file__}
+    assert {run_id for _, run_id in outputs} == {load_suite("quickstart").expand()[4].run_id}
 
 
 def test_amp_off_unquoted_is_off_not_false(tmp_path: Path) -> None:
