@@ -58,7 +58,8 @@ def resampling_for(*strata: Strata) -> Resampling:
     return "runs" if all(len(g) >= 2 for groups in strata for g in groups) else "blocks"
 
 
-def _resample(rng: np.random.Generator, values: Sequence[float], reps: int) -> np.ndarray:
+def _resample(rng: np.random.Generator, values: Sequence[float] | np.ndarray, reps: int
+              ) -> np.ndarray:
     x = np.asarray(values, float)
     return x[rng.integers(0, x.size, size=(reps, x.size))]
 

@@ -357,8 +357,9 @@ def load_task(
         from podbench.tasks.streaming import StreamingTask
 
         streamed, noise_rate = _with_noise(_materialise(plan, source_splits), classes, label_noise)
-        task: Task = StreamingTask(info, classes, streamed, device=dev, augment=augment,
-                                   image_size=image_size or info.image_size, workers=workers,
+        files = cast(dict[str, FileSplit], streamed)  # a folder's splits are all files
+        task: Task = StreamingTask(info, classes, files, device=dev, augment=augment,
+                                   image_size=image_size or _native_size(info), workers=workers,
                                    channels_last=channels_last)
         task.label_noise_rate = noise_rate
         return task
@@ -396,14 +397,19 @@ def _known_classes_only(raw: RawData, info: DatasetInfo, known_classes: Sequence
     return relabelled, classes, dataclasses.replace(info, num_classes=len(classes))
 
 
+def _native_size(info: DatasetInfo) -> int:
+    """The image size of files as read (:func:`_read_source` sets it from the data)."""
+    assert info.image_size is not None
+    return info.image_size
+
+
 def _streamed(raw: RawData, info: DatasetInfo, plan: SplitPlan, stream: bool | None,
               stream_bytes: int | None) -> bool:
     """Whether image files are streamed: as asked, else when decoded they would pass the
     threshold."""
     if stream is not None:
         return stream
-    native = info.image_size
-    assert native is not None  # _read_source set it from the data
+    native = _native_size(info)
     sizes = [len(getattr(raw, src).labels) if idx is None else len(idx) for src, idx in plan.values()]
     decoded_bytes = sum(sizes) * info.channels * native * native
     return decoded_bytes > (stream_threshold() if stream_bytes is None else stream_bytes)
@@ -414,8 +420,7 @@ def _decoded(info: DatasetInfo, plan: SplitPlan, source_splits: dict[str, ArrayS
     """The planned splits of image files decoded into memory (through the decode cache)."""
     from podbench.tasks import cache
 
-    native = info.image_size
-    assert native is not None  # _read_source set it from the data
+    native = _native_size(info)
 
     def decoded(split: ArraySplit | FileSplit) -> ArraySplit | FileSplit:
         return cache.cached_decode(info.name, split, native) if isinstance(split, FileSplit) else split
