@@ -1,0 +1,144 @@
+"""Training-loop pieces of airbench94's recipe: its triangular schedule and its lookahead.
+
+Both are written from airbench94's description (github.com/KellerJordan/cifar10-airbench,
+``legacy/airbench94.py``); the code is our own. Neither reads a tensor back to the host: the
+schedule's factors and the lookahead's decays are Python floats of the step count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+__all__ = ["LR_END", "LR_START", "LOOKAHEAD_EVERY", "MIN_WARMUP_STEPS", "Lookahead",
+           "schedule_warmup", "triangular", "warmup_steps", "warmup_warnings"]
+
+LR_START = 0.2  # the learning rate starts at 0.2x its peak ...
+LR_END = 0.07  # ... and ends at 0.07x
+LOOKAHEAD_EVERY = 5  # steps between two lookahead updates
+LOOKAHEAD_BASE = 0.95**5  # the decay's scale: 0.95 per step over 5 steps
+ONECYCLE_WARMUP = 0.3  # OneCycleLR's pct_start
+TRIANGULAR_WARMUP = 0.23  # airbench94's
+# fewer warm-up steps than this and `podbench validate` warns: airbench94's 94% has 109 (9.9
+# epochs of 48 steps); on an H200 fast-cifar10 runs with 15 (1 epoch) and 29 (2 epochs) one-cycle
+# warm-up steps failed (chance accuracy, divergence in epoch 0), at 10 epochs (147) 3 of 13 softmax
+# runs still diverged with one-cycle's momentum cycle (issue #20)
+MIN_WARMUP_STEPS = 50
+
+if TYPE_CHECKING:
+    from podbench.runs import RunSpec
+
+
+def warmup_steps(total: int, warmup: float) -> int:
+    """The steps of the rising part: ``int(total * warmup)``, as airbench rounds."""
+    return int(total * warmup)
+
+
+def triangular(step: int, total: int, warmup: float) -> float:
+    """The learning-rate factor of update ``step`` (0-based) of ``total``.
+
+    Linear from :data:`LR_START` to 1 over the first ``warmup`` share of the steps, then linear
+    to :data:`LR_END` at the last step; the momentum stays constant. Unlike a one-cycle schedule
+    there is no momentum cycle, and the first step already has 0.2x the peak rate.
+    """
+    rise = warmup_steps(total, warmup)
+    if step < rise:
+        frac = step / rise
+        return LR_START * (1 - frac) + frac
+    frac = (step - rise) / max(1, total - rise)
+    return (1 - frac) + LR_END * frac
+
+
+class Lookahead:
+    """airbench's lookahead: an average of the weights that the weights are reset to.
+
+    Every :data:`LOOKAHEAD_EVERY` steps, ``avg <- decay avg + (1 - decay) w`` and then
+    ``w <- avg``, for every floating-point tensor of the state (BN statistics included), with
+    ``decay = 0.95^5 (step / total)^3``: no averaging early, strong averaging late. After the last
+    step the weights become the average (decay 1).
+
+    Args:
+        tensors: the state to average (kept by reference: updated in place).
+    """
+
+    def __init__(self, tensors: Iterable[torch.Tensor]) -> None:
+        self.live = [t for t in tensors if t.is_floating_point()]
+        self.average = [t.detach().clone() for t in self.live]
+
+    @classmethod
+    def of(cls, *modules: nn.Module) -> Lookahead:
+        """Over ``modules[0]``'s state dict and the parameters of the others (a loss's head)."""
+        tensors = list(modules[0].state_dict(keep_vars=True).values())
+        for module in modules[1:]:
+            tensors += list(module.parameters())
+        return cls(tensors)
+
+    @staticmethod
+    def decay(step: int, total: int) -> float:
+        return LOOKAHEAD_BASE * (step / total) ** 3
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        """``avg <- lerp(avg, w, 1 - decay)``, then ``w <- avg``."""
+        torch._foreach_lerp_(self.average, [t.detach() for t in self.live], 1.0 - decay)
+        for live, avg in zip(self.live, self.average, strict=True):
+            live.detach().copy_(avg)
+
+    def after_step(self, step: int, total: int) -> None:
+        """Called after update ``step`` (1-based) of ``total``."""
+        if step % LOOKAHEAD_EVERY == 0:
+            self.update(self.decay(step, total))
+        if step == total:
+            self.update(1.0)
+
+
+def schedule_warmup(schedule: str, warmup: float | None) -> float | None:
+    """The rising share of ``schedule`` (None: a schedule without a warm-up)."""
+    if schedule == "onecycle":
+        return ONECYCLE_WARMUP if warmup is None else warmup
+    if schedule == "triangular":
+        return TRIANGULAR_WARMUP if warmup is None else warmup
+    return None
+
+
+def _planned_steps(run: RunSpec) -> int | None:
+    """Optimiser steps of ``run`` from its dataset's declared size (None: size unknown)."""
+    from podbench.tasks import dataset_info
+
+    n = dataset_info(run.dataset).train_size
+    if n is None:
+        return None
+    if run.limit_train is not None:
+        n = min(n, run.limit_train)
+    if run.eval_split == "val" or run.evaluate:  # validation carved out of the training split
+        n = n - math.ceil(n * run.val_fraction)
+    per_epoch = n // run.batch_size if run.drop_last else math.ceil(n / run.batch_size)
+    if run.max_steps:
+        per_epoch = min(per_epoch, run.max_steps)
+    return per_epoch * run.epochs
+
+
+def warmup_warnings(runs: Sequence[RunSpec], min_steps: int = MIN_WARMUP_STEPS) -> list[str]:
+    """One sentence per distinct too-short warm-up among ``runs`` (the methods it concerns)."""
+    found: dict[tuple, list[str]] = {}
+    for run in runs:
+        share = schedule_warmup(run.schedule, run.warmup)
+        total = _planned_steps(run) if share is not None else None
+        if share is None or total is None:
+            continue
+        rising = warmup_steps(total, share)
+        if rising < min_steps:
+            key = (run.dataset, run.arch, run.schedule, share, total, rising)
+            found.setdefault(key, [])
+            if run.label not in found[key]:
+                found[key].append(run.label)
+    return [
+        f"{', '.join(labels)} on {dataset}/{arch}: the learning rate rises over {rising} steps "
+        f"only ({schedule}, warmup {share:g} of {total} steps), fewer than {min_steps}; short "
+        "warm-ups diverged on fast-cifar10: raise epochs or warmup, or lower lr"
+        for (dataset, arch, schedule, share, total, rising), labels in found.items()
+    ]
