@@ -8,14 +8,14 @@ schedule's factors and the lookahead's decays are Python floats of the step coun
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 __all__ = ["LR_END", "LR_START", "LOOKAHEAD_EVERY", "MIN_WARMUP_STEPS", "Lookahead",
-           "schedule_warmup", "triangular", "warmup_steps", "warmup_warnings"]
+           "schedule_warmup", "triangular", "tta_scores", "warmup_steps", "warmup_warnings"]
 
 LR_START = 0.2  # the learning rate starts at 0.2x its peak ...
 LR_END = 0.07  # ... and ends at 0.07x
@@ -142,3 +142,27 @@ def warmup_warnings(runs: Sequence[RunSpec], min_steps: int = MIN_WARMUP_STEPS) 
         "warm-ups diverged on fast-cifar10: raise epochs or warmup, or lower lr"
         for (dataset, arch, schedule, share, total, rising), labels in found.items()
     ]
+
+
+def tta_scores(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+) -> torch.Tensor:
+    """Class scores of a batch under airbench's test-time augmentation: the weighted mean of the
+    scores of :func:`~podbench.tasks.augment.tta_views` (6 views)."""
+    from podbench.tasks.augment import tta_views
+
+    total: torch.Tensor | None = None
+    for weight, view in tta_views(x):
+        scores = predict(forward(view.contiguous(memory_format=_layout(x)))) * weight
+        total = scores if total is None else total + scores
+    assert total is not None
+    return total
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
