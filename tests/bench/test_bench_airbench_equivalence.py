@@ -113,13 +113,11 @@ def _airbench_train(net: nn.Sequential, epochs_of_batches: list[list[tuple]]) ->
     lr = LR / kilostep_scale
     wd = WD * BATCH / kilostep_scale
     lr_biases = lr * BIAS_SCALER
-    names = {id(p): n for n, p in net.named_parameters()}
     norms = [m.bias for m in net.modules() if isinstance(m, _BatchNorm)]
     others = [p for p in net.parameters() if p.requires_grad and all(p is not q for q in norms)]
     optimizer = torch.optim.SGD([dict(params=norms, lr=lr_biases, weight_decay=wd / lr_biases),
                                  dict(params=others, lr=lr, weight_decay=wd / lr)],
                                 momentum=MOMENTUM, nesterov=True)
-    assert names  # every parameter is in one group
 
     def get_lr(step: int) -> float:
         warmup_steps = int(total_steps * 0.23)
@@ -137,7 +135,7 @@ def _airbench_train(net: nn.Sequential, epochs_of_batches: list[list[tuple]]) ->
     ema = {k: v.clone() for k, v in net.state_dict().items()}
 
     def lookahead(decay: float) -> None:
-        for (k, avg), live in zip(ema.items(), net.state_dict().values(), strict=True):
+        for avg, live in zip(ema.values(), net.state_dict().values(), strict=True):
             if live.dtype in (torch.half, torch.float):
                 avg.lerp_(live, 1 - decay)
                 live.copy_(avg)
