@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from podbench.engine import _Trainer
+from podbench.loop import Trainer
 from podbench.suite_spec import load_suite
 
 BATCH, STEPS_PER_EPOCH, EPOCHS = 32, 3, 4
@@ -153,7 +153,7 @@ def _airbench_train(net: nn.Sequential, epochs_of_batches: list[list[tuple]]) ->
             optimizer.step()
             scheduler.step()
             steps += 1
-            summed += float(loss)
+            summed += float(loss.detach())
             if steps % 5 == 0:
                 lookahead(float(alpha[steps]))
             if steps >= total_steps:
@@ -178,26 +178,28 @@ def test_fast_cifar10_trains_as_airbench94_step_for_step() -> None:
     run = _run()
     assert (run.schedule, run.lookahead, run.tta, run.drop_last, run.proj) == (
         "triangular", True, True, True, "none")
-    trainer = _Trainer(run, checkpoint_dir=None)
-    assert trainer.steps_per_epoch == STEPS_PER_EPOCH
-    initial_model = copy.deepcopy(trainer.model.state_dict())
-    initial_head = copy.deepcopy(trainer.plugin.state_dict())
-    batches = [list(trainer.task.train_batches(BATCH, seed=run.seed, epoch=e, drop_last=True))
+    trainer = Trainer.of_run(run)
+    parts = trainer.parts
+    assert parts.steps_per_epoch == STEPS_PER_EPOCH
+    initial_model = copy.deepcopy(parts.model.state_dict())
+    initial_head = copy.deepcopy(parts.plugin.state_dict())
+    batches = [list(parts.task.train_batches(BATCH, seed=run.seed, epoch=e, drop_last=True))
                for e in range(EPOCHS)]
     trainer.fit(None)
+    history = trainer.progress.history
 
     torch.manual_seed(0)
-    reference = _airbench_net(len(trainer.task.classes))
+    reference = _airbench_net(len(parts.task.classes))
     _load_podbench_weights(reference, initial_model, initial_head)
     reference_losses = _airbench_train(reference, batches)
 
-    ours_losses = [entry["train_loss"] for entry in trainer.history]
+    ours_losses = [entry["train_loss"] for entry in history]
     worst_loss = max(abs(a - b) / abs(b) for a, b in zip(ours_losses, reference_losses, strict=True))
     torch.testing.assert_close(torch.tensor(ours_losses), torch.tensor(reference_losses),
                                rtol=1e-5, atol=0)
     expected = copy.deepcopy(reference)
-    ours = _airbench_net(len(trainer.task.classes))
-    _load_podbench_weights(ours, trainer.model.state_dict(), trainer.plugin.state_dict())
+    ours = _airbench_net(len(parts.task.classes))
+    _load_podbench_weights(ours, parts.model.state_dict(), parts.plugin.state_dict())
     worst = 0.0
     for (name, got), want in zip(ours.state_dict().items(), expected.state_dict().values(),
                                  strict=True):
@@ -211,8 +213,8 @@ def test_fast_cifar10_trains_as_airbench94_step_for_step() -> None:
     reference.eval()
     with torch.no_grad():
         correct = sum(int((_airbench_tta(reference, x).argmax(1) == y).sum())
-                      for x, y in trainer.task.eval_batches("test", 64))
-    assert trainer.history[-1]["test_acc"] == correct / trainer.task.num_samples("test")
+                      for x, y in parts.task.eval_batches("test", 64))
+    assert history[-1]["test_acc"] == correct / parts.task.num_samples("test")
     print(f"\nairbench94 equivalence over {EPOCHS * STEPS_PER_EPOCH} steps: max relative "
           f"difference of the epoch losses {worst_loss:.1e}, of the weights {worst:.1e}")
     assert math.isfinite(worst)
