@@ -9,11 +9,18 @@ elementwise optimiser (SGD with momentum, Nesterov and weight decay; AdamW) over
 tensors takes exactly the N separate steps: the copies never mix.
 
 Example:
-    >>> stacked = StackedNets(models, plugins)           # doctest: +SKIP
+    >>> import torch
+    >>> from torch import nn
+    >>> from podbench.losses import create_loss
+    >>> models = [nn.Linear(4, 3) for _ in range(2)]  # two seeds' networks
+    >>> plugins = [create_loss("softmax", num_classes=2, feat_dim=3) for _ in range(2)]
+    >>> stacked = StackedNets(models, plugins)
     >>> opt = torch.optim.SGD(stacked.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    >>> losses = stacked.losses(xs, ys)                   # (N,): one per copy
+    >>> losses = stacked.losses(torch.randn(2, 8, 4), torch.randint(0, 2, (2, 8)))
+    >>> losses.shape  # one loss per copy, each on its own batch
+    torch.Size([2])
     >>> opt.zero_grad(); losses.sum().backward(); opt.step()
-    >>> stacked.write_back()                              # the N modules hold their weights
+    >>> stacked.write_back()  # the two modules hold their own new weights
 
 Divergence stays per copy: a NaN in one copy's loss reaches only that copy's slices
 (:meth:`finite` says which copies are still finite, on the device, with no host sync).
