@@ -242,11 +242,16 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------
 
-    def _epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-        """Train and evaluate ``epoch``: (history entry, probe values, geometry at the last)."""
+    def _epoch(self, epoch: int, trained: dict[str, Any] | None = None
+               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """Train and evaluate ``epoch``: (history entry, probe values, geometry at the last).
+
+        ``trained``: the epoch's training values when it was trained elsewhere (stacked seeds,
+        :func:`podbench.stacked.train_stacked`): only the evaluation is done here.
+        """
         parts, run = self.parts, self.parts.run
         start = time.perf_counter()
-        entry_train = self.train_epoch(epoch)
+        entry_train = self.train_epoch(epoch) if trained is None else trained
         if parts.scheduler is not None and not parts.step_scheduler_per_update:
             parts.scheduler.step()
         last = epoch == run.epochs - 1

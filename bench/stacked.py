@@ -29,13 +29,23 @@ Divergence stays per copy: a NaN in one copy's loss reaches only that copy's sli
 from __future__ import annotations
 
 import copy
+import itertools
+import math
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-__all__ = ["StackedNets"]
+from podbench.errors import UserError
+
+if TYPE_CHECKING:
+    from podbench.loop import Trainer
+    from podbench.runs import RunSpec
+
+__all__ = ["StackedNets", "train_stacked"]
 
 
 class _Pair(nn.Module):
@@ -48,6 +58,13 @@ class _Pair(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         return self.plugin(self.model(x), y).total
+
+    def loss_and_correct(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.model(x)
+        total = self.plugin(features, y).total
+        with torch.no_grad():
+            correct = (self.plugin.predict(features.detach()).argmax(dim=1) == y).sum()
+        return total, correct
 
     def scores(self, x: Tensor) -> Tensor:
         return self.plugin.predict(self.model(x))
@@ -114,6 +131,14 @@ class StackedNets:
         # randomness "different": a copy's dropout draws differ from the others'
         return vmap(one, randomness="different")(self.params, self.buffers, xs, ys)
 
+    def losses_and_correct(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+        """(N,) losses and (N,) correct predictions of the copies on their own batches."""
+        def one(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
+                ) -> tuple[Tensor, Tensor]:
+            return self._call("loss_and_correct", params, buffers, x, y)  # type: ignore[return-value]
+
+        return vmap(one, randomness="different")(self.params, self.buffers, xs, ys)
+
     def scores(self, xs: Tensor, *, shared: bool = False) -> Tensor:
         """(N, B, K) class scores of each copy on its batch of ``xs`` (N, B, ...), or with
         ``shared`` on the one batch ``xs`` (B, ...) (evaluation: the same test images)."""
@@ -129,6 +154,14 @@ class StackedNets:
         return torch.isfinite(losses)
 
     @torch.no_grad()
+    def read_buffers(self) -> None:
+        """Copy each copy's module buffers into the stacked ones: after hooks that change them
+        on the modules (POD's delta schedule at the epoch's start and end)."""
+        for i, pair in enumerate(self.pairs):
+            for name, tensor in pair.named_buffers():
+                self.buffers[name][i].copy_(tensor)
+
+    @torch.no_grad()
     def write_back(self) -> None:
         """Copy each copy's stacked weights and buffers into its own modules (for records,
         checkpoints and evaluation by the ordinary path)."""
@@ -138,3 +171,161 @@ class StackedNets:
             for name, tensor in pair.named_buffers():
                 tensor.copy_(self.buffers[name][i])
 
+
+
+def _same_but_seed(runs: Sequence[RunSpec]) -> None:
+    from podbench.errors import UserError
+
+    first = runs[0].model_dump(exclude={"seed"})
+    for run in runs[1:]:
+        if run.model_dump(exclude={"seed"}) != first:
+            raise UserError("stacked runs must differ in their seed only; group the runs by "
+                            "everything else first")
+    if runs[0].compile or runs[0].grad_clip is not None or runs[0].amp == "fp16":
+        raise UserError("stacked runs train without compile, grad_clip and fp16 loss scaling; "
+                        "set compile: false, grad_clip: null, amp: bf16 or off")
+
+
+class _Group:
+    """The stacked training of several trainers (one per seed); their evaluation stays theirs."""
+
+    def __init__(self, trainers: list[Trainer]) -> None:
+        from podbench.factory import _build_optimizer, _build_scheduler
+        from podbench.recipe import Lookahead
+
+        self.trainers = trainers
+        first = trainers[0].parts
+        self.run, self.policy = first.run, trainers[0].policy
+        if first.updates != 1:
+            raise UserError(f"stacked runs need a loss with one update per batch, but "
+                            f"{first.run.loss} makes {first.updates}; train its runs one by one")
+        self.stacked = StackedNets([t.parts.model for t in trainers],
+                                   [t.parts.plugin for t in trainers])
+        self.optimizer = _build_optimizer(self.run, [{"params": self.stacked.parameters(),
+                                                       "lr": self.run.lr}])
+        self.total = first.total_updates
+        self.scheduler = _build_scheduler(self.run, self.optimizer, self.total)
+        self.per_update = first.step_scheduler_per_update
+        state = [b for k, b in self.stacked.buffers.items() if k.startswith("model.")]
+        self.lookahead = Lookahead([*self.stacked.params.values(), *state]) \
+            if self.run.lookahead else None
+        self.steps = 0
+        self.alive = [True] * len(trainers)
+
+    def _start(self, epoch: int) -> None:
+        for t in self.trainers:
+            t.parts.model.train()
+            t.parts.plugin.train()
+            t.parts.plugin.on_epoch_start(epoch)
+            hook = getattr(t.parts.model, "on_epoch_start", None)
+            if callable(hook):
+                hook(epoch)
+        self.stacked.sync_trainable()
+        self.stacked.read_buffers()  # what the hooks (this one and the last epoch's end) changed
+        self.stacked.train(True)
+
+    def _step(self, batches: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        xs = torch.stack([self.policy.prepare(x) for x, _ in batches])
+        ys = torch.stack([y for _, y in batches])
+        with self.policy.autocast():
+            losses, correct = self.stacked.losses_and_correct(xs, ys)
+        self.optimizer.zero_grad(set_to_none=True)
+        # a diverged copy's NaN stays in its own slices; the others' gradients are their own
+        losses.sum().backward()
+        self.optimizer.step()
+        self.steps += 1
+        if self.per_update and self.scheduler is not None and self.steps < self.total:
+            self.scheduler.step()
+        if self.lookahead is not None:
+            self.lookahead.after_step(self.steps, self.total)
+        return losses.detach(), correct
+
+    def train_epoch(self, epoch: int) -> list[dict[str, Any]]:
+        """Train every copy one epoch; each trainer's history values, in one read."""
+        self._start(epoch)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        run = self.run
+        iters = [t.parts.task.train_batches(run.batch_size, seed=t.parts.run.seed, epoch=epoch,
+                                            drop_last=run.drop_last) for t in self.trainers]
+        losses, corrects, sizes = [], [], []
+        start = time.perf_counter()
+        for batches in itertools.islice(zip(*iters, strict=True),
+                                        self.trainers[0].parts.steps_per_epoch):
+            loss, correct = self._step(batches)
+            losses.append(loss)
+            corrects.append(correct)
+            sizes.append(int(batches[0][1].shape[0]))
+        if self.policy.device.type == "cuda":
+            torch.cuda.synchronize(self.policy.device)
+        seconds = time.perf_counter() - start
+        if self.scheduler is not None and not self.per_update:
+            self.scheduler.step()
+        self.stacked.write_back()
+        weights = torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
+        sums = torch.stack(losses).double().T @ weights  # (N,): one read for all copies
+        correct_sums = torch.stack(corrects).sum(0)
+        seen = sum(sizes)
+        entries = []
+        for i, (loss_sum, correct) in enumerate(zip(sums.tolist(), correct_sums.tolist(),
+                                                    strict=True)):
+            progress = self.trainers[i].progress
+            progress.train_seconds += seconds  # each copy's images/s: the group's / N
+            progress.train_images += seen
+            progress.optimizer_steps = self.steps
+            self.trainers[i].parts.plugin.on_epoch_end(epoch)
+            entries.append({"train_loss": loss_sum / seen, "parts": {},
+                            "train_acc": int(correct) / seen, "lr": lr})
+        return entries
+
+
+
+def train_stacked(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
+    """Train runs that differ in their seed only as one stacked model; one record per run.
+
+    Each run is built as :func:`~podbench.engine.train_run` builds it (its own task, weights,
+    centroids, data order and augmentation from its seed), trained in one vmapped step with the
+    others, and evaluated, probed and recorded on its own. A copy whose loss turns NaN/Inf is
+    recorded as diverged at that epoch and the others go on. ``images_per_s`` of each record is
+    the group's throughput divided by the number of runs; ``wall_time_s`` the group's.
+    """
+    from podbench.engine import _environment, _error, _record
+    from podbench.factory import build_parts
+    from podbench.loop import RunDiverged, Trainer
+    from podbench.record import utc_now
+    from podbench.runtime import nondeterminism_alerts, runtime_policy
+
+    _same_but_seed(runs)
+    started_at, t0, cpu0 = utc_now(), time.perf_counter(), time.process_time()
+    outcome: list[tuple[str, Any]] = [("completed", None)] * len(runs)
+    geometry: list[dict[str, Any] | None] = [None] * len(runs)
+    trainers: list[Trainer] = []
+    policy = None
+    with nondeterminism_alerts() as nondeterministic_ops:
+        try:
+            with runtime_policy(runs[0]) as policy:
+                trainers = [Trainer(build_parts(run, policy), policy) for run in runs]
+                group = _Group(trainers)
+                for epoch in range(runs[0].epochs):
+                    entries = group.train_epoch(epoch)
+                    for i, trainer in enumerate(trainers):
+                        if not group.alive[i]:
+                            continue
+                        trainer.current_epoch = epoch
+                        try:
+                            if not math.isfinite(entries[i]["train_loss"]):
+                                raise RunDiverged(f"the training loss became NaN/Inf in epoch {epoch}")
+                            entry, _, geometry[i] = trainer._epoch(epoch, entries[i])
+                            trainer.progress.history.append(entry)
+                        except FloatingPointError as exc:
+                            group.alive[i], outcome[i] = False, ("diverged", _error(exc, epoch))
+                        except Exception as exc:  # noqa: BLE001  one run's failure is its record's
+                            group.alive[i], outcome[i] = False, ("failed", _error(exc, epoch))
+                    if not any(group.alive):
+                        break
+        except Exception as exc:  # building or the stacked step failed: every run with it
+            outcome = [o if o[0] != "completed" else ("failed", _error(exc, None)) for o in outcome]
+    env = _environment(policy, nondeterministic_ops)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return [_record(run, trainers[i] if trainers else None, status=outcome[i][0],
+                    error=outcome[i][1], geometry=geometry[i], env=env, wall_time_s=wall,
+                    cpu_time_s=cpu, started_at=started_at) for i, run in enumerate(runs)]

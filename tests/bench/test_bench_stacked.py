@@ -110,3 +110,45 @@ def test_stacked_divergence_stays_in_its_copy_and_frozen_parameters_stay() -> No
     assert torch.equal(stacked.params["model.backbone.whiten.bias"], frozen)
     scores = stacked.scores(torch.randn(B, 3, 12, 12), shared=True)
     assert scores.shape == (N, B, 4)
+
+
+def _suite_runs(loss: str, seeds: str = "[0, 1, 2]") -> list:
+    from podbench.suite_spec import load_suite
+
+    overrides = ["epochs=2", "batch_size=32", "lr=0.05", f"seeds={seeds}", "datasets=[synthetic]",
+                 "limit_train=96", "limit_eval=64", "device=cpu", "gpus=0", "cpus=1",
+                 "amp='off'", "channels_last=false"]
+    return [r for r in load_suite("fast-cifar10", overrides).expand() if r.label == loss]
+
+
+@pytest.mark.parametrize("loss", ["label-smoothing", "pod"])
+def test_train_stacked_records_equal_separate_train_runs(loss: str) -> None:
+    from podbench.engine import train_run
+    from podbench.stacked import train_stacked
+
+    runs = _suite_runs(loss)
+    assert len(runs) == N and len({r.seed for r in runs}) == N
+    stacked = train_stacked(runs)
+    separate = [train_run(run) for run in runs]
+    for got, want in zip(stacked, separate, strict=True):
+        assert got["status"] == want["status"] == "completed", got["error"]
+        assert got["run_id"] == want["run_id"]
+        for key in ("train_loss", "lr"):
+            torch.testing.assert_close(torch.tensor([h[key] for h in got["history"]]),
+                                       torch.tensor([h[key] for h in want["history"]]),
+                                       rtol=1e-4, atol=1e-6)
+        # accuracies count predictions: equal unless a score sits on a float32 tie
+        assert [h["test_acc"] for h in got["history"]] == [h["test_acc"] for h in want["history"]]
+        assert got["geometry"].keys() == want["geometry"].keys()
+    # the seeds trained apart: not one loss curve three times
+    assert len({tuple(h["train_loss"] for h in r["history"]) for r in stacked}) == N
+
+
+def test_train_stacked_refuses_runs_that_differ_in_more_than_the_seed() -> None:
+    from podbench.errors import UserError
+    from podbench.stacked import train_stacked
+
+    runs = _suite_runs("softmax", "[0, 1]")
+    other = runs[1].model_copy(update={"lr": 0.1})
+    with pytest.raises(UserError, match="differ in their seed only"):
+        train_stacked([runs[0], other])
