@@ -191,7 +191,7 @@ def _build_scheduler(run: RunSpec, optimizer: torch.optim.Optimizer, total_updat
 def warm_up_shapes(run: RunSpec, task: Task) -> list[tuple[bool, tuple[int, ...]]]:
     """(training, input shape) of every batch shape the run will see."""
     size, channels, bs = task.image_size, task.info.channels, run.batch_size
-    train = {min(bs, task.num_train), task.num_train % bs}
+    train = {min(bs, task.num_train), 0 if run.drop_last else task.num_train % bs}
     evaluated = task.num_samples(run.eval_split)
     evals = {min(bs, evaluated), evaluated % bs}
     return [(mode, (n, channels, size, size)) for mode, sizes in ((True, train), (False, evals))
