@@ -110,10 +110,6 @@ def _match_cluster_auth(address: str) -> None:
     cluster without authentication loses its actors. So the cluster is asked without a token
     first, then with this machine's token.
     """
-    import ray.exceptions
-
-    if not hasattr(ray.exceptions, "AuthenticationError"):
-        return  # a Ray older than token authentication (2.52)
     if os.environ.get(_AUTH_MODE, "disabled").lower() not in ("disabled", "token"):
         return  # another scheme (Kubernetes RBAC): the user's own configuration stands
     if _probe_gcs(address, "disabled"):
@@ -175,7 +171,8 @@ def _token_source() -> tuple[str, str] | None:
 
 def _set_auth_mode(mode: str) -> None:
     """Make this process's Ray use authentication ``mode`` from now on (as Ray's switch does)."""
-    from ray._raylet import AuthenticationTokenLoader, Config
+    # private and compiled: Ray's type stub of _raylet does not list them
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     os.environ[_AUTH_MODE] = mode
     Config.initialize("")  # Ray caches its config; reread RAY_AUTH_MODE

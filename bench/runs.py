@@ -262,6 +262,12 @@ class RunSpec(RunSettings):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _authors_milestones(epochs: int) -> list[int]:
+    """The epochs the authors' multistep schedule decays at, for a run of ``epochs`` epochs."""
+    return sorted({max(1, round(f * epochs)) for f in AUTHORS_MILESTONE_FRACTIONS
+                   if round(f * epochs) < epochs})
+
+
 def resolve_run(
     settings: RunSettings,
     *,
@@ -309,10 +315,7 @@ def resolve_run(
     if label_noise is not None:
         fields["label_noise"] = label_noise
     if settings.milestones is None:
-        epochs = settings.epochs
-        fields["milestones"] = sorted(
-            {max(1, round(f * epochs)) for f in AUTHORS_MILESTONE_FRACTIONS if round(f * epochs) < epochs}
-        )
+        fields["milestones"] = _authors_milestones(settings.epochs)
     return RunSpec(
         **fields,
         suite=suite,

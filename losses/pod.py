@@ -54,11 +54,11 @@ def _symmetric_gram(m: Tensor, blocks: int | None = None) -> tuple[Tensor, Tenso
     if q < 2:
         gram = m @ m.T
         return gram, gram.square().sum()
-    blocks = m.tensor_split(q)
+    pieces = m.tensor_split(q)
     rows: list[list[Tensor]] = [[m.new_empty(0)] * q for _ in range(q)]
     for i in range(q):
         for j in range(i, q):
-            rows[i][j] = blocks[i] @ blocks[j].T
+            rows[i][j] = pieces[i] @ pieces[j].T
             rows[j][i] = rows[i][j].T
     gram = torch.cat([torch.cat(r, dim=1) for r in rows], dim=0)
     return gram, gram.square().sum()

@@ -2,7 +2,7 @@
 
 Reads run records only (``RESULTS/runs/*.json``), never live objects; never imports torch or Ray.
 
-Example:
+Example (it needs a results folder, so the doctests skip it):
     >>> from podbench.reports import build_report
     >>> build_report("results/quickstart", "results/quickstart/report")  # doctest: +SKIP
 """

@@ -42,7 +42,8 @@ class Interval:
     ci_high: float
 
 
-def _resample(rng: np.random.Generator, values: Sequence[float], reps: int) -> np.ndarray:
+def _resample(rng: np.random.Generator, values: Sequence[float] | np.ndarray, reps: int
+              ) -> np.ndarray:
     x = np.asarray(values, float)
     return x[rng.integers(0, x.size, size=(reps, x.size))]
 

@@ -377,7 +377,7 @@ def build_report(
     Returns:
         The path of report.html.
 
-    Example:
+    Example (it needs a results folder, so the doctests skip it):
         >>> build_report("results/quickstart", control="pod")  # doctest: +SKIP
     """
     _check_options(alpha, rope, difference, target_fraction)

@@ -66,7 +66,7 @@ def performance_ratios(times: pd.DataFrame) -> pd.DataFrame:
     return ratios.where(np.isfinite(times), math.inf).fillna(math.inf)
 
 
-def performance_profile(ratios: Sequence[float], taus: Sequence[float]) -> np.ndarray:
+def performance_profile(ratios: Sequence[float], taus: Sequence[float] | np.ndarray) -> np.ndarray:
     """rho(tau): the share of blocks whose performance ratio is at most tau, for each tau."""
     r = np.asarray(ratios, float)
     return (r[None, :] <= np.asarray(taus, float)[:, None]).mean(axis=1)

@@ -162,7 +162,7 @@ _SEVERITY_COLUMN = re.compile(r"^evaluation\.corruptions\.(.+)\.s([1-5])\.acc$")
 def add_corruption_errors(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     """``evaluation.corruptions.mce`` and ``.rel_mce`` of each run against ``baseline``'s
     seed-averaged errors in the same block (NaN where the block has no baseline run)."""
-    cells = {}
+    cells: dict[str, list[str]] = {}
     for column in runs.columns:
         match = _SEVERITY_COLUMN.match(str(column))
         if match:

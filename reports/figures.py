@@ -264,7 +264,8 @@ def seeds_figure(power: SeedPower, unit: str) -> Figure | None:
         for b in rows:
             assert b.sd is not None
             mde = [min_detectable_difference(b.sd, int(n), power.alpha, power.power) for n in seeds]
-            ax.plot(seeds, mde, color=colours[b.block], label=b.block)
+            ax.plot(seeds, [np.nan if m is None else m for m in mde], color=colours[b.block],
+                    label=b.block)
             if b.min_detectable is not None:
                 ax.plot(b.seeds_run, b.min_detectable, "o", color=colours[b.block])
         ax.axhline(power.difference, color="black", ls="--", lw=1)

@@ -9,6 +9,7 @@ does not enter is listed, never dropped silently.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,12 +64,15 @@ class ExcludedRun:
     counted_as: float | None  # the worst value it entered with; None when left out
 
 
+WorstBasis = Literal["chance", "accuracy floor", "worst recorded", "none"]
+
+
 @dataclass(frozen=True)
 class FailureHandling:
     """How diverged and failed runs entered the statistics."""
 
     policy: FailedPolicy
-    basis: Literal["chance", "accuracy floor", "worst recorded", "none"]
+    basis: WorstBasis
     worst_values: dict[str, float | None]  # per block, in the metric's report unit
     n_counted: int  # diverged/failed runs that entered with the worst value
     n_left_out: int  # runs that did not enter at all
@@ -109,6 +113,7 @@ def _num_classes(data: ResultsData) -> dict[str, int]:
 
 def _still_improving(data: ResultsData) -> dict[str, bool]:
     """run_id -> still improving when training stopped, for the runs whose record says."""
+    pairs: Iterable[tuple[Any, Any]]
     if "still_improving" in data.runs:
         pairs = zip(data.runs["run_id"], data.runs["still_improving"], strict=True)
     else:  # a loader that does not flatten the field yet: read it from the records
@@ -118,7 +123,7 @@ def _still_improving(data: ResultsData) -> dict[str, bool]:
 
 def _worst_values(
     data: ResultsData, completed: pd.DataFrame, metric: MetricInfo
-) -> tuple[dict[tuple[str, str], float | None], str]:
+) -> tuple[dict[tuple[str, str], float | None], WorstBasis]:
     """Per block, the value a diverged or failed run enters with, and what it is."""
     runs = data.runs
     blocks = sorted({(d, a) for d, a in zip(runs["dataset"], runs["arch"], strict=True)})

@@ -84,6 +84,8 @@ def whitening_filters(covariance: torch.Tensor, channels: int, kernel: int,
 class WhiteningConv(nn.Module):
     """A ``kernel`` x ``kernel`` convolution with fixed filters (a buffer) and a trained bias."""
 
+    weight: torch.Tensor  # the filters, a buffer
+
     def __init__(self, in_channels: int, kernel: int = WHITEN_KERNEL) -> None:
         super().__init__()
         out = 2 * in_channels * kernel * kernel

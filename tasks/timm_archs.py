@@ -11,7 +11,10 @@ published stem.
 
 Example:
     >>> from podbench.tasks import create_arch
-    >>> net = create_arch("timm:resnet18", in_channels=3, image_size=32, feat_dim=16)  # doctest: +SKIP
+    >>> import torch
+    >>> net = create_arch("timm:resnet18", in_channels=3, image_size=32, feat_dim=16)
+    >>> net(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 16])
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ UNQUALIFIED = {
     "load_task": "podbench.tasks",
     "create_loss": "podbench.losses",
     "loss_info": "podbench.losses",
+    "check_number": "podbench.losses",
     "list_losses": "podbench.losses",
     "dataset_info": "podbench.tasks",
     "create_arch": "podbench.tasks",
@@ -142,3 +143,16 @@ def test_each_signature_shown_is_the_codes(module: str, name: str, text: str) ->
     cut = [names.index("*") if "*" in names else len(names) for names in (shown, actual)]
     assert shown[:cut[0]] == actual[:cut[1]]
     assert sorted(shown[cut[0]:]) == sorted(actual[cut[1]:])
+
+
+def test_a_plugin_needs_only_the_public_losses_package() -> None:
+    # the example plugin imports what podbench.losses exports (its tests: the conformance kit)
+    example = ROOT / "examples" / "podbench-focal-loss"
+    imports = {m for p in example.rglob("*.py")
+               for m in re.findall(r"^from (podbench\S*) import", p.read_text(), flags=re.M)}
+    assert imports <= {"podbench.losses", "podbench.losses.testing"}, imports
+    import podbench.losses
+
+    plugin = (example / "podbench_focal_loss" / "__init__.py").read_text()
+    (names,) = re.findall(r"^from podbench\.losses import (.+)$", plugin, flags=re.M)
+    assert {n.strip() for n in names.split(",")} <= set(podbench.losses.__all__)

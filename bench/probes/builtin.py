@@ -115,7 +115,7 @@ class OodProbe(Probe):
         model_config = ConfigDict(extra="forbid")
         datasets: list[str] = Field(default_factory=list)  # far-OOD sets, any registered dataset
         scores: list[Literal["msp", "max-logit", "energy"]] = Field(
-            default_factory=lambda: ["msp", "max-logit", "energy"], min_length=1)
+            default=["msp", "max-logit", "energy"], min_length=1)  # pydantic copies it
         open_set: bool = True  # the held-out classes, when the run has an open-set split
         limit: int | None = Field(None, ge=1)  # at most this many samples of each far-OOD set
         data_root: str | None = None  # where the far-OOD sets are (None: $PODBENCH_DATA, defaults)

@@ -10,7 +10,7 @@ Modules, in the order the data flows through them:
 - :mod:`~podbench.tuning.outputs`: ``trials.csv``, ``best.yaml``, ``importances.json`` and
   :func:`rerun_best`, the best points rerun over seeds on the test set as ordinary suite runs.
 
-Example:
+Example (it trains, so the doctests skip it):
     >>> from podbench.tuning import load_tune, run_study
     >>> outcome = run_study(load_tune("tune-quickstart"), "results")  # doctest: +SKIP
 """

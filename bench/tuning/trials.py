@@ -9,7 +9,7 @@ tells the study how each trial ended. Trials are ordinary runs of
 Rerunning the same tune file resumes: trials that finished stay, and each loss runs only what it
 lacks of ``n_trials`` (see :mod:`podbench.tuning.study`).
 
-Example:
+Example (it trains, so the doctests skip its study):
     >>> from podbench.tuning import load_tune, run_study
     >>> spec = load_tune("tune-quickstart")
     >>> outcome = run_study(spec, "results")  # doctest: +SKIP

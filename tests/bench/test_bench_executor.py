@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -100,3 +101,19 @@ def test_the_progress_callback_pickles_without_its_display(tmp_path: Path) -> No
     record = store.read_record(run.run_id)
     assert record is not None and record["error"]["type"] == "WorkerDied"
     assert display.events == [("started", run.run_id), ("failed", run.run_id)]
+
+
+def test_the_installed_ray_is_the_pinned_one_with_the_private_api_the_connection_uses() -> None:
+    import ray
+    from packaging.requirements import Requirement
+
+    project = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    (pin,) = [Requirement(r) for r in re.findall(r'^\s*"(ray\W[^"]*)"', project, flags=re.M)]
+    assert ray.__version__ in pin.specifier
+    assert list(pin.specifier.filter(["2.59.0", "2.61.0"])) == []  # no other minor version
+    # what podbench.ray_cluster reaches into: the GCS probe and the switch of the auth mode
+    from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
+    from ray.exceptions import AuthenticationError
+
+    assert callable(Config.initialize) and callable(AuthenticationTokenLoader.instance)
+    assert issubclass(AuthenticationError, Exception) and GcsClient is not None
