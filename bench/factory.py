@@ -177,12 +177,12 @@ def _build_scheduler(run: RunSpec, optimizer: torch.optim.Optimizer, total_updat
         return schedulers.MultiStepLR(optimizer, milestones=list(run.milestones), gamma=run.gamma)
     if run.schedule == "cosine":
         return schedulers.CosineAnnealingLR(optimizer, T_max=run.epochs)
-    if run.schedule == "onecycle":
+    share = schedule_warmup(run.schedule, run.warmup)  # None: a schedule without a warm-up
+    if run.schedule == "onecycle" and share is not None:
         return schedulers.OneCycleLR(
             optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=max(1, total_updates), pct_start=schedule_warmup("onecycle", run.warmup))
-    if run.schedule == "triangular":  # airbench94's: the momentum stays, no cycle
-        share = schedule_warmup("triangular", run.warmup)
+            total_steps=max(1, total_updates), pct_start=share)
+    if run.schedule == "triangular" and share is not None:  # airbench94's: no momentum cycle
         return schedulers.LambdaLR(optimizer, functools.partial(
             triangular, total=max(1, total_updates), warmup=share))
     return None

@@ -206,11 +206,14 @@ class Trainer:
         count = 0
         feats: list[torch.Tensor] = []
         labels: list[torch.Tensor] = []
-        tta = parts.run.tta  # airbench's test-time augmentation: the scores of 6 views
         for x, y in parts.task.eval_batches(split, parts.run.batch_size):
-            features = self.forward(x) if keep_features or not tta else None
-            scores = (tta_scores(self.forward, parts.plugin.predict, self.policy.prepare(x))
-                      if tta else parts.plugin.predict(features))
+            if parts.run.tta:  # airbench's test-time augmentation: the scores of 6 views
+                scores = tta_scores(self.forward, parts.plugin.predict, self.policy.prepare(x))
+                if keep_features:  # the geometry's features: of the image itself
+                    features = self.forward(x)
+            else:
+                features = self.forward(x)
+                scores = parts.plugin.predict(features)
             correct += (scores.argmax(dim=1) == y).sum()
             count += y.shape[0]
             if keep_features:  # kept on the device: one copy to the host at the end

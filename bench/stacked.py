@@ -43,6 +43,7 @@ from podbench.errors import UserError
 
 if TYPE_CHECKING:
     from podbench.loop import Trainer
+    from podbench.losses import LossPlugin
     from podbench.runs import RunSpec
 
 __all__ = ["StackedNets", "train_stacked"]
@@ -51,10 +52,10 @@ __all__ = ["StackedNets", "train_stacked"]
 class _Pair(nn.Module):
     """A network and its loss plugin as one module: ``forward(x, y)`` is the training loss."""
 
-    def __init__(self, model: nn.Module, plugin: nn.Module) -> None:
+    def __init__(self, model: nn.Module, plugin: LossPlugin) -> None:
         super().__init__()
         self.model = model
-        self.plugin = plugin
+        self.plugin: LossPlugin = plugin
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         return self.plugin(self.model(x), y).total
@@ -78,7 +79,7 @@ class StackedNets:
         plugins: the N loss plugins (the same loss and settings; their heads their own).
     """
 
-    def __init__(self, models: Sequence[nn.Module], plugins: Sequence[nn.Module]) -> None:
+    def __init__(self, models: Sequence[nn.Module], plugins: Sequence[LossPlugin]) -> None:
         if len(models) != len(plugins) or not models:
             raise ValueError("give one loss plugin per network, at least one of each")
         for plugin in plugins:  # value checks read the device, which a vmapped call cannot
@@ -166,10 +167,10 @@ class StackedNets:
         """Copy each copy's stacked weights and buffers into its own modules (for records,
         checkpoints and evaluation by the ordinary path)."""
         for i, pair in enumerate(self.pairs):
-            for name, tensor in pair.named_parameters():
-                tensor.copy_(self.params[name][i])
-            for name, tensor in pair.named_buffers():
-                tensor.copy_(self.buffers[name][i])
+            for name, param in pair.named_parameters():
+                param.copy_(self.params[name][i])
+            for name, buffer in pair.named_buffers():
+                buffer.copy_(self.buffers[name][i])
 
 
 
