@@ -156,3 +156,15 @@ def test_a_plugin_needs_only_the_public_losses_package() -> None:
     plugin = (example / "podbench_focal_loss" / "__init__.py").read_text()
     (names,) = re.findall(r"^from podbench\.losses import (.+)$", plugin, flags=re.M)
     assert {n.strip() for n in names.split(",")} <= set(podbench.losses.__all__)
+
+
+def test_the_runspec_table_names_every_field_and_no_other() -> None:
+    from podbench.runs import RunSpec
+
+    start = CONTRACTS.index("| field | type, default | meaning |")
+    rows = CONTRACTS[start:CONTRACTS.index("\n\n", start)].splitlines()[2:]
+    first_column = {n for row in rows for n in re.findall(r"`(\w+)`", row.split("|")[1])}
+    anywhere = {n for row in rows for n in re.findall(r"`(\w+)`", row)}
+    fields = set(RunSpec.model_fields)
+    assert first_column <= fields  # a row per field or group of fields
+    assert fields <= anywhere  # optimiser and schedule settings are named in their row's text

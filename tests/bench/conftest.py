@@ -35,12 +35,10 @@ def one_thread_and_test_plugins() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def torch_determinism_flags_restored() -> Iterator[None]:
-    """A test that builds a ``_Trainer`` itself (not through ``train_run``) switches torch to
-    deterministic kernels; the next test, whatever the order, starts from the flags as they were."""
-    saved = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    yield
-    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+def torch_settings_restored() -> Iterator[None]:
+    """A test that sets torch's global flags itself (determinism, TF32, threads) leaves them as
+    they were for the next test, whatever the order (as a run does)."""
+    from podbench.runtime import torch_state_restored
+
+    with torch_state_restored():
+        yield

@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 import pickle
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import torch
 
 from podbench import executor
 from podbench.executor import SuiteOutcome, pending_runs, run_trial
@@ -19,13 +17,7 @@ from podbench.results import ResultsStore
 from podbench.runs import RunSettings, RunSpec, resolve_run
 from podbench.worker import failed_record
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(seed: int, cpus: float = 1) -> RunSpec:

@@ -24,13 +24,9 @@ from podbench.tasks.fastnet import patch_covariance, whitening_filters
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
-    # a _Trainer built outside train_run switches on deterministic kernels: restore them after
-    deterministic = (torch.are_deterministic_algorithms_enabled(),
-                     torch.is_deterministic_algorithms_warn_only_enabled())
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
 def _run(arch: str = "mlp", dataset: str = "digits", seed: int = 0, **settings: Any) -> RunSpec:
