@@ -71,6 +71,7 @@ def save_checkpoint(directory: Path, parts: RunParts, progress: TrainingProgress
         "scaler": parts.scaler.state_dict(),
         **counters,
         "rng": rng_states(device),
+        "lookahead": parts.lookahead.average if parts.lookahead is not None else None,
     }
     path = directory / CHECKPOINT_NAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -104,6 +105,9 @@ def load_checkpoint(path: Path, parts: RunParts, device: torch.device) -> Traini
     _replay_schedule(parts, state["optimizer_steps"] if per_update else state["epoch"] + 1)
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.scaler.load_state_dict(state["scaler"])
+    if parts.lookahead is not None and state.get("lookahead") is not None:
+        for average, saved in zip(parts.lookahead.average, state["lookahead"], strict=True):
+            average.copy_(saved)
     restore_rng_states(state["rng"], device)
     return TrainingProgress(
         history=list(state["history"]), train_images=int(state["train_images"]),

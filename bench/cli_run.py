@@ -88,6 +88,10 @@ def run_validate(args: argparse.Namespace) -> int:
         + (f"; probes: {', '.join(e.name for e in suite.evaluate)}" if suite.evaluate else "")
         + "."
     )
+    from podbench.recipe import warmup_warnings
+
+    for warning in warmup_warnings(runs):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,7 @@ run's seed, each part on its own, so that one part's draws do not depend on anot
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from podbench.compiled import warm_up
+from podbench.recipe import Lookahead, schedule_warmup, triangular
 from podbench.runs import RunSpec
 from podbench.runtime import RunPolicy
 
@@ -51,6 +53,13 @@ class RunParts:
     steps_per_epoch: int
     updates: int = 1
     evaluation: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # airbench's weight averaging (lookahead: true), of the network's state and the loss's head
+    lookahead: Lookahead | None = None
+
+    @property
+    def total_updates(self) -> int:
+        """Optimiser updates of the whole run (the per-update schedules' and lookahead's T)."""
+        return max(1, self.run.epochs * self.steps_per_epoch * self.updates)
 
     @property
     def num_classes(self) -> int:
@@ -58,8 +67,9 @@ class RunParts:
 
     @property
     def step_scheduler_per_update(self) -> bool:
-        """One-cycle steps its schedule per optimiser update; the others once per epoch."""
-        return self.run.schedule == "onecycle"
+        """One-cycle and triangular step their schedule per optimiser update; the others once
+        per epoch."""
+        return self.run.schedule in ("onecycle", "triangular")
 
 
 def stream_budget(gpus: float, device: torch.device) -> int | None:
@@ -106,7 +116,7 @@ def _load_task(run: RunSpec, policy: RunPolicy, known: tuple[int, ...] | None,
         known_classes=known, label_noise=noise,
         stream_bytes=stream_budget(run.gpus, policy.device), channels_last=policy.channels_last,
         # streamed data: DataLoader workers within the run's CPU share, not the machine's
-        workers=min(8, int(run.cpus)),
+        workers=min(8, int(run.cpus)), augmentation=run.augmentation,
     )
 
 
@@ -134,15 +144,16 @@ def _build_model(run: RunSpec, policy: RunPolicy, task: Task) -> tuple[nn.Module
 
     torch.manual_seed(run.seed)
     model = create_arch(run.arch, in_channels=task.info.channels, image_size=task.image_size,
-                        feat_dim=run.feat_dim)
+                        feat_dim=run.feat_dim, proj=run.proj)
     if run.amp != "off":  # before compiling: the compiled graph keeps the float32 projection
         latent_in_float32(model)
     # prepare_model moves and converts the model in place and returns what runs it
     forward = prepare_model(model, policy.device, channels_last=policy.channels_last,
                             compile=run.compile, compile_threads=run.cpus)
     samples = int(getattr(model, "init_samples", 0))
-    if samples:  # a backbone's data-dependent initialisation, from a shuffled training batch
-        images, _ = next(iter(task.train_batches(samples, seed=run.seed, epoch=0)))
+    if samples:  # a backbone's data-dependent initialisation, from the first training images
+        # (unaugmented, in their stored order: airbench's whitening takes the first 5,000)
+        images, _ = next(iter(task.eval_batches("train", samples)))
         model.init_from_data(images)  # type: ignore[operator]
     return model, forward
 
@@ -159,23 +170,28 @@ def _build_optimizer(run: RunSpec, groups: list[dict[str, Any]]) -> torch.optim.
 
 def _build_scheduler(run: RunSpec, optimizer: torch.optim.Optimizer, total_updates: int
                      ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The run's schedule; ``total_updates``: optimiser updates of the whole run (one-cycle)."""
+    """The run's schedule; ``total_updates``: optimiser updates of the whole run (one-cycle,
+    triangular)."""
     schedulers = torch.optim.lr_scheduler
     if run.schedule == "multistep":
         return schedulers.MultiStepLR(optimizer, milestones=list(run.milestones), gamma=run.gamma)
     if run.schedule == "cosine":
         return schedulers.CosineAnnealingLR(optimizer, T_max=run.epochs)
-    if run.schedule == "onecycle":
+    share = schedule_warmup(run.schedule, run.warmup)  # None: a schedule without a warm-up
+    if run.schedule == "onecycle" and share is not None:
         return schedulers.OneCycleLR(
             optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=max(1, total_updates))
+            total_steps=max(1, total_updates), pct_start=share)
+    if run.schedule == "triangular" and share is not None:  # airbench94's: no momentum cycle
+        return schedulers.LambdaLR(optimizer, functools.partial(
+            triangular, total=max(1, total_updates), warmup=share))
     return None
 
 
 def warm_up_shapes(run: RunSpec, task: Task) -> list[tuple[bool, tuple[int, ...]]]:
     """(training, input shape) of every batch shape the run will see."""
     size, channels, bs = task.image_size, task.info.channels, run.batch_size
-    train = {min(bs, task.num_train), task.num_train % bs}
+    train = {min(bs, task.num_train), 0 if run.drop_last else task.num_train % bs}
     evaluated = task.num_samples(run.eval_split)
     evals = {min(bs, evaluated), evaluated % bs}
     return [(mode, (n, channels, size, size)) for mode, sizes in ((True, train), (False, evals))
@@ -199,18 +215,34 @@ def build_parts(run: RunSpec, policy: RunPolicy) -> RunParts:
     groups = plugin.param_groups(list(model.parameters()), run.lr)
     optimizer = _build_optimizer(run, groups)
     updates = int(getattr(plugin, "updates_per_batch", 1))
-    batches = math.ceil(task.num_train / run.batch_size)
+    n = task.num_train
+    batches = n // run.batch_size if run.drop_last else math.ceil(n / run.batch_size)
     steps = min(batches, run.max_steps) if run.max_steps else batches
     evaluation: dict[str, dict[str, float | None]] = {}
     if noise is not None:  # the noise the training labels carry, nominal and realised
         evaluation["label-noise"] = {"rate": noise.rate, "changed": task.label_noise_rate}
     if run.compile:
-        warm_up(model, forward, warm_up_shapes(run, task), policy.autocast,
-                memory_format=torch.channels_last if policy.channels_last else None)
+        _compile(run, policy, task, model, forward)
     return RunParts(
         run=run, task=task, model=model, forward=forward, plugin=plugin,
         params=[p for group in groups for p in group["params"]], optimizer=optimizer,
         scheduler=_build_scheduler(run, optimizer, run.epochs * steps * updates),
         scaler=torch.amp.GradScaler(policy.device.type, enabled=run.amp == "fp16"),
         steps_per_epoch=steps, updates=updates, evaluation=evaluation,
+        lookahead=Lookahead.of(model, plugin) if run.lookahead else None,
     )
+
+
+def _compile(run: RunSpec, policy: RunPolicy, task: Task, model: nn.Module, forward: Forward
+             ) -> None:
+    """Compile every graph the run will need: each batch shape, and the last epoch's state of a
+    network whose epoch hook changes what trains (fastnet freezes its whitening bias)."""
+    layout = torch.channels_last if policy.channels_last else None
+    shapes = warm_up_shapes(run, task)
+    warm_up(model, forward, shapes, policy.autocast, memory_format=layout)
+    hook = getattr(model, "on_epoch_start", None)
+    if callable(hook) and run.epochs > 1:
+        hook(run.epochs - 1)
+        warm_up(model, forward, [s for s in shapes if s[0]], policy.autocast,
+                memory_format=layout)
+        hook(0)

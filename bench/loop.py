@@ -26,6 +26,7 @@ import torch
 from podbench.checkpoints import CHECKPOINT_NAME, TrainingProgress, load_checkpoint, save_checkpoint
 from podbench.factory import RunParts, build_parts
 from podbench.geometry import plugin_geometry
+from podbench.recipe import tta_scores
 from podbench.runs import RunSpec
 from podbench.runtime import RunPolicy
 from podbench.tensorboard import RunCurves
@@ -137,8 +138,10 @@ class Trainer:
             scaler.update()
             self.progress.optimizer_steps += 1
             if parts.step_scheduler_per_update and scheduler is not None:
-                if self.progress.optimizer_steps < scheduler.total_steps:  # type: ignore[attr-defined]
+                if self.progress.optimizer_steps < parts.total_updates:
                     scheduler.step()
+            if parts.lookahead is not None:  # Python ints: no host sync
+                parts.lookahead.after_step(self.progress.optimizer_steps, parts.total_updates)
             if step == 0:
                 sums.totals.append(out.total.detach())
                 sums.parts.append({k: v.detach() for k, v in out.parts.items()})
@@ -153,9 +156,13 @@ class Trainer:
         parts.model.train()
         parts.plugin.train()
         parts.plugin.on_epoch_start(epoch)
+        hook = getattr(parts.model, "on_epoch_start", None)
+        if callable(hook):  # fastnet freezes its whitening bias after 3 epochs
+            hook(epoch)
         lr = float(parts.optimizer.param_groups[0]["lr"])
         sums = _EpochSums()
-        batches = parts.task.train_batches(run.batch_size, seed=run.seed, epoch=epoch)
+        batches = parts.task.train_batches(run.batch_size, seed=run.seed, epoch=epoch,
+                                           drop_last=run.drop_last)
         start = time.perf_counter()
         # islice: a batch past max_steps is never made
         for index, (x, y) in enumerate(itertools.islice(batches, parts.steps_per_epoch)):
@@ -200,8 +207,14 @@ class Trainer:
         feats: list[torch.Tensor] = []
         labels: list[torch.Tensor] = []
         for x, y in parts.task.eval_batches(split, parts.run.batch_size):
-            features = self.forward(x)
-            correct += (parts.plugin.predict(features).argmax(dim=1) == y).sum()
+            if parts.run.tta:  # airbench's test-time augmentation: the scores of 6 views
+                scores = tta_scores(self.forward, parts.plugin.predict, self.policy.prepare(x))
+                if keep_features:  # the geometry's features: of the image itself
+                    features = self.forward(x)
+            else:
+                features = self.forward(x)
+                scores = parts.plugin.predict(features)
+            correct += (scores.argmax(dim=1) == y).sum()
             count += y.shape[0]
             if keep_features:  # kept on the device: one copy to the host at the end
                 feats.append(features.float())
@@ -232,11 +245,16 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------
 
-    def _epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-        """Train and evaluate ``epoch``: (history entry, probe values, geometry at the last)."""
+    def _epoch(self, epoch: int, trained: dict[str, Any] | None = None
+               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """Train and evaluate ``epoch``: (history entry, probe values, geometry at the last).
+
+        ``trained``: the epoch's training values when it was trained elsewhere (stacked seeds,
+        :func:`podbench.stacked.train_stacked`): only the evaluation is done here.
+        """
         parts, run = self.parts, self.parts.run
         start = time.perf_counter()
-        entry_train = self.train_epoch(epoch)
+        entry_train = self.train_epoch(epoch) if trained is None else trained
         if parts.scheduler is not None and not parts.step_scheduler_per_update:
             parts.scheduler.step()
         last = epoch == run.epochs - 1

@@ -64,7 +64,9 @@ NON_RESULT_FIELDS = _NAMES_AND_RESOURCES | frozenset(_HASHED_AT_DEFAULT)
 # Result-determining fields added later: left out of the hash while at their defaults, so the
 # run ids written before they existed still match.
 _DROPPED_AT_DEFAULT: dict[str, Any] = {"evaluate": [], "label_noise": None, "open_set": None,
-                                        "deterministic": True}
+                                        "deterministic": True, "warmup": None, "drop_last": False,
+                                        "augmentation": "dataset", "lookahead": False,
+                                        "tta": False, "proj": "linear"}
 # Authors' milestones 30/60/90 of 100 epochs, scaled to the run's epoch count.
 AUTHORS_MILESTONE_FRACTIONS = (0.3, 0.6, 0.9)
 DEFAULT_EPOCHS = 100  # the authors' budget (LOSSES.md)
@@ -160,7 +162,11 @@ class RunSettings(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     nesterov: bool = False
-    schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
+    # triangular: airbench94's (linear 0.2x -> 1x over `warmup` of the steps -> 0.07x, constant
+    # momentum); onecycle: PyTorch's OneCycleLR (cosine, momentum cycled 0.95 -> momentum)
+    schedule: Literal["multistep", "cosine", "onecycle", "constant", "triangular"] = "multistep"
+    # share of the steps the learning rate rises: None = 0.3 (onecycle), 0.23 (triangular)
+    warmup: float | None = Field(None, gt=0, lt=1)
     milestones: list[int] | None = None
     gamma: float = Field(0.1, gt=0)
     grad_clip: float | None = Field(None, gt=0)
@@ -187,6 +193,16 @@ class RunSettings(BaseModel):
     evaluate: list[ProbeEntry] = Field(default_factory=list)
     label_noise: LabelNoiseSettings | None = None
     open_set: OpenSetSettings | None = None
+    # drop the last partial training batch of each epoch (airbench does)
+    drop_last: bool = False
+    # dataset: the dataset's crop and flip; airbench: alternating flips + 2-px reflect translation
+    augmentation: Literal["dataset", "airbench"] = "dataset"
+    # airbench's lookahead (podbench.recipe.Lookahead) of the network and the loss's head
+    lookahead: bool = False
+    # evaluate with airbench's test-time augmentation (6 views: flips and 1-px translations)
+    tta: bool = False
+    # linear: a Linear to feat_dim after the backbone; none: the backbone's features themselves
+    proj: Literal["linear", "none"] = "linear"
 
     @field_validator("evaluate", mode="before")
     @classmethod
@@ -240,6 +256,9 @@ class RunSettings(BaseModel):
     def _nesterov_needs_momentum(self) -> RunSettings:
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov: true needs optimizer: sgd with momentum > 0")
+        if self.warmup is not None and self.schedule not in ("onecycle", "triangular"):
+            raise ValueError(f"warmup is the rising share of schedule onecycle or triangular, "
+                             f"but schedule is {self.schedule}; remove warmup or change schedule")
         return self
 
 

@@ -8,6 +8,7 @@ architectures, latent dimensions and seeds, plus the run settings every run shar
       - pod
       - {name: pod, variants: [no-sc, no-nac]}
       - {name: cosface, params: {m: 0.35}, grid: {s: [16, 30]}}
+      - {name: softmax, settings: {lr: 0.05}}   # this loss's runs only (run settings)
     datasets:
       - fashion-mnist
       # a dataset's own archs / epochs / limit_train / limit_eval / lr / batch_size / image_size /
@@ -67,6 +68,12 @@ from podbench.spec_files import NameRef, SpecFile, load_spec, validation_error_t
 __all__ = ["DatasetEntry", "LossEntry", "SuiteSpec", "load_suite"]
 
 
+# resources, data and probes are the suite's: a loss cannot run elsewhere or on other data
+_SUITE_WIDE = frozenset({"device", "cpus", "gpus", "data_root", "imports", "evaluate",
+                         "label_noise", "open_set", "eval_split", "val_fraction", "split_seed",
+                         "limit_eval", "checkpoint"})
+
+
 class LossEntry(BaseModel):
     """A loss in a suite: fixed hyperparameters, a grid over some, and ablation variants."""
 
@@ -78,6 +85,28 @@ class LossEntry(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     label: str | None = None
+    # run settings of this loss's runs only (e.g. {lr: 0.75, proj: linear}): where a loss's
+    # authors need other training settings than the suite's; they replace the suite's and the
+    # dataset entry's values
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("settings")
+    @classmethod
+    def _known_run_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(RunSettings.model_fields))
+        if unknown:
+            raise ValueError(f"{unknown} are not run settings; use fields such as lr, "
+                             "weight_decay, schedule, warmup, proj")
+        shared = sorted(set(value) & _SUITE_WIDE)
+        if shared:
+            raise ValueError(f"{shared} apply to the whole suite; set them at the top level")
+        return value
+
+    def run_settings(self, shared: RunSettings) -> RunSettings:
+        """``shared`` with this loss's own settings (validated together)."""
+        if not self.settings:
+            return shared
+        return RunSettings.model_validate({**shared.model_dump(), **self.settings})
 
     @model_validator(mode="after")
     def _one_variant_field(self) -> LossEntry:
@@ -282,7 +311,7 @@ class SuiteSpec(SpecFile):
                     label = with_tag(label, f"feat_dim={dims}")
                 for seed in self.seeds:
                     run = resolve_run(
-                        ds.settings(settings), suite=self.name, loss=entry.name, variant=variant,
+                        entry.run_settings(ds.settings(settings)), suite=self.name, loss=entry.name, variant=variant,
                         loss_params=params, dataset=ds.name, arch=arch, feat_dim=dims,
                         seed=seed, data_root=ds.data_root, batch_size=ds.batch_size,
                         label=label, label_noise=noise,

@@ -73,15 +73,18 @@ class _PODTerms(torch.autograd.Function):
     against autograd of the plain formulas.
     """
 
+    # written in the setup_context style, with a generated vmap rule, so that stacked seeds
+    # (torch.func.vmap, podbench.stacked) can train POD: the saved intermediates are outputs
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, own: Tensor, delta_sq: Tensor, dot: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def forward(x: Tensor, own: Tensor, delta_sq: Tensor, dot: Tensor | None
+                ) -> tuple[Tensor, ...]:
         b, d = x.shape
         norm = torch.linalg.vector_norm(x, dim=1)
         inv_norm = 1.0 / norm.clamp_min(1e-12)  # as F.normalize
-        if dot is None:
-            dot = torch.linalg.vecdot(x, own)
+        # a given dot is saved as an output: a view, as setup_context requires
+        dot = torch.linalg.vecdot(x, own) if dot is None else dot.view_as(dot)
         # sqrt(||x||^2 + delta^2): the norm of [x, delta]; clamped for delta = 0 and x = 0
         r = (norm.square() + delta_sq).sqrt().clamp_min(1e-12)
         err = 1.0 - dot / r
@@ -93,13 +96,21 @@ class _PODTerms(torch.autograd.Function):
         gram, frob_sq = _symmetric_gram(z if wide else z.T)
         col_sq = (z * z).sum(dim=0)  # (B - 1) S_pp; 10x faster than vector_norm over dim 0
         sc = (frob_sq - col_sq.square().sum()) * scale if d > 1 else x.new_zeros(())
-        ctx.save_for_backward(x, own, xh, z, inv_norm, r, dot, err, gram, col_sq)
-        ctx.wide, ctx.scale = wide, scale
-        return nac, sc
+        return nac, sc, xh, z, inv_norm, r, dot, err, gram, col_sq
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        x, own = inputs[0], inputs[1]
+        saved = output[2:]
+        ctx.mark_non_differentiable(*saved)
+        ctx.save_for_backward(x, own, *saved)
+        b, d = x.shape
+        ctx.wide, ctx.scale = b < d, 1.0 / (max(b - 1, 1) ** 2 * max(d - 1, 1))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g_nac: Tensor, g_sc: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx: Any, g_nac: Tensor, g_sc: Tensor, *_: Tensor
+                 ) -> tuple[Tensor, None, None, None]:
         x, own, xh, z, inv_norm, r, dot, err, gram, col_sq = ctx.saved_tensors
         b, d = x.shape
         # NaC: d/dx_i (1 - <x_i, c_i> / r_i)^2 / B = -(2 e_i / B) (c_i / r_i - <x_i, c_i> x_i / r_i^3)
@@ -124,7 +135,7 @@ def pod_terms(
     """
     delta_sq = torch.as_tensor(delta, dtype=features.dtype, device=features.device).square()
     dot = None if dot is None else dot.detach()
-    nac, sc = _PODTerms.apply(features, own.detach(), delta_sq, dot)
+    nac, sc, *_ = _PODTerms.apply(features, own.detach(), delta_sq, dot)
     return nac, sc
 
 

@@ -14,15 +14,18 @@ __all__ = ["LabelSmoothingLoss", "SoftmaxLoss"]
 
 @register_loss(
     "softmax",
-    description="cross-entropy on a learned linear classifier (W x + b)",
+    description="cross-entropy on a learned linear classifier (W x + b; bias: false for W x)",
     reference="the standard softmax classifier",
 )
 class SoftmaxLoss(LossPlugin):
     """Cross-entropy of a linear head; the baseline every ratio is measured against."""
 
-    def __init__(self, num_classes: int, feat_dim: int) -> None:
+    def __init__(self, num_classes: int, feat_dim: int, *, bias: bool = True) -> None:
         super().__init__(num_classes, feat_dim)
-        self.head = nn.Linear(feat_dim, num_classes)
+        if not isinstance(bias, bool):
+            raise UserError(f"{type(self).__name__}: bias={bias!r} is invalid; give true or false.")
+        # bias: false is airbench94's classifier (W x, on its features scaled by 1/9)
+        self.head = nn.Linear(feat_dim, num_classes, bias=bias)
 
     def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
         ce = F.cross_entropy(self.head(features), targets)
@@ -45,8 +48,9 @@ class SoftmaxLoss(LossPlugin):
 class LabelSmoothingLoss(SoftmaxLoss):
     """Cross-entropy against (1 - epsilon) one-hot + epsilon / K uniform targets."""
 
-    def __init__(self, num_classes: int, feat_dim: int, *, epsilon: float = 0.1) -> None:
-        super().__init__(num_classes, feat_dim)
+    def __init__(self, num_classes: int, feat_dim: int, *, epsilon: float = 0.1,
+                 bias: bool = True) -> None:
+        super().__init__(num_classes, feat_dim, bias=bias)
         self.epsilon = check_number("label-smoothing", "epsilon", epsilon)
         if self.epsilon >= 1.0:
             raise UserError(

@@ -84,12 +84,22 @@ class ArchInfo:
 class LatentNet(nn.Module):
     """``proj(flatten(backbone(x)))``: a backbone and the Linear to the latent dimension."""
 
-    def __init__(self, backbone: nn.Module, backbone_dim: int, feat_dim: int) -> None:
+    def __init__(self, backbone: nn.Module, backbone_dim: int, feat_dim: int,
+                 proj: str = "linear") -> None:
         super().__init__()
         self.backbone = backbone
-        self.proj = nn.Linear(backbone_dim, feat_dim)  # with bias, as in the POD authors' code
+        # with bias, as in the POD authors' code; "none": the backbone's features are the latent
+        # ones (airbench's head is one bias-free linear layer on them: the loss plugin's)
+        self.proj: nn.Module = (nn.Identity() if proj == "none"
+                                else nn.Linear(backbone_dim, feat_dim))
         self.backbone_dim = backbone_dim
         self.feat_dim = feat_dim
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """The backbone's optional per-epoch hook (fastnet freezes its whitening bias)."""
+        hook = getattr(self.backbone, "on_epoch_start", None)
+        if callable(hook):
+            hook(epoch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(torch.flatten(self.backbone(x), 1))
@@ -167,15 +177,22 @@ def _check(info: ArchInfo, in_channels: int, image_size: int, feat_dim: int) -> 
                         "(the images are resized) or choose a smaller network.")
 
 
-def create_arch(name: str, *, in_channels: int, image_size: int, feat_dim: int) -> LatentNet:
+def create_arch(name: str, *, in_channels: int, image_size: int, feat_dim: int,
+                proj: str = "linear") -> LatentNet:
     """Build architecture ``name``: ``model(x) -> (B, feat_dim)`` with ``.backbone``, ``.proj``.
 
     The network ends at the latent features: the loss plugin owns the classifier head.
+    ``proj``: ``"linear"`` (a Linear with bias to ``feat_dim``) or ``"none"`` (the backbone's
+    features themselves; ``feat_dim`` must then equal the backbone's width).
     """
     info = ARCHS.get(name)
     _check(info, in_channels, image_size, feat_dim)
     backbone, dim = info.builder(int(in_channels), int(image_size))
-    return LatentNet(backbone, dim, int(feat_dim))
+    if proj == "none" and int(feat_dim) != int(dim):
+        raise UserError(f"feat_dim: with proj: none the latent features are architecture "
+                        f"'{name}''s {dim} outputs, but feat_dim is {feat_dim}; set feat_dim: {dim} "
+                        "or proj: linear.")
+    return LatentNet(backbone, dim, int(feat_dim), proj)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -15,7 +15,7 @@ from podbench.tasks.archs import SMALL_STEM_MAX
 
 __all__ = ["EpochPlan", "Protocol", "centre_crop_resize", "epoch_generator", "epoch_plan",
            "image_protocol", "normalise", "random_crop_flip", "random_resized_crop",
-           "resize_batch"]
+           "resize_batch", "run_flips", "tta_views"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class Protocol:
         hflip: random horizontal flips in training.
         eval: ``"resize"`` (to ``size``) or ``"resize-centre-crop"`` (shorter side to
             ``size * 256 / 224``, then the central ``size`` x ``size``).
+        pad_mode: how the pad-crop pads: ``"constant"`` (zeros) or ``"reflect"`` (airbench's
+            translation).
+        alternating_flip: each image's flip is drawn once per run and inverted every other
+            epoch (airbench's alternating flip), instead of drawn afresh each epoch.
     """
 
     size: int
@@ -41,16 +45,28 @@ class Protocol:
     padding: int
     hflip: bool
     eval: Literal["resize", "resize-centre-crop"]
+    pad_mode: Literal["constant", "reflect"] = "constant"
+    alternating_flip: bool = False
+
+
+AIRBENCH_TRANSLATE = 2  # airbench94's translation: up to 2 pixels, reflect padding
 
 
 def image_protocol(
-    stored_size: int, size: int, *, augment: bool, crop_padding: int, hflip: bool
+    stored_size: int, size: int, *, augment: bool, crop_padding: int, hflip: bool,
+    policy: str = "dataset",
 ) -> Protocol:
     """The protocol of images stored at ``stored_size`` px and batched at ``size`` px.
 
     Images stored larger than ``SMALL_STEM_MAX`` px (64) get the ImageNet protocol (random
     resized crop, resize and centre crop to evaluate); smaller ones the CIFAR one (pad-crop).
+    ``policy="airbench"``: airbench94's training augmentation instead of the dataset's, for any
+    stored size: alternating flips and translations of up to 2 pixels with reflect padding.
     """
+    if policy == "airbench":
+        pad = AIRBENCH_TRANSLATE if augment else 0
+        return Protocol(size, "pad-crop" if pad else "none", pad, augment, "resize",
+                        pad_mode="reflect", alternating_flip=augment)
     if stored_size > SMALL_STEM_MAX:
         return Protocol(size, "random-resized-crop" if augment else "none", 0, augment and hflip,
                         "resize-centre-crop")
@@ -82,19 +98,31 @@ class EpochPlan:
 
 
 def epoch_plan(
-    n: int, seed: int, epoch: int, *, padding: int, hflip: bool, sample_seeds: bool = False
+    n: int, seed: int, epoch: int, *, padding: int, hflip: bool, sample_seeds: bool = False,
+    alternating_flip: bool = False,
 ) -> EpochPlan:
     """Draw one epoch's order and augmentation choices, on the CPU, from ``(seed, epoch)`` only.
 
     Drawn per sample (not per batch), so the epoch is the same for any batch size and device, and
-    the in-memory and streaming paths see the same crops.
+    the in-memory and streaming paths see the same crops. ``alternating_flip``: image ``i``
+    (by its index in the training split) is flipped when its once-per-run draw, inverted in odd
+    epochs, says so: every image is seen both ways in any two consecutive epochs.
     """
     gen = epoch_generator(seed, epoch)
     order = torch.randperm(n, generator=gen)
     offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen) if padding > 0 else None
     flips = (torch.rand(n, generator=gen) < 0.5) if hflip else None
     seeds = torch.randint(0, 2**62, (n,), generator=gen) if sample_seeds else None
+    if hflip and alternating_flip:
+        flips = run_flips(n, seed)[order] ^ bool(epoch % 2)
     return EpochPlan(order, offsets, flips, seeds)
+
+
+def run_flips(n: int, seed: int) -> torch.Tensor:
+    """(n,) bool: each training image's flip in even epochs, drawn once per run from ``seed``."""
+    state = np.random.SeedSequence([int(seed), 2**32 - 1]).generate_state(1, dtype=np.uint64)[0]
+    gen = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+    return torch.rand(n, generator=gen) < 0.5
 
 
 def random_crop_flip(
@@ -102,17 +130,19 @@ def random_crop_flip(
     offsets: torch.Tensor | None,
     flips: torch.Tensor | None,
     padding: int,
+    pad_mode: str = "constant",
 ) -> torch.Tensor:
-    """Crop each image from its zero-padded copy at ``offsets`` and mirror those with ``flips``.
+    """Crop each image from its padded copy at ``offsets`` and mirror those with ``flips``.
 
-    Equals torchvision's ``RandomCrop(size, padding)`` followed by ``RandomHorizontalFlip`` per
-    image, done as two gathers over the whole batch.
+    Equals torchvision's ``RandomCrop(size, padding, padding_mode=pad_mode)`` followed by
+    ``RandomHorizontalFlip`` per image, done as two gathers over the whole batch.
 
     Args:
         images: (B, C, H, W) batch, any dtype (uint8 here).
         offsets: (B, 2) top/left offsets in ``[0, 2 * padding]``; None: no crop.
         flips: (B,) bool; None: no flip.
-        padding: zero padding on every side.
+        padding: padding on every side.
+        pad_mode: ``"constant"`` (zeros) or ``"reflect"`` (mirrored without the edge pixel).
 
     Returns:
         A (B, C, H, W) batch of the same dtype.
@@ -124,7 +154,10 @@ def random_crop_flip(
         top = torch.zeros(b, dtype=torch.long, device=device)
         left = top
     else:
-        source = F.pad(images, (padding, padding, padding, padding))
+        if pad_mode == "reflect":  # reflect padding is not implemented for integer tensors
+            source = F.pad(images.float(), (padding,) * 4, mode="reflect").to(images.dtype)
+        else:
+            source = F.pad(images, (padding, padding, padding, padding))
         top, left = offsets[:, 0], offsets[:, 1]
     rows = top[:, None] + torch.arange(h, device=device)
     cols = left[:, None] + torch.arange(w, device=device)
@@ -207,3 +240,19 @@ def normalise(
     out = torch.empty_like(images, dtype=torch.float32, memory_format=memory_format)
     out.copy_(images)
     return out.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
+
+
+def tta_views(x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+    """airbench94's test-time augmentation (its level 2): (weight, view) pairs of a batch.
+
+    The image and its mirror (1/4 each), and both of those translated by one pixel up-left and
+    by one down-right, from a reflect-padded copy (1/8 each): the weights sum to 1, and the
+    weighted sum of a network's outputs over the views is airbench's averaged output.
+    """
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = (padded[..., 0:h, 0:w], padded[..., 2:h + 2, 2:w + 2])
+    views = [(0.25, x), (0.25, x.flip(-1))]
+    for view in shifted:
+        views += [(0.125, view), (0.125, view.flip(-1))]
+    return views

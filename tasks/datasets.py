@@ -308,6 +308,7 @@ def load_task(
     label_noise: LabelNoise | None = None,
     stream_bytes: int | None = None,
     channels_last: bool = False,
+    augmentation: str = "dataset",
 ) -> Task:
     """Load dataset ``name`` as a :class:`~podbench.tasks.Task` on ``device``.
 
@@ -335,6 +336,8 @@ def load_task(
             test labels stay clean); ``Task.label_noise_rate`` is the share actually changed.
         stream_bytes: the threshold of ``stream=None`` (default :func:`stream_threshold`).
         channels_last: batches in the channels-last layout (no copy per batch to get there).
+        augmentation: ``"dataset"`` (the dataset's crop and flip) or ``"airbench"``
+            (airbench94's alternating flips and 2-pixel reflect translations).
 
     Returns:
         A Task whose batches are normalised float images on ``device`` with int64 labels.
@@ -360,7 +363,7 @@ def load_task(
         files = cast(dict[str, FileSplit], streamed)  # a folder's splits are all files
         task: Task = StreamingTask(info, classes, files, device=dev, augment=augment,
                                    image_size=image_size or _native_size(info), workers=workers,
-                                   channels_last=channels_last)
+                                   channels_last=channels_last, policy=augmentation)
         task.label_noise_rate = noise_rate
         return task
     else:
@@ -368,7 +371,7 @@ def load_task(
     splits, noise_rate = _with_noise(splits, classes, label_noise)
     tensors = {k: (v.images, v.labels) for k, v in splits.items() if isinstance(v, ArraySplit)}
     task = TensorTask(info, classes, tensors, device=dev, augment=augment, image_size=image_size,
-                      channels_last=channels_last)
+                      channels_last=channels_last, policy=augmentation)
     task.label_noise_rate = noise_rate
     return task
 

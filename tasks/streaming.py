@@ -61,7 +61,8 @@ class _ImageFiles(Dataset):
             img = _fit(img, size)
             if self.train and (p.padding or flip):
                 offsets = torch.tensor([[top, left]]) if p.padding else None
-                img = random_crop_flip(img[None], offsets, torch.tensor([flip]), p.padding)[0]
+                img = random_crop_flip(img[None], offsets, torch.tensor([flip]), p.padding,
+                                       p.pad_mode)[0]
         return img, self.labels[index]
 
 
@@ -74,6 +75,7 @@ class _PlanSampler(Sampler[_Item]):
     def __init__(self, n: int, protocol: Protocol, train: bool) -> None:
         self.n, self.train = n, train
         self.padding, self.hflip = protocol.padding, protocol.hflip
+        self.alternating_flip = protocol.alternating_flip
         self.seed = 0
         self.epoch = 0
 
@@ -89,7 +91,7 @@ class _PlanSampler(Sampler[_Item]):
                 yield i, 0, 0, False, 0
             return
         plan = epoch_plan(self.n, self.seed, self.epoch, padding=self.padding, hflip=self.hflip,
-                          sample_seeds=True)
+                          sample_seeds=True, alternating_flip=self.alternating_flip)
         order = plan.order.tolist()
         offsets = plan.offsets.tolist() if plan.offsets is not None else [[0, 0]] * self.n
         flips = plan.flips.tolist() if plan.flips is not None else [False] * self.n
@@ -116,6 +118,7 @@ class StreamingTask(Task):
         image_size: int,
         workers: int | None = None,
         channels_last: bool = False,
+        policy: str = "dataset",
     ) -> None:
         self.info = info
         self.classes = classes
@@ -126,7 +129,7 @@ class StreamingTask(Task):
         # the size the files are decoded at, as held in memory: the protocol's
         self.protocol = image_protocol(int(info.image_size or image_size), self.image_size,
                                        augment=augment, crop_padding=info.crop_padding,
-                                       hflip=info.hflip)
+                                       hflip=info.hflip, policy=policy)
         self._splits = splits
         self.num_train = len(splits["train"].labels)
         self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)

@@ -126,6 +126,7 @@ class TensorTask(Task):
         augment: bool,
         image_size: int | None = None,
         channels_last: bool = False,
+        policy: str = "dataset",
     ) -> None:
         self.info = info
         self.classes = classes
@@ -140,7 +141,8 @@ class TensorTask(Task):
         self._stored_size = int(splits["train"][0].shape[-1])
         self.image_size = int(image_size or self._stored_size)
         self.protocol = image_protocol(self._stored_size, self.image_size, augment=augment,
-                                       crop_padding=info.crop_padding, hflip=info.hflip)
+                                       crop_padding=info.crop_padding, hflip=info.hflip,
+                                       policy=policy)
         self.num_train = int(self._data["train"][1].shape[0])
         self._mean = torch.tensor(info.mean, dtype=torch.float32, device=device)
         self._std = torch.tensor(info.std, dtype=torch.float32, device=device)
@@ -170,7 +172,7 @@ class TensorTask(Task):
         p = self.protocol
         resized_crop = p.train == "random-resized-crop"
         plan = epoch_plan(n, seed, epoch, padding=p.padding, hflip=p.hflip,
-                          sample_seeds=resized_crop)
+                          sample_seeds=resized_crop, alternating_flip=p.alternating_flip)
         # non_blocking: the host goes on queueing work while the plan travels
         order = plan.order.to(self.device, non_blocking=True)
         offsets = plan.offsets.to(self.device, non_blocking=True) if plan.offsets is not None else None
@@ -193,6 +195,7 @@ class TensorTask(Task):
                     offsets[start:stop] if offsets is not None else None,
                     flips[start:stop] if flips is not None else None,
                     p.padding,
+                    p.pad_mode,
                 )
             yield self._finish(x), y_all.index_select(0, idx)
 

@@ -75,20 +75,21 @@ def test_data_init_hook_runs_once_before_training_on_training_images_only(record
     assert kinds[0] == "init" and kinds.count("init") == 1 and kinds[1] == "forward"
     images = _Recorder.events[0][1]
     assert images is not None and images.shape == (50, 1, 8, 8)
-    # the training split without the validation images, shuffled by the run's seed
+    # the first images of the training split without the validation images, unaugmented (as
+    # airbench's whitening takes its first 5,000)
     task = load_task("digits", use_val=True, split_seed=run.split_seed, val_fraction=0.1)
-    first, _ = next(task.train_batches(50, seed=3, epoch=0))
+    first, _ = next(task.eval_batches("train", 50))
     torch.testing.assert_close(images, first)
     val = torch.cat([x for x, _ in task.eval_batches("val", 500)])
-    # padded 1-pixel crops may coincide with a val image only by accident: none here
     assert not any(torch.equal(img, v) for img in images for v in val)
 
 
-def test_fastnet_whitening_comes_from_the_first_training_batch() -> None:
+def test_fastnet_whitening_comes_from_the_first_training_images() -> None:
     run = _run(arch="fastnet", dataset="synthetic", limit_train=None, limit_eval=None)
     trainer = Trainer.of_run(run)
-    task = load_task("synthetic")
-    images, _ = next(task.train_batches(5000, seed=0, epoch=0))  # the whole 512-image split
+    task = load_task("synthetic", augment=False)
+    images = task._data["train"][0].double()  # the whole 512-image split, as stored
+    images = (images / 255 - 0.5) / 0.25  # normalised by the dataset's mean and std
     expected = whitening_filters(patch_covariance(images.double(), 2), 3, 2)
     got = trainer.parts.model.backbone.whiten.weight
     torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
@@ -96,11 +97,11 @@ def test_fastnet_whitening_comes_from_the_first_training_batch() -> None:
 
 def test_fast_suite_preset_runs_each_loss_on_synthetic_data() -> None:
     smoke = ["epochs=1", "max_steps=2", "batch_size=32", "limit_eval=64", "seeds=[0]",
-             "device=cpu", "gpus=0", "cpus=1", "datasets=[synthetic]", "feat_dim=16",
+             "device=cpu", "gpus=0", "cpus=1", "datasets=[synthetic]",
              "amp='off'"]
     runs = load_suite("fast-cifar10", smoke).expand()
     assert {r.arch for r in runs} == {"fastnet"} and len(runs) == 3
-    assert all(r.nesterov and r.lr == 1.5 and r.schedule == "onecycle" for r in runs)
+    assert all(r.nesterov and r.lr == 1.5 and r.schedule == "triangular" for r in runs)
     for run in runs:
         record = train_run(run)
         assert record["status"] == "completed", (run.label, record["error"])
