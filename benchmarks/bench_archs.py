@@ -20,7 +20,7 @@ last column puts the best cell against the bf16 limit.
 
 ``--accuracy SECONDS`` adds CIFAR-10 (JPEG q75, ``--data``) test accuracy after the same CPU
 seconds of training for each network (fp32, contiguous), with the engine's own loop
-(``_Trainer.train_epoch`` in chunks of ``--chunk`` batches, a constant learning rate) and the
+(``Trainer.train_epoch`` in chunks of ``--chunk`` batches, a constant learning rate) and the
 first ``--eval`` test images (class-balanced). Settings per network: fastnet the fast-cifar10
 preset scaled to the batch size (airbench's learning rate is per 1024 images), the others the
 quickstart's SGD settings.
@@ -40,7 +40,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from podbench.engine import _latent_in_float32, _Trainer
+from podbench.factory import latent_in_float32
+from podbench.loop import Trainer
 from podbench.losses import create_loss
 from podbench.runs import RunSettings, resolve_run
 from podbench.tasks import create_arch, list_archs
@@ -102,7 +103,7 @@ class Step:
         self.plugin = create_loss("softmax", num_classes=10, feat_dim=128)
         self.dtype = DTYPES[precision] if precision != "fp32" else None
         if self.dtype is not None:
-            _latent_in_float32(self.model)  # as the engine does under AMP
+            latent_in_float32(self.model)  # as the engine does under AMP
         layout = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=layout)
         self.x = x.contiguous(memory_format=layout)
@@ -177,7 +178,7 @@ def accuracy_after(arch: str, cpu_seconds: float, args: argparse.Namespace) -> t
                            channels_last=False, **optimiser_settings(arch, args.batch))
     run = resolve_run(settings, suite="bench-archs", loss="softmax", dataset="cifar10",
                       arch=arch, seed=0, feat_dim=128)
-    trainer = _Trainer(run, checkpoint_dir=None)
+    trainer = Trainer.of_run(run)
     wall = time.perf_counter()
     start = time.process_time()
     chunk = 0
@@ -185,7 +186,7 @@ def accuracy_after(arch: str, cpu_seconds: float, args: argparse.Namespace) -> t
         trainer.train_epoch(chunk)  # `chunk` batches of a fresh shuffle: a constant-lr stream
         chunk += 1
     accuracy, _, _ = trainer.evaluate("test", keep_features=False)
-    return accuracy, trainer.train_images, time.perf_counter() - wall
+    return accuracy, trainer.progress.train_images, time.perf_counter() - wall
 
 
 def main() -> None:

@@ -159,7 +159,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
     """The Tune function trainable: one trial = one run on the validation split."""
     from ray import tune
 
-    from podbench.executor import train_in_worker
+    from podbench.worker import train_in_worker
 
     if "invalid" in config:
         tune.report(
@@ -245,7 +245,7 @@ def run_study(
         num_cpus: CPUs of the embedded Ray.
         write: write trials.csv, best.yaml and importances.json.
     """
-    from podbench.executor import init_ray
+    from podbench.ray_cluster import init_ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(spec, results_dir, storage)
