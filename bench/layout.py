@@ -15,12 +15,15 @@ import contextlib
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-__all__ = ["LayoutChoice", "choose_layout", "probe_layout"]
+if TYPE_CHECKING:
+    from podbench.runs import RunSpec
+
+__all__ = ["LayoutChoice", "choose_layout", "layout_of_run", "probe_layout"]
 
 PROBE_BATCH = 64  # images per probed step: the run's batch size, at most this
 PROBE_ROUNDS = 3  # timed steps per layout (after one warm-up step each); the fastest counts
@@ -100,3 +103,29 @@ def probe_layout(model: nn.Module, shape: tuple[int, ...], amp_dtype: torch.dtyp
     contiguous_s, channels_last_s = min(seconds[False][1:]), min(seconds[True][1:])
     return LayoutChoice(channels_last_s < contiguous_s, "probe", contiguous_s, channels_last_s,
                         batch)
+
+
+def layout_of_run(run: RunSpec, device: torch.device, amp_dtype: torch.dtype | None
+                  ) -> LayoutChoice:
+    """The layout of ``run`` from its spec alone: for ``auto`` on the CPU, the probe runs on a
+    network of the run's architecture built for the purpose (the dataset's channels, the run's
+    image size, its batch size), under the run's autocast. Draws no number from torch's random
+    state. A dataset whose image size is known only once read (an image folder without
+    ``image_size``) is not probed: contiguous."""
+    from podbench.tasks import create_arch, dataset_info
+
+    if run.channels_last != "auto" or device.type == "cuda":
+        return choose_layout(run.channels_last, device, nn.Identity(), (), amp_dtype, ())
+    info = dataset_info(run.dataset)
+    size = run.image_size or info.image_size
+    if size is None:
+        return LayoutChoice(False, "image size unknown")
+    batch = min(run.batch_size, run.limit_train or run.batch_size)
+    shape = (batch, int(info.channels or 3), int(size), int(size))
+    key = (run.arch, run.feat_dim, shape, run.amp, torch.get_num_threads())
+    if key in _PROBED:
+        return _PROBED[key]
+    with torch.random.fork_rng(devices=[]):
+        model = create_arch(run.arch, in_channels=shape[1], image_size=shape[2],
+                            feat_dim=run.feat_dim)
+    return choose_layout("auto", device, model, shape, amp_dtype, key)

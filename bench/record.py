@@ -143,6 +143,7 @@ class Environment(BaseModel):
     hostname: str | None = None
     ray: str | None = None
     threads: int | None = None  # torch threads of the run
+    interop_threads: int | None = None  # torch's inter-op threads
     deterministic: bool | None = None  # torch's deterministic algorithms were on during the run
     # with deterministic on: the ops that had no deterministic kernel (torch warned), [] for none
     nondeterministic_ops: list[str] | None = None

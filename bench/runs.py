@@ -127,7 +127,8 @@ class RunSettings(BaseModel):
     grad_clip: float | None = Field(None, gt=0)
     amp: Literal["off", "bf16", "fp16"] = "off"
     # channels-last layout for data and network: auto = on CUDA (where it helps convolutions:
-    # tensor cores), off on the CPU; it does not change results, so it is not in the run id
+    # tensor cores) and, on the CPU, where a one-time probe of the network finds it faster
+    # (podbench.layout); it does not change results, so it is not in the run id
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
