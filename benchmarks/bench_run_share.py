@@ -7,7 +7,8 @@ Run: ``.venv/bin/python benchmarks/bench_run_share.py [--dataset cifar10] [--dat
 [--limit-eval 2000] [--epochs 3] [--checkpoint] [--evaluate calibration] [--threads 1]``
 
 One ``train_run`` under ``torch.profiler``, its phases labelled with ``record_function`` (the
-engine itself is not changed: the labels wrap its methods for this process only). Printed: each
+engine itself is not changed: the labels wrap its functions for this process only); the CPU
+seconds of each phase are counted too (on a shared machine wall time is mostly waiting). Printed: each
 phase's wall seconds and share of the run, the share outside forward/backward (the issue's
 target: under 10 %), and the run's images/s (the record's, data included) against a bare
 training step of the same network, precision and layout on one synthetic batch in the same
@@ -82,28 +83,33 @@ def _labelled_batches(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterato
 
 
 def _install(monkeypatch: list[tuple[Any, str, Any]]) -> None:
-    """Label the engine's phases (undone by :func:`_restore`)."""
-    trainer_cls = engine._Trainer
-    init = trainer_cls.__init__
+    """Label the engine's phases (undone by :func:`_restore`): setup is the run's policy (the
+    channels-last probe) and its parts (data, network, plugin, optimiser)."""
+    import podbench.loop as loop
+    from podbench.runtime import RunPolicy
 
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        with _phase("setup"):
-            init(self, *args, **kwargs)
-        forward = self.forward
-        self.forward = lambda x: (_labelled("train.forward", forward)(x) if self.model.training
-                                  else forward(x))
-        self.plugin.update_loss = _labelled("train.loss", self.plugin.update_loss)
-        self.optimizer.step = _labelled("train.optimizer", self.optimizer.step)
-        self.task.train_batches = _labelled_batches(self.task.train_batches)
+    def build_parts(run: Any, policy: Any) -> Any:
+        parts = build(run, policy)
+        forward = parts.forward
+        labelled_forward = _labelled("train.forward", forward)
+        parts.forward = lambda x: labelled_forward(x) if parts.model.training else forward(x)
+        parts.plugin.update_loss = _labelled("train.loss", parts.plugin.update_loss)
+        parts.optimizer.step = _labelled("train.optimizer", parts.optimizer.step)
+        parts.task.train_batches = _labelled_batches(parts.task.train_batches)
+        return parts
 
-    for obj, name, new in ((trainer_cls, "__init__", __init__),
-                           (trainer_cls, "evaluate", _labelled("evaluate", trainer_cls.evaluate)),
-                           (trainer_cls, "probe", _labelled("probes", trainer_cls.probe)),
-                           (trainer_cls, "_save_checkpoint",
-                            _labelled("checkpoint", trainer_cls._save_checkpoint)),
-                           (torch.Tensor, "backward",
-                            _labelled("train.backward", torch.Tensor.backward))):
-        monkeypatch.append((obj, name, getattr(obj, name)))
+    build = engine.build_parts
+    of = RunPolicy.of.__func__  # type: ignore[attr-defined]
+    trainer = loop.Trainer
+    for obj, name, new in (
+            (engine, "build_parts", _labelled("setup", build_parts)),
+            (RunPolicy, "of", classmethod(_labelled("setup", of))),
+            (trainer, "evaluate", _labelled("evaluate", trainer.evaluate)),
+            (trainer, "probe", _labelled("probes", trainer.probe)),
+            (loop, "save_checkpoint", _labelled("checkpoint", loop.save_checkpoint)),
+            (torch.Tensor, "backward", _labelled("train.backward", torch.Tensor.backward))):
+        monkeypatch.append((obj, name, obj.__dict__[name] if isinstance(obj, type) else
+                            getattr(obj, name)))
         setattr(obj, name, new)
 
 
