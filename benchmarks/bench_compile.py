@@ -68,7 +68,12 @@ def main() -> None:
     for arch in args.archs.split(","):
         for precision in args.amp.split(","):
             precision = "fp32" if precision == "off" else precision
-            r = measure(arch, precision, x, y, args.rounds)
+            try:
+                r = measure(arch, precision, x, y, args.rounds)
+            except Exception as err:  # noqa: BLE001  a diverged or failed compiled step is a result
+                print(f"{arch:10s} {precision}: failed: {type(err).__name__}: "
+                      f"{str(err).splitlines()[0]}", flush=True)
+                continue
             saved = r["eager"] - r["compiled"]
             even = r["compile_cpu"] / saved if saved > 0 else float("inf")
             verdict = ("pays back" if even < run_steps else "does not pay back")

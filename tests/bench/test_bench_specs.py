@@ -272,6 +272,11 @@ def test_cpu_benchmark_2_gives_fastnet_its_recipe_and_the_others_the_suites_sgd(
     assert {r.limit_train for r in runs if r.dataset == "fashion-mnist"} == {None}
     assert {r.limit_train for r in fast} == {None}
     assert {r.image_size for r in runs if r.dataset == "cifar10"} == {None}
+    # every block trains on at least 4x the images it evaluates per epoch (evaluation < 10 %)
+    sizes = {"digits": (1437, 360), "fashion-mnist": (60000, 10000), "cifar10": (50000, 10000)}
+    for r in runs:
+        train, test = sizes[r.dataset]
+        assert min(r.limit_train or train, train) >= 3.99 * min(r.limit_eval or test, test)
 
 
 def test_cpu_benchmark_2_fp32_is_its_cifar10_small_cnn_block_in_float32() -> None:
