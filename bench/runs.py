@@ -138,6 +138,8 @@ class RunSettings(BaseModel):
     limit_train: int | None = Field(None, ge=1)
     limit_eval: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    # the run's CPU share: its torch intra-op threads (one inter-op thread); 1 by default, as
+    # N runs x 1 thread trained faster than 1 run x N threads (benchmarks/bench_threads.py)
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
     # deterministic kernels, cudnn.benchmark off (reproducible); false: fastest kernels

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from podbench.cli import main
 from podbench.tasks.devices import cpu_features
@@ -65,3 +66,12 @@ def test_doctor_measures_the_bf16_gain_as_the_ratio_of_its_figures(
     assert mm_ratio == pytest.approx(mm16 / mm32, rel=0.02, abs=0.01)
     assert net_ratio == pytest.approx(net16 / net32, rel=0.02, abs=0.01)
     assert ("would speed training up" in out) is (net_ratio > 1)
+
+
+def test_tasks_json_names_the_cpus_bf16_instructions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tasks", "--json"]) == 0
+    cpu = json.loads(capsys.readouterr().out)["cpu"]
+    expected = cpu_features()  # this machine's /proc/cpuinfo, read again
+    assert cpu["avx512_bf16"] is ("avx512_bf16" in expected.flags)
+    assert cpu["amx_bf16"] is ("amx_bf16" in expected.flags)
+    assert cpu["capability"] == torch.backends.cpu.get_cpu_capability()
