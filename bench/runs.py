@@ -7,8 +7,9 @@ dataset, architecture, seed...) and the dataset's and authors' defaults.
 
 Example:
     >>> run = resolve_run(RunSettings(epochs=3), suite="s", loss="pod", dataset="digits",
-    ...                   arch="mlp", seed=0, feat_dim=16)  # doctest: +SKIP
-    >>> run.run_id
+    ...                   arch="mlp", seed=0, feat_dim=16)
+    >>> len(run.run_id), run.epochs, run.batch_size  # the digits dataset's batch size
+    (16, 3, 128)
 """
 
 from __future__ import annotations

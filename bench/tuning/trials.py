@@ -10,9 +10,10 @@ Rerunning the same tune file resumes: trials that finished stay, and each loss r
 lacks of ``n_trials`` (see :mod:`podbench.tuning.study`).
 
 Example:
-    >>> spec = load_tune("tune-quickstart")  # doctest: +SKIP
-    >>> outcome = run_study(spec, "results")
-    >>> outcome.best["pod"]["val_acc"]
+    >>> from podbench.tuning import load_tune, run_study
+    >>> spec = load_tune("tune-quickstart")
+    >>> outcome = run_study(spec, "results")  # doctest: +SKIP
+    >>> outcome.best["pod"]["val_acc"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
