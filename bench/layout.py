@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LayoutChoice", "choose_layout", "layout_of_run", "probe_layout"]
 
-PROBE_BATCH = 64  # images per probed step: the run's batch size, at most this
+PROBE_BATCH = 32  # images per probed step: the run's batch size, at most this
 PROBE_ROUNDS = 3  # timed steps per layout (after one warm-up step each); the fastest counts
 _PROBED: dict[tuple[Any, ...], LayoutChoice] = {}
 

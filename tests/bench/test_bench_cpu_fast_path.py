@@ -75,7 +75,7 @@ def test_auto_on_the_cpu_lays_out_network_and_batches_as_the_probe_decided(
     assert trainer.policy.channels_last is channels_last
     assert trainer.policy.layout_probe == {
         "contiguous_s": 2.0 if channels_last else 1.0,
-        "channels_last_s": 1.0 if channels_last else 2.0, "batch": 16}
+        "channels_last_s": 1.0 if channels_last else 2.0, "batch": 16}  # the run's batch
     assert set(shapes) == {(16, 3, 16, 16)}  # synthetic data: 3 x 16 x 16, the run's batch
     conv = next(m for m in trainer.parts.model.modules() if isinstance(m, torch.nn.Conv2d))
     layouts: list[bool] = []
@@ -96,12 +96,13 @@ def test_the_probe_sees_the_runs_input_once_per_process_and_draws_no_random_numb
     first = RunPolicy.of(run)
     assert torch.equal(torch.get_rng_state(), state)
     # Fashion-MNIST's 1 x 28 x 28 images, at most limit_train of them (100 < 128)
-    assert set(shapes) == {(64, 1, 28, 28)}  # the probe's batch is capped at 64
-    assert first.layout_probe is not None and first.layout_probe["batch"] == 64
+    assert layout.PROBE_BATCH < 100
+    assert set(shapes) == {(layout.PROBE_BATCH, 1, 28, 28)}  # the probe's batch is capped
+    assert first.layout_probe is not None and first.layout_probe["batch"] == layout.PROBE_BATCH
     # another seed: the same decision, not probed again
     assert RunPolicy.of(run.model_copy(update={"seed": 1})) == dataclasses.replace(first, seed=1)
     assert len(shapes) == 2 * (layout.PROBE_ROUNDS + 1)
     RunPolicy.of(run.model_copy(update={"image_size": 16}))
-    assert shapes[-1] == (64, 1, 16, 16)
+    assert shapes[-1] == (layout.PROBE_BATCH, 1, 16, 16)
     mlp = RunPolicy.of(run.model_copy(update={"arch": "mlp"}))
     assert (mlp.channels_last, mlp.layout_probe) == (False, None)  # no convolution to probe

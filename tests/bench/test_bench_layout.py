@@ -49,7 +49,7 @@ def test_the_probe_takes_the_layout_with_the_fastest_timed_step(
     assert choice.channels_last is chosen and choice.how == "probe"
     assert choice.probe_record() == {"contiguous_s": min(contiguous[1:]),
                                      "channels_last_s": min(last[1:]),
-                                     "batch": layout.PROBE_BATCH}  # 128 capped at 64
+                                     "batch": layout.PROBE_BATCH}  # 128, capped
     assert calls.count(True) == calls.count(False) == layout.PROBE_ROUNDS + 1
 
 
