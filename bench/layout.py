@@ -4,7 +4,7 @@ that decides ``auto`` on the CPU.
 On CUDA ``auto`` is channels-last (tensor-core convolutions want it). On the CPU the gain
 depends on the network and the CPU (oneDNN's kernels): measured here, ``small-cnn`` trains 1.5x
 faster channels-last and an MLP not at all, so ``auto`` times one training step of the run's
-network in both layouts, on a copy, and takes the faster. The probe runs once per process and
+network in both layouts, on a copy, and takes channels-last when it is more than 3 % faster. The probe runs once per process and
 (architecture, input, precision, threads); its timings go into the record's
 ``env.channels_last_probe``. The layout never changes a result, so it is not in the run id.
 """
@@ -27,6 +27,9 @@ __all__ = ["LayoutChoice", "choose_layout", "layout_of_run", "probe_layout"]
 
 PROBE_BATCH = 32  # images per probed step: the run's batch size, at most this
 PROBE_ROUNDS = 3  # timed steps per layout (after one warm-up step each); the fastest counts
+# channels-last must be this much faster: a near tie (a tiny network's step, timing noise) stays
+# contiguous, so that the choice does not flip from one process to the next
+PROBE_MARGIN = 0.03
 _PROBED: dict[tuple[Any, ...], LayoutChoice] = {}
 
 
@@ -82,7 +85,8 @@ def _step(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> f
 def probe_layout(model: nn.Module, shape: tuple[int, ...], amp_dtype: torch.dtype | None
                  ) -> LayoutChoice:
     """Time a training step of copies of ``model`` in both layouts (``shape``: one batch,
-    N x C x H x W, N capped at :data:`PROBE_BATCH`); channels-last when it is faster.
+    N x C x H x W, N capped at :data:`PROBE_BATCH`); channels-last when it is faster by more
+    than :data:`PROBE_MARGIN`.
 
     ``model`` (weights, batch-norm statistics) and torch's random state are left as they were.
     """
@@ -101,8 +105,8 @@ def probe_layout(model: nn.Module, shape: tuple[int, ...], amp_dtype: torch.dtyp
             for last in order:
                 seconds[last].append(_step(runs[last][0], runs[last][1], amp_dtype))
     contiguous_s, channels_last_s = min(seconds[False][1:]), min(seconds[True][1:])
-    return LayoutChoice(channels_last_s < contiguous_s, "probe", contiguous_s, channels_last_s,
-                        batch)
+    faster = channels_last_s < (1 - PROBE_MARGIN) * contiguous_s
+    return LayoutChoice(faster, "probe", contiguous_s, channels_last_s, batch)
 
 
 def layout_of_run(run: RunSpec, device: torch.device, amp_dtype: torch.dtype | None

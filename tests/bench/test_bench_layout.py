@@ -40,6 +40,8 @@ def _cnn() -> nn.Module:
     # the first call of each layout is a warm-up and does not count, then the fastest one
     ([9.0, 2.0, 3.0, 2.5], [1.0, 2.1, 1.9, 2.2], True),
     ([1.0, 2.0, 1.8, 2.5], [9.0, 2.1, 1.9, 2.2], False),
+    # 2 % faster is within the margin of 3 %: a near tie stays contiguous
+    ([1.0, 2.0, 2.1, 2.2], [1.0, 1.96, 2.0, 2.3], False),
 ])
 def test_the_probe_takes_the_layout_with_the_fastest_timed_step(
         monkeypatch: pytest.MonkeyPatch, contiguous: list[float], last: list[float],
@@ -83,8 +85,9 @@ def test_the_probe_leaves_the_network_and_the_random_state_alone() -> None:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     choice = layout.probe_layout(model, (4, 3, 8, 8), torch.bfloat16)
-    assert choice.contiguous_s is not None and choice.contiguous_s > 0
-    assert choice.channels_last is (choice.channels_last_s < choice.contiguous_s)
+    assert choice.contiguous_s is not None and choice.channels_last_s is not None
+    assert choice.contiguous_s > 0
+    assert choice.channels_last is (choice.channels_last_s < 0.97 * choice.contiguous_s)
     assert torch.equal(torch.get_rng_state(), rng)
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in state.items())  # incl. BN running stats
