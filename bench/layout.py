@@ -4,9 +4,10 @@ that decides ``auto`` on the CPU.
 On CUDA ``auto`` is channels-last (tensor-core convolutions want it). On the CPU the gain
 depends on the network and the CPU (oneDNN's kernels): measured here, ``small-cnn`` trains 1.5x
 faster channels-last and an MLP not at all, so ``auto`` times one training step of the run's
-network in both layouts, on a copy, and takes channels-last when it is more than 3 % faster. The probe runs once per process and
-(architecture, input, precision, threads); its timings go into the record's
-``env.channels_last_probe``. The layout never changes a result, so it is not in the run id.
+network in both layouts, on a copy, and takes channels-last when it is more than 3 % faster.
+The probe runs once per process and (architecture, input, precision, threads); its timings go
+into the record's ``env.channels_last_probe``. The layout is not in the run id (a layout, not
+a protocol: it changes at most the rounding order of the convolutions' sums).
 """
 
 from __future__ import annotations
