@@ -106,7 +106,7 @@ def _environment(policy: RunPolicy | None, nondeterministic_ops: list[str]) -> d
     if policy is None:
         return environment(torch.device("cpu"))
     return environment(policy.device, policy.deterministic, policy.tf32, nondeterministic_ops,
-                       policy.channels_last)
+                       policy.channels_last, policy.layout_probe)
 
 
 def _record(run: RunSpec, trainer: Trainer | None, **fields: Any) -> dict[str, Any]:

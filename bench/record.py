@@ -143,11 +143,15 @@ class Environment(BaseModel):
     hostname: str | None = None
     ray: str | None = None
     threads: int | None = None  # torch threads of the run
+    interop_threads: int | None = None  # torch's inter-op threads
     deterministic: bool | None = None  # torch's deterministic algorithms were on during the run
     # with deterministic on: the ops that had no deterministic kernel (torch warned), [] for none
     nondeterministic_ops: list[str] | None = None
     tf32: bool | None = None  # TF32 was allowed for float32 matmuls and convolutions (CUDA)
     channels_last: bool | None = None  # data and network ran in the channels-last layout
+    # channels_last: auto on the CPU: the probe's CPU seconds per training step in each layout
+    # ({contiguous_s, channels_last_s, batch}); None when the layout was set or not probed
+    channels_last_probe: dict[str, float | int | None] | None = None
     gpu_ids: list[str] | None = None  # under Ray: the ids of the GPUs Ray gave the run
     ray_node: str | None = None  # under Ray: the id of the node the run ran on
 

@@ -172,7 +172,8 @@ class RunSettings(BaseModel):
     grad_clip: float | None = Field(None, gt=0)
     amp: Literal["off", "bf16", "fp16"] = "off"
     # channels-last layout for data and network: auto = on CUDA (where it helps convolutions:
-    # tensor cores), off on the CPU; it does not change results, so it is not in the run id
+    # tensor cores) and, on the CPU, where a one-time probe of the network finds it faster
+    # (podbench.layout); it does not change results, so it is not in the run id
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -182,6 +183,8 @@ class RunSettings(BaseModel):
     limit_train: int | None = Field(None, ge=1)
     limit_eval: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    # the run's CPU share: its torch intra-op threads (one inter-op thread); 1 by default, as
+    # N runs x 1 thread trained faster than 1 run x N threads (benchmarks/bench_threads.py)
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
     # deterministic kernels, cudnn.benchmark off (reproducible); false: fastest kernels

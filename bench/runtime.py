@@ -35,7 +35,6 @@ __all__ = [
     "seed_everything",
     "nondeterminism_alerts",
     "check_amp",
-    "use_channels_last",
     "tf32_allowed",
     "set_tf32",
     "environment",
@@ -106,12 +105,6 @@ def check_amp(amp: str, device: torch.device) -> None:
         )
 
 
-def use_channels_last(setting: bool | str, device: torch.device) -> bool:
-    """The channels-last layout: as set, or with ``auto`` on CUDA only, where tensor-core
-    convolutions want it; on the CPU its gain is not established here, so auto leaves it off."""
-    return device.type == "cuda" if setting == "auto" else bool(setting)
-
-
 def tf32_allowed(device: torch.device, amp: str, deterministic: bool) -> bool:
     """Whether float32 matmuls and convolutions may use TF32: on CUDA with ``amp: off``, unless
     the run asked for deterministic kernels, or AMP runs (whose float32 parts, the latent
@@ -135,20 +128,27 @@ class RunPolicy:
     tf32: bool
     channels_last: bool
     amp_dtype: torch.dtype | None
+    # channels_last: auto on the CPU: the probe's timings (the record's env.channels_last_probe)
+    layout_probe: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, run: RunSpec) -> RunPolicy:
         """The policy ``run`` asks for on the device it resolves to (a UserError for bf16 on a
-        GPU without it); changes nothing in torch."""
+        GPU without it); changes no torch setting. The layout (:func:`~podbench.layout.
+        layout_of_run`): as set; ``auto`` is channels-last on CUDA and, on the CPU, what a
+        one-time probe of the run's network finds faster."""
+        from podbench.layout import layout_of_run
         from podbench.tasks import resolve_device
 
         device = resolve_device(run.device)
         check_amp(run.amp, device)
+        amp_dtype = AMP_DTYPES[run.amp]
+        layout = layout_of_run(run, device, amp_dtype)
         return cls(
             device=device, seed=run.seed, deterministic=run.deterministic,
             tf32=tf32_allowed(device, run.amp, run.deterministic),
-            channels_last=use_channels_last(run.channels_last, device),
-            amp_dtype=AMP_DTYPES[run.amp],
+            channels_last=layout.channels_last, amp_dtype=amp_dtype,
+            layout_probe=layout.probe_record(),
         )
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -228,10 +228,12 @@ def environment(
     tf32: bool | None = None,
     nondeterministic_ops: list[str] | None = None,
     channels_last: bool | None = None,
+    channels_last_probe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Where and with what a run ran (the record's ``env``).
 
     ``nondeterministic_ops``: with deterministic kernels on, the ops that had none (torch warned).
+    ``channels_last_probe``: the timings that decided ``channels_last: auto`` on the CPU.
     """
     import podbench
 
@@ -247,8 +249,10 @@ def environment(
         "hostname": socket.gethostname(),
         "ray": package_version("ray"),
         "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
         "deterministic": deterministic,
         "nondeterministic_ops": nondeterministic_ops if deterministic else None,
         "tf32": tf32,
         "channels_last": channels_last,
+        "channels_last_probe": channels_last_probe,
     }

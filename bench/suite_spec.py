@@ -143,8 +143,8 @@ class LossEntry(BaseModel):
 
 class DatasetEntry(BaseModel):
     """A dataset in a suite, optionally with its own data root, batch size, architectures,
-    training length and image size (each replaces the suite's setting for this dataset's runs
-    only)."""
+    training length, optimiser settings and image size (each replaces the suite's setting for
+    this dataset's runs only)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -157,12 +157,18 @@ class DatasetEntry(BaseModel):
     limit_train: int | None = Field(None, ge=1)
     limit_eval: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
+    # a network's own recipe in a block (fastnet's airbench settings beside the others' SGD)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0)
+    nesterov: bool | None = None
     # e.g. CIFAR-10 at 16 px for a ResNet block a CPU can afford
     image_size: int | None = Field(None, ge=1)
 
     def settings(self, shared: RunSettings) -> RunSettings:
-        """The suite's shared settings with this dataset's epochs, limits, lr and image size."""
-        keys = ("epochs", "limit_train", "limit_eval", "lr", "image_size")
+        """The suite's shared settings with this dataset's epochs, limits, optimiser settings
+        (lr, momentum, weight decay, Nesterov) and image size."""
+        keys = ("epochs", "limit_train", "limit_eval", "lr", "momentum", "weight_decay",
+                "nesterov", "image_size")
         own = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         return shared.model_copy(update=own) if own else shared
 

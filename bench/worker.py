@@ -8,6 +8,7 @@ of the (reused) worker.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,10 @@ def train_in_worker(
     from podbench.engine import environment, train_run
 
     torch.set_num_threads(max(1, int(run.cpus)))  # one thread per allotted CPU, no oversubscription
+    # one inter-op thread: a run's parallelism is its intra-op threads (settable once per
+    # process, before any inter-op work: the next run of a reused worker finds it set)
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
     gpu_ids: list[str] = []
     try:
         device, gpu_ids = trial_device()

@@ -1,6 +1,6 @@
 """The engine's training loop against a bare PyTorch loop: same model, data, loss and steps.
 
-Run: ``.venv/bin/python benchmarks/bench_engine.py [--rounds 5] [--threads 1]``
+Run: ``.venv/bin/python benchmarks/bench_engine.py [--rounds 5] [--threads 1] [--amp bf16]``
 
 Both loops train copies of the same freshly built network and loss plugin, with the same SGD
 settings, on the same batches (``Task.train_batches``), alternately, several rounds; the median
@@ -105,8 +105,9 @@ def compare(run: RunSpec, rounds: int) -> tuple[list[float], list[float], int]:
     return engine_s, bare_s, trainer.parts.steps_per_epoch
 
 
-def run_case(name: str, case: dict, rounds: int) -> float:
+def run_case(name: str, case: dict, rounds: int, amp: str = "off") -> float:
     settings = RunSettings(
+        amp=amp,
         epochs=rounds,
         batch_size=128,
         lr=0.05,
@@ -140,14 +141,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--amp", default="off", choices=["off", "bf16"],
+                        help="both loops under this autocast (channels_last: auto either way)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} epochs each, "
-        "alternating; CPU seconds per epoch"
+        f"alternating, amp {args.amp}; CPU seconds per epoch"
     )
     for name, case in CASES.items():
-        run_case(name, case, args.rounds)
+        run_case(name, case, args.rounds, args.amp)
 
 
 if __name__ == "__main__":

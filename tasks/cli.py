@@ -15,6 +15,8 @@ from podbench.tasks import timm_archs
 from podbench.tasks.archs import ARCHS, arch_info, list_archs
 from podbench.tasks.cache import cache_dir
 from podbench.tasks.datasets import DATASETS, dataset_info, list_datasets, locate_dataset
+from podbench.tasks.devices import cpu_features
+from podbench.tasks.doctor import cpu_line
 
 __all__ = ["add_tasks_arguments", "arch_rows", "dataset_rows", "run_tasks"]
 
@@ -102,7 +104,8 @@ def run_tasks(args: argparse.Namespace) -> int:
                             "such as 'resnet*' or '*vit*'.")
     archs = arch_rows(args.channels, args.image_size, args.feat_dim, extra)
     if args.json:
-        json.dump({"datasets": datasets, "archs": archs}, sys.stdout, indent=2)
+        json.dump({"datasets": datasets, "archs": archs, "cpu": cpu_features().as_dict()},
+                  sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
 
@@ -156,6 +159,8 @@ def run_tasks(args: argparse.Namespace) -> int:
     root = args.data_root or (f"$PODBENCH_DATA={env_root}" if env_root
                               else "default places only (give --data-root or $PODBENCH_DATA)")
     console.print(f"data root: {root}; decoded-data cache: {cache_dir()} ($PODBENCH_CACHE)",
+                  highlight=False)
+    console.print(cpu_line(cpu_features()) + " (`podbench doctor` measures the gain)",
                   highlight=False)
     for registry in (DATASETS, ARCHS):
         for name, why in sorted(registry.load_entry_points().items()):

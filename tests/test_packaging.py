@@ -53,7 +53,7 @@ def test_version_from_module_and_metadata_agree() -> None:
 def test_console_script_lists_commands() -> None:
     exe = Path(sys.executable).with_name("podbench")
     out = subprocess.run([str(exe), "--help"], check=True, capture_output=True, text=True).stdout
-    for command in ("losses", "tasks", "validate", "run", "results", "tune", "report"):
+    for command in ("losses", "tasks", "doctor", "validate", "run", "results", "tune", "report"):
         assert command in out
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import podbench.engine as engine
+import podbench.layout as layout
 import podbench.tasks
 from podbench import factory, runtime
 from podbench.errors import UserError
@@ -260,9 +261,12 @@ def test_channels_last_batches_reach_the_network_without_a_copy() -> None:
 
 
 @pytest.mark.parametrize(("setting", "device", "used"), [
-    ("auto", "cuda", True), ("auto", "cpu", False), (True, "cpu", True), (False, "cuda", False)])
-def test_channels_last_auto_is_on_for_cuda_only(setting: Any, device: str, used: bool) -> None:
-    assert runtime.use_channels_last(setting, torch.device(device)) is used
+    ("auto", "cuda", True), (True, "cpu", True), (False, "cuda", False), (False, "cpu", False)])
+def test_channels_last_as_set_and_auto_on_cuda_need_no_probe(setting: Any, device: str,
+                                                            used: bool) -> None:
+    run = _run(dataset="synthetic", arch="small-cnn", channels_last=setting)
+    choice = layout.layout_of_run(run, torch.device(device), None)
+    assert choice.channels_last is used and choice.probe_record() is None
 
 
 def test_channels_last_default_is_auto_recorded_and_not_in_the_run_id() -> None:
@@ -272,6 +276,8 @@ def test_channels_last_default_is_auto_recorded_and_not_in_the_run_id() -> None:
     assert ids == {run.run_id}  # a layout, not a result: finished runs keep their ids
     record = engine.train_run(run)
     assert record["status"] == "completed", record["error"]
-    assert record["env"]["channels_last"] is False  # auto on the CPU
+    probe = record["env"]["channels_last_probe"]  # auto on the CPU: the probe decided
+    faster = probe["channels_last_s"] < (1 - layout.PROBE_MARGIN) * probe["contiguous_s"]
+    assert record["env"]["channels_last"] is faster
     record = engine.train_run(run.model_copy(update={"channels_last": True}))
-    assert record["env"]["channels_last"] is True
+    assert record["env"]["channels_last"] is True and record["env"]["channels_last_probe"] is None

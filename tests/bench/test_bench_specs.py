@@ -255,8 +255,9 @@ def _smallest_holm_wilcoxon_p(n_blocks: int, m: int) -> float:
     return m * float(wilcoxon(diffs, method="exact").pvalue)
 
 
-def test_cpu_benchmark_has_the_blocks_the_tests_across_blocks_need() -> None:
-    spec = load_suite("cpu-benchmark")
+@pytest.mark.parametrize("name", ["cpu-benchmark", "cpu-benchmark-2"])
+def test_cpu_benchmark_has_the_blocks_the_tests_across_blocks_need(name: str) -> None:
+    spec = load_suite(name)
     runs = spec.expand()
     methods = {r.label for r in runs}
     assert methods >= {"pod", "pedcc", "softmax", "cosface", "arcface"}
@@ -442,3 +443,36 @@ def test_report_refuses_a_folder_that_pools_two_settings_of_one_method(
     from podbench.reports.records import load_results
 
     assert len(load_results(results).records) == 4
+
+
+def test_cpu_benchmark_2_gives_fastnet_its_recipe_and_the_others_the_suites_sgd() -> None:
+    runs = load_suite("cpu-benchmark-2").expand()
+    fast = [r for r in runs if r.arch == "fastnet"]
+    others = [r for r in runs if r.arch != "fastnet"]
+    assert fast and {(r.lr, r.momentum, r.nesterov, r.weight_decay, r.batch_size) for r in fast} == {
+        (1.5 * 512 / 1024, 0.85, True, 1.33e-3, 512)}  # fast-cifar10's lr per 1024 images, scaled
+    assert {(r.lr, r.momentum, r.nesterov, r.weight_decay) for r in others} == {
+        (0.05, 0.9, False, 5e-4)}
+    assert {(r.amp, r.channels_last, r.cpus) for r in runs} == {("bf16", "auto", 1.0)}
+    # full training sets: Fashion-MNIST for both networks, CIFAR-10 for fastnet; 32 px CIFAR-10
+    assert {r.limit_train for r in runs if r.dataset == "fashion-mnist"} == {None}
+    assert {r.limit_train for r in fast} == {None}
+    assert {r.image_size for r in runs if r.dataset == "cifar10"} == {None}
+    # every block trains on at least 4x the images it evaluates per epoch (evaluation < 10 %)
+    sizes = {"digits": (1437, 360), "fashion-mnist": (60000, 10000), "cifar10": (50000, 10000)}
+    for r in runs:
+        train, test = sizes[r.dataset]
+        assert min(r.limit_train or train, train) >= 3.99 * min(r.limit_eval or test, test)
+
+
+def test_cpu_benchmark_2_fp32_is_its_cifar10_small_cnn_block_in_float32() -> None:
+    def key(run: RunSpec) -> tuple:
+        return (run.label, run.seed)
+
+    bf16 = {key(r): r for r in load_suite("cpu-benchmark-2").expand()
+            if (r.dataset, r.arch) == ("cifar10", "small-cnn")}
+    fp32 = {key(r): r for r in load_suite("cpu-benchmark-2-fp32").expand()}
+    assert len(fp32) == 15 and set(fp32) == set(bf16)
+    for k, run in fp32.items():
+        assert run.amp == "off" and bf16[k].amp == "bf16"
+        assert run.model_copy(update={"amp": "bf16", "suite": bf16[k].suite}) == bf16[k]

@@ -51,15 +51,18 @@ def test_cpu_suites_smoke_run_on_real_fashion_mnist(name: str) -> None:
         assert record["status"] == "completed", (run.label, record["error"])
 
 
-def test_cpu_benchmark_smoke_runs_one_step_per_block() -> None:
+@pytest.mark.parametrize(("name", "cifar_entries"), [("cpu-benchmark", (5, 6, 7)),
+                                                    ("cpu-benchmark-2", (4, 5, 6, 7))])
+def test_cpu_benchmark_smoke_runs_one_step_per_block(name: str, cifar_entries: tuple) -> None:
     # CIFAR-10 from the shared data next to the checkout (or next to the folder of worktrees)
     root = Path(__file__).resolve().parents[2]
     found = [p / "shared/data/cifar10-jpeg-q75.tar.gz" for p in (root.parent, root.parent.parent)]
     cifar = next((p for p in found if p.is_file()), None)
     if cifar is None:
         pytest.skip(f"no CIFAR-10 tarball at {found[0]}")
-    spec = load_suite("cpu-benchmark", ["max_steps=1", "seeds=[0]", "losses=[pod]", "cpus=1",
-                                        "device=cpu", *(f"datasets.{i}.data_root={cifar}" for i in (5, 6, 7))])
+    spec = load_suite(name, ["max_steps=1", "seeds=[0]", "losses=[pod]", "cpus=1", "device=cpu",
+                             *(f"datasets.{i}.data_root={cifar}" for i in cifar_entries)])
+    assert {spec.datasets[i].name for i in cifar_entries} == {"cifar10"}
     runs = spec.expand()
     assert len({(r.dataset, r.arch) for r in runs}) == len(runs) == 8
     for run in runs:
