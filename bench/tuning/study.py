@@ -262,6 +262,17 @@ class Heartbeats:
         self._thread = threading.Thread(target=self._beat, name="optuna-heartbeats", daemon=True)
         self._thread.start()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles the searcher (for its own restore): a copy beats nothing
+        return {"storage": self.storage}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.storage, self.ids = state["storage"], set()
+        self._stop = threading.Event()
+        self._stop.set()
+        self._thread = threading.Thread(target=lambda: None)
+        self._thread.start()
+
     def add(self, trial_id: int) -> None:
         self.storage.record_heartbeat(trial_id)
         self.ids.add(trial_id)

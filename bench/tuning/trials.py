@@ -100,7 +100,9 @@ class _Bridge:
     def abandon(self) -> None:
         """Trials this driver started but will not finish (Ctrl-C): failed, not counted, and
         queued again at their point, so a rerun runs them."""
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
         for trial in self.trials.values():
             frozen = copy.deepcopy(self.study._storage.get_trial(trial._trial_id))
             try:

