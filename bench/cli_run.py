@@ -132,14 +132,14 @@ def run_run(args: argparse.Namespace) -> int:
     )
     table = store.write_table()
     print(
-        f"results: {store.root} ({outcome['completed']} completed, {outcome['diverged']} diverged, "
-        f"{outcome['failed']} failed, {outcome['skipped']} skipped as already done"
-        + (f", {outcome['interrupted']} not run" if outcome["interrupted"] else "")
+        f"results: {store.root} ({outcome.completed} completed, {outcome.diverged} diverged, "
+        f"{outcome.failed} failed, {outcome.skipped} skipped as already done"
+        + (f", {outcome.interrupted} not run" if outcome.interrupted else "")
         + f"); table: {table}"
     )
     if not args.no_report:
         write_report(store.root)
-    return 0 if outcome["failed"] == 0 and outcome["interrupted"] == 0 else 1
+    return 0 if outcome.ok else 1
 
 
 def check_data_present(datasets: Sequence[tuple[str, str, str | None, str]], source: str) -> None:

@@ -159,21 +159,11 @@ def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _from_schema_2(data: dict[str, Any]) -> dict[str, Any]:
-    # Schema 2 lacked the convergence fields: RunRecord computes them from the history.
-    return data
-
-
-def _from_schema_3(data: dict[str, Any]) -> dict[str, Any]:
-    # Schema 3 lacked num_classes: unknown (None) for those runs.
-    return data
-
-
-# MIGRATIONS[n] turns a schema-n record into a schema-(n+1) record.
+# MIGRATIONS[n] turns a schema-n record into a schema-(n+1) record. A schema without an entry
+# needs none: what the next one added has a default (schema 3 lacked num_classes: unknown, None)
+# or is computed on load (schema 2 lacked the convergence fields: from the history).
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _from_schema_1,
-    2: _from_schema_2,
-    3: _from_schema_3,
 }
 
 
@@ -224,10 +214,9 @@ class RunRecord(BaseModel):
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             return data  # left to the field's own check
         data = dict(data)
-        while version in MIGRATIONS and version < SCHEMA_VERSION:
-            data = MIGRATIONS[version](data)
-            version += 1
-        data["schema"] = version
+        for older in range(version, SCHEMA_VERSION):
+            data = MIGRATIONS.get(older, dict)(data)
+        data["schema"] = max(version, SCHEMA_VERSION)  # a newer one is left to the field's check
         return data
 
     @model_validator(mode="after")

@@ -7,8 +7,9 @@ dataset, architecture, seed...) and the dataset's and authors' defaults.
 
 Example:
     >>> run = resolve_run(RunSettings(epochs=3), suite="s", loss="pod", dataset="digits",
-    ...                   arch="mlp", seed=0, feat_dim=16)  # doctest: +SKIP
-    >>> run.run_id
+    ...                   arch="mlp", seed=0, feat_dim=16)
+    >>> len(run.run_id), run.epochs, run.batch_size  # the digits dataset's batch size
+    (16, 3, 128)
 """
 
 from __future__ import annotations
@@ -242,6 +243,12 @@ class RunSpec(RunSettings):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _authors_milestones(epochs: int) -> list[int]:
+    """The epochs the authors' multistep schedule decays at, for a run of ``epochs`` epochs."""
+    return sorted({max(1, round(f * epochs)) for f in AUTHORS_MILESTONE_FRACTIONS
+                   if round(f * epochs) < epochs})
+
+
 def resolve_run(
     settings: RunSettings,
     *,
@@ -289,10 +296,7 @@ def resolve_run(
     if label_noise is not None:
         fields["label_noise"] = label_noise
     if settings.milestones is None:
-        epochs = settings.epochs
-        fields["milestones"] = sorted(
-            {max(1, round(f * epochs)) for f in AUTHORS_MILESTONE_FRACTIONS if round(f * epochs) < epochs}
-        )
+        fields["milestones"] = _authors_milestones(settings.epochs)
     return RunSpec(
         **fields,
         suite=suite,

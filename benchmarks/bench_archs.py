@@ -10,7 +10,7 @@ first); images per second from the median CPU seconds of this process per step
 baseline network measured in the same process.
 
 ``--accuracy SECONDS`` adds CIFAR-10 (JPEG q75, ``--data``) test accuracy after the same CPU
-seconds of training for each network, with the engine's own loop (``_Trainer.train_epoch`` in
+seconds of training for each network, with the engine's own loop (``Trainer.train_epoch`` in
 chunks of ``--chunk`` batches, a constant learning rate) and the first ``--eval`` test images
 (class-balanced). Settings per network: fastnet the fast-cifar10 preset scaled to the batch size
 (airbench's learning rate is per 1024 images), the others the quickstart's SGD settings.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from podbench.engine import _Trainer
+from podbench.loop import Trainer
 from podbench.losses import create_loss
 from podbench.runs import RunSettings, resolve_run
 from podbench.tasks import create_arch
@@ -82,7 +82,7 @@ def accuracy_after(arch: str, cpu_seconds: float, args: argparse.Namespace) -> t
                            **optimiser_settings(arch, args.batch))
     run = resolve_run(settings, suite="bench-archs", loss="softmax", dataset="cifar10",
                       arch=arch, seed=0, feat_dim=128)
-    trainer = _Trainer(run, checkpoint_dir=None)
+    trainer = Trainer.of_run(run)
     wall = time.perf_counter()
     start = time.process_time()
     chunk = 0
@@ -90,7 +90,7 @@ def accuracy_after(arch: str, cpu_seconds: float, args: argparse.Namespace) -> t
         trainer.train_epoch(chunk)  # `chunk` batches of a fresh shuffle: a constant-lr stream
         chunk += 1
     accuracy, _, _ = trainer.evaluate("test", keep_features=False)
-    return accuracy, trainer.train_images, time.perf_counter() - wall
+    return accuracy, trainer.progress.train_images, time.perf_counter() - wall
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from podbench.engine import _Trainer
+from podbench.loop import Trainer
 from podbench.runs import RunSettings, RunSpec, resolve_run
 
 CASES = {
@@ -53,21 +53,21 @@ def bare_epoch(
     model: torch.nn.Module,
     plugin: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    trainer: _Trainer,
+    trainer: Trainer,
     epoch: int,
     clock: Clock,
 ) -> float:
     """The loop a user would write by hand (same autocast and memory format); its seconds."""
-    run = trainer.run
+    run = trainer.parts.run
     model.train()
     plugin.train()
     start = clock()
-    batches = trainer.task.train_batches(run.batch_size, seed=run.seed, epoch=epoch)
+    batches = trainer.parts.task.train_batches(run.batch_size, seed=run.seed, epoch=epoch)
     for index, (x, y) in enumerate(batches):
-        if index >= trainer.steps_per_epoch:
+        if index >= trainer.parts.steps_per_epoch:
             break
-        with trainer.autocast():
-            features = model(trainer._prepare(x))
+        with trainer.policy.autocast():
+            features = model(trainer.policy.prepare(x))
         out = plugin(features, y)
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
@@ -81,10 +81,10 @@ def compare(run: RunSpec, rounds: int) -> tuple[list[float], list[float], int]:
     Both train copies of the same freshly built network and plugin, with the same optimiser
     settings, on the same batches; the first epoch of each is a warm-up and not returned.
     """
-    trainer = _Trainer(run, checkpoint_dir=None)
+    trainer = Trainer.of_run(run)
     clock = Clock(trainer.device)
-    model = copy.deepcopy(trainer.model)
-    plugin = copy.deepcopy(trainer.plugin)
+    model = copy.deepcopy(trainer.parts.model)
+    plugin = copy.deepcopy(trainer.parts.plugin)
     params = [p for p in [*model.parameters(), *plugin.parameters()] if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum,
                                 weight_decay=run.weight_decay, nesterov=run.nesterov)
@@ -102,7 +102,7 @@ def compare(run: RunSpec, rounds: int) -> tuple[list[float], list[float], int]:
                 engine_s.append(clock() - before)
             else:
                 bare_s.append(bare_epoch(model, plugin, optimizer, trainer, epoch, clock))
-    return engine_s, bare_s, trainer.steps_per_epoch
+    return engine_s, bare_s, trainer.parts.steps_per_epoch
 
 
 def run_case(name: str, case: dict, rounds: int) -> float:

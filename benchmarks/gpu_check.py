@@ -223,7 +223,7 @@ def check_overhead(report: Report, plan: Plan) -> None:
 def _run_suite(runs: list[Any], results: Path, plan: Plan, max_concurrent: int | None) -> float:
     """Wall seconds to run ``runs`` into ``results``; every run must complete."""
     from podbench.engine import train_run
-    from podbench.executor import run_suite
+    from podbench.executor import SuiteOutcome, run_suite
     from podbench.results import ResultsStore
 
     start = time.perf_counter()
@@ -232,14 +232,12 @@ def _run_suite(runs: list[Any], results: Path, plan: Plan, max_concurrent: int |
                             progress_stream=io.StringIO(), rich_display=False)
     else:  # the smoke mode: Ray's start and worker processes alone would take a minute
         store = ResultsStore(results)
-        outcome = {"completed": 0}
         for run in runs:
-            record = train_run(run)
-            store.write_record(record)
-            outcome[record["status"]] = outcome.get(record["status"], 0) + 1
+            store.write_record(train_run(run))
+        outcome = SuiteOutcome.of_records(runs, store, skipped=0)
     seconds = time.perf_counter() - start
-    if outcome.get("completed", 0) != len(runs):
-        raise RuntimeError(f"not every run completed: {dict(outcome)}")
+    if outcome.completed != len(runs):
+        raise RuntimeError(f"not every run completed: {outcome}")
     return seconds
 
 

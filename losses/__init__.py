@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from podbench.losses.base import LossOutput, LossPlugin, NonFiniteFeaturesError
+from podbench.losses.base import LossOutput, LossPlugin, NonFiniteFeaturesError, check_number
 from podbench.losses.registry import (
     ENTRY_POINT_GROUP,
     LOSSES,
@@ -46,6 +46,7 @@ __all__ = [
     "LossOutput",
     "LossPlugin",
     "NonFiniteFeaturesError",
+    "check_number",
     "create_loss",
     "list_losses",
     "load_entry_points",

@@ -207,6 +207,39 @@ def _reference(cls: type) -> str:
     return f"{url.group(0).rstrip('.,)')} ({where})" if url else where
 
 
+def _built(cls: type[nn.Module], args: dict[str, Any]) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):  # building draws no number the run would see
+        return cls(**args)
+
+
+def _passable(cls: type[nn.Module], dims: dict[str, Any], hparams: dict[str, Any]
+              ) -> dict[str, Any]:
+    """The hyperparameters a caller may pass: an argument of a base class that the subclass
+    sets itself (``super().__init__(margin=0.1, **kwargs)``) cannot be passed again, so it is
+    not one; each such argument is tried on its own."""
+    own = set(inspect.signature(cls.__init__).parameters)
+    kept = {}
+    for key, value in hparams.items():
+        if key not in own:
+            try:
+                _built(cls, {**dims, key: value})
+            except TypeError:
+                continue
+            except Exception:  # noqa: BLE001  left to the build with every hyperparameter
+                pass
+        kept[key] = value
+    return kept
+
+
+def _takes_miner(loss: nn.Module, k: int, d: int) -> bool:
+    """Whether a pair or tuple loss accepts mined tuples."""
+    try:
+        _probe(loss, k, d, _triplets(_probe_batch(k, d)[1]))
+    except Exception:  # noqa: BLE001  the loss refuses mined tuples
+        return False
+    return True
+
+
 def _discover_one(name: str, cls: type[nn.Module], base: type) -> Discovered | str:
     """The class as a plugin description, or the reason it is left out."""
     if not issubclass(cls, base):
@@ -216,51 +249,41 @@ def _discover_one(name: str, cls: type[nn.Module], base: type) -> Discovered | s
     defaults, required = _constructor_args(cls)
     dim_arg = next((a for a in EMBEDDING_DIM if a in required or a in defaults), None)
     takes_classes = "num_classes" in required or "num_classes" in defaults
-    hparams = {k: v for k, v in defaults.items()
-               if k not in PLUMBING and k not in (*EMBEDDING_DIM, "num_classes") and _is_plain(v)}
     k, d = 4, 8
     dims: dict[str, Any] = {"num_classes": k} if takes_classes else {}
     if dim_arg:
         dims[dim_arg] = d
-    while True:  # every hyperparameter passed explicitly, as a suite may
-        try:
-            with torch.random.fork_rng(devices=[]):
-                loss: nn.Module = cls(**dims, **hparams)
-            break
-        except TypeError as err:
-            # an argument of a base class the subclass sets itself is not a hyperparameter
-            fixed = re.search(r"multiple values for keyword argument '(\w+)'", str(err))
-            if fixed and fixed.group(1) in hparams:
-                del hparams[fixed.group(1)]
-                continue
-            missing = [a for a in required if f"'{a}'" in str(err)]
-            if missing:
-                verb = "has" if len(missing) == 1 else "have"
-                return f"needs {', '.join(missing)}, which {verb} no default"
+    try:  # with its defaults alone: a base's argument without one may be the subclass's to set
+        _built(cls, dims)
+    except TypeError as err:
+        missing = [a for a in required if a not in dims]
+        if not missing:
             return f"cannot be built with its defaults (TypeError: {err})"
-        except Exception as err:  # noqa: BLE001  the reason it is left out
-            return f"cannot be built with its defaults ({type(err).__name__}: {err})"
+        verb = "has" if len(missing) == 1 else "have"
+        return f"needs {', '.join(missing)}, which {verb} no default"
+    except Exception as err:  # noqa: BLE001  the reason it is left out
+        return f"cannot be built with its defaults ({type(err).__name__}: {err})"
+    hparams = _passable(cls, dims, {
+        k: v for k, v in defaults.items()
+        if k not in PLUMBING and k not in (*EMBEDDING_DIM, "num_classes") and _is_plain(v)})
+    try:  # every hyperparameter passed explicitly, as a suite may
+        loss = _built(cls, {**dims, **hparams})
+    except Exception as err:  # noqa: BLE001  the reason it is left out
+        return f"cannot be built with its defaults ({type(err).__name__}: {err})"
     problem = _numerical_problem(loss, k, d)
     if problem:
         return problem
     classifier = takes_classes and dim_arg is not None and callable(getattr(cls, "get_logits", None))
-    takes_miner = False
-    if not classifier:
-        try:
-            _probe(loss, k, d, _triplets(_probe_batch(k, d)[1]))
-            takes_miner = True
-        except Exception:  # noqa: BLE001  the loss refuses mined tuples
-            takes_miner = False
-        if takes_miner:
-            hparams["miner"] = None
+    takes_miner = not classifier and _takes_miner(loss, k, d)
+    if takes_miner:
+        hparams["miner"] = None
     names = [n for n, _ in loss.named_parameters()]
     if names:  # proxies learn at 100x the network's rate in the ProxyAnchor authors' code
         hparams["head_lr_scale"] = PROXY_LR_SCALE if any(n.endswith("proxies") for n in names) else 1.0
     return Discovered(
         name=name, cls=cls, kind="classifier" if classifier else "mean", defaults=hparams,
         takes_classes=takes_classes, dim_arg=dim_arg, takes_miner=takes_miner,
-        reference=_reference(cls),
-        learnable=any(True for _ in loss.parameters()),
+        reference=_reference(cls), learnable=any(True for _ in loss.parameters()),
     )
 
 

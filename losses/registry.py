@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -148,7 +147,6 @@ def register_loss(
     fixed_centroids: bool = False,
     learnable_head: bool = True,
     aliases: tuple[str, ...] | list[str] = (),
-    defaults: Mapping[str, Any] | None = None,
 ) -> Callable[[P], P]:
     """Class decorator that registers a :class:`LossPlugin` under ``name``.
 
@@ -164,19 +162,10 @@ def register_loss(
         fixed_centroids: the class centroids are fixed buffers, never trained.
         learnable_head: the plugin has parameters the optimiser trains.
         aliases: other names for the same loss.
-        defaults: deprecated (the signature declares them); when given it must equal them.
     """
     def decorate(cls: P) -> P:
         if not (isinstance(cls, type) and issubclass(cls, LossPlugin)):
             raise TypeError(f"@register_loss({name!r}) must decorate a LossPlugin subclass")
-        if defaults is not None:
-            warnings.warn(f"@register_loss({name!r}, defaults=...) is deprecated: the defaults "
-                          "are read from __init__'s keyword-only arguments; remove defaults=.",
-                          DeprecationWarning, stacklevel=2)
-            declared = _signature_defaults(name, cls)
-            if dict(defaults) != declared:
-                raise ValueError(f"loss {name!r}: defaults={dict(defaults)} differ from "
-                                 f"__init__'s keyword-only arguments {declared}; remove defaults=")
         info = LOSSES.add(describe_loss(
             cls, name, description=description, reference=reference, search_space=search_space,
             variants=variants, fixed_centroids=fixed_centroids, learnable_head=learnable_head,

@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "podbench.datasets"
-S_co = TypeVar("S_co", "ArraySplit", "FileSplit")
 # in-memory above this many decoded bytes would crowd a GPU: stream through DataLoader workers
 DEFAULT_STREAM_BYTES = 4 * 1024**3
 
@@ -340,7 +339,6 @@ def load_task(
     Returns:
         A Task whose batches are normalised float images on ``device`` with int64 labels.
     """
-    from podbench.tasks import cache
     from podbench.tasks.task import TensorTask
 
     _check_load_arguments(limit, image_size, use_val, val_fraction)
@@ -348,58 +346,85 @@ def load_task(
     raw, located, info = _read_source(name, root, image_size)
     plan = _split_plan(raw, limit, use_val=use_val, val_fraction=val_fraction,
                        split_seed=split_seed, known_classes=known_classes)
-
-    def materialise(source_splits: dict[str, ArraySplit | FileSplit]) -> dict:
-        return {key: source_splits[source] if idx is None else _subset(source_splits[source], idx)
-                for key, (source, idx) in plan.items()}
-
-    source_splits: dict[str, ArraySplit | FileSplit] = {"train": raw.train, "test": raw.test}
-    classes = raw.classes
-    if known_classes is not None:  # the known classes relabelled 0..k-1, the others kept as -1
-        relabel = torch.full((len(raw.classes),), -1, dtype=torch.long)
-        relabel[list(known_classes)] = torch.arange(len(known_classes))
-        source_splits = {k: _relabelled(v, relabel[v.labels]) for k, v in source_splits.items()}
-        classes = tuple(raw.classes[c] for c in known_classes)
-        info = dataclasses.replace(info, num_classes=len(classes))
-    file_based = any(isinstance(s, FileSplit) for s in source_splits.values())
-    if file_based:
-        native = info.image_size
-        assert native is not None  # _read_source set it from the data
-        sizes = [len(getattr(raw, src).labels) if idx is None else len(idx)
-                 for src, idx in plan.values()]
-        decoded_bytes = sum(sizes) * info.channels * native * native
-        if stream is None:
-            stream = decoded_bytes > (stream_threshold() if stream_bytes is None else stream_bytes)
-        if stream:
-            from podbench.tasks.streaming import StreamingTask
-
-            streamed, noise_rate = _with_noise(materialise(source_splits), classes, label_noise)
-            task: Task = StreamingTask(info, classes, streamed, device=dev, augment=augment,
-                                       image_size=image_size or native, workers=workers,
-                                       channels_last=channels_last)
-            task.label_noise_rate = noise_rate
-            return task
-        if all(_split_limit(limit, key) is None for key in plan):
-            # decode (or load from the cache) whole splits, then carve
-            source_splits = {k: cache.cached_decode(info.name, v, native)
-                             if isinstance(v, FileSplit) else v for k, v in source_splits.items()}
-            splits = materialise(source_splits)
-        else:  # a few samples: decode only those
-            splits = {k: cache.cached_decode(info.name, v, native) if isinstance(v, FileSplit)
-                      else v for k, v in materialise(source_splits).items()}
-    else:
+    source_splits, classes, info = _known_classes_only(raw, info, known_classes)
+    if not any(isinstance(s, FileSplit) for s in source_splits.values()):
         if stream:
             raise UserError(f"stream=True needs image files in folders, but dataset '{name}' at "
                             f"{located.path} is read as arrays (or from an archive) and always "
                             "held in memory; leave stream unset.")
-        splits = materialise(source_splits)
+        splits = _materialise(plan, source_splits)
+    elif _streamed(raw, info, plan, stream, stream_bytes):
+        from podbench.tasks.streaming import StreamingTask
 
+        streamed, noise_rate = _with_noise(_materialise(plan, source_splits), classes, label_noise)
+        task: Task = StreamingTask(info, classes, streamed, device=dev, augment=augment,
+                                   image_size=image_size or info.image_size, workers=workers,
+                                   channels_last=channels_last)
+        task.label_noise_rate = noise_rate
+        return task
+    else:
+        splits = _decoded(info, plan, source_splits, limit)
     splits, noise_rate = _with_noise(splits, classes, label_noise)
     tensors = {k: (v.images, v.labels) for k, v in splits.items() if isinstance(v, ArraySplit)}
     task = TensorTask(info, classes, tensors, device=dev, augment=augment, image_size=image_size,
                       channels_last=channels_last)
     task.label_noise_rate = noise_rate
     return task
+
+
+SplitPlan = dict[str, tuple[str, np.ndarray | None]]
+
+
+def _materialise(plan: SplitPlan, source_splits: Mapping[str, ArraySplit | FileSplit]
+                 ) -> dict[str, ArraySplit | FileSplit]:
+    """Each planned split: its source split, or the planned samples of it."""
+    return {key: source_splits[source] if idx is None else _subset(source_splits[source], idx)
+            for key, (source, idx) in plan.items()}
+
+
+def _known_classes_only(raw: RawData, info: DatasetInfo, known_classes: Sequence[int] | None
+                        ) -> tuple[dict[str, ArraySplit | FileSplit], tuple[str, ...], DatasetInfo]:
+    """(source splits, classes, info): in an open-set split the known classes relabelled
+    0..k-1 and the others -1; else the data as read."""
+    source_splits: dict[str, ArraySplit | FileSplit] = {"train": raw.train, "test": raw.test}
+    if known_classes is None:
+        return source_splits, tuple(raw.classes), info
+    relabel = torch.full((len(raw.classes),), -1, dtype=torch.long)
+    relabel[list(known_classes)] = torch.arange(len(known_classes))
+    relabelled = {k: _relabelled(v, relabel[v.labels]) for k, v in source_splits.items()}
+    classes = tuple(raw.classes[c] for c in known_classes)
+    return relabelled, classes, dataclasses.replace(info, num_classes=len(classes))
+
+
+def _streamed(raw: RawData, info: DatasetInfo, plan: SplitPlan, stream: bool | None,
+              stream_bytes: int | None) -> bool:
+    """Whether image files are streamed: as asked, else when decoded they would pass the
+    threshold."""
+    if stream is not None:
+        return stream
+    native = info.image_size
+    assert native is not None  # _read_source set it from the data
+    sizes = [len(getattr(raw, src).labels) if idx is None else len(idx) for src, idx in plan.values()]
+    decoded_bytes = sum(sizes) * info.channels * native * native
+    return decoded_bytes > (stream_threshold() if stream_bytes is None else stream_bytes)
+
+
+def _decoded(info: DatasetInfo, plan: SplitPlan, source_splits: dict[str, ArraySplit | FileSplit],
+             limit: int | Mapping[str, int | None] | None) -> dict[str, ArraySplit | FileSplit]:
+    """The planned splits of image files decoded into memory (through the decode cache)."""
+    from podbench.tasks import cache
+
+    native = info.image_size
+    assert native is not None  # _read_source set it from the data
+
+    def decoded(split: ArraySplit | FileSplit) -> ArraySplit | FileSplit:
+        return cache.cached_decode(info.name, split, native) if isinstance(split, FileSplit) else split
+
+    if all(_split_limit(limit, key) is None for key in plan):
+        # decode (or load from the cache) whole splits, then carve
+        return _materialise(plan, {k: decoded(v) for k, v in source_splits.items()})
+    # a few samples: decode only those
+    return {k: decoded(v) for k, v in _materialise(plan, source_splits).items()}
 
 
 def _check_load_arguments(
@@ -489,7 +514,7 @@ def _split_limit(limit: int | Mapping[str, int | None] | None, split: str) -> in
     return limit.get(split, limit.get(split.partition("-")[0]))
 
 
-def _relabelled(split: S_co, labels: torch.Tensor) -> S_co:
+def _relabelled(split: ArraySplit | FileSplit, labels: torch.Tensor) -> ArraySplit | FileSplit:
     return dataclasses.replace(split, labels=labels)
 
 
@@ -512,8 +537,8 @@ def _open_set_plan(
 
 
 def _with_noise(
-    splits: dict[str, S_co], classes: Sequence[str], noise: LabelNoise | None
-) -> tuple[dict[str, S_co], float | None]:
+    splits: dict[str, ArraySplit | FileSplit], classes: Sequence[str], noise: LabelNoise | None
+) -> tuple[dict[str, ArraySplit | FileSplit], float | None]:
     """The splits with the training labels redrawn, and the share of them that changed."""
     if noise is None:
         return splits, None

@@ -8,6 +8,7 @@ the report compares them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -221,7 +222,7 @@ def rerun_best(
             "runs": [r.run_id for r in runs],
         }
     )
-    return dict(
+    return dataclasses.asdict(
         run_suite(
             runs,
             results_dir,

@@ -10,9 +10,10 @@ Rerunning the same tune file resumes: trials that finished stay, and each loss r
 lacks of ``n_trials`` (see :mod:`podbench.tuning.study`).
 
 Example:
-    >>> spec = load_tune("tune-quickstart")  # doctest: +SKIP
-    >>> outcome = run_study(spec, "results")
-    >>> outcome.best["pod"]["val_acc"]
+    >>> from podbench.tuning import load_tune, run_study
+    >>> spec = load_tune("tune-quickstart")
+    >>> outcome = run_study(spec, "results")  # doctest: +SKIP
+    >>> outcome.best["pod"]["val_acc"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
     """The Tune function trainable: one trial = one run on the validation split."""
     from ray import tune
 
-    from podbench.executor import train_in_worker
+    from podbench.worker import train_in_worker
 
     if "invalid" in config:
         tune.report(
@@ -330,7 +331,7 @@ def run_study(
         heartbeat_s: seconds between the heartbeats of this driver's running trials.
         grace_s: seconds without a heartbeat after which a running trial is stale.
     """
-    from podbench.executor import init_ray
+    from podbench.ray_cluster import init_ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(spec, results_dir, storage)

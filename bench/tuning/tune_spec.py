@@ -408,8 +408,9 @@ def load_tune(path_or_name: str | Path, overrides: Sequence[str] = ()) -> TuneSp
         UserError: one sentence naming the field path and the fix.
 
     Example:
-        >>> spec = load_tune("tune-quickstart", ["n_trials=4"])  # doctest: +SKIP
-        >>> spec.distributions("pod")
+        >>> spec = load_tune("tune-quickstart", ["n_trials=4"])
+        >>> spec.distributions("pod")["lr"]
+        FloatDistribution(high=0.3, log=True, low=0.003, step=None)
     """
     spec, source = load_spec(path_or_name, TuneSpec, overrides, kind="tune")
     for label in spec.losses:

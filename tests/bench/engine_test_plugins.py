@@ -153,7 +153,7 @@ def device_probe_trial(config: dict[str, Any]) -> None:
     """
     from ray import tune
 
-    from podbench.executor import trial_device
+    from podbench.worker import trial_device
 
     torch.cuda.is_available = lambda: True  # this trial believes a GPU is there
     device, ids = trial_device()

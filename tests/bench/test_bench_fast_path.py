@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from podbench.compiled import warm_up
-from podbench.engine import _Trainer, train_run
+from podbench.engine import train_run
+from podbench.factory import warm_up_shapes
+from podbench.loop import Trainer
 from podbench.runs import RunSettings, RunSpec, resolve_run
 from podbench.suite_spec import load_suite
 from podbench.tasks import load_task, register_arch
@@ -88,11 +90,11 @@ def test_data_init_hook_runs_once_before_training_on_training_images_only(record
 
 def test_fastnet_whitening_comes_from_the_first_training_batch() -> None:
     run = _run(arch="fastnet", dataset="synthetic", limit_train=None, limit_eval=None)
-    trainer = _Trainer(run, checkpoint_dir=None)
+    trainer = Trainer.of_run(run)
     task = load_task("synthetic")
     images, _ = next(task.train_batches(5000, seed=0, epoch=0))  # the whole 512-image split
     expected = whitening_filters(patch_covariance(images.double(), 2), 3, 2)
-    got = trainer.model.backbone.whiten.weight
+    got = trainer.parts.model.backbone.whiten.weight
     torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
 
 
@@ -180,7 +182,8 @@ def test_warm_up_leaves_weights_statistics_and_random_state_alone() -> None:
 
 
 def test_warm_up_shapes_cover_every_batch_of_the_run() -> None:
-    trainer = _Trainer(_run(limit_train=300, limit_eval=100, batch_size=64), checkpoint_dir=None)
+    run = _run(limit_train=300, limit_eval=100, batch_size=64)
+    task = Trainer.of_run(run).parts.task
     # 300 = 4 x 64 + 44 training images; 100 = 64 + 36 test images
-    assert trainer._warm_up_shapes() == [(True, (44, 1, 8, 8)), (True, (64, 1, 8, 8)),
+    assert warm_up_shapes(run, task) == [(True, (44, 1, 8, 8)), (True, (64, 1, 8, 8)),
                                          (False, (36, 1, 8, 8)), (False, (64, 1, 8, 8))]

@@ -11,7 +11,9 @@ import torch
 
 import podbench.engine as engine
 import podbench.tasks
+from podbench import factory, runtime
 from podbench.errors import UserError
+from podbench.loop import Trainer
 from podbench.losses import loss_info
 from podbench.losses.testing import count_host_syncs
 from podbench.runs import RunSettings, RunSpec, resolve_run
@@ -44,7 +46,7 @@ def _syncs_per_phase(run: RunSpec, monkeypatch: pytest.MonkeyPatch) -> dict[str,
     counts: dict[str, list[int]] = {"train": [], "eval": []}
     calls: list[str] = []
     for phase, name in (("train", "train_epoch"), ("eval", "evaluate")):
-        original = getattr(engine._Trainer, name)
+        original = getattr(Trainer, name)
 
         def counted(self: Any, *args: Any, _orig: Any = original, _phase: str = phase,
                     **kwargs: Any) -> Any:
@@ -54,7 +56,7 @@ def _syncs_per_phase(run: RunSpec, monkeypatch: pytest.MonkeyPatch) -> dict[str,
             calls.extend(syncs.calls)
             return out
 
-        monkeypatch.setattr(engine._Trainer, name, counted)
+        monkeypatch.setattr(Trainer, name, counted)
     record = engine.train_run(run)
     assert record["status"] == "completed", record["error"]
     monkeypatch.undo()
@@ -114,10 +116,10 @@ def test_latent_features_are_float32_under_autocast() -> None:
     torch.manual_seed(0)
     run = _run("pod", dataset="synthetic", arch="small-cnn", amp="bf16", limit_train=16,
                limit_eval=16, batch_size=16)
-    trainer = engine._Trainer(run, None)
-    x, _ = next(trainer.task.train_batches(16, seed=0, epoch=0))
-    model = trainer.model
-    with trainer.autocast():
+    trainer = Trainer.of_run(run)
+    x, _ = next(trainer.parts.task.train_batches(16, seed=0, epoch=0))
+    model = trainer.parts.model
+    with trainer.policy.autocast():
         features = trainer.forward(x)
         hidden = torch.flatten(model.backbone(x), 1)  # the backbone still runs in bf16
     assert hidden.dtype == torch.bfloat16 and features.dtype == torch.float32
@@ -141,16 +143,16 @@ def test_bf16_on_a_gpu_without_it_is_one_sentence(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
     with pytest.raises(UserError) as err:
-        engine.check_amp("bf16", cuda)
+        runtime.check_amp("bf16", cuda)
     message = str(err.value)
     assert message.startswith("amp: bf16") and "Tesla V100" in message
     assert "amp: fp16" in message and message.count(".") == 2  # one sentence (and "8.0")
     assert asked == [False]  # emulated bf16 does not count as support
-    engine.check_amp("fp16", cuda)
-    engine.check_amp("off", cuda)
-    engine.check_amp("bf16", torch.device("cpu"))  # CPU autocast has bf16
+    runtime.check_amp("fp16", cuda)
+    runtime.check_amp("off", cuda)
+    runtime.check_amp("bf16", torch.device("cpu"))  # CPU autocast has bf16
     supported["value"] = True
-    engine.check_amp("bf16", cuda)
+    runtime.check_amp("bf16", cuda)
 
 
 def test_bf16_refusal_is_the_runs_failed_record(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,18 +174,41 @@ def _restore_precision() -> Iterator[None]:
     torch.use_deterministic_algorithms(saved[2])
 
 
+def _torch_settings() -> tuple[Any, ...]:
+    return (torch.get_num_threads(), torch.get_float32_matmul_precision(),
+            torch.backends.cudnn.allow_tf32, torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+
+
 @pytest.mark.usefixtures("_restore_precision")
-def test_tf32_for_float32_runs_on_cuda_unless_deterministic() -> None:
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    torch.use_deterministic_algorithms(False)
-    assert engine.use_tf32(cuda, "off") is True
-    assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
-    for device, amp in ((cuda, "bf16"), (cuda, "fp16"), (cpu, "off")):
-        assert engine.use_tf32(device, amp) is False
-        assert torch.get_float32_matmul_precision() == "highest"
-        assert not torch.backends.cudnn.allow_tf32
-    torch.use_deterministic_algorithms(True)
-    assert engine.use_tf32(cuda, "off") is False
+@pytest.mark.parametrize(("device", "amp", "deterministic", "tf32"), [
+    ("cuda", "off", False, True), ("cuda", "bf16", False, False), ("cuda", "fp16", False, False),
+    ("cpu", "off", False, False), ("cuda", "off", True, False)])
+def test_tf32_for_float32_runs_on_cuda_unless_deterministic(
+        monkeypatch: pytest.MonkeyPatch, device: str, amp: str, deterministic: bool,
+        tf32: bool) -> None:
+    monkeypatch.setattr(podbench.tasks, "resolve_device", lambda requested: torch.device(device))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    torch.set_float32_matmul_precision("medium")
+    torch.use_deterministic_algorithms(not deterministic)
+    before = _torch_settings()
+    run = _run(amp=amp, deterministic=deterministic, device="auto")
+    with runtime.runtime_policy(run) as policy:
+        assert policy.tf32 is tf32
+        assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
+        assert torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.are_deterministic_algorithms_enabled() is deterministic
+        assert torch.backends.cudnn.benchmark is not deterministic
+        torch.set_num_threads(before[0] + 1)  # what a plugin might change as well
+    assert _torch_settings() == before
+
+
+def test_a_trainer_built_for_a_test_changes_no_torch_setting() -> None:
+    before = _torch_settings()
+    trainer = Trainer.of_run(_run(deterministic=True, epochs=1, max_steps=2))
+    trainer.train_epoch(0)
+    assert _torch_settings() == before
 
 
 @pytest.mark.usefixtures("_restore_precision")
@@ -196,37 +221,37 @@ def test_tf32_is_recorded_and_does_not_outlive_the_run() -> None:
 
 def test_stream_budget_is_the_runs_share_of_a_gpu() -> None:
     cuda = torch.device("cuda")
-    assert engine.stream_budget(0.25, cuda) == stream_threshold() // 4
-    assert engine.stream_budget(1.0, cuda) is None
-    assert engine.stream_budget(0.5, torch.device("cpu")) is None
+    assert factory.stream_budget(0.25, cuda) == stream_threshold() // 4
+    assert factory.stream_budget(1.0, cuda) is None
+    assert factory.stream_budget(0.5, torch.device("cpu")) is None
 
 
 @pytest.mark.parametrize(("limit_eval", "tested"), [(40, 40), (None, 360)])
 def test_each_split_is_loaded_once(limit_eval: int | None, tested: int) -> None:
     info = dataset_info("digits")
     assert info.test_size == 360
-    trainer = engine._Trainer(_run(limit_train=400, limit_eval=limit_eval), None)
+    trainer = Trainer.of_run(_run(limit_train=400, limit_eval=limit_eval))
     assert not hasattr(trainer, "eval_task")
-    assert trainer.task.num_samples("train") == 400
-    assert trainer.task.num_samples("test") == tested
+    assert trainer.parts.task.num_samples("train") == 400
+    assert trainer.parts.task.num_samples("test") == tested
     per_sample = info.channels * info.image_size**2 + 8  # uint8 pixels and an int64 label
-    assert trainer.task.data_bytes == (400 + tested) * per_sample
+    assert trainer.parts.task.data_bytes == (400 + tested) * per_sample
 
 
 def test_channels_last_batches_reach_the_network_without_a_copy() -> None:
-    trainer = engine._Trainer(_run(dataset="synthetic", arch="small-cnn", channels_last=True,
-                                   limit_train=32, max_steps=3), None)
+    trainer = Trainer.of_run(_run(dataset="synthetic", arch="small-cnn", channels_last=True,
+                                  limit_train=32, max_steps=3))
     yielded: list[int] = []
     seen: list[tuple[int, bool]] = []
-    batches = trainer.task.train_batches
+    batches = trainer.parts.task.train_batches
 
     def recording(*args: Any, **kwargs: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in batches(*args, **kwargs):
             yielded.append(x.data_ptr())
             yield x, y
 
-    trainer.task.train_batches = recording  # type: ignore[method-assign]
-    trainer.model.register_forward_pre_hook(
+    trainer.parts.task.train_batches = recording  # type: ignore[method-assign]
+    trainer.parts.model.register_forward_pre_hook(
         lambda module, args: seen.append(
             (args[0].data_ptr(), args[0].is_contiguous(memory_format=torch.channels_last))))
     trainer.train_epoch(0)
@@ -237,7 +262,7 @@ def test_channels_last_batches_reach_the_network_without_a_copy() -> None:
 @pytest.mark.parametrize(("setting", "device", "used"), [
     ("auto", "cuda", True), ("auto", "cpu", False), (True, "cpu", True), (False, "cuda", False)])
 def test_channels_last_auto_is_on_for_cuda_only(setting: Any, device: str, used: bool) -> None:
-    assert engine.use_channels_last(setting, torch.device(device)) is used
+    assert runtime.use_channels_last(setting, torch.device(device)) is used
 
 
 def test_channels_last_default_is_auto_recorded_and_not_in_the_run_id() -> None:

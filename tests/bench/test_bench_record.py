@@ -18,7 +18,7 @@ import torch
 
 from podbench.engine import train_run
 from podbench.errors import UserError
-from podbench.executor import _worker_failure_record
+from podbench.executor import worker_failure_record
 from podbench.geometry import GEOMETRY_KEYS
 from podbench.record import RunRecord, flatten_record, load_record, parse_record
 from podbench.reports.build import build_report
@@ -83,7 +83,7 @@ def path_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
     store = ResultsStore(tmp_path_factory.mktemp("died"))
     error_file = store.root / "error.txt"
     error_file.write_text("Traceback (most recent call last):\n  ...\nray.exceptions.WorkerCrashedError\n")
-    died = _worker_failure_record(store, _run(lr=0.07).model_dump(mode="json"), error_file)
+    died = worker_failure_record(store, _run(lr=0.07).model_dump(mode="json"), error_file)
     return {"completed": completed, "diverged": diverged, "failed": failed, "died": died}
 
 

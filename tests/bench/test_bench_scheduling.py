@@ -17,8 +17,9 @@ import pytest
 import torch
 import yaml
 
-from podbench import engine, executor
+from podbench import checkpoints, engine, executor, ray_cluster, worker
 from podbench.errors import UserError
+from podbench.loop import Trainer
 from podbench.runs import RunSettings, RunSpec, resolve_run
 from podbench.suite_spec import load_suite
 
@@ -107,22 +108,21 @@ def test_checkpoints_keep_the_gpu_random_state(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(torch.cuda, "set_rng_state",
                         lambda state, device="cuda": restored.append((state, device)))
     cuda = torch.device("cuda")
-    states = engine.rng_states(cuda)
+    states = checkpoints.rng_states(cuda)
     assert torch.equal(states["cuda"], gpu_state) and torch.equal(states["cpu"], torch.get_rng_state())
-    engine.restore_rng_states(states, cuda)
+    checkpoints.restore_rng_states(states, cuda)
     assert len(restored) == 1 and torch.equal(restored[0][0], gpu_state) and restored[0][1] == cuda
-    engine.restore_rng_states(states, torch.device("cpu"))  # a CPU run leaves the GPU's alone
+    checkpoints.restore_rng_states(states, torch.device("cpu"))  # a CPU run leaves the GPU's alone
     assert len(restored) == 1
-    assert "cuda" not in engine.rng_states(torch.device("cpu"))
+    assert "cuda" not in checkpoints.rng_states(torch.device("cpu"))
 
-    # what a checkpoint holds, and that one of the earlier format still resumes
+    # what a checkpoint holds, and that a run resumes from the one after its first epoch
     run = _run(device="cpu", epochs=2, checkpoint=True)
     engine.train_run(run, checkpoint_dir=tmp_path)
-    state = torch.load(tmp_path / engine.CHECKPOINT_NAME, weights_only=True)
-    assert set(state["rng"]) == {"cpu"} and "torch_rng" not in state
-    state["torch_rng"] = state.pop("rng")["cpu"]
+    state = torch.load(tmp_path / checkpoints.CHECKPOINT_NAME, weights_only=True)
+    assert set(state["rng"]) == {"cpu"} and state["epoch"] == 1
     state["epoch"], state["history"] = 0, state["history"][:1]
-    torch.save(state, tmp_path / engine.CHECKPOINT_NAME)
+    torch.save(state, tmp_path / checkpoints.CHECKPOINT_NAME)
     resumed = engine.train_run(run, checkpoint_dir=tmp_path)
     assert resumed["status"] == "completed" and resumed["epochs_completed"] == 2
 
@@ -152,16 +152,12 @@ def test_streamed_data_loader_workers_stay_within_the_cpu_share(
                                   limit_eval=4, data_root=str(root)),
                       suite="s", loss="softmax", dataset="imagefolder", arch="mlp", seed=0,
                       feat_dim=8)
-    flags = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    trainer = engine._Trainer(run, None)  # sets torch's determinism flags, as a run does
+    trainer = Trainer.of_run(run)
     try:
-        assert type(trainer.task).__name__ == "StreamingTask" and trainer.task.workers == workers
+        task = trainer.parts.task
+        assert type(task).__name__ == "StreamingTask" and task.workers == workers
     finally:
-        trainer.task.close()
-        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])  # as train_run does
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[2:]
+        trainer.parts.task.close()
 
 
 # ---------------------------------------------------------------------------- after a run
@@ -179,7 +175,7 @@ def test_a_finished_run_is_freed_before_the_next() -> None:
         gc.collect()
         assert TrackedLoss.instances[-1]() is None
         # ... unless the worker frees it before it takes the next run
-        record = executor.train_in_worker(_run("test-tracked", device="cpu"))
+        record = worker.train_in_worker(_run("test-tracked", device="cpu"))
         assert record["status"] == "completed" and len(TrackedLoss.instances) == 2
         assert TrackedLoss.instances[-1]() is None
     finally:
@@ -191,15 +187,15 @@ def test_release_empties_the_gpu_cache_when_cuda_was_used(monkeypatch: pytest.Mo
     monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-    executor._release_memory()
+    worker._release_memory()
     assert calls == ["collect"]  # a CPU-only worker never touches CUDA
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    executor._release_memory()
+    worker._release_memory()
     assert calls == ["collect", "collect", "empty_cache"]
 
 
 def test_out_of_gpu_memory_is_a_failed_run_with_that_reason() -> None:
-    record = executor.train_in_worker(_run("test-oom", device="cpu"))
+    record = worker.train_in_worker(_run("test-oom", device="cpu"))
     assert record["status"] == "failed"
     assert record["error"]["type"] == "OutOfMemoryError"
     assert "CUDA out of memory" in record["error"]["message"] and record["error"]["epoch"] == 0
@@ -212,7 +208,7 @@ def test_fractional_runs_may_fill_only_their_share_of_gpu_memory(
 ) -> None:
     fractions: list[float] = []
     trained: list[RunSpec] = []
-    monkeypatch.setattr(executor, "trial_device", lambda: ("cuda", ["3"]))
+    monkeypatch.setattr(worker, "trial_device", lambda: ("cuda", ["3"]))
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
                         lambda f, device=None: fractions.append(f))
 
@@ -221,7 +217,7 @@ def test_fractional_runs_may_fill_only_their_share_of_gpu_memory(
         return {"status": "completed", "env": {"device": "cuda:fake"}}
 
     monkeypatch.setattr(engine, "train_run", fake_train_run)
-    record = executor.train_in_worker(_run(gpus=gpus))
+    record = worker.train_in_worker(_run(gpus=gpus))
     assert fractions == ([] if fraction is None else [fraction])
     assert trained[0].device == "cuda" and record["env"]["gpu_ids"] == ["3"]
 
@@ -235,7 +231,7 @@ def ray_with_gpus(request: pytest.FixtureRequest) -> Any:
 
     ray.init(address="local", num_cpus=4, num_gpus=request.param, include_dashboard=False,
              log_to_driver=False, runtime_env={"env_vars": {
-                 **executor._TRIAL_ENV,
+                 **ray_cluster.TRIAL_ENV,
                  "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
                  "OMP_NUM_THREADS": "1"}})
     yield request.param
@@ -292,7 +288,7 @@ def test_suite_on_declared_gpus_without_cuda(ray_with_gpus: int, tmp_path: Path)
     shown = io.StringIO()  # pytest's captured stdout would not pickle into Tune's callbacks
     outcome = executor.run_suite(runs, tmp_path / "results", max_failures=0,
                                  progress_stream=shown, rich_display=False)
-    assert (outcome["completed"], outcome["failed"]) == (1, 2)  # the suite went on
+    assert (outcome.completed, outcome.failed) == (1, 2)  # the suite went on
     store = ResultsStore(tmp_path / "results")
     cpu, gpu, oom = (store.read_record(r.run_id) for r in runs)
     # gpus 0 on a Ray that has GPUs: the CPU, recorded as such

@@ -228,7 +228,7 @@ def test_tune_fingerprint_ignores_where_data_lives_and_where_trials_run() -> Non
 def test_run_and_tune_both_use_ray_address(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import podbench.executor
+    import podbench.ray_cluster
 
     asked: list[tuple[str | None, int | None]] = []
 
@@ -236,7 +236,7 @@ def test_run_and_tune_both_use_ray_address(
         asked.append((address, num_cpus))
         raise UserError("stopped here by the test")
 
-    monkeypatch.setattr(podbench.executor, "init_ray", init_ray)
+    monkeypatch.setattr(podbench.ray_cluster, "init_ray", init_ray)
     monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump(SUITE | {"losses": ["softmax"]}))

@@ -137,19 +137,6 @@ def test_losses_hyperparameters_must_be_keyword_only_with_defaults(scratch_regis
     assert "tiny-x" not in list_losses()
 
 
-def test_losses_deprecated_defaults_argument_must_agree_with_the_signature(scratch_registry):
-    class Tiny(LossPlugin):
-        def __init__(self, num_classes: int, feat_dim: int, *, w: float = 1.0) -> None:
-            super().__init__(num_classes, feat_dim)
-
-    with pytest.warns(DeprecationWarning, match="defaults"), \
-            pytest.raises(ValueError, match="differ from"):
-        register_loss("tiny-x", description="x", defaults={"w": 2.0})(Tiny)
-    with pytest.warns(DeprecationWarning, match="remove defaults="):
-        register_loss("tiny-x", description="x", defaults={"w": 1.0})(Tiny)
-    assert dict(loss_info("tiny-x").defaults) == {"w": 1.0}
-
-
 # The defaults every built-in loss declared in its decorator's `defaults=` before they were read
 # from the __init__ signature (git history of losses/*.py as of commit a2e9df1, "fidelity: losses
 # as their authors ran them"), written out by hand.

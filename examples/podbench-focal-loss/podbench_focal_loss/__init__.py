@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from podbench.losses import LossOutput, LossPlugin, register_loss
-from podbench.losses.base import check_number
+from podbench.losses import LossOutput, LossPlugin, check_number, register_loss
 
 
 @register_loss(
