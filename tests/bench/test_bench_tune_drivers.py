@@ -95,6 +95,22 @@ def test_two_drivers_asking_at_once_for_the_last_place_leave_one_surplus(tmp_pat
     other.beats.close()
 
 
+def test_trials_cut_off_by_ctrl_c_are_queued_again_at_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spec = TuneSpec.model_validate(spec_data("cut"))
+    bridge = bridge_for(spec, url, 5, 60)
+    trial = bridge.ask()
+    assert trial is not None
+    bridge.trials["tune-trial-1"] = trial  # running when Ctrl-C came
+    bridge.abandon()
+    bridge.beats.close()
+    trials = bridge.study.get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["interrupted"]
+    assert trials[1].state == TrialState.WAITING and trials[1].params == trial.params
+    assert "interrupted" not in trials[1].user_attrs  # the retry counts once it has run
+    assert budget_slots(trials) == [1] and budget_used(bridge.study) == 0
+
+
 def test_a_missing_postgres_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg 3 were not installed
     with pytest.raises(UserError, match=r"psycopg 3 .*pip install 'podbench\[postgres\]'"):
