@@ -2,6 +2,7 @@
 # Installs podbench into ./.venv on a fresh Debian machine (x86_64, Python >= 3.10).
 #   ./install.sh          the package and the real data its quickstart suite uses
 #   ./install.sh --test   also the test tools, Chromium and TeX (HTML and LaTeX report tests),
+#                         PostgreSQL (two tuning drivers on one study),
 #                         and the example third-party loss plugin (examples/podbench-focal-loss)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,7 +11,7 @@ with_test=0
 
 debs="dataset-fashion-mnist"
 if [ "$with_test" = 1 ]; then
-  debs="$debs chromium texlive-latex-base texlive-latex-recommended texlive-fonts-recommended lmodern"
+  debs="$debs postgresql chromium texlive-latex-base texlive-latex-recommended texlive-fonts-recommended lmodern"
 fi
 missing=""
 for p in $debs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

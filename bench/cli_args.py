@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from podbench.errors import UserError
+from podbench.fileio import local_path
 
 __all__ = [
     "DEFAULT_RESULTS_ROOT",
@@ -68,12 +69,12 @@ def add_results_argument(
         what: the folder's description in the help.
     """
     parser.add_argument(
-        "--results", type=Path, default=None, metavar="DIR",
+        "--results", default=None, metavar="DIR",
         help=f"{what} (default: {default})" if default else what,
     )
     if positional:
         parser.add_argument(
-            "results_dir", nargs="?", type=Path, default=None, metavar="DIR",
+            "results_dir", nargs="?", default=None, metavar="DIR",
             help="the results directory, as with --results DIR",
         )
 
@@ -81,7 +82,9 @@ def add_results_argument(
 def given_results(args: argparse.Namespace) -> Path:
     """The results folder of a command that reads one: ``--results DIR`` or its first argument."""
     first, flag = getattr(args, "results_dir", None), args.results
-    if first is not None and flag is not None and Path(first) != Path(flag):
+    first = None if first is None else local_path(first, "results folder")
+    flag = None if flag is None else local_path(flag, "--results")
+    if first is not None and flag is not None and first != flag:
         raise UserError(
             f"results folder given twice ({first} and --results {flag}); give it once, "
             "as --results DIR."
@@ -98,7 +101,7 @@ def results_folder(given: str | Path | None, name: str) -> Path:
 
     An existing file there, or a folder that cannot be created or written, is a user error.
     """
-    results = Path(given) if given else DEFAULT_RESULTS_ROOT / name
+    results = local_path(given, "--results") if given else DEFAULT_RESULTS_ROOT / name
     if results.exists() and not results.is_dir():
         raise UserError(f"--results {results}: exists and is not a directory; give a folder path.")
     try:

@@ -208,6 +208,10 @@ def _tuner(todo: Sequence[RunSpec], results_abs: str, storage: str, max_concurre
         },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent or None,
+            # one worker process serves run after run (of the same resources): torch's import,
+            # CUDA's set-up and compiled code are paid once; each run puts back the global
+            # state it changed (podbench.runtime.runtime_policy, podbench.worker)
+            reuse_actors=True,
             trial_name_creator=lambda t: f"run-{_run_id(t.config['run'])}",
             trial_dirname_creator=lambda t: f"run-{_run_id(t.config['run'])}",
         ),

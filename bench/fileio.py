@@ -4,6 +4,8 @@ Torch-free, Ray-free: the engine, the results store, the spec readers and the re
 
 - :func:`read_user_text` turns every way a file can be unreadable (missing, a folder, no
   permission, binary, another encoding) into one :class:`UserError` sentence naming the file.
+- :func:`local_path` turns a results location into a path: ``file://`` URIs become their path,
+  other URIs (``s3://``, ``gs://``, ...) are refused with one sentence, as the README says.
 - :func:`atomic_write` writes a temporary file in the same folder, fsyncs it and renames it over
   the final name, so a reader sees either nothing or the whole file. The file gets the mode a plain
   ``open()`` would give it under the user's umask (typically 0644), not ``mkstemp``'s 0600: on
@@ -13,12 +15,37 @@ Torch-free, Ray-free: the engine, the results store, the spec readers and the re
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from podbench.errors import UserError
 
-__all__ = ["atomic_write", "atomic_write_text", "read_user_text", "umask_mode"]
+__all__ = ["atomic_write", "atomic_write_text", "local_path", "read_user_text", "umask_mode"]
+
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def local_path(location: str | Path, what: str) -> Path:
+    """A folder location as a path: ``file:///x`` (or ``file://localhost/x``) is ``/x``.
+
+    Raises:
+        UserError: any other URI (object storage has no POSIX files to rename atomically).
+    """
+    if isinstance(location, Path):
+        return location
+    match = _URI.match(location)
+    if match is None:
+        return Path(location)
+    parts = urlsplit(location)
+    if match.group(1).lower() == "file" and parts.netloc in ("", "localhost"):
+        return Path(unquote(parts.path))
+    raise UserError(
+        f"{what} {location}: URIs are not supported, only folders; give a path on storage "
+        "every node sees (a local disk on one machine, a shared mount such as NFS on a cluster; "
+        "file:///path is read as /path)."
+    )
 
 
 def umask_mode(base: int = 0o666) -> int:

@@ -23,7 +23,7 @@ import yaml
 
 from podbench.claims import CLAIMS_DIR, ClaimStore
 from podbench.errors import UserError
-from podbench.fileio import atomic_write_text
+from podbench.fileio import atomic_write_text, local_path
 from podbench.record import FINAL_STATUSES, RunRecord, load_record, parse_record, records_frame
 
 __all__ = ["ResultsStore", "FINAL_STATUSES"]
@@ -37,7 +37,7 @@ class ResultsStore:
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = local_path(root, "results folder")
         self.runs_dir = self.root / "runs"
 
     def record_path(self, run_id: str) -> Path:

@@ -42,6 +42,12 @@ __all__ = [
 
 # how torch words the alert for an op without a deterministic kernel ("put_ does not have ...")
 NONDETERMINISTIC_ALERT = " does not have a deterministic implementation"
+# ... and for a CUDA matrix product when cuBLAS's workspace was not configured before its first use
+CUBLAS_ALERT = "because it uses CuBLAS"
+CUBLAS_OP = "CuBLAS (CUBLAS_WORKSPACE_CONFIG unset at CUDA's first matrix product)"
+# torch reads it once, at the first CUDA matrix product (which may come before any run, as in a
+# script that checks the GPU first): set here, at import, so that a deterministic run is
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 AMP_DTYPES: dict[str, torch.dtype | None] = {
     "off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -79,12 +85,14 @@ def nondeterminism_alerts() -> Iterator[list[str]]:
         with warnings.catch_warnings(record=True) as caught:
             # once per op and place, not once per training step
             warnings.filterwarnings("default", message=".*" + NONDETERMINISTIC_ALERT)
+            warnings.filterwarnings("default", message=".*" + CUBLAS_ALERT)
             yield ops
     finally:
         for w in caught:
             text = str(w.message)
-            if NONDETERMINISTIC_ALERT in text:
-                op = text.split(NONDETERMINISTIC_ALERT, 1)[0].strip()
+            if NONDETERMINISTIC_ALERT in text or CUBLAS_ALERT in text:
+                op = (CUBLAS_OP if CUBLAS_ALERT in text
+                      else text.split(NONDETERMINISTIC_ALERT, 1)[0].strip())
                 if op not in ops:
                     ops.append(op)
             else:

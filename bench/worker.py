@@ -70,6 +70,7 @@ def train_in_worker(
 
     from podbench.engine import environment, train_run
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(run.cpus)))  # one thread per allotted CPU, no oversubscription
     # one inter-op thread: a run's parallelism is its intra-op threads (settable once per
     # process, before any inter-op work: the next run of a reused worker finds it set)
@@ -87,13 +88,16 @@ def train_in_worker(
         gpu_ids = err.ids
         record = failed_record(run, "GPUNotVisible", str(err), env=environment(torch.device("cpu")))
     finally:
-        _release_memory()
-    record["env"] = {**(record.get("env") or {}), "gpu_ids": gpu_ids, "ray_node": _ray_node()}
+        _release_memory(bool(gpu_ids) and run.gpus < 1)
+        torch.set_num_threads(threads)  # the next run of this worker starts as this one did
+    record["env"] = {**(record.get("env") or {}), "gpu_ids": gpu_ids, "ray_node": _ray_node(),
+                     "pid": os.getpid()}
     return record
 
 
-def _release_memory() -> None:
-    """Give back what a finished run held, before this worker takes the next run."""
+def _release_memory(capped: bool = False) -> None:
+    """Give back what a finished run held, before this worker takes the next run; ``capped``:
+    the run limited this process's share of the GPU's memory, lifted again."""
     import gc
 
     import torch
@@ -101,6 +105,8 @@ def _release_memory() -> None:
     gc.collect()  # a model or plugin caught in a reference cycle (a hook on itself) goes now
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+        if capped:
+            torch.cuda.set_per_process_memory_fraction(1.0)
 
 
 def _ray_node() -> str | None:

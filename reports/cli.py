@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from podbench.cli_args import add_results_argument, given_results
+from podbench.fileio import local_path
 from podbench.reports.records import METRICS
 
 __all__ = ["add_report_arguments", "run_report"]
@@ -78,7 +79,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     path = build_report(
         given_results(args),
-        args.out,
+        None if args.out is None else local_path(args.out, "--out"),
         control=args.control,
         rope=args.rope,
         metric=args.metric,

@@ -25,11 +25,13 @@ from podbench.fileio import atomic_write_text
 from podbench.runs import RunSpec, check_joins_results, with_tag
 from podbench.suite_spec import SuiteSpec
 from podbench.tuning.study import (
+    ATTR_DRIVER,
     ATTR_EPOCHS,
     ATTR_ERROR,
     ATTR_INTERRUPTED,
     ATTR_RUN_ID,
     ATTR_STATUS,
+    ATTR_SURPLUS,
     METRIC,
     StudyOutcome,
     study_dir,
@@ -80,13 +82,12 @@ def trials_table(studies: dict[str, optuna.Study]) -> pd.DataFrame:
                 "loss": label,
                 "state": t.state.name,
                 "value": t.value,
-                "status": t.user_attrs.get(
-                    ATTR_STATUS, "interrupted" if t.user_attrs.get(ATTR_INTERRUPTED) else None
-                ),
+                "status": _status(t),
                 "epochs_run": t.user_attrs.get(ATTR_EPOCHS, len(t.intermediate_values)),
                 "duration_s": t.duration.total_seconds() if t.duration is not None else None,
                 "completed_at": t.datetime_complete.isoformat() if t.datetime_complete else None,
                 "run_id": t.user_attrs.get(ATTR_RUN_ID),
+                "driver": t.user_attrs.get(ATTR_DRIVER),
                 "error": t.user_attrs.get(ATTR_ERROR),
             }
             row.update({f"params_{k}": v for k, v in t.params.items()})
@@ -95,6 +96,18 @@ def trials_table(studies: dict[str, optuna.Study]) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=["number", "loss", "state", "value", "epochs_run"])
     return table.sort_values(["loss", "number"], kind="stable").reset_index(drop=True)
+
+
+def _status(t: optuna.trial.FrozenTrial) -> str | None:
+    """How a trial ended; ``interrupted``: its driver stopped (it does not count, and was queued
+    again); ``surplus``: asked by a driver at the moment another took the last place."""
+    if ATTR_STATUS in t.user_attrs:
+        return t.user_attrs[ATTR_STATUS]
+    if t.user_attrs.get(ATTR_SURPLUS):
+        return "surplus"
+    if t.user_attrs.get(ATTR_INTERRUPTED) or t.state == TrialState.FAIL:
+        return "interrupted"
+    return None  # running or queued
 
 
 def importances(studies: dict[str, optuna.Study]) -> dict[str, dict[str, float]]:

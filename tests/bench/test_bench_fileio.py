@@ -67,3 +67,37 @@ def test_utf8_text_is_returned(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: é\n", encoding="utf-8")
     assert read_user_text(path, "suite file") == "name: é\n"
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://bucket/x", "gs://bucket/x", "hdfs://namenode/x", "file://otherhost/tmp/x"]
+)
+def test_uri_results_locations_are_refused_in_one_sentence_and_write_nothing(
+    tmp_path, monkeypatch, capsys, uri
+):
+    from podbench.cli import main
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: s\nlosses: [softmax]\ndatasets: [digits]\narchs: [mlp]\nfeat_dim: [8]\nepochs: 1\nseeds: 1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(suite), "--results", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"--results {uri}: URIs are not supported" in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no ./s3:/bucket/x
+
+
+def test_file_uris_are_read_as_their_path(tmp_path):
+    from urllib.parse import quote
+
+    from podbench.cli_args import results_folder
+    from podbench.fileio import local_path
+    from podbench.results import ResultsStore
+
+    folder = tmp_path / "with space"
+    assert results_folder(f"file://{quote(str(folder))}", "x") == folder
+    assert local_path(f"file://localhost{folder}", "--out") == folder
+    assert ResultsStore(f"file://{tmp_path}").root == tmp_path
+    assert local_path("relative/dir", "--results") == __import__("pathlib").Path("relative/dir")

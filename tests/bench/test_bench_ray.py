@@ -74,6 +74,24 @@ def _records(results: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))}
 
 
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _wait_for_session_end(sid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _session_pids(sid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 @pytest.mark.parametrize("how", ["kill", "ctrl-c"])
 def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path, how: str) -> None:
     suite = _suite(tmp_path, SMALL)
@@ -96,9 +114,13 @@ def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path,
     output, _ = driver.communicate(timeout=60)
     if how == "ctrl-c":
         assert driver.returncode != 0, output  # an interrupted suite is not a success
+    # a reused worker of the dead driver may finish the run it had started (and write its whole
+    # record) before Ray's fate-sharing ends it: the records are taken once the driver's
+    # processes (its session: Ray's head and workers) are gone
+    _wait_for_session_end(driver.pid, timeout=90)
+    time.sleep(1)
     before = {p.name: p.read_bytes() for p in (results / "runs").glob("*.json")}
     assert 1 <= len(before) < 4
-    time.sleep(3)  # a worker of the dead driver must not keep writing (Ray fate-shares it)
 
     proc = _podbench("run", str(suite), "--results", str(results), "--num-cpus", "2", "--no-report")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -254,7 +254,7 @@ def test_cli_unusable_storage_is_a_user_error(
         ["tune", str(path), "--results", str(tmp_path / "r"), "--storage", "nosuchdb://x/y"]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "--storage nosuchdb://x/y" in err and "postgresql://" in err
+    assert code == 2 and "--storage nosuchdb://x/y" in err and "postgresql+psycopg://" in err  # names the driver
 
 
 def _tune_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import optuna
@@ -160,11 +161,13 @@ def test_resume_keeps_trials_and_adds_to_the_target(split_log: Path, tmp_path: P
     first = [(t.number, t.params, t.value, t.state) for t in study.get_trials()]
     assert len(first) == 3
 
-    # an interrupted driver leaves a RUNNING trial behind: it must not count nor block
+    # a trial asked by something other than a driver (no heartbeat, no label) stays RUNNING:
+    # once older than the grace period it must not count nor block
     study.ask()
+    time.sleep(4.5)
 
     bigger = tiny_spec("resume", losses={"softmax": {}}, n_trials=5, n_startup_trials=10)
-    outcome = run_study(bigger, tmp_path)
+    outcome = run_study(bigger, tmp_path, heartbeat_s=1, grace_s=4)
     assert outcome.interrupted == {"softmax": 1} and outcome.ran == {"softmax": 2}
     study = optuna.load_study(study_name=study_name(spec, "softmax"), storage=url)
     trials = study.get_trials()
