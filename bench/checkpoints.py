@@ -20,7 +20,11 @@ import torch
 from podbench.factory import RunParts
 
 __all__ = [
-    "CHECKPOINT_NAME", "TrainingProgress", "save_checkpoint", "load_checkpoint", "rng_states",
+    "CHECKPOINT_NAME",
+    "TrainingProgress",
+    "save_checkpoint",
+    "load_checkpoint",
+    "rng_states",
     "restore_rng_states",
 ]
 
@@ -56,8 +60,9 @@ def restore_rng_states(states: dict[str, torch.Tensor], device: torch.device) ->
         torch.cuda.set_rng_state(states["cuda"].cpu(), device)
 
 
-def save_checkpoint(directory: Path, parts: RunParts, progress: TrainingProgress, epoch: int,
-                    device: torch.device) -> Path:
+def save_checkpoint(
+    directory: Path, parts: RunParts, progress: TrainingProgress, epoch: int, device: torch.device
+) -> Path:
     """Write the checkpoint after ``epoch`` atomically: a killed run leaves the previous one."""
     directory.mkdir(parents=True, exist_ok=True)
     counters = asdict(progress)
@@ -110,7 +115,9 @@ def load_checkpoint(path: Path, parts: RunParts, device: torch.device) -> Traini
             average.copy_(saved)
     restore_rng_states(state["rng"], device)
     return TrainingProgress(
-        history=list(state["history"]), train_images=int(state["train_images"]),
+        history=list(state["history"]),
+        train_images=int(state["train_images"]),
         train_seconds=float(state["train_seconds"]),
-        optimizer_steps=int(state["optimizer_steps"]), start_epoch=int(state["epoch"]) + 1,
+        optimizer_steps=int(state["optimizer_steps"]),
+        start_epoch=int(state["epoch"]) + 1,
     )

@@ -84,7 +84,7 @@ def _process_started(pid: int) -> float | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
     return float(fields[19])  # field 22, starttime
 
 
@@ -264,8 +264,17 @@ class ClaimStore:
                 return None
             generation = 0 if current is None else current.generation + 1
             now = self.clock()
-            info = ClaimInfo(key, generation, uuid.uuid4().hex, self.me, driver, now, now,
-                             self._path(key, generation), what)
+            info = ClaimInfo(
+                key,
+                generation,
+                uuid.uuid4().hex,
+                self.me,
+                driver,
+                now,
+                now,
+                self._path(key, generation),
+                what,
+            )
             if not self._create(info):
                 continue  # another process created this generation first: look at its claim
             if self._generations(key)[-1:] != [generation]:  # a newer claim appeared meanwhile
@@ -337,8 +346,11 @@ class Claim:
             if not self.still_mine():
                 self.lost = True
                 return False
-            fields = {**asdict(self.info), "holder": self.info.holder,
-                      "heartbeat_at": self.store.clock()}
+            fields = {
+                **asdict(self.info),
+                "holder": self.info.holder,
+                "heartbeat_at": self.store.clock(),
+            }
             self.info = ClaimInfo(**fields)
             atomic_write_text(self.info.path, self.info.to_json())
             return True

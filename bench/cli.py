@@ -19,7 +19,10 @@ from podbench.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "losses": ("podbench.losses.cli", "list the registered loss plugins"),
     "tasks": ("podbench.tasks.cli", "list datasets (found or missing) and architectures"),
-    "doctor": ("podbench.tasks.doctor", "what this machine offers: CPU bf16 (AMX, AVX-512), threads, GPUs"),
+    "doctor": (
+        "podbench.tasks.doctor",
+        "what this machine offers: CPU bf16 (AMX, AVX-512), threads, GPUs",
+    ),
     "probes": ("podbench.probes.cli", "list the evaluation probes a suite can select"),
     "validate": ("podbench.cli_run", "check a suite or tune file without running it"),
     "run": ("podbench.cli_run", "run a suite (a YAML file or a built-in name) on Ray"),

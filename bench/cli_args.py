@@ -44,11 +44,18 @@ def add_spec_arguments(
 
     parser.add_argument("spec", metavar=metavar, help=what)
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help=f"override a field (dotted keys, YAML values), e.g. --set {example}; repeatable",
     )
     parser.add_argument(
-        "--max-runs", type=int, default=DEFAULT_MAX_RUNS, metavar="N",
+        "--max-runs",
+        type=int,
+        default=DEFAULT_MAX_RUNS,
+        metavar="N",
         help=f"refuse a file that makes more than N runs or trials (default {DEFAULT_MAX_RUNS}), "
         "counted before any is built",
     )
@@ -69,12 +76,17 @@ def add_results_argument(
         what: the folder's description in the help.
     """
     parser.add_argument(
-        "--results", default=None, metavar="DIR",
+        "--results",
+        default=None,
+        metavar="DIR",
         help=f"{what} (default: {default})" if default else what,
     )
     if positional:
         parser.add_argument(
-            "results_dir", nargs="?", default=None, metavar="DIR",
+            "results_dir",
+            nargs="?",
+            default=None,
+            metavar="DIR",
             help="the results directory, as with --results DIR",
         )
 
@@ -91,8 +103,10 @@ def given_results(args: argparse.Namespace) -> Path:
         )
     folder = flag if flag is not None else first
     if folder is None:
-        raise UserError(f"no results folder given; add --results DIR, e.g. --results "
-                        f"{DEFAULT_RESULTS_ROOT}/quickstart.")
+        raise UserError(
+            f"no results folder given; add --results DIR, e.g. --results "
+            f"{DEFAULT_RESULTS_ROOT}/quickstart."
+        )
     return Path(folder)
 
 
@@ -117,21 +131,30 @@ def results_folder(given: str | Path | None, name: str) -> Path:
 
 
 def add_ray_arguments(
-    parser: argparse.ArgumentParser, *, units: str,
+    parser: argparse.ArgumentParser,
+    *,
+    units: str,
     concurrency_default: str = "as many as the resources allow",
 ) -> None:
     """``--address``, ``--num-cpus`` and ``--max-concurrent``; ``units`` names what runs at once."""
     parser.add_argument(
-        "--address", default=None,
+        "--address",
+        default=None,
         help="address of a running Ray cluster (HOST:PORT or 'auto'); default: $RAY_ADDRESS when "
         "set, else an embedded local Ray",
     )
     parser.add_argument(
-        "--num-cpus", type=int, default=None, metavar="N",
+        "--num-cpus",
+        type=int,
+        default=None,
+        metavar="N",
         help="CPUs of the embedded Ray (default: all of this machine's)",
     )
     parser.add_argument(
-        "--max-concurrent", type=int, default=None, metavar="N",
+        "--max-concurrent",
+        type=int,
+        default=None,
+        metavar="N",
         help=f"run at most N {units} at once (default: {concurrency_default})",
     )
 

@@ -103,10 +103,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_results_argument(parser, default=f"{DEFAULT_RESULTS_ROOT}/<suite name>")
     add_ray_arguments(parser, units="runs")
     parser.add_argument(
-        "--max-failures", type=int, default=2, metavar="N",
+        "--max-failures",
+        type=int,
+        default=2,
+        metavar="N",
         help="retries of a run whose worker died (default 2)",
     )
-    parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    parser.add_argument(
+        "--no-report", action="store_true", help="do not write the report at the end"
+    )
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -129,9 +134,16 @@ def run_run(args: argparse.Namespace) -> int:
         check_fits(todo, args.spec, address=address, num_cpus=args.num_cpus)
     if not address:  # on a cluster the data lives on the workers, not necessarily here
         check_data_present(
-            [(f"datasets.{i}", ds.name, suite.data_root if ds.data_root is None else ds.data_root,
-              f"datasets.{i}.data_root")
-             for i, ds in enumerate(suite.datasets)] + probe_datasets(suite),
+            [
+                (
+                    f"datasets.{i}",
+                    ds.name,
+                    suite.data_root if ds.data_root is None else ds.data_root,
+                    f"datasets.{i}.data_root",
+                )
+                for i, ds in enumerate(suite.datasets)
+            ]
+            + probe_datasets(suite),
             args.spec,
         )
     results = results_folder(args.results, suite.name)
@@ -139,8 +151,12 @@ def run_run(args: argparse.Namespace) -> int:
     store = ResultsStore(results)
     store.write_suite(suite.model_dump(mode="json"))  # with --set applied: rerunnable as is
     outcome = run_suite(
-        runs, results, address=address, num_cpus=args.num_cpus,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        runs,
+        results,
+        address=address,
+        num_cpus=args.num_cpus,
+        max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures,
     )
     table = store.write_table()
     print(
@@ -156,7 +172,11 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def check_fits(
-    runs: Sequence[RunSettings], source: str, *, address: str | None, num_cpus: int | None,
+    runs: Sequence[RunSettings],
+    source: str,
+    *,
+    address: str | None,
+    num_cpus: int | None,
     what: str = "run",
 ) -> None:
     """Every run fits a node of the Ray it will run on (see :mod:`podbench.resources`)."""
@@ -193,8 +213,14 @@ def probe_datasets(settings: RunSettings) -> list[tuple[str, str, str | None, st
     for i, entry in enumerate(settings.evaluate):
         extra = entry.probe_settings()
         for j, name in enumerate(extra.get("datasets") or []):
-            out.append((f"evaluate.{i}.datasets.{j}", str(name), extra.get("data_root"),
-                        f"evaluate.{i}.data_root"))
+            out.append(
+                (
+                    f"evaluate.{i}.datasets.{j}",
+                    str(name),
+                    extra.get("data_root"),
+                    f"evaluate.{i}.data_root",
+                )
+            )
     return out
 
 
@@ -245,14 +271,35 @@ def run_results(args: argparse.Namespace) -> int:
         if args.write_csv:
             store.write_table()
         table = Table(title=f"{results}: final test accuracy per method (mean ± std over seeds)")
-        for column in ("dataset", "arch", "method", "runs", "completed", "diverged", "failed",
-                       "test acc", "± std", "best acc", "images/s"):
-            table.add_column(column, justify="left" if column in ("dataset", "arch", "method") else "right")
+        for column in (
+            "dataset",
+            "arch",
+            "method",
+            "runs",
+            "completed",
+            "diverged",
+            "failed",
+            "test acc",
+            "± std",
+            "best acc",
+            "images/s",
+        ):
+            table.add_column(
+                column, justify="left" if column in ("dataset", "arch", "method") else "right"
+            )
         for row in summary.itertuples(index=False):
             table.add_row(
-                str(row.dataset), str(row.arch), str(row.label), str(row.runs), str(row.completed),
-                str(row.diverged), str(row.failed), _fmt(row.test_acc_mean), _fmt(row.test_acc_std),
-                _fmt(row.best_test_acc_mean), _fmt(row.images_per_s, 0),
+                str(row.dataset),
+                str(row.arch),
+                str(row.label),
+                str(row.runs),
+                str(row.completed),
+                str(row.diverged),
+                str(row.failed),
+                _fmt(row.test_acc_mean),
+                _fmt(row.test_acc_std),
+                _fmt(row.best_test_acc_mean),
+                _fmt(row.images_per_s, 0),
             )
         console.print(table)
     _print_in_progress(store, console)
@@ -269,11 +316,21 @@ def _print_in_progress(store: Any, console: Any) -> None:
     rows = [describe(claims, info) for info in claims.all_current()]
     if not rows:
         return
-    table = Table(title=f"in progress: {len(rows)} run(s) claimed by the processes training "
-                        "them (stale: its holder died; the next driver takes it over)")
+    table = Table(
+        title=f"in progress: {len(rows)} run(s) claimed by the processes training "
+        "them (stale: its holder died; the next driver takes it over)"
+    )
     for column in ("run", "what", "state", "host", "pid", "driver", "since", "heartbeat"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["key"], r["what"], r["state"], r["host"], str(r["pid"]), r["driver"],
-                      r["since"], f"{r['heartbeat_age_s']:.0f} s ago")
+        table.add_row(
+            r["key"],
+            r["what"],
+            r["state"],
+            r["host"],
+            str(r["pid"]),
+            r["driver"],
+            r["since"],
+            f"{r['heartbeat_age_s']:.0f} s ago",
+        )
     console.print(table)

@@ -77,8 +77,10 @@ def run_tune(args: argparse.Namespace) -> int:
         )
     check_fits([spec], args.spec, address=address, num_cpus=args.num_cpus, what="trial")
     if not address:  # on a cluster the data lives on the workers, not necessarily here
-        check_data_present([("dataset", spec.dataset, spec.data_root, "data_root"),
-                            *probe_datasets(spec)], args.spec)
+        check_data_present(
+            [("dataset", spec.dataset, spec.data_root, "data_root"), *probe_datasets(spec)],
+            args.spec,
+        )
     results = results_folder(args.results, spec.name)
     outcome = run_study(
         spec, results, storage=args.storage, address=address, num_cpus=args.num_cpus
@@ -100,9 +102,7 @@ def run_tune(args: argparse.Namespace) -> int:
         f"tuning outputs: {folder} (trials.csv, best.yaml, importances.json); storage: {outcome.storage_url}"
     )
     if args.seeds:
-        reruns = rerun_best(
-            outcome, results, args.seeds, address=address, num_cpus=args.num_cpus
-        )
+        reruns = rerun_best(outcome, results, args.seeds, address=address, num_cpus=args.num_cpus)
         store = ResultsStore(results)
         table = store.write_table()
         print(

@@ -36,9 +36,7 @@ from podbench.runtime import (
 )
 from podbench.tensorboard import RunCurves
 
-__all__ = [
-    "train_run", "RunDiverged", "environment", "nondeterminism_alerts", "seed_everything"
-]
+__all__ = ["train_run", "RunDiverged", "environment", "nondeterminism_alerts", "seed_everything"]
 
 
 def _error(exc: BaseException, epoch: int | None) -> RunError:
@@ -84,18 +82,26 @@ def train_run(
             with runtime_policy(run) as policy:  # torch's settings restored when the run ends
                 trainer = Trainer(build_parts(run, policy), policy, checkpoint_dir)
                 if tensorboard_dir is not None:
-                    curves = RunCurves(tensorboard_dir, run,
-                                       first_epoch=trainer.progress.start_epoch)
+                    curves = RunCurves(
+                        tensorboard_dir, run, first_epoch=trainer.progress.start_epoch
+                    )
                 geometry = trainer.fit(on_epoch, curves)
         except FloatingPointError as exc:  # RunDiverged, or a plugin's NonFiniteFeaturesError
             status, error = "diverged", _error(exc, getattr(trainer, "current_epoch", None))
         except Exception as exc:  # a plugin or data error must not stop the suite
             status, error = "failed", _error(exc, getattr(trainer, "current_epoch", None))
     env = _environment(policy, nondeterministic_ops)
-    record = _record(run, trainer, status=status, error=error, geometry=geometry, env=env,
-                     wall_time_s=time.perf_counter() - t0,
-                     cpu_time_s=time.process_time() - cpu0,  # this process's, all threads
-                     started_at=started_at)
+    record = _record(
+        run,
+        trainer,
+        status=status,
+        error=error,
+        geometry=geometry,
+        env=env,
+        wall_time_s=time.perf_counter() - t0,
+        cpu_time_s=time.process_time() - cpu0,  # this process's, all threads
+        started_at=started_at,
+    )
     if curves is not None:
         curves.finish(record)
     return record
@@ -105,8 +111,14 @@ def _environment(policy: RunPolicy | None, nondeterministic_ops: list[str]) -> d
     """The record's ``env``; a run refused before its policy was decided records the CPU."""
     if policy is None:
         return environment(torch.device("cpu"))
-    return environment(policy.device, policy.deterministic, policy.tf32, nondeterministic_ops,
-                       policy.channels_last, policy.layout_probe)
+    return environment(
+        policy.device,
+        policy.deterministic,
+        policy.tf32,
+        nondeterministic_ops,
+        policy.channels_last,
+        policy.layout_probe,
+    )
 
 
 def _record(run: RunSpec, trainer: Trainer | None, **fields: Any) -> dict[str, Any]:

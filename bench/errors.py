@@ -24,7 +24,7 @@ def shorten(text: str, limit: int = MAX_EXCERPT) -> str:
     """``text``, or its start and end around the number of characters left out (see excerpt)."""
     if len(text) <= limit:
         return text
-    head, tail = text[: limit // 2], text[-(limit // 4):]
+    head, tail = text[: limit // 2], text[-(limit // 4) :]
     return f"{head}...[{len(text) - len(head) - len(tail)} characters left out]...{tail}"
 
 
@@ -41,5 +41,5 @@ class UserError(ValueError):
         text = str(message)
         if len(text) > MAX_MESSAGE:
             cut = len(text) - MAX_MESSAGE
-            text = f"{text[: MAX_MESSAGE // 2]}...[{cut} characters left out]...{text[-MAX_MESSAGE // 2:]}"
+            text = f"{text[: MAX_MESSAGE // 2]}...[{cut} characters left out]...{text[-MAX_MESSAGE // 2 :]}"
         super().__init__(text, *args)

@@ -65,8 +65,13 @@ class SuiteOutcome:
     elsewhere: int = 0
 
     @classmethod
-    def of_records(cls, ran: Sequence[RunSpec], store: ResultsStore, skipped: int,
-                   elsewhere: Sequence[RunSpec] = ()) -> SuiteOutcome:
+    def of_records(
+        cls,
+        ran: Sequence[RunSpec],
+        store: ResultsStore,
+        skipped: int,
+        elsewhere: Sequence[RunSpec] = (),
+    ) -> SuiteOutcome:
         """The counts after running ``ran``, from their records in ``store``."""
         counts = {"completed": 0, "diverged": 0, "failed": 0, "interrupted": 0}
         others = {r.run_id for r in elsewhere}
@@ -88,8 +93,9 @@ def pending_runs(runs: Sequence[RunSpec], store: ResultsStore) -> list[RunSpec]:
     return [r for r in runs if not store.has_final(r.run_id)]
 
 
-def run_trial(run: RunSpec, results_dir: str | Path, claims: dict[str, Any] | None = None
-              ) -> dict[str, Any]:
+def run_trial(
+    run: RunSpec, results_dir: str | Path, claims: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One trial's work: claim ``run``, train it and write its record, unless a final record
     exists already (a retried trial of a run that finished, or another driver's) or another
     process holds the run (``claims``: :func:`~podbench.run_claims.claim_settings`); returns what
@@ -101,9 +107,17 @@ def run_trial(run: RunSpec, results_dir: str | Path, claims: dict[str, Any] | No
     if existing is not None and existing.get("status") in ("completed", "diverged"):
         return {"status": existing["status"], "skipped": True}
     checkpoint_dir = store.checkpoint_dir(run.run_id) if run.checkpoint else None
-    record = train_claimed(store, run, claims or claim_settings(), lambda on_epoch: train_in_worker(
-        run, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-        tensorboard_dir=run_log_dir(store.root, run)))
+    record = train_claimed(
+        store,
+        run,
+        claims or claim_settings(),
+        lambda on_epoch: train_in_worker(
+            run,
+            on_epoch=on_epoch,
+            checkpoint_dir=checkpoint_dir,
+            tensorboard_dir=run_log_dir(store.root, run),
+        ),
+    )
     if record is None:
         return {"status": CLAIMED, "skipped": True}
     return {"status": record["status"], "final_test_acc": record["final_test_acc"] or 0.0}
@@ -113,8 +127,11 @@ def _trial(config: dict[str, Any]) -> None:
     """The Tune function trainable: :func:`run_trial` on the trial's run."""
     from ray import tune
 
-    tune.report(run_trial(RunSpec.model_validate(config["run"]), config["results_dir"],
-                          config.get("claims")))
+    tune.report(
+        run_trial(
+            RunSpec.model_validate(config["run"]), config["results_dir"], config.get("claims")
+        )
+    )
 
 
 def trial_resources(config: dict[str, Any]) -> Any:
@@ -131,8 +148,9 @@ def _run_id(run_json: dict[str, Any]) -> str:
     return RunSpec.model_validate(run_json).run_id
 
 
-def worker_failure_record(store: ResultsStore, run_json: dict[str, Any], error_file: Any
-                          ) -> dict[str, Any]:
+def worker_failure_record(
+    store: ResultsStore, run_json: dict[str, Any], error_file: Any
+) -> dict[str, Any]:
     """The driver's record of a run whose worker died more often than allowed (the trial's own
     record when it wrote one before its worker died)."""
     run = RunSpec.model_validate(run_json)
@@ -166,12 +184,16 @@ def _progress_callback(store: ResultsStore, progress: Any) -> Any:
         def __getstate__(self) -> dict[str, Any]:
             return {**self.__dict__, "progress": None}
 
-        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        def on_trial_start(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
             if self.progress is not None:
                 run = trial.config["run"]
                 self.progress.run_started(_run_id(run), run.get("label") or run["loss"])
 
-        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        def on_trial_complete(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
             run_id = _run_id(trial.config["run"])
             record = ResultsStore(self.root).read_record(run_id)
             if self.progress is not None and (trial.last_result or {}).get("skipped"):
@@ -179,9 +201,12 @@ def _progress_callback(store: ResultsStore, progress: Any) -> Any:
             elif self.progress is not None and record is not None:
                 self.progress.run_finished(record)
 
-        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            record = worker_failure_record(ResultsStore(self.root), trial.config["run"],
-                                           trial.error_file)
+        def on_trial_error(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            record = worker_failure_record(
+                ResultsStore(self.root), trial.config["run"], trial.error_file
+            )
             if self.progress is not None:
                 self.progress.run_finished(record)
 
@@ -195,8 +220,15 @@ def _concurrency(cluster_cpus: float, todo: Sequence[RunSpec], max_concurrent: i
     return min(fit, max_concurrent) if max_concurrent else fit
 
 
-def _tuner(todo: Sequence[RunSpec], results_abs: str, storage: str, max_concurrent: int | None,
-           max_failures: int, callback: Any, claims: dict[str, Any]) -> Any:
+def _tuner(
+    todo: Sequence[RunSpec],
+    results_abs: str,
+    storage: str,
+    max_concurrent: int | None,
+    max_failures: int,
+    callback: Any,
+    claims: dict[str, Any],
+) -> Any:
     from ray import tune
 
     return tune.Tuner(
@@ -253,8 +285,11 @@ def run_suite(
     todo = pending_runs(runs, store)
     skipped = len(runs) - len(todo)
     if not todo:
-        print(f"all {len(runs)} run(s) already have records in {store.root}; nothing to do.",
-              file=progress_stream, flush=True)
+        print(
+            f"all {len(runs)} run(s) already have records in {store.root}; nothing to do.",
+            file=progress_stream,
+            flush=True,
+        )
         return SuiteOutcome(skipped=skipped)
     # Tune's own tables would interleave with our progress lines; verbose=0 then prints nothing
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -262,8 +297,13 @@ def run_suite(
     import ray
 
     concurrency = _concurrency(float(ray.cluster_resources().get("CPU", 1)), todo, max_concurrent)
-    progress = SuiteProgress(len(todo), skipped=skipped, concurrency=concurrency,
-                             stream=progress_stream, rich_display=rich_display)
+    progress = SuiteProgress(
+        len(todo),
+        skipped=skipped,
+        concurrency=concurrency,
+        stream=progress_stream,
+        rich_display=rich_display,
+    )
     results_abs = str(Path(results_dir).resolve())
     if address:  # the trials write their records on their own nodes
         ray_cluster.check_nodes_write(Path(results_abs))
@@ -273,13 +313,26 @@ def run_suite(
         """One round of trials; returns the runs they found held or finished by another driver."""
         storage = tempfile.mkdtemp(prefix="podbench-tune-")  # Tune's bookkeeping, not results
         try:
-            grid = _tuner(batch, results_abs, storage, max_concurrent, max_failures,
-                          _progress_callback(store, progress), claims).fit()
+            grid = _tuner(
+                batch,
+                results_abs,
+                storage,
+                max_concurrent,
+                max_failures,
+                _progress_callback(store, progress),
+                claims,
+            ).fit()
         finally:
             shutil.rmtree(storage, ignore_errors=True)
         return {_run_id(r.config["run"]) for r in grid if (r.metrics or {}).get("skipped")}
 
     with progress:
-        shared = share_suite(todo, store, claims, train, progress.note,
-                             lambda record: progress.run_finished(record, " (another driver)"))
+        shared = share_suite(
+            todo,
+            store,
+            claims,
+            train,
+            progress.note,
+            lambda record: progress.run_finished(record, " (another driver)"),
+        )
     return SuiteOutcome.of_records(todo, store, skipped, shared.elsewhere)

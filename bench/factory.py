@@ -93,8 +93,10 @@ def _data_conditions(run: RunSpec) -> tuple[tuple[int, ...] | None, LabelNoise |
     if run.open_set is not None:
         num_classes = dataset_info(run.dataset).num_classes
         if num_classes is None:
-            raise UserError(f"open_set: dataset '{run.dataset}' has no fixed number of classes; "
-                            "use a dataset with known classes.")
+            raise UserError(
+                f"open_set: dataset '{run.dataset}' has no fixed number of classes; "
+                "use a dataset with known classes."
+            )
         known = open_set_classes(int(num_classes), run.open_set.known, run.open_set.seed)
     noise = None
     if run.label_noise is not None:
@@ -103,20 +105,28 @@ def _data_conditions(run: RunSpec) -> tuple[tuple[int, ...] | None, LabelNoise |
     return known, noise
 
 
-def _load_task(run: RunSpec, policy: RunPolicy, known: tuple[int, ...] | None,
-               noise: LabelNoise | None) -> Task:
+def _load_task(
+    run: RunSpec, policy: RunPolicy, known: tuple[int, ...] | None, noise: LabelNoise | None
+) -> Task:
     """Each split once: the training split at limit_train, the evaluated ones at limit_eval."""
     from podbench.tasks import load_task
 
     return load_task(
-        run.dataset, run.data_root, device=policy.device, val_fraction=run.val_fraction,
-        split_seed=run.split_seed, image_size=run.image_size,
+        run.dataset,
+        run.data_root,
+        device=policy.device,
+        val_fraction=run.val_fraction,
+        split_seed=run.split_seed,
+        image_size=run.image_size,
         use_val=run.eval_split == "val" or bool(run.evaluate),  # probes fit T on validation
         limit={"train": run.limit_train, "val": run.limit_eval, "test": run.limit_eval},
-        known_classes=known, label_noise=noise,
-        stream_bytes=stream_budget(run.gpus, policy.device), channels_last=policy.channels_last,
+        known_classes=known,
+        label_noise=noise,
+        stream_bytes=stream_budget(run.gpus, policy.device),
+        channels_last=policy.channels_last,
         # streamed data: DataLoader workers within the run's CPU share, not the machine's
-        workers=min(8, int(run.cpus)), augmentation=run.augmentation,
+        workers=min(8, int(run.cpus)),
+        augmentation=run.augmentation,
     )
 
 
@@ -143,13 +153,23 @@ def _build_model(run: RunSpec, policy: RunPolicy, task: Task) -> tuple[nn.Module
     from podbench.tasks import create_arch, prepare_model
 
     torch.manual_seed(run.seed)
-    model = create_arch(run.arch, in_channels=task.info.channels, image_size=task.image_size,
-                        feat_dim=run.feat_dim, proj=run.proj)
+    model = create_arch(
+        run.arch,
+        in_channels=task.info.channels,
+        image_size=task.image_size,
+        feat_dim=run.feat_dim,
+        proj=run.proj,
+    )
     if run.amp != "off":  # before compiling: the compiled graph keeps the float32 projection
         latent_in_float32(model)
     # prepare_model moves and converts the model in place and returns what runs it
-    forward = prepare_model(model, policy.device, channels_last=policy.channels_last,
-                            compile=run.compile, compile_threads=run.cpus)
+    forward = prepare_model(
+        model,
+        policy.device,
+        channels_last=policy.channels_last,
+        compile=run.compile,
+        compile_threads=run.cpus,
+    )
     samples = int(getattr(model, "init_samples", 0))
     if samples:  # a backbone's data-dependent initialisation, from the first training images
         # (unaugmented, in their stored order: airbench's whitening takes the first 5,000)
@@ -163,13 +183,20 @@ def _build_optimizer(run: RunSpec, groups: list[dict[str, Any]]) -> torch.optim.
     # loss scaler reads its inf check back on every update
     fused = True if run.amp == "fp16" else None
     if run.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=run.lr, momentum=run.momentum,
-                               weight_decay=run.weight_decay, nesterov=run.nesterov, fused=fused)
+        return torch.optim.SGD(
+            groups,
+            lr=run.lr,
+            momentum=run.momentum,
+            weight_decay=run.weight_decay,
+            nesterov=run.nesterov,
+            fused=fused,
+        )
     return torch.optim.AdamW(groups, lr=run.lr, weight_decay=run.weight_decay, fused=fused)
 
 
-def _build_scheduler(run: RunSpec, optimizer: torch.optim.Optimizer, total_updates: int
-                     ) -> torch.optim.lr_scheduler.LRScheduler | None:
+def _build_scheduler(
+    run: RunSpec, optimizer: torch.optim.Optimizer, total_updates: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The run's schedule; ``total_updates``: optimiser updates of the whole run (one-cycle,
     triangular)."""
     schedulers = torch.optim.lr_scheduler
@@ -180,11 +207,15 @@ def _build_scheduler(run: RunSpec, optimizer: torch.optim.Optimizer, total_updat
     share = schedule_warmup(run.schedule, run.warmup)  # None: a schedule without a warm-up
     if run.schedule == "onecycle" and share is not None:
         return schedulers.OneCycleLR(
-            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=max(1, total_updates), pct_start=share)
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=max(1, total_updates),
+            pct_start=share,
+        )
     if run.schedule == "triangular" and share is not None:  # airbench94's: no momentum cycle
-        return schedulers.LambdaLR(optimizer, functools.partial(
-            triangular, total=max(1, total_updates), warmup=share))
+        return schedulers.LambdaLR(
+            optimizer, functools.partial(triangular, total=max(1, total_updates), warmup=share)
+        )
     return None
 
 
@@ -194,8 +225,12 @@ def warm_up_shapes(run: RunSpec, task: Task) -> list[tuple[bool, tuple[int, ...]
     train = {min(bs, task.num_train), 0 if run.drop_last else task.num_train % bs}
     evaluated = task.num_samples(run.eval_split)
     evals = {min(bs, evaluated), evaluated % bs}
-    return [(mode, (n, channels, size, size)) for mode, sizes in ((True, train), (False, evals))
-            for n in sorted(sizes) if n > 0]
+    return [
+        (mode, (n, channels, size, size))
+        for mode, sizes in ((True, train), (False, evals))
+        for n in sorted(sizes)
+        if n > 0
+    ]
 
 
 def build_parts(run: RunSpec, policy: RunPolicy) -> RunParts:
@@ -209,8 +244,13 @@ def build_parts(run: RunSpec, policy: RunPolicy) -> RunParts:
     task = _load_task(run, policy, known, noise)
     model, forward = _build_model(run, policy, task)
     torch.manual_seed(run.seed)  # centroids do not depend on the architecture's draws
-    plugin = create_loss(run.loss, num_classes=len(task.classes), feat_dim=run.feat_dim,
-                         variant=run.variant, **run.loss_params).to(policy.device)
+    plugin = create_loss(
+        run.loss,
+        num_classes=len(task.classes),
+        feat_dim=run.feat_dim,
+        variant=run.variant,
+        **run.loss_params,
+    ).to(policy.device)
     # one group, or the plugin's parameters apart at their own learning rate (proxies)
     groups = plugin.param_groups(list(model.parameters()), run.lr)
     optimizer = _build_optimizer(run, groups)
@@ -224,17 +264,25 @@ def build_parts(run: RunSpec, policy: RunPolicy) -> RunParts:
     if run.compile:
         _compile(run, policy, task, model, forward)
     return RunParts(
-        run=run, task=task, model=model, forward=forward, plugin=plugin,
-        params=[p for group in groups for p in group["params"]], optimizer=optimizer,
+        run=run,
+        task=task,
+        model=model,
+        forward=forward,
+        plugin=plugin,
+        params=[p for group in groups for p in group["params"]],
+        optimizer=optimizer,
         scheduler=_build_scheduler(run, optimizer, run.epochs * steps * updates),
         scaler=torch.amp.GradScaler(policy.device.type, enabled=run.amp == "fp16"),
-        steps_per_epoch=steps, updates=updates, evaluation=evaluation,
+        steps_per_epoch=steps,
+        updates=updates,
+        evaluation=evaluation,
         lookahead=Lookahead.of(model, plugin) if run.lookahead else None,
     )
 
 
-def _compile(run: RunSpec, policy: RunPolicy, task: Task, model: nn.Module, forward: Forward
-             ) -> None:
+def _compile(
+    run: RunSpec, policy: RunPolicy, task: Task, model: nn.Module, forward: Forward
+) -> None:
     """Compile every graph the run will need: each batch shape, and the last epoch's state of a
     network whose epoch hook changes what trains (fastnet freezes its whitening bias)."""
     layout = torch.channels_last if policy.channels_last else None
@@ -243,6 +291,5 @@ def _compile(run: RunSpec, policy: RunPolicy, task: Task, model: nn.Module, forw
     hook = getattr(model, "on_epoch_start", None)
     if callable(hook) and run.epochs > 1:
         hook(run.epochs - 1)
-        warm_up(model, forward, [s for s in shapes if s[0]], policy.autocast,
-                memory_format=layout)
+        warm_up(model, forward, [s for s in shapes if s[0]], policy.autocast, memory_format=layout)
         hook(0)

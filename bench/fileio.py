@@ -87,7 +87,9 @@ def read_user_text(path: str | Path, what: str) -> str:
     try:
         # inside the try: is_dir() raises too when a folder on the way cannot be entered
         if path.is_dir():
-            raise UserError(f"{what} {path} is a folder, not a file: give the path of the file itself.")
+            raise UserError(
+                f"{what} {path} is a folder, not a file: give the path of the file itself."
+            )
         raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist: check the path.") from None

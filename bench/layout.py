@@ -49,13 +49,21 @@ class LayoutChoice:
         """The record's ``env.channels_last_probe``: the probe's timings, or None (no probe)."""
         if self.how != "probe":
             return None
-        return {"contiguous_s": self.contiguous_s, "channels_last_s": self.channels_last_s,
-                "batch": self.batch}
+        return {
+            "contiguous_s": self.contiguous_s,
+            "channels_last_s": self.channels_last_s,
+            "batch": self.batch,
+        }
 
 
-def choose_layout(setting: bool | str, device: torch.device, model: nn.Module,
-                  shape: tuple[int, ...], amp_dtype: torch.dtype | None,
-                  key: tuple[Any, ...]) -> LayoutChoice:
+def choose_layout(
+    setting: bool | str,
+    device: torch.device,
+    model: nn.Module,
+    shape: tuple[int, ...],
+    amp_dtype: torch.dtype | None,
+    key: tuple[Any, ...],
+) -> LayoutChoice:
     """The layout for ``setting`` (true, false or "auto"): auto is channels-last on CUDA and,
     on the CPU, the faster layout of one training step of ``model`` on a ``shape`` batch
     (probed once per ``key``: the same network, input, precision and threads)."""
@@ -72,8 +80,11 @@ def choose_layout(setting: bool | str, device: torch.device, model: nn.Module,
 
 def _step(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> float:
     """CPU seconds of one forward and backward pass of ``model`` on ``x``."""
-    autocast = (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(x.device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
     start = time.process_time()
     with autocast:
         out = model(x)
@@ -83,8 +94,9 @@ def _step(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> f
     return seconds
 
 
-def probe_layout(model: nn.Module, shape: tuple[int, ...], amp_dtype: torch.dtype | None
-                 ) -> LayoutChoice:
+def probe_layout(
+    model: nn.Module, shape: tuple[int, ...], amp_dtype: torch.dtype | None
+) -> LayoutChoice:
     """Time a training step of copies of ``model`` in both layouts (``shape``: one batch,
     N x C x H x W, N capped at :data:`PROBE_BATCH`); channels-last when it is faster by more
     than :data:`PROBE_MARGIN`.
@@ -98,8 +110,10 @@ def probe_layout(model: nn.Module, shape: tuple[int, ...], amp_dtype: torch.dtyp
         runs = {}
         for last in (False, True):
             layout = torch.channels_last if last else torch.contiguous_format
-            runs[last] = (copy.deepcopy(model).train().to(memory_format=layout),
-                          x.to(device).contiguous(memory_format=layout))
+            runs[last] = (
+                copy.deepcopy(model).train().to(memory_format=layout),
+                x.to(device).contiguous(memory_format=layout),
+            )
         seconds: dict[bool, list[float]] = {False: [], True: []}
         for round_ in range(PROBE_ROUNDS + 1):
             order = (False, True) if round_ % 2 else (True, False)
@@ -110,8 +124,9 @@ def probe_layout(model: nn.Module, shape: tuple[int, ...], amp_dtype: torch.dtyp
     return LayoutChoice(faster, "probe", contiguous_s, channels_last_s, batch)
 
 
-def layout_of_run(run: RunSpec, device: torch.device, amp_dtype: torch.dtype | None
-                  ) -> LayoutChoice:
+def layout_of_run(
+    run: RunSpec, device: torch.device, amp_dtype: torch.dtype | None
+) -> LayoutChoice:
     """The layout of ``run`` from its spec alone: for ``auto`` on the CPU, the probe runs on a
     network of the run's architecture built for the purpose (the dataset's channels, the run's
     image size, its batch size), under the run's autocast. Draws no number from torch's random
@@ -131,6 +146,7 @@ def layout_of_run(run: RunSpec, device: torch.device, amp_dtype: torch.dtype | N
     if key in _PROBED:
         return _PROBED[key]
     with torch.random.fork_rng(devices=[]):
-        model = create_arch(run.arch, in_channels=shape[1], image_size=shape[2],
-                            feat_dim=run.feat_dim)
+        model = create_arch(
+            run.arch, in_channels=shape[1], image_size=shape[2], feat_dim=run.feat_dim
+        )
     return choose_layout("auto", device, model, shape, amp_dtype, key)

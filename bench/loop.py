@@ -70,20 +70,24 @@ class _EpochSums:
         self.corrects: list[torch.Tensor] = []
         self.sizes: list[int] = []
 
-    def read(self, params: list[torch.nn.Parameter], device: torch.device
-             ) -> tuple[float, dict[str, float], float, bool]:
+    def read(
+        self, params: list[torch.nn.Parameter], device: torch.device
+    ) -> tuple[float, dict[str, float], float, bool]:
         """(loss sum, sums of its parts, correct predictions, whether the weights are finite),
         the loss weighted by batch size, in one read from the device."""
         names = list(self.parts[0])
-        per_batch = torch.stack([torch.stack(self.totals),
-                                 *(torch.stack([p[n] for p in self.parts]) for n in names)])
+        per_batch = torch.stack(
+            [torch.stack(self.totals), *(torch.stack([p[n] for p in self.parts]) for n in names)]
+        )
         weights = torch.tensor(self.sizes, dtype=torch.float64).to(device, non_blocking=True)
         finite_weights = torch.stack([torch.isfinite(p).all() for p in params]).all()
-        loss_sum, *part_sums, correct, weights_ok = torch.cat([
-            per_batch.to(torch.float64) @ weights,
-            torch.stack(self.corrects).sum().to(torch.float64)[None],
-            finite_weights.to(torch.float64)[None],
-        ]).tolist()
+        loss_sum, *part_sums, correct, weights_ok = torch.cat(
+            [
+                per_batch.to(torch.float64) @ weights,
+                torch.stack(self.corrects).sum().to(torch.float64)[None],
+                finite_weights.to(torch.float64)[None],
+            ]
+        ).tolist()
         return loss_sum, dict(zip(names, part_sums, strict=True)), correct, bool(weights_ok)
 
 
@@ -94,8 +98,9 @@ class Trainer:
     :meth:`of_run` builds one without applying the policy to torch (tests, benchmarks).
     """
 
-    def __init__(self, parts: RunParts, policy: RunPolicy, checkpoint_dir: Path | None = None
-                 ) -> None:
+    def __init__(
+        self, parts: RunParts, policy: RunPolicy, checkpoint_dir: Path | None = None
+    ) -> None:
         self.parts = parts
         self.policy = policy
         self.device = policy.device
@@ -161,8 +166,9 @@ class Trainer:
             hook(epoch)
         lr = float(parts.optimizer.param_groups[0]["lr"])
         sums = _EpochSums()
-        batches = parts.task.train_batches(run.batch_size, seed=run.seed, epoch=epoch,
-                                           drop_last=run.drop_last)
+        batches = parts.task.train_batches(
+            run.batch_size, seed=run.seed, epoch=epoch, drop_last=run.drop_last
+        )
         start = time.perf_counter()
         # islice: a batch past max_steps is never made
         for index, (x, y) in enumerate(itertools.islice(batches, parts.steps_per_epoch)):
@@ -171,8 +177,12 @@ class Trainer:
             # value checks would read the device every update: the watch takes over.
             parts.plugin.check_values = False
             totals = sums.totals
-            if len(totals) % CHECK_EVERY == 0 and not self.watch.fold(torch.stack(totals[-CHECK_EVERY:])):
-                raise RunDiverged(f"the training loss became NaN/Inf by batch {index} of epoch {epoch}")
+            if len(totals) % CHECK_EVERY == 0 and not self.watch.fold(
+                torch.stack(totals[-CHECK_EVERY:])
+            ):
+                raise RunDiverged(
+                    f"the training loss became NaN/Inf by batch {index} of epoch {epoch}"
+                )
         if self.device.type == "cuda":  # the epoch's time includes the work queued for it
             torch.cuda.synchronize(self.device)
         self.progress.train_seconds += time.perf_counter() - start
@@ -180,7 +190,9 @@ class Trainer:
         self.progress.train_images += seen
         parts.plugin.on_epoch_end(epoch)
         if seen == 0:
-            raise RuntimeError("the training split yielded no batch; check limit_train and batch_size")
+            raise RuntimeError(
+                "the training split yielded no batch; check limit_train and batch_size"
+            )
         loss_sum, part_sums, correct, weights_ok = sums.read(parts.params, self.device)
         train_loss = loss_sum / seen
         if not math.isfinite(train_loss):
@@ -195,8 +207,9 @@ class Trainer:
         }
 
     @torch.no_grad()
-    def evaluate(self, split: str, *, keep_features: bool
-                 ) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
+    def evaluate(
+        self, split: str, *, keep_features: bool
+    ) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
         """Accuracy on ``split``; with ``keep_features``, also its features and labels (CPU)."""
         parts = self.parts
         parts.model.eval()
@@ -234,19 +247,26 @@ class Trainer:
         parts.model.eval()
         parts.plugin.eval()
         with torch.no_grad():
-            return run_probes(parts.run, probes_due(parts.run.evaluate, epoch, last),
-                              forward=self.forward, predict=parts.plugin.predict, task=parts.task)
+            return run_probes(
+                parts.run,
+                probes_due(parts.run.evaluate, epoch, last),
+                forward=self.forward,
+                predict=parts.plugin.predict,
+                task=parts.task,
+            )
 
-    def _geometry(self, feats: torch.Tensor | None, labels: torch.Tensor | None
-                  ) -> dict[str, Any] | None:
+    def _geometry(
+        self, feats: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> dict[str, Any] | None:
         if feats is None or labels is None:
             return None
         return plugin_geometry(self.parts.plugin, feats, labels)
 
     # -- the run --------------------------------------------------------------------------
 
-    def _epoch(self, epoch: int, trained: dict[str, Any] | None = None
-               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    def _epoch(
+        self, epoch: int, trained: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
         """Train and evaluate ``epoch``: (history entry, probe values, geometry at the last).
 
         ``trained``: the epoch's training values when it was trained elsewhere (stacked seeds,
@@ -285,7 +305,9 @@ class Trainer:
         geometry = None
         for epoch in range(self.progress.start_epoch, run.epochs):
             self.current_epoch = epoch
-            state = self.parts.plugin.epoch_state()  # the loss's state during this epoch (POD: delta)
+            state = (
+                self.parts.plugin.epoch_state()
+            )  # the loss's state during this epoch (POD: delta)
             entry, values, geometry = self._epoch(epoch)
             self.progress.history.append(entry)
             if self.checkpoint_dir is not None:

@@ -48,8 +48,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         if _check_reachable(address):
             _match_cluster_auth(address)
         try:
-            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING,
-                     log_to_driver=False)
+            ray.init(
+                address=address,
+                runtime_env=runtime_env,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
         except ConnectionError as err:
             raise UserError(
                 f"--address {address}: no Ray cluster answers there ({err}); start one with "
@@ -136,8 +140,14 @@ def _probe_gcs(address: str, mode: str) -> bool:
     """Whether the cluster accepts a client in auth ``mode`` (False: it rejected the token)."""
     env = dict(os.environ, **{_AUTH_MODE: mode})
     try:
-        proc = subprocess.run([sys.executable, "-c", _GCS_PROBE, address], env=env, timeout=90,
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", _GCS_PROBE, address],
+            env=env,
+            timeout=90,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         proc = None
     if proc is not None and proc.returncode in (0, 3):
@@ -154,7 +164,8 @@ def _token_source() -> tuple[str, str] | None:
 
     if os.environ.get("RAY_AUTH_TOKEN", "").strip():
         return "RAY_AUTH_TOKEN", (
-            "set RAY_AUTH_TOKEN to the content of the head node's ~/.ray/auth_token")
+            "set RAY_AUTH_TOKEN to the content of the head node's ~/.ray/auth_token"
+        )
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
     if path:  # Ray aborts the process on an unreadable or empty one: say so first
         if not read_user_text(path, "RAY_AUTH_TOKEN_PATH token file").strip():
@@ -211,10 +222,15 @@ def check_nodes_write(results: Path) -> None:
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
     check = ray.remote(num_cpus=0)(_can_write_records)  # runs even where every CPU is busy
     try:
-        answers = ray.get([
-            check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(str(results), marker.name) for n in nodes
-        ], timeout=300)
+        answers = ray.get(
+            [
+                check.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+                ).remote(str(results), marker.name)
+                for n in nodes
+            ],
+            timeout=300,
+        )
     finally:
         marker.unlink(missing_ok=True)
     for node, why in zip(nodes, answers, strict=True):

@@ -35,8 +35,18 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-__all__ = ["LR_END", "LR_START", "LOOKAHEAD_EVERY", "MIN_WARMUP_STEPS", "Lookahead",
-           "schedule_warmup", "triangular", "tta_scores", "warmup_steps", "warmup_warnings"]
+__all__ = [
+    "LR_END",
+    "LR_START",
+    "LOOKAHEAD_EVERY",
+    "MIN_WARMUP_STEPS",
+    "Lookahead",
+    "schedule_warmup",
+    "triangular",
+    "tta_scores",
+    "warmup_steps",
+    "warmup_warnings",
+]
 
 LR_START = 0.2  # the learning rate starts at 0.2x its peak ...
 LR_END = 0.07  # ... and ends at 0.07x
@@ -183,7 +193,10 @@ def tta_scores(
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-            and not x.is_contiguous():
+    if (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    ):
         return torch.channels_last
     return torch.contiguous_format

@@ -242,9 +242,17 @@ class RunRecord(BaseModel):
     def of_run(cls, run: RunSpec, **fields: Any) -> RunRecord:
         """The record of ``run``: its identity from the spec, the outcome from ``fields``."""
         return cls(
-            run_id=run.run_id, suite=run.suite, label=run.label, loss=run.loss,
-            variant=run.variant, dataset=run.dataset, arch=run.arch, feat_dim=run.feat_dim,
-            seed=run.seed, spec=run.model_dump(mode="json"), **fields,
+            run_id=run.run_id,
+            suite=run.suite,
+            label=run.label,
+            loss=run.loss,
+            variant=run.variant,
+            dataset=run.dataset,
+            arch=run.arch,
+            feat_dim=run.feat_dim,
+            seed=run.seed,
+            spec=run.model_dump(mode="json"),
+            **fields,
         )
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -432,8 +440,11 @@ _GROUPS = frozenset(
 )
 _COLUMNS = _columns(RunRecord)
 # Every table has each geometry statistic's column, even where no run measured it.
-_NUMERIC = (_COLUMNS | _columns(EpochEntry, f"{LAST_EPOCH}.")
-            | {f"geometry.{key}": True for key in GEOMETRY_KEYS})
+_NUMERIC = (
+    _COLUMNS
+    | _columns(EpochEntry, f"{LAST_EPOCH}.")
+    | {f"geometry.{key}": True for key in GEOMETRY_KEYS}
+)
 
 
 def package_version(dist: str) -> str | None:

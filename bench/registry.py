@@ -184,8 +184,10 @@ class Registry(Generic[InfoT]):
             raise TypeError(f"{self.kind} metadata must be a dataclass instance, got {info!r}")
         keys = (check_name(self.kind, info.name), *(check_name(self.kind, a) for a in info.aliases))
         if len(set(keys)) != len(keys):
-            raise UserError(f"{self.kind} {info.name!r} lists a name twice among its aliases "
-                            f"{list(info.aliases)}; remove the repeated one.")
+            raise UserError(
+                f"{self.kind} {info.name!r} lists a name twice among its aliases "
+                f"{list(info.aliases)}; remove the repeated one."
+            )
         for key in keys:
             holder = self._entries.get(self._aliases.get(key, ""))
             if holder is not None and _definition(holder.owner) != _definition(owner):
@@ -226,8 +228,9 @@ class Registry(Generic[InfoT]):
         finally:
             self._entries, self._aliases, self._broken = saved
 
-    def serve_prefix(self, prefix: str, resolve: Resolver[InfoT],
-                     listing: Callable[[], list[str]] | None = None) -> None:
+    def serve_prefix(
+        self, prefix: str, resolve: Resolver[InfoT], listing: Callable[[], list[str]] | None = None
+    ) -> None:
         """Serve the names ``<prefix>:<rest>``: another library's entries, in its own spelling.
 
         Such names are not kebab-case (``pml:ArcFaceLoss``, ``timm:resnet18``): they are the
@@ -293,8 +296,9 @@ class Registry(Generic[InfoT]):
             try:
                 obj = _load(ep, dist)
             except Exception as err:  # a broken plugin must not break the registry
-                self._broke(ep.name, f"importing {ep.value} from {dist} failed: "
-                                     f"{type(err).__name__}: {err}")
+                self._broke(
+                    ep.name, f"importing {ep.value} from {dist} failed: {type(err).__name__}: {err}"
+                )
                 continue
             provided = set(self._entries) - before
             for name, entry in self._entries.items():  # also those imported before this loader ran
@@ -304,8 +308,9 @@ class Registry(Generic[InfoT]):
             if provided or inspect.ismodule(obj):
                 self._broken.pop(ep.name, None)
             else:
-                self._broke(ep.name, f"{ep.value} from {dist} is not decorated with "
-                                     f"@{self.decorator}")
+                self._broke(
+                    ep.name, f"{ep.value} from {dist} is not decorated with @{self.decorator}"
+                )
 
     def _broke(self, name: str, why: str) -> None:
         self._broken[name] = why
@@ -353,17 +358,23 @@ class Registry(Generic[InfoT]):
     def _entry(self, name: str) -> _Entry[InfoT]:
         self._ensure_loaded()
         if not isinstance(name, str):
-            raise UserError(f"{self.kind} name must be a string, got {name!r}; use one of: "
-                            f"{', '.join(sorted(self._entries))}.")
+            raise UserError(
+                f"{self.kind} name must be a string, got {name!r}; use one of: "
+                f"{', '.join(sorted(self._entries))}."
+            )
         if name in self._aliases:
             return self._entries[self._aliases[name]]
         served = self._serve(name)  # another library's name (pml:, timm:), or its UserError
         if served is not None:
             return served
         if name in self._broken:
-            raise UserError(f"{self.kind} {name!r} is installed but broken "
-                            f"({self._broken[name]}); reinstall or fix it.")
+            raise UserError(
+                f"{self.kind} {name!r} is installed but broken "
+                f"({self._broken[name]}); reinstall or fix it."
+            )
         near = self.closest(name)
         hint = f" (did you mean {near!r}?)" if near else ""
-        raise UserError(f"unknown {self.kind} {name!r}{hint}; registered {self.plural} are: "
-                        f"{', '.join(sorted(self._entries))}.")
+        raise UserError(
+            f"unknown {self.kind} {name!r}{hint}; registered {self.plural} are: "
+            f"{', '.join(sorted(self._entries))}."
+        )

@@ -99,7 +99,9 @@ class ResultsStore:
     def write_suite(self, spec_dump: dict[str, Any]) -> Path:
         """Save the suite that produced the runs (provenance)."""
         path = self.root / "suite.yaml"
-        header = "# The suite that produced these runs (overrides applied); `podbench run` accepts it.\n"
+        header = (
+            "# The suite that produced these runs (overrides applied); `podbench run` accepts it.\n"
+        )
         atomic_write_text(path, header + yaml.safe_dump(spec_dump, sort_keys=False))
         return path
 

@@ -28,8 +28,11 @@ class ClaimLost(RuntimeError):
 
 def claim_settings(stale_after: float = STALE_AFTER_S, heartbeat: float = HEARTBEAT_S) -> dict:
     """What the trials of this driver need to claim their runs (JSON, for the trial config)."""
-    return {"driver": f"podbench run on {socket.gethostname()} (pid {os.getpid()})",
-            "stale_after": stale_after, "heartbeat": heartbeat}
+    return {
+        "driver": f"podbench run on {socket.gethostname()} (pid {os.getpid()})",
+        "stale_after": stale_after,
+        "heartbeat": heartbeat,
+    }
 
 
 def _what(run: RunSpec) -> str:
@@ -113,8 +116,10 @@ def share_suite(
 
     def on_takeover(run: RunSpec, claim: ClaimInfo) -> None:
         age = claims.clock() - claim.heartbeat_at
-        note(f"taking over run {run.run_id} ({_what(run)}) from {claim.driver}: its holder "
-             f"(host {claim.holder.host}, pid {claim.holder.pid}) is gone or silent for {age:.0f} s")
+        note(
+            f"taking over run {run.run_id} ({_what(run)}) from {claim.driver}: its holder "
+            f"(host {claim.holder.host}, pid {claim.holder.pid}) is gone or silent for {age:.0f} s"
+        )
 
     def elsewhere(run: RunSpec) -> None:
         record = store.read_record(run.run_id)
@@ -122,6 +127,14 @@ def share_suite(
             on_elsewhere(record)
 
     claims = store.claims(stale_after=settings["stale_after"])
-    return share_work(todo, key=lambda r: r.run_id, finished=finished, train=train,
-                      claims=claims, driver=settings["driver"], on_elsewhere=elsewhere,
-                      on_wait=on_wait, on_takeover=on_takeover)
+    return share_work(
+        todo,
+        key=lambda r: r.run_id,
+        finished=finished,
+        train=train,
+        claims=claims,
+        driver=settings["driver"],
+        on_elsewhere=elsewhere,
+        on_wait=on_wait,
+        on_takeover=on_takeover,
+    )

@@ -63,10 +63,18 @@ _HASHED_AT_DEFAULT: dict[str, Any] = {
 NON_RESULT_FIELDS = _NAMES_AND_RESOURCES | frozenset(_HASHED_AT_DEFAULT)
 # Result-determining fields added later: left out of the hash while at their defaults, so the
 # run ids written before they existed still match.
-_DROPPED_AT_DEFAULT: dict[str, Any] = {"evaluate": [], "label_noise": None, "open_set": None,
-                                        "deterministic": True, "warmup": None, "drop_last": False,
-                                        "augmentation": "dataset", "lookahead": False,
-                                        "tta": False, "proj": "linear"}
+_DROPPED_AT_DEFAULT: dict[str, Any] = {
+    "evaluate": [],
+    "label_noise": None,
+    "open_set": None,
+    "deterministic": True,
+    "warmup": None,
+    "drop_last": False,
+    "augmentation": "dataset",
+    "lookahead": False,
+    "tta": False,
+    "proj": "linear",
+}
 # Authors' milestones 30/60/90 of 100 epochs, scaled to the run's epoch count.
 AUTHORS_MILESTONE_FRACTIONS = (0.3, 0.6, 0.9)
 DEFAULT_EPOCHS = 100  # the authors' budget (LOSSES.md)
@@ -260,8 +268,10 @@ class RunSettings(BaseModel):
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov: true needs optimizer: sgd with momentum > 0")
         if self.warmup is not None and self.schedule not in ("onecycle", "triangular"):
-            raise ValueError(f"warmup is the rising share of schedule onecycle or triangular, "
-                             f"but schedule is {self.schedule}; remove warmup or change schedule")
+            raise ValueError(
+                f"warmup is the rising share of schedule onecycle or triangular, "
+                f"but schedule is {self.schedule}; remove warmup or change schedule"
+            )
         return self
 
 
@@ -309,8 +319,13 @@ class RunSpec(RunSettings):
 
 def _authors_milestones(epochs: int) -> list[int]:
     """The epochs the authors' multistep schedule decays at, for a run of ``epochs`` epochs."""
-    return sorted({max(1, round(f * epochs)) for f in AUTHORS_MILESTONE_FRACTIONS
-                   if round(f * epochs) < epochs})
+    return sorted(
+        {
+            max(1, round(f * epochs))
+            for f in AUTHORS_MILESTONE_FRACTIONS
+            if round(f * epochs) < epochs
+        }
+    )
 
 
 def result_fields(spec: dict[str, Any]) -> dict[str, Any]:
@@ -357,7 +372,9 @@ def resolve_run(
 
     info = dataset_info(dataset)
     fields = settings.model_dump()
-    fields["batch_size"] = batch_size or settings.batch_size or int(info.batch_size or DEFAULT_BATCH_SIZE)
+    fields["batch_size"] = (
+        batch_size or settings.batch_size or int(info.batch_size or DEFAULT_BATCH_SIZE)
+    )
     if feat_dim is None:
         feat_dim = info.latent_dim
     if feat_dim is None:
@@ -399,10 +416,14 @@ def with_tag(label: str, tag: str) -> str:
 
 def _method_key(spec: dict[str, Any]) -> tuple[str, str]:
     """(label, block text) of a run given as JSON."""
-    condition = [f"{k} {json.dumps(spec[k], sort_keys=True)}"
-                 for k in ("label_noise", "open_set") if spec.get(k) is not None]
+    condition = [
+        f"{k} {json.dumps(spec[k], sort_keys=True)}"
+        for k in ("label_noise", "open_set")
+        if spec.get(k) is not None
+    ]
     block = f"{spec.get('dataset')} / {spec.get('arch')}" + (
-        f" ({', '.join(condition)})" if condition else "")
+        f" ({', '.join(condition)})" if condition else ""
+    )
     return str(spec.get("label") or spec.get("loss")), block
 
 
@@ -419,13 +440,20 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """``key a vs b`` for each setting both give with different values (unknown ones skipped)."""
     params = {k for k in a.keys() | b.keys() if k.startswith("loss_params.")}
     keys = sorted((a.keys() & b.keys()) | params)
-    return [f"{k} {excerpt(a.get(k), 30)} vs {excerpt(b.get(k), 30)}"
-            for k in keys if a.get(k) != b.get(k)]
+    return [
+        f"{k} {excerpt(a.get(k), 30)} vs {excerpt(b.get(k), 30)}"
+        for k in keys
+        if a.get(k) != b.get(k)
+    ]
 
 
 def check_one_setting_per_method(
-    runs: Iterable[dict[str, Any]], source: str, *,
-    earlier: Iterable[dict[str, Any]] = (), earlier_where: str = "", fix: str = "",
+    runs: Iterable[dict[str, Any]],
+    source: str,
+    *,
+    earlier: Iterable[dict[str, Any]] = (),
+    earlier_where: str = "",
+    fix: str = "",
 ) -> None:
     """Refuse runs that the report would pool as seeds of one method but differ in a setting.
 
@@ -463,9 +491,14 @@ def check_one_setting_per_method(
                 )
             raise UserError(
                 f"{source}: method '{label}' on {block} would pool runs of different settings "
-                f"as its seeds ({shown}); " + (fix or "keep one setting per method and block: "
-                "give each setting its own label (label: in its losses entry), or list each "
-                "dataset once") + "."
+                f"as its seeds ({shown}); "
+                + (
+                    fix
+                    or "keep one setting per method and block: "
+                    "give each setting its own label (label: in its losses entry), or list each "
+                    "dataset once"
+                )
+                + "."
             )
         if not group or settings not in group:
             group.append(settings)

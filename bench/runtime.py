@@ -49,7 +49,10 @@ CUBLAS_OP = "CuBLAS (CUBLAS_WORKSPACE_CONFIG unset at CUDA's first matrix produc
 # script that checks the GPU first): set here, at import, so that a deterministic run is
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 AMP_DTYPES: dict[str, torch.dtype | None] = {
-    "off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    "off": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -91,13 +94,15 @@ def nondeterminism_alerts() -> Iterator[list[str]]:
         for w in caught:
             text = str(w.message)
             if NONDETERMINISTIC_ALERT in text or CUBLAS_ALERT in text:
-                op = (CUBLAS_OP if CUBLAS_ALERT in text
-                      else text.split(NONDETERMINISTIC_ALERT, 1)[0].strip())
+                op = (
+                    CUBLAS_OP
+                    if CUBLAS_ALERT in text
+                    else text.split(NONDETERMINISTIC_ALERT, 1)[0].strip()
+                )
                 if op not in ops:
                     ops.append(op)
             else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
-                                       source=w.source)
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def check_amp(amp: str, device: torch.device) -> None:
@@ -105,8 +110,11 @@ def check_amp(amp: str, device: torch.device) -> None:
     from podbench.errors import UserError
 
     # including_emulation=False: emulated bf16 is slower than float32 on those cards
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(
-            including_emulation=False):
+    if (
+        amp == "bf16"
+        and device.type == "cuda"
+        and not torch.cuda.is_bf16_supported(including_emulation=False)
+    ):
         raise UserError(
             f"amp: bf16 needs a GPU with native bfloat16 (compute capability 8.0 or newer), "
             f"but {torch.cuda.get_device_name(device)} has none; set amp: fp16 or amp: off."
@@ -153,9 +161,12 @@ class RunPolicy:
         amp_dtype = AMP_DTYPES[run.amp]
         layout = layout_of_run(run, device, amp_dtype)
         return cls(
-            device=device, seed=run.seed, deterministic=run.deterministic,
+            device=device,
+            seed=run.seed,
+            deterministic=run.deterministic,
             tf32=tf32_allowed(device, run.amp, run.deterministic),
-            channels_last=layout.channels_last, amp_dtype=amp_dtype,
+            channels_last=layout.channels_last,
+            amp_dtype=amp_dtype,
             layout_probe=layout.probe_record(),
         )
 
@@ -223,7 +234,10 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -189,7 +189,9 @@ def _present(path: Path) -> bool:
     return True
 
 
-def read_spec_mapping(path_or_name: str | Path, *, kind: str = "suite") -> tuple[dict[str, Any], str]:
+def read_spec_mapping(
+    path_or_name: str | Path, *, kind: str = "suite"
+) -> tuple[dict[str, Any], str]:
     """Read a YAML spec (a file, or a built-in name) into a mapping.
 
     Returns:
@@ -213,7 +215,9 @@ def read_spec_mapping(path_or_name: str | Path, *, kind: str = "suite") -> tuple
         text, source = resource.read_text(encoding="utf-8"), f"{path_or_name} (built-in)"
     data = parse_yaml(text, source)
     if not isinstance(data, dict):
-        raise UserError(f"{source}: a {kind} file must be a YAML mapping (key: value lines) at the top.")
+        raise UserError(
+            f"{source}: a {kind} file must be a YAML mapping (key: value lines) at the top."
+        )
     return data, source
 
 
@@ -296,12 +300,16 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         except UserError as err:
             if "not valid YAML" not in str(err):
                 raise
-            raise UserError(f"--set {shown}: the value is not valid YAML; quote it or fix the brackets.") from None
+            raise UserError(
+                f"--set {shown}: the value is not valid YAML; quote it or fix the brackets."
+            ) from None
         parts = key.split(".")
         node: Any = out
         for depth, part in enumerate(parts[:-1]):
             if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                if isinstance(node[int(part)], str):  # shorthand entry -> mapping so it can take keys
+                if isinstance(
+                    node[int(part)], str
+                ):  # shorthand entry -> mapping so it can take keys
                     node[int(part)] = {"name": node[int(part)]}
                 node = node[int(part)]
             elif isinstance(node, dict):

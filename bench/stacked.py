@@ -107,8 +107,9 @@ class StackedNets:
     def train(self, mode: bool = True) -> None:
         self._base.train(mode)
 
-    def _call(self, method: str, params: dict[str, Tensor], buffers: dict[str, Tensor],
-              *args: Tensor) -> Tensor:
+    def _call(
+        self, method: str, params: dict[str, Tensor], buffers: dict[str, Tensor], *args: Tensor
+    ) -> Tensor:
         if method == "forward":
             return functional_call(self._base, (params, buffers), args)
         # functional_call runs forward: swap in the method for the call
@@ -125,8 +126,10 @@ class StackedNets:
 
         In training mode the BatchNorm statistics of each copy are updated from its own batch.
         """
-        def one(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
-                ) -> Tensor:
+
+        def one(
+            params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
+        ) -> Tensor:
             return self._call("forward", params, buffers, x, y)
 
         # randomness "different": a copy's dropout draws differ from the others'
@@ -134,8 +137,10 @@ class StackedNets:
 
     def losses_and_correct(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
         """(N,) losses and (N,) correct predictions of the copies on their own batches."""
-        def one(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
-                ) -> tuple[Tensor, Tensor]:
+
+        def one(
+            params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
+        ) -> tuple[Tensor, Tensor]:
             return self._call("loss_and_correct", params, buffers, x, y)  # type: ignore[return-value]
 
         return vmap(one, randomness="different")(self.params, self.buffers, xs, ys)
@@ -143,6 +148,7 @@ class StackedNets:
     def scores(self, xs: Tensor, *, shared: bool = False) -> Tensor:
         """(N, B, K) class scores of each copy on its batch of ``xs`` (N, B, ...), or with
         ``shared`` on the one batch ``xs`` (B, ...) (evaluation: the same test images)."""
+
         def one(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
             return self._call("scores", params, buffers, x)
 
@@ -173,18 +179,21 @@ class StackedNets:
                 buffer.copy_(self.buffers[name][i])
 
 
-
 def _same_but_seed(runs: Sequence[RunSpec]) -> None:
     from podbench.errors import UserError
 
     first = runs[0].model_dump(exclude={"seed"})
     for run in runs[1:]:
         if run.model_dump(exclude={"seed"}) != first:
-            raise UserError("stacked runs must differ in their seed only; group the runs by "
-                            "everything else first")
+            raise UserError(
+                "stacked runs must differ in their seed only; group the runs by "
+                "everything else first"
+            )
     if runs[0].compile or runs[0].grad_clip is not None or runs[0].amp == "fp16":
-        raise UserError("stacked runs train without compile, grad_clip and fp16 loss scaling; "
-                        "set compile: false, grad_clip: null, amp: bf16 or off")
+        raise UserError(
+            "stacked runs train without compile, grad_clip and fp16 loss scaling; "
+            "set compile: false, grad_clip: null, amp: bf16 or off"
+        )
 
 
 class _Group:
@@ -198,18 +207,23 @@ class _Group:
         first = trainers[0].parts
         self.run, self.policy = first.run, trainers[0].policy
         if first.updates != 1:
-            raise UserError(f"stacked runs need a loss with one update per batch, but "
-                            f"{first.run.loss} makes {first.updates}; train its runs one by one")
-        self.stacked = StackedNets([t.parts.model for t in trainers],
-                                   [t.parts.plugin for t in trainers])
-        self.optimizer = _build_optimizer(self.run, [{"params": self.stacked.parameters(),
-                                                       "lr": self.run.lr}])
+            raise UserError(
+                f"stacked runs need a loss with one update per batch, but "
+                f"{first.run.loss} makes {first.updates}; train its runs one by one"
+            )
+        self.stacked = StackedNets(
+            [t.parts.model for t in trainers], [t.parts.plugin for t in trainers]
+        )
+        self.optimizer = _build_optimizer(
+            self.run, [{"params": self.stacked.parameters(), "lr": self.run.lr}]
+        )
         self.total = first.total_updates
         self.scheduler = _build_scheduler(self.run, self.optimizer, self.total)
         self.per_update = first.step_scheduler_per_update
         state = [b for k, b in self.stacked.buffers.items() if k.startswith("model.")]
-        self.lookahead = Lookahead([*self.stacked.params.values(), *state]) \
-            if self.run.lookahead else None
+        self.lookahead = (
+            Lookahead([*self.stacked.params.values(), *state]) if self.run.lookahead else None
+        )
         self.steps = 0
         self.alive = [True] * len(trainers)
 
@@ -246,12 +260,17 @@ class _Group:
         self._start(epoch)
         lr = float(self.optimizer.param_groups[0]["lr"])
         run = self.run
-        iters = [t.parts.task.train_batches(run.batch_size, seed=t.parts.run.seed, epoch=epoch,
-                                            drop_last=run.drop_last) for t in self.trainers]
+        iters = [
+            t.parts.task.train_batches(
+                run.batch_size, seed=t.parts.run.seed, epoch=epoch, drop_last=run.drop_last
+            )
+            for t in self.trainers
+        ]
         losses, corrects, sizes = [], [], []
         start = time.perf_counter()
-        for batches in itertools.islice(zip(*iters, strict=True),
-                                        self.trainers[0].parts.steps_per_epoch):
+        for batches in itertools.islice(
+            zip(*iters, strict=True), self.trainers[0].parts.steps_per_epoch
+        ):
             loss, correct = self._step(batches)
             losses.append(loss)
             corrects.append(correct)
@@ -267,17 +286,23 @@ class _Group:
         correct_sums = torch.stack(corrects).sum(0)
         seen = sum(sizes)
         entries = []
-        for i, (loss_sum, correct) in enumerate(zip(sums.tolist(), correct_sums.tolist(),
-                                                    strict=True)):
+        for i, (loss_sum, correct) in enumerate(
+            zip(sums.tolist(), correct_sums.tolist(), strict=True)
+        ):
             progress = self.trainers[i].progress
             progress.train_seconds += seconds  # each copy's images/s: the group's / N
             progress.train_images += seen
             progress.optimizer_steps = self.steps
             self.trainers[i].parts.plugin.on_epoch_end(epoch)
-            entries.append({"train_loss": loss_sum / seen, "parts": {},
-                            "train_acc": int(correct) / seen, "lr": lr})
+            entries.append(
+                {
+                    "train_loss": loss_sum / seen,
+                    "parts": {},
+                    "train_acc": int(correct) / seen,
+                    "lr": lr,
+                }
+            )
         return entries
-
 
 
 def train_stacked(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
@@ -314,7 +339,9 @@ def train_stacked(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
                         trainer.current_epoch = epoch
                         try:
                             if not math.isfinite(entries[i]["train_loss"]):
-                                raise RunDiverged(f"the training loss became NaN/Inf in epoch {epoch}")
+                                raise RunDiverged(
+                                    f"the training loss became NaN/Inf in epoch {epoch}"
+                                )
                             entry, _, geometry[i] = trainer._epoch(epoch, entries[i])
                             trainer.progress.history.append(entry)
                         except FloatingPointError as exc:
@@ -327,6 +354,17 @@ def train_stacked(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
             outcome = [o if o[0] != "completed" else ("failed", _error(exc, None)) for o in outcome]
     env = _environment(policy, nondeterministic_ops)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return [_record(run, trainers[i] if trainers else None, status=outcome[i][0],
-                    error=outcome[i][1], geometry=geometry[i], env=env, wall_time_s=wall,
-                    cpu_time_s=cpu, started_at=started_at) for i, run in enumerate(runs)]
+    return [
+        _record(
+            run,
+            trainers[i] if trainers else None,
+            status=outcome[i][0],
+            error=outcome[i][1],
+            geometry=geometry[i],
+            env=env,
+            wall_time_s=wall,
+            cpu_time_s=cpu,
+            started_at=started_at,
+        )
+        for i, run in enumerate(runs)
+    ]

@@ -69,9 +69,23 @@ __all__ = ["DatasetEntry", "LossEntry", "SuiteSpec", "load_suite"]
 
 
 # resources, data and probes are the suite's: a loss cannot run elsewhere or on other data
-_SUITE_WIDE = frozenset({"device", "cpus", "gpus", "data_root", "imports", "evaluate",
-                         "label_noise", "open_set", "eval_split", "val_fraction", "split_seed",
-                         "limit_eval", "checkpoint"})
+_SUITE_WIDE = frozenset(
+    {
+        "device",
+        "cpus",
+        "gpus",
+        "data_root",
+        "imports",
+        "evaluate",
+        "label_noise",
+        "open_set",
+        "eval_split",
+        "val_fraction",
+        "split_seed",
+        "limit_eval",
+        "checkpoint",
+    }
+)
 
 
 class LossEntry(BaseModel):
@@ -95,8 +109,10 @@ class LossEntry(BaseModel):
     def _known_run_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(value) - set(RunSettings.model_fields))
         if unknown:
-            raise ValueError(f"{unknown} are not run settings; use fields such as lr, "
-                             "weight_decay, schedule, warmup, proj")
+            raise ValueError(
+                f"{unknown} are not run settings; use fields such as lr, "
+                "weight_decay, schedule, warmup, proj"
+            )
         shared = sorted(set(value) & _SUITE_WIDE)
         if shared:
             raise ValueError(f"{shared} apply to the whole suite; set them at the top level")
@@ -167,8 +183,16 @@ class DatasetEntry(BaseModel):
     def settings(self, shared: RunSettings) -> RunSettings:
         """The suite's shared settings with this dataset's epochs, limits, optimiser settings
         (lr, momentum, weight decay, Nesterov) and image size."""
-        keys = ("epochs", "limit_train", "limit_eval", "lr", "momentum", "weight_decay",
-                "nesterov", "image_size")
+        keys = (
+            "epochs",
+            "limit_train",
+            "limit_eval",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "nesterov",
+            "image_size",
+        )
         own = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         return shared.model_copy(update=own) if own else shared
 
@@ -317,10 +341,19 @@ class SuiteSpec(SpecFile):
                     label = with_tag(label, f"feat_dim={dims}")
                 for seed in self.seeds:
                     run = resolve_run(
-                        entry.run_settings(ds.settings(settings)), suite=self.name, loss=entry.name, variant=variant,
-                        loss_params=params, dataset=ds.name, arch=arch, feat_dim=dims,
-                        seed=seed, data_root=ds.data_root, batch_size=ds.batch_size,
-                        label=label, label_noise=noise,
+                        entry.run_settings(ds.settings(settings)),
+                        suite=self.name,
+                        loss=entry.name,
+                        variant=variant,
+                        loss_params=params,
+                        dataset=ds.name,
+                        arch=arch,
+                        feat_dim=dims,
+                        seed=seed,
+                        data_root=ds.data_root,
+                        batch_size=ds.batch_size,
+                        label=label,
+                        label_noise=noise,
                     )
                     if run.run_id not in seen:  # a grid may repeat a point
                         seen.add(run.run_id)
@@ -353,6 +386,7 @@ def load_suite(
         >>> len(runs), sorted({run.loss for run in runs}), {run.epochs for run in runs}
         (15, ['arcface', 'cosface', 'pedcc', 'pod', 'softmax'], {1})
     """
+
     def check_count(spec: SuiteSpec, source: str) -> None:
         count = spec.run_count()
         if count > max_runs:
@@ -362,8 +396,14 @@ def load_suite(
                 "mean it."
             )
 
-    spec, source = load_spec(path_or_name, SuiteSpec, overrides, kind="suite",
-                             context={"max_runs": max_runs}, check=check_count)
+    spec, source = load_spec(
+        path_or_name,
+        SuiteSpec,
+        overrides,
+        kind="suite",
+        context={"max_runs": max_runs},
+        check=check_count,
+    )
     _check_labels(spec, source)
     try:
         runs = spec.expand()
@@ -405,8 +445,11 @@ def _check_losses_build(spec: SuiteSpec, runs: Sequence[RunSpec], source: str) -
     entry_of = {entry.name: i for i, entry in enumerate(spec.losses)}
     seen: set[str] = set()
     for run in runs:
-        key = json.dumps([run.loss, run.variant, run.loss_params, run.dataset, run.feat_dim],
-                         sort_keys=True, default=str)
+        key = json.dumps(
+            [run.loss, run.variant, run.loss_params, run.dataset, run.feat_dim],
+            sort_keys=True,
+            default=str,
+        )
         if key in seen:
             continue
         seen.add(key)
@@ -414,8 +457,13 @@ def _check_losses_build(spec: SuiteSpec, runs: Sequence[RunSpec], source: str) -
         if num_classes is None:  # an image folder: its classes are known only when read
             continue
         try:
-            create_loss(run.loss, num_classes=int(num_classes),
-                        feat_dim=run.feat_dim, variant=run.variant, **run.loss_params)
+            create_loss(
+                run.loss,
+                num_classes=int(num_classes),
+                feat_dim=run.feat_dim,
+                variant=run.variant,
+                **run.loss_params,
+            )
         except UserError as err:
             where = f"losses.{entry_of.get(run.loss, 0)}"
             raise UserError(

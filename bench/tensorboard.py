@@ -32,13 +32,33 @@ __all__ = ["FOLDER", "RunCurves", "hparams_of", "run_log_dir"]
 FOLDER = "tensorboard"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # run settings shown as hyperparameters (besides the loss's own, prefixed "loss.")
-_SETTINGS = ("label", "loss", "variant", "dataset", "arch", "feat_dim", "seed", "epochs",
-             "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "amp",
-             "eval_split", "image_size")
+_SETTINGS = (
+    "label",
+    "loss",
+    "variant",
+    "dataset",
+    "arch",
+    "feat_dim",
+    "seed",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "amp",
+    "eval_split",
+    "image_size",
+)
 # record field -> metric tag of the HPARAMS tab
-_FINAL = {"final_test_acc": "final/test_acc", "best_test_acc": "final/best_test_acc",
-          "epochs_completed": "final/epochs_completed", "wall_time_s": "final/wall_time_s",
-          "images_per_s": "final/images_per_s"}
+_FINAL = {
+    "final_test_acc": "final/test_acc",
+    "best_test_acc": "final/best_test_acc",
+    "epochs_completed": "final/epochs_completed",
+    "wall_time_s": "final/wall_time_s",
+    "images_per_s": "final/images_per_s",
+}
 
 
 def run_log_dir(results: str | Path, run: RunSpec) -> Path:
@@ -78,20 +98,25 @@ class RunCurves:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: events an interrupted attempt wrote from first_epoch on are dropped
-            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=first_epoch,
-                                        flush_secs=30)
+            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=first_epoch, flush_secs=30)
         except Exception as err:  # noqa: BLE001  curves are a view: the run goes on without them
             self._warn("cannot write TensorBoard curves", err)
 
     def _warn(self, what: str, err: BaseException) -> None:
-        warnings.warn(f"run {self.run.run_id}: {what} ({type(err).__name__}: {err}); the run "
-                      "continues without them (install tensorboard, check the results folder).",
-                      stacklevel=3)
+        warnings.warn(
+            f"run {self.run.run_id}: {what} ({type(err).__name__}: {err}); the run "
+            "continues without them (install tensorboard, check the results folder).",
+            stacklevel=3,
+        )
         self.writer = None
 
-    def epoch(self, entry: Mapping[str, Any], state: Mapping[str, float] | None = None,
-              geometry: Mapping[str, Any] | None = None,
-              evaluation: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def epoch(
+        self,
+        entry: Mapping[str, Any],
+        state: Mapping[str, float] | None = None,
+        geometry: Mapping[str, Any] | None = None,
+        evaluation: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         """Write one epoch's history entry, the loss's state in it, and, when given, the
         geometry and the probes' values ({probe: {metric: value}})."""
         if self.writer is None:
@@ -108,8 +133,13 @@ class RunCurves:
         scalars.update({f"train/{k}": v for k, v in (entry.get("parts") or {}).items()})
         scalars.update({f"loss_state/{k}": v for k, v in (state or {}).items()})
         scalars.update({f"geometry/{k}": v for k, v in (geometry or {}).items()})
-        scalars.update({f"evaluation/{probe}/{k}": v for probe, metrics in (evaluation or {}).items()
-                        for k, v in metrics.items()})
+        scalars.update(
+            {
+                f"evaluation/{probe}/{k}": v
+                for probe, metrics in (evaluation or {}).items()
+                for k, v in metrics.items()
+            }
+        )
         try:
             for tag, value in scalars.items():
                 if _finite(value):
@@ -129,11 +159,16 @@ class RunCurves:
             history = record.get("history") or []
             if history:  # tuning runs evaluate on the validation split only
                 found["final/val_acc"] = history[-1].get("val_acc")
-            found.update({f"final/geometry/{k}": v
-                          for k, v in (record.get("geometry") or {}).items()})
-            found.update({f"final/evaluation/{probe}/{k}": v
-                          for probe, values in (record.get("evaluation") or {}).items()
-                          for k, v in values.items()})
+            found.update(
+                {f"final/geometry/{k}": v for k, v in (record.get("geometry") or {}).items()}
+            )
+            found.update(
+                {
+                    f"final/evaluation/{probe}/{k}": v
+                    for probe, values in (record.get("evaluation") or {}).items()
+                    for k, v in values.items()
+                }
+            )
             metrics = {k: float(v) for k, v in found.items() if _finite(v)}
             params = {**hparams_of(self.run), "status": str(record.get("status"))}
             step = max(self.last_epoch, 0)

@@ -47,7 +47,8 @@ def trial_device() -> tuple[str, list[str]]:
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch "
             f"{torch.__version__} built for CUDA {torch.version.cuda or 'none'}); install the "
             "NVIDIA driver and a CUDA build of torch on that node, or set gpus: 0 to train on "
-            "its CPUs", ids,
+            "its CPUs",
+            ids,
         )
     return "cuda", ids
 
@@ -82,16 +83,24 @@ def train_in_worker(
         if gpu_ids and run.gpus < 1:  # packed runs share the GPU's memory by their shares
             torch.cuda.set_per_process_memory_fraction(run.gpus)
         on_device = run.model_copy(update={"device": device})
-        record = train_run(on_device, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-                           tensorboard_dir=tensorboard_dir)
+        record = train_run(
+            on_device,
+            on_epoch=on_epoch,
+            checkpoint_dir=checkpoint_dir,
+            tensorboard_dir=tensorboard_dir,
+        )
     except GPUNotVisible as err:
         gpu_ids = err.ids
         record = failed_record(run, "GPUNotVisible", str(err), env=environment(torch.device("cpu")))
     finally:
         _release_memory(bool(gpu_ids) and run.gpus < 1)
         torch.set_num_threads(threads)  # the next run of this worker starts as this one did
-    record["env"] = {**(record.get("env") or {}), "gpu_ids": gpu_ids, "ray_node": _ray_node(),
-                     "pid": os.getpid()}
+    record["env"] = {
+        **(record.get("env") or {}),
+        "gpu_ids": gpu_ids,
+        "ray_node": _ray_node(),
+        "pid": os.getpid(),
+    }
     return record
 
 
@@ -116,10 +125,15 @@ def _ray_node() -> str | None:
 
 
 def failed_record(
-    run: RunSpec, kind: str, message: str, *, trace: str | None = None,
+    run: RunSpec,
+    kind: str,
+    message: str,
+    *,
+    trace: str | None = None,
     env: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record of a run that failed before or outside the engine."""
     error = RunError(type=kind, message=message, traceback=trace, epoch=None)
-    return RunRecord.of_run(run, status="failed", error=error, env=env,
-                            finished_at=utc_now()).to_json_dict()
+    return RunRecord.of_run(
+        run, status="failed", error=error, env=env, finished_at=utc_now()
+    ).to_json_dict()

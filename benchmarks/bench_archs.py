@@ -59,8 +59,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def optimiser_settings(arch: str, batch: int) -> dict[str, object]:
     """fastnet: the fast-cifar10 preset with lr scaled to ``batch``; others: the quickstart's."""
     if arch == "fastnet":
-        return {"lr": 1.5 * batch / PRESET_BATCH, "momentum": 0.85, "nesterov": True,
-                "weight_decay": 1.33e-3}
+        return {
+            "lr": 1.5 * batch / PRESET_BATCH,
+            "momentum": 0.85,
+            "nesterov": True,
+            "weight_decay": 1.33e-3,
+        }
     return {"lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
 
 
@@ -95,11 +99,13 @@ def limit_flops(precision: str, n: int, repeats: int = 3) -> dict[str, float]:
 class Step:
     """One network's training step in one precision and layout (its own copy of the network)."""
 
-    def __init__(self, arch: str, precision: str, channels_last: bool, x: torch.Tensor,
-                 y: torch.Tensor) -> None:
+    def __init__(
+        self, arch: str, precision: str, channels_last: bool, x: torch.Tensor, y: torch.Tensor
+    ) -> None:
         torch.manual_seed(0)
-        self.model = create_arch(arch, in_channels=x.shape[1], image_size=x.shape[-1],
-                                 feat_dim=128).train()
+        self.model = create_arch(
+            arch, in_channels=x.shape[1], image_size=x.shape[-1], feat_dim=128
+        ).train()
         self.plugin = create_loss("softmax", num_classes=10, feat_dim=128)
         self.dtype = DTYPES[precision] if precision != "fp32" else None
         if self.dtype is not None:
@@ -108,13 +114,17 @@ class Step:
         self.model = self.model.to(memory_format=layout)
         self.x = x.contiguous(memory_format=layout)
         self.y = y
-        params = [p for p in [*self.model.parameters(), *self.plugin.parameters()]
-                  if p.requires_grad]
+        params = [
+            p for p in [*self.model.parameters(), *self.plugin.parameters()] if p.requires_grad
+        ]
         self.optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
     def __call__(self) -> None:
-        autocast = (torch.autocast("cpu", dtype=self.dtype) if self.dtype is not None
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast("cpu", dtype=self.dtype)
+            if self.dtype is not None
+            else contextlib.nullcontext()
+        )
         with autocast:
             features = self.model(self.x)
         out = self.plugin(features, self.y)  # the loss in float32, outside autocast
@@ -147,12 +157,12 @@ def measure(archs: list[str], batch: int, size: int, rounds: int) -> dict[tuple,
         shift = r % len(keys)
         for key in keys[shift:] + keys[:shift]:
             seconds[key].append(steps[key].seconds())
-    return {key: {"seconds": statistics.median(seconds[key]), "flops": flops[key]}
-            for key in keys}
+    return {key: {"seconds": statistics.median(seconds[key]), "flops": flops[key]} for key in keys}
 
 
-def table(results: dict[tuple, dict[str, Any]], archs: list[str], batch: int,
-          limits: dict[str, float]) -> list[str]:
+def table(
+    results: dict[tuple, dict[str, Any]], archs: list[str], batch: int, limits: dict[str, float]
+) -> list[str]:
     """The printed table: per network its FLOPs per image of a step, then per cell images/s,
     the ratio to fp32 contiguous and the % of the limit; last, the best cell's % of bf16's."""
     head = ["MFLOP/img", "fp32", "fp32+CL", "bf16", "bf16+CL", "best % bf16 limit"]
@@ -165,19 +175,38 @@ def table(results: dict[tuple, dict[str, Any]], archs: list[str], batch: int,
         for precision, cl in CONFIGS:
             seconds = results[(arch, precision, cl)]["seconds"]
             best = max(best, flops / seconds)
-            cells.append(f"{batch / seconds:10.1f} img/s x{base / seconds:5.2f}"
-                         f" {100 * flops / seconds / limits[precision]:5.1f}%".rjust(27))
+            cells.append(
+                f"{batch / seconds:10.1f} img/s x{base / seconds:5.2f}"
+                f" {100 * flops / seconds / limits[precision]:5.1f}%".rjust(27)
+            )
         lines.append(f"{arch:12s}" + "".join(cells) + f"{100 * best / limits['bf16']:18.1f}%")
     return lines
 
 
-def accuracy_after(arch: str, cpu_seconds: float, args: argparse.Namespace) -> tuple[float, int, float]:
+def accuracy_after(
+    arch: str, cpu_seconds: float, args: argparse.Namespace
+) -> tuple[float, int, float]:
     """(test accuracy, training images seen, wall seconds) after ``cpu_seconds`` of training."""
-    settings = RunSettings(epochs=1, batch_size=args.batch, schedule="constant", device="cpu",
-                           limit_eval=args.eval, max_steps=args.chunk, data_root=str(args.data),
-                           channels_last=False, **optimiser_settings(arch, args.batch))
-    run = resolve_run(settings, suite="bench-archs", loss="softmax", dataset="cifar10",
-                      arch=arch, seed=0, feat_dim=128)
+    settings = RunSettings(
+        epochs=1,
+        batch_size=args.batch,
+        schedule="constant",
+        device="cpu",
+        limit_eval=args.eval,
+        max_steps=args.chunk,
+        data_root=str(args.data),
+        channels_last=False,
+        **optimiser_settings(arch, args.batch),
+    )
+    run = resolve_run(
+        settings,
+        suite="bench-archs",
+        loss="softmax",
+        dataset="cifar10",
+        arch=arch,
+        seed=0,
+        feat_dim=128,
+    )
     trainer = Trainer.of_run(run)
     wall = time.perf_counter()
     start = time.process_time()
@@ -197,8 +226,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--matmul", type=int, default=2048, help="the limit's matrix size")
-    parser.add_argument("--accuracy", type=float, default=0.0, metavar="SECONDS",
-                        help="also train each network this many CPU seconds on CIFAR-10")
+    parser.add_argument(
+        "--accuracy",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also train each network this many CPU seconds on CIFAR-10",
+    )
     parser.add_argument("--chunk", type=int, default=10, help="batches per engine call")
     parser.add_argument("--eval", type=int, default=2000, help="test images evaluated")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -207,24 +241,32 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     measured = {p: limit_flops(p, args.matmul) for p in DTYPES}
     limits = {p: measured[p]["limit"] for p in DTYPES}
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} thread(s), batch {args.batch}, {args.size} px RGB, "
-          f"{args.rounds} rounds; CPU seconds of this process per step")
+    print(
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} thread(s), batch {args.batch}, {args.size} px RGB, "
+        f"{args.rounds} rounds; CPU seconds of this process per step"
+    )
     for p in DTYPES:
-        print(f"{p} limit: matrix product {args.matmul}x{args.matmul} "
-              f"{measured[p]['matmul'] / 1e9:.1f} GFLOP/s, 3x3 convolution "
-              f"{measured[p]['conv3x3'] / 1e9:.1f} GFLOP/s")
+        print(
+            f"{p} limit: matrix product {args.matmul}x{args.matmul} "
+            f"{measured[p]['matmul'] / 1e9:.1f} GFLOP/s, 3x3 convolution "
+            f"{measured[p]['conv3x3'] / 1e9:.1f} GFLOP/s"
+        )
     print(f"limit bf16/fp32 x{limits['bf16'] / limits['fp32']:.2f}")
     results = measure(archs, args.batch, args.size, args.rounds)
     print("\n".join(table(results, archs, args.batch, limits)))
     print("cell: images/s, x speed of fp32 contiguous, % of the same precision's limit")
     if args.accuracy > 0:
-        print(f"CIFAR-10 (JPEG q75) test accuracy on the first {args.eval} test images after "
-              f"{args.accuracy:.0f} CPU seconds of training each (constant lr):")
+        print(
+            f"CIFAR-10 (JPEG q75) test accuracy on the first {args.eval} test images after "
+            f"{args.accuracy:.0f} CPU seconds of training each (constant lr):"
+        )
         for name in archs:
             acc, seen, wall = accuracy_after(name, args.accuracy, args)
-            print(f"{name:12s} test accuracy {acc:.2%} after {seen:,} training images "
-                  f"({wall:.0f} s wall with evaluation)")
+            print(
+                f"{name:12s} test accuracy {acc:.2%} after {seen:,} training images "
+                f"({wall:.0f} s wall with evaluation)"
+            )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ def _median_seconds(step: Step, rounds: int) -> float:
     return statistics.median(step.seconds() for _ in range(rounds))
 
 
-def measure(arch: str, precision: str, x: torch.Tensor, y: torch.Tensor, rounds: int
-            ) -> dict[str, float]:
+def measure(
+    arch: str, precision: str, x: torch.Tensor, y: torch.Tensor, rounds: int
+) -> dict[str, float]:
     eager = Step(arch, precision, True, x, y)
     eager()  # first-call costs
     eager_s = _median_seconds(eager, rounds)
@@ -43,8 +44,12 @@ def measure(arch: str, precision: str, x: torch.Tensor, y: torch.Tensor, rounds:
     compiled()
     first_cpu, first_wall = time.process_time() - cpu, time.perf_counter() - wall
     compiled_s = _median_seconds(compiled, rounds)
-    return {"eager": eager_s, "compiled": compiled_s, "compile_cpu": first_cpu - compiled_s,
-            "compile_wall": first_wall - compiled_s}
+    return {
+        "eager": eager_s,
+        "compiled": compiled_s,
+        "compile_cpu": first_cpu - compiled_s,
+        "compile_wall": first_wall - compiled_s,
+    }
 
 
 def main() -> None:
@@ -54,35 +59,47 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--run-images", type=int, default=500_000,
-                        help="training images of the run the break-even is compared with")
+    parser.add_argument(
+        "--run-images",
+        type=int,
+        default=500_000,
+        help="training images of the run the break-even is compared with",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
     y = torch.randint(0, 10, (args.batch,), generator=gen)
     run_steps = args.run_images / args.batch
-    print(f"torch {torch.__version__}, 1 thread, batch {args.batch}, {args.size} px, "
-          f"channels_last; CPU seconds of this process; a run of {args.run_images:,} images = "
-          f"{run_steps:,.0f} steps")
+    print(
+        f"torch {torch.__version__}, 1 thread, batch {args.batch}, {args.size} px, "
+        f"channels_last; CPU seconds of this process; a run of {args.run_images:,} images = "
+        f"{run_steps:,.0f} steps"
+    )
     for arch in args.archs.split(","):
         for precision in args.amp.split(","):
             precision = "fp32" if precision == "off" else precision
             try:
                 r = measure(arch, precision, x, y, args.rounds)
             except Exception as err:  # noqa: BLE001  a diverged or failed compiled step is a result
-                print(f"{arch:10s} {precision}: failed: {type(err).__name__}: "
-                      f"{str(err).splitlines()[0]}", flush=True)
+                print(
+                    f"{arch:10s} {precision}: failed: {type(err).__name__}: "
+                    f"{str(err).splitlines()[0]}",
+                    flush=True,
+                )
                 continue
             saved = r["eager"] - r["compiled"]
             # the wall time: Inductor's C++ compiler runs in subprocesses this process's CPU
             # time does not count (on a shared machine the wall time overstates it instead)
             even = r["compile_wall"] / saved if saved > 0 else float("inf")
-            verdict = ("pays back" if even < run_steps else "does not pay back")
-            print(f"{arch:10s} {precision}: eager {args.batch / r['eager']:8.1f} img/s, compiled "
-                  f"{args.batch / r['compiled']:8.1f} img/s (x{r['eager'] / r['compiled']:.2f}); "
-                  f"compile {r['compile_cpu']:.1f} CPU s ({r['compile_wall']:.1f} s wall); "
-                  f"break-even after {even:,.0f} steps: {verdict} in the run", flush=True)
+            verdict = "pays back" if even < run_steps else "does not pay back"
+            print(
+                f"{arch:10s} {precision}: eager {args.batch / r['eager']:8.1f} img/s, compiled "
+                f"{args.batch / r['compiled']:8.1f} img/s (x{r['eager'] / r['compiled']:.2f}); "
+                f"compile {r['compile_cpu']:.1f} CPU s ({r['compile_wall']:.1f} s wall); "
+                f"break-even after {even:,.0f} steps: {verdict} in the run",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ from podbench.tasks.cache import cache_dir
 REPO = Path(__file__).resolve().parents[1]
 _TARBALL = Path("shared") / "data" / "cifar10-jpeg-q75.tar.gz"
 # ../shared/data/ of the repository; a git worktree deeper down finds it further up
-DEFAULT_DATA = next((p / _TARBALL for p in REPO.parents if (p / _TARBALL).is_file()),
-                    REPO.parent / _TARBALL)
+DEFAULT_DATA = next(
+    (p / _TARBALL for p in REPO.parents if (p / _TARBALL).is_file()), REPO.parent / _TARBALL
+)
 
 
 def extracted(archive: Path) -> Path:

@@ -86,8 +86,13 @@ def compare(run: RunSpec, rounds: int) -> tuple[list[float], list[float], int]:
     model = copy.deepcopy(trainer.parts.model)
     plugin = copy.deepcopy(trainer.parts.plugin)
     params = [p for p in [*model.parameters(), *plugin.parameters()] if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum,
-                                weight_decay=run.weight_decay, nesterov=run.nesterov)
+    optimizer = torch.optim.SGD(
+        params,
+        lr=run.lr,
+        momentum=run.momentum,
+        weight_decay=run.weight_decay,
+        nesterov=run.nesterov,
+    )
     # warm-up: allocator, caches, first-call costs (cuDNN's algorithm choice on a GPU)
     trainer.train_epoch(0)
     bare_epoch(model, plugin, optimizer, trainer, 0, clock)
@@ -141,8 +146,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--amp", default="off", choices=["off", "bf16"],
-                        help="both loops under this autocast (channels_last: auto either way)")
+    parser.add_argument(
+        "--amp",
+        default="off",
+        choices=["off", "bf16"],
+        help="both loops under this autocast (channels_last: auto either way)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(

@@ -66,11 +66,13 @@ def _labelled(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with _phase(label):
             return fn(*args, **kwargs)
+
     return wrapper
 
 
 def _labelled_batches(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
     """Each ``next`` of the training batches (decode, augmentation, normalisation) as train.data."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
         it = iter(fn(*args, **kwargs))
@@ -80,6 +82,7 @@ def _labelled_batches(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterato
             if batch is None:
                 return
             yield batch
+
     return wrapper
 
 
@@ -113,15 +116,17 @@ def _install(monkeypatch: list[tuple[Any, str, Any]]) -> None:
             EPOCHS["cpu"] = EPOCHS.get("cpu", 0.0) + time.process_time() - cpu
 
     for obj, name, new in (
-            (trainer, "train_epoch", timed_epoch),
-            (engine, "build_parts", _labelled("setup", build_parts)),
-            (RunPolicy, "of", classmethod(_labelled("setup", of))),
-            (trainer, "evaluate", _labelled("evaluate", trainer.evaluate)),
-            (trainer, "probe", _labelled("probes", trainer.probe)),
-            (loop, "save_checkpoint", _labelled("checkpoint", loop.save_checkpoint)),
-            (torch.Tensor, "backward", _labelled("train.backward", torch.Tensor.backward))):
-        monkeypatch.append((obj, name, obj.__dict__[name] if isinstance(obj, type) else
-                            getattr(obj, name)))
+        (trainer, "train_epoch", timed_epoch),
+        (engine, "build_parts", _labelled("setup", build_parts)),
+        (RunPolicy, "of", classmethod(_labelled("setup", of))),
+        (trainer, "evaluate", _labelled("evaluate", trainer.evaluate)),
+        (trainer, "probe", _labelled("probes", trainer.probe)),
+        (loop, "save_checkpoint", _labelled("checkpoint", loop.save_checkpoint)),
+        (torch.Tensor, "backward", _labelled("train.backward", torch.Tensor.backward)),
+    ):
+        monkeypatch.append(
+            (obj, name, obj.__dict__[name] if isinstance(obj, type) else getattr(obj, name))
+        )
         setattr(obj, name, new)
 
 
@@ -134,20 +139,36 @@ def profiled_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, fl
     """(the record, wall seconds per phase, the run's CPU seconds) of one profiled run; the CPU
     seconds per phase are in :data:`CPU_SECONDS`."""
     settings = RunSettings(
-        epochs=args.epochs, batch_size=args.batch, lr=0.05, schedule="onecycle", device="cpu",
-        limit_train=args.limit_train, limit_eval=args.limit_eval, amp=args.amp,
+        epochs=args.epochs,
+        batch_size=args.batch,
+        lr=0.05,
+        schedule="onecycle",
+        device="cpu",
+        limit_train=args.limit_train,
+        limit_eval=args.limit_eval,
+        amp=args.amp,
         channels_last={"auto": "auto", "true": True, "false": False}[args.channels_last],
         data_root=str(args.data) if args.dataset == "cifar10" else None,
-        evaluate=args.evaluate or [])
-    run = resolve_run(settings, suite="bench-share", loss="pod", dataset=args.dataset,
-                      arch=args.arch, seed=0, feat_dim=32)
+        evaluate=args.evaluate or [],
+    )
+    run = resolve_run(
+        settings,
+        suite="bench-share",
+        loss="pod",
+        dataset=args.dataset,
+        arch=args.arch,
+        seed=0,
+        feat_dim=32,
+    )
     patches: list[tuple[Any, str, Any]] = []
     _install(patches)
     CPU_SECONDS.clear()
     EPOCHS.clear()
     try:
-        with tempfile.TemporaryDirectory() as tmp, \
-                profile(activities=[ProfilerActivity.CPU]) as prof:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            profile(activities=[ProfilerActivity.CPU]) as prof,
+        ):
             cpu = time.process_time()
             record = engine.train_run(run, checkpoint_dir=Path(tmp) if args.checkpoint else None)
             cpu_total = time.process_time() - cpu
@@ -159,8 +180,10 @@ def profiled_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, fl
 def outermost_seconds(events: Any) -> dict[str, float]:
     """Wall seconds per phase from the profiler's events, a region inside another phase's
     (the channels-last probe's backward passes inside setup) counted only once, in the outer."""
-    spans = sorted(((e.time_range.start, e.time_range.end, e.name) for e in events
-                    if e.name in PHASES), key=lambda s: (s[0], -s[1]))
+    spans = sorted(
+        ((e.time_range.start, e.time_range.end, e.name) for e in events if e.name in PHASES),
+        key=lambda s: (s[0], -s[1]),
+    )
     seconds: dict[str, float] = {}
     end_of_outer = -1.0
     for start, end, name in spans:
@@ -179,8 +202,13 @@ def bare_rates(record: dict[str, Any], args: argparse.Namespace) -> tuple[float,
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, channels, size, size, generator=gen)
     y = torch.randint(0, 10, (args.batch,), generator=gen)
-    step = Step(args.arch, "bf16" if args.amp == "bf16" else "fp32",
-                bool(record["env"]["channels_last"]), x, y)
+    step = Step(
+        args.arch,
+        "bf16" if args.amp == "bf16" else "fp32",
+        bool(record["env"]["channels_last"]),
+        x,
+        y,
+    )
     step()
     walls, cpus = [], []
     for _ in range(5):
@@ -210,34 +238,52 @@ def main() -> None:
     record, wall, cpu_total = profiled_run(args)
     assert record["status"] == "completed", record["error"]
     wall_total = record["wall_time_s"]
-    print(f"{args.arch} on {args.dataset}, amp {args.amp}, channels_last "
-          f"{record['env']['channels_last']} ({args.channels_last}), batch {args.batch}, "
-          f"{args.limit_train} images x {args.epochs} epochs, {args.threads} thread(s), under "
-          f"the profiler: {wall_total:.1f} s wall, {cpu_total:.1f} CPU s")
+    print(
+        f"{args.arch} on {args.dataset}, amp {args.amp}, channels_last "
+        f"{record['env']['channels_last']} ({args.channels_last}), batch {args.batch}, "
+        f"{args.limit_train} images x {args.epochs} epochs, {args.threads} thread(s), under "
+        f"the profiler: {wall_total:.1f} s wall, {cpu_total:.1f} CPU s"
+    )
     outside = ("setup", "train.data", "evaluate", "probes", "checkpoint")
     rows = [(n, wall.get(n, 0.0), CPU_SECONDS.get(n, 0.0)) for n in PHASES]
     step_wall = sum(wall.get(n, 0.0) for n in STEP_PHASES)
     step_cpu = sum(CPU_SECONDS.get(n, 0.0) for n in STEP_PHASES)
     data_wall, data_cpu = wall.get("train.data", 0.0), CPU_SECONDS.get("train.data", 0.0)
     # the loop's own work around the step: accuracy of the batch, finite checks, the epoch's read
-    rows.append(("train.bookkeeping", EPOCHS["wall"] - step_wall - data_wall,
-                 EPOCHS["cpu"] - step_cpu - data_cpu))
-    rows.append(("rest (record...)", wall_total - sum(w for _, w, _ in rows),
-                 cpu_total - sum(c for _, _, c in rows)))
+    rows.append(
+        (
+            "train.bookkeeping",
+            EPOCHS["wall"] - step_wall - data_wall,
+            EPOCHS["cpu"] - step_cpu - data_cpu,
+        )
+    )
+    rows.append(
+        (
+            "rest (record...)",
+            wall_total - sum(w for _, w, _ in rows),
+            cpu_total - sum(c for _, _, c in rows),
+        )
+    )
     for name, w, c in rows:
-        print(f"  {name:18s} {w:8.2f} s wall {100 * w / wall_total:5.1f} %   "
-              f"{c:8.2f} CPU s {100 * c / cpu_total:5.1f} %")
+        print(
+            f"  {name:18s} {w:8.2f} s wall {100 * w / wall_total:5.1f} %   "
+            f"{c:8.2f} CPU s {100 * c / cpu_total:5.1f} %"
+        )
     out_wall = sum(w for n, w, _ in rows if n in outside or n.startswith("rest"))
     out_cpu = sum(c for n, _, c in rows if n in outside or n.startswith("rest"))
-    print(f"outside the training loop's compute (setup, data, evaluation, probes, checkpoints, "
-          f"record): {100 * out_wall / wall_total:.1f} % of the wall time, "
-          f"{100 * out_cpu / cpu_total:.1f} % of the CPU time (target < 10 %); outside the "
-          f"step (forward, loss, backward, optimiser) at all: "
-          f"{100 * (1 - step_cpu / cpu_total):.1f} % of the CPU time")
+    print(
+        f"outside the training loop's compute (setup, data, evaluation, probes, checkpoints, "
+        f"record): {100 * out_wall / wall_total:.1f} % of the wall time, "
+        f"{100 * out_cpu / cpu_total:.1f} % of the CPU time (target < 10 %); outside the "
+        f"step (forward, loss, backward, optimiser) at all: "
+        f"{100 * (1 - step_cpu / cpu_total):.1f} % of the CPU time"
+    )
     bare_wall, bare_cpu = bare_rates(record, args)
-    print(f"images/s: the run's record {record['images_per_s']:.1f} (wall, data included, under "
-          f"the profiler); bare step {bare_wall:.1f} per wall s, {bare_cpu:.1f} per CPU s: "
-          f"the run at x{record['images_per_s'] / bare_wall:.2f} of the bare step's wall rate")
+    print(
+        f"images/s: the run's record {record['images_per_s']:.1f} (wall, data included, under "
+        f"the profiler); bare step {bare_wall:.1f} per wall s, {bare_cpu:.1f} per CPU s: "
+        f"the run at x{record['images_per_s'] / bare_wall:.2f} of the bare step's wall rate"
+    )
 
 
 if __name__ == "__main__":

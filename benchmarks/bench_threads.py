@@ -38,19 +38,43 @@ def _train(runs: list[dict[str, Any]], threads: int) -> list[dict[str, float]]:
         start, cpu = time.time(), time.process_time()
         record = train_run(run)
         assert record["status"] == "completed", record["error"]
-        out.append({"start": start, "end": time.time(), "cpu": time.process_time() - cpu,
-                    "images": float(run.limit_train or 0) * record["epochs_completed"],
-                    "train_images_per_s": record["images_per_s"]})
+        out.append(
+            {
+                "start": start,
+                "end": time.time(),
+                "cpu": time.process_time() - cpu,
+                "images": float(run.limit_train or 0) * record["epochs_completed"],
+                "train_images_per_s": record["images_per_s"],
+            }
+        )
     return out
 
 
 def _specs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    settings = {"epochs": args.epochs, "batch_size": 64, "lr": 0.05, "schedule": "onecycle",
-                "device": "cpu", "limit_train": args.limit_train, "limit_eval": 1000,
-                "amp": args.amp, "channels_last": False}
-    return [{"settings": settings, "grid": {"loss": "pod", "dataset": args.dataset,
-                                            "arch": args.arch, "seed": seed, "feat_dim": 32}}
-            for seed in range(args.runs)]
+    settings = {
+        "epochs": args.epochs,
+        "batch_size": 64,
+        "lr": 0.05,
+        "schedule": "onecycle",
+        "device": "cpu",
+        "limit_train": args.limit_train,
+        "limit_eval": 1000,
+        "amp": args.amp,
+        "channels_last": False,
+    }
+    return [
+        {
+            "settings": settings,
+            "grid": {
+                "loss": "pod",
+                "dataset": args.dataset,
+                "arch": args.arch,
+                "seed": seed,
+                "feat_dim": 32,
+            },
+        }
+        for seed in range(args.runs)
+    ]
 
 
 def measure(config: str, args: argparse.Namespace) -> dict[str, float]:
@@ -65,8 +89,11 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, float]:
     timings = [t for part in parts for t in part]
     wall = max(t["end"] for t in timings) - min(t["start"] for t in timings)
     images = sum(t["images"] for t in timings)
-    return {"wall": wall, "images_per_s": images / wall,
-            "cpu_per_1000": 1000 * sum(t["cpu"] for t in timings) / images}
+    return {
+        "wall": wall,
+        "images_per_s": images / wall,
+        "cpu_per_1000": 1000 * sum(t["cpu"] for t in timings) / images,
+    }
 
 
 def main() -> None:
@@ -83,17 +110,22 @@ def main() -> None:
     names = {"parallel": f"{n} x 1", "serial": f"1 x {n}"}
     results: dict[str, list[dict[str, float]]] = {"parallel": [], "serial": []}
     for r in range(args.rounds):
-        for config in (("parallel", "serial") if r % 2 == 0 else ("serial", "parallel")):
+        for config in ("parallel", "serial") if r % 2 == 0 else ("serial", "parallel"):
             res = measure(config, args)
             results[config].append(res)
-            print(f"round {r} {names[config]:6s}: {res['wall']:7.1f} s wall, "
-                  f"{res['images_per_s']:8.1f} images/s, {res['cpu_per_1000']:5.2f} CPU s "
-                  "per 1,000 images", flush=True)
+            print(
+                f"round {r} {names[config]:6s}: {res['wall']:7.1f} s wall, "
+                f"{res['images_per_s']:8.1f} images/s, {res['cpu_per_1000']:5.2f} CPU s "
+                "per 1,000 images",
+                flush=True,
+            )
     med = {c: statistics.median(x["images_per_s"] for x in v) for c, v in results.items()}
-    print(f"median images/s: {names['parallel']} {med['parallel']:.1f}, {names['serial']} "
-          f"{med['serial']:.1f}: {names['parallel']} is x{med['parallel'] / med['serial']:.2f} "
-          f"({args.arch} on {args.dataset}, {args.limit_train} images x {args.epochs} epochs, "
-          f"amp {args.amp})")
+    print(
+        f"median images/s: {names['parallel']} {med['parallel']:.1f}, {names['serial']} "
+        f"{med['serial']:.1f}: {names['parallel']} is x{med['parallel'] / med['serial']:.2f} "
+        f"({args.arch} on {args.dataset}, {args.limit_train} images x {args.epochs} epochs, "
+        f"amp {args.amp})"
+    )
 
 
 if __name__ == "__main__":

@@ -27,38 +27,71 @@ TUNER_TRIALS = 40  # more trials than the grid: the tuner's pruned trials cost f
 
 def base(name: str, dataset: str, arch: str, **extra: object) -> dict:
     d = {
-        "name": name, "dataset": dataset, "arch": arch, "feat_dim": 16, "epochs": EPOCHS,
-        "batch_size": 64, "schedule": "cosine", "max_concurrent": 2, "cpus": 1,
+        "name": name,
+        "dataset": dataset,
+        "arch": arch,
+        "feat_dim": 16,
+        "epochs": EPOCHS,
+        "batch_size": 64,
+        "schedule": "cosine",
+        "max_concurrent": 2,
+        "cpus": 1,
         "val_fraction": 0.25,  # 450 validation digits: accuracy steps of 0.2 %
         "n_trials": len(LRS) * len(WDS),
-        "space": {"lr": {"type": "float", "low": min(LRS), "high": max(LRS), "log": True},
-                  "weight_decay": {"type": "float", "low": min(WDS), "high": max(WDS), "log": True}},
+        "space": {
+            "lr": {"type": "float", "low": min(LRS), "high": max(LRS), "log": True},
+            "weight_decay": {"type": "float", "low": min(WDS), "high": max(WDS), "log": True},
+        },
     }
     d.update(extra)
     return d
 
 
-POD_FIXED = {"nac_weight": None, "sc_weight": None, "alpha": None, "delta_schedule": None, "centroids": None}
+POD_FIXED = {
+    "nac_weight": None,
+    "sc_weight": None,
+    "alpha": None,
+    "delta_schedule": None,
+    "centroids": None,
+}
 
 
 def main() -> None:
-    out, dataset, arch = sys.argv[1], (sys.argv[2:3] or ["digits"])[0], (sys.argv[3:4] or ["mlp"])[0]
+    out, dataset, arch = (
+        sys.argv[1],
+        (sys.argv[2:3] or ["digits"])[0],
+        (sys.argv[3:4] or ["mlp"])[0],
+    )
     grid = [{"lr": lr, "weight_decay": wd} for lr, wd in itertools.product(LRS, WDS)]
     losses = {"softmax": {}, "pod": {"space": POD_FIXED}}
     t0 = time.time()
-    grid_spec = TuneSpec.model_validate(base(
-        "grid", dataset, arch, early_stopping={"enabled": False},
-        losses={k: {**v, "enqueue": grid} for k, v in losses.items()}))
+    grid_spec = TuneSpec.model_validate(
+        base(
+            "grid",
+            dataset,
+            arch,
+            early_stopping={"enabled": False},
+            losses={k: {**v, "enqueue": grid} for k, v in losses.items()},
+        )
+    )
     run_study(grid_spec, out, num_cpus=2)
     g = pd.read_csv(f"{out}/tune/grid/trials.csv")
     print(f"grid done in {time.time() - t0:.0f}s")
     rows = []
     for seed in (0, 1, 2):
         t0 = time.time()
-        spec = TuneSpec.model_validate(base(
-            f"tpe-{seed}", dataset, arch, seed=seed, n_startup_trials=5, n_trials=TUNER_TRIALS,
-            early_stopping={"enabled": True, "grace_period": 1, "reduction_factor": 3},
-            losses=losses))
+        spec = TuneSpec.model_validate(
+            base(
+                f"tpe-{seed}",
+                dataset,
+                arch,
+                seed=seed,
+                n_startup_trials=5,
+                n_trials=TUNER_TRIALS,
+                early_stopping={"enabled": True, "grace_period": 1, "reduction_factor": 3},
+                losses=losses,
+            )
+        )
         run_study(spec, out, num_cpus=2)
         t = pd.read_csv(f"{out}/tune/tpe-{seed}/trials.csv")
         print(f"tuner seed {seed} done in {time.time() - t0:.0f}s")
@@ -68,13 +101,21 @@ def main() -> None:
             cum = tl["epochs_run"].cumsum()
             hit = tl.index[(tl["state"] == "COMPLETE") & (tl["value"] >= target - 1e-12)]
             reached = int(cum.loc[hit[0]]) if len(hit) else None
-            rows.append({
-                "loss": loss, "seed": seed, "grid_best": target, "grid_epochs": int(gl["epochs_run"].sum()),
-                "tuner_best": tl["value"].max(), "tuner_epochs": int(tl["epochs_run"].sum()),
-                "tuner_best_within_grid_epochs": tl.loc[cum <= int(gl["epochs_run"].sum()), "value"].max(),
-                "epochs_to_grid_best": reached,
-                "trial_reaching": int(tl.loc[hit[0], "number"]) if len(hit) else None,
-            })
+            rows.append(
+                {
+                    "loss": loss,
+                    "seed": seed,
+                    "grid_best": target,
+                    "grid_epochs": int(gl["epochs_run"].sum()),
+                    "tuner_best": tl["value"].max(),
+                    "tuner_epochs": int(tl["epochs_run"].sum()),
+                    "tuner_best_within_grid_epochs": tl.loc[
+                        cum <= int(gl["epochs_run"].sum()), "value"
+                    ].max(),
+                    "epochs_to_grid_best": reached,
+                    "trial_reaching": int(tl.loc[hit[0], "number"]) if len(hit) else None,
+                }
+            )
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     table.to_csv(f"{out}/tune_vs_grid.csv", index=False)

@@ -109,39 +109,84 @@ def gpu_plan(args: argparse.Namespace) -> Plan:
     # cudnn.benchmark on, as airbench times itself: the preset's time to 94% is comparable
     common = [f"data_root={data}", "device=cuda", "deterministic=false"]
     return Plan(
-        device="cuda", dataset="cifar10", data_root=data, losses=None,
+        device="cuda",
+        dataset="cifar10",
+        data_root=data,
+        losses=None,
         suite_set=[*common, "seeds=[0]", "epochs=3"],
         packing_runs=8,
         packing_set=[*common, f"losses=[{FAST_CIFAR10_ENTRY['softmax']}]", "epochs=2", "cpus=1"],
         packed={"gpus": 0.25},
         overhead_set=[*common, f"losses=[{FAST_CIFAR10_ENTRY['softmax']}]", "seeds=[0]"],
-        overhead_rounds=5, data_batch=1024, data_epochs=3,
-        target=args.target or 0.94, budgets=args.budgets or [10, 20, 40],
-        target_losses=["softmax", "pod"], target_set=common,
-        deadline_s=args.deadline or 460.0, compile_backend=None, ray_cpus=None, ray=True,
-        overhead_max=1.03, packing_min_speedup=1.5, packing_min_overlap=2, compile_needs_s=180,
+        overhead_rounds=5,
+        data_batch=1024,
+        data_epochs=3,
+        target=args.target or 0.94,
+        budgets=args.budgets or [10, 20, 40],
+        target_losses=["softmax", "pod"],
+        target_set=common,
+        deadline_s=args.deadline or 460.0,
+        compile_backend=None,
+        ray_cpus=None,
+        ray=True,
+        overhead_max=1.03,
+        packing_min_speedup=1.5,
+        packing_min_overlap=2,
+        compile_needs_s=180,
     )
 
 
 def smoke_plan(args: argparse.Namespace) -> Plan:
-    tiny = ["datasets=[synthetic]", "device=cpu", "gpus=0", "cpus=1", "batch_size=64",
-            "feat_dim=16", "proj=linear", "limit_eval=128", "deterministic=false"]
+    tiny = [
+        "datasets=[synthetic]",
+        "device=cpu",
+        "gpus=0",
+        "cpus=1",
+        "batch_size=64",
+        "feat_dim=16",
+        "proj=linear",
+        "limit_eval=128",
+        "deterministic=false",
+    ]
     return Plan(
-        device="cpu", dataset="synthetic", data_root=None, losses=["softmax", "pod"],
-        suite_set=[*tiny, f"losses=[{FAST_CIFAR10_ENTRY['softmax']}]", "seeds=[0]", "epochs=1", "max_steps=2"],
+        device="cpu",
+        dataset="synthetic",
+        data_root=None,
+        losses=["softmax", "pod"],
+        suite_set=[
+            *tiny,
+            f"losses=[{FAST_CIFAR10_ENTRY['softmax']}]",
+            "seeds=[0]",
+            "epochs=1",
+            "max_steps=2",
+        ],
         packing_runs=2,
         packing_set=[*tiny, f"losses=[{FAST_CIFAR10_ENTRY['softmax']}]", "epochs=1", "max_steps=2"],
         packed={"gpus": 0.0, "cpus": 1.0},
-        overhead_set=[*tiny, f"losses=[{FAST_CIFAR10_ENTRY['softmax']}]", "seeds=[0]", "max_steps=2", "amp='off'",
-                      "channels_last=false"],
-        overhead_rounds=2, data_batch=64, data_epochs=1,
-        target=args.target or 0.3, budgets=args.budgets or [1, 2],
+        overhead_set=[
+            *tiny,
+            f"losses=[{FAST_CIFAR10_ENTRY['softmax']}]",
+            "seeds=[0]",
+            "max_steps=2",
+            "amp='off'",
+            "channels_last=false",
+        ],
+        overhead_rounds=2,
+        data_batch=64,
+        data_epochs=1,
+        target=args.target or 0.3,
+        budgets=args.budgets or [1, 2],
         target_losses=["softmax", "pod"],
         target_set=[*tiny, "amp='off'", "channels_last=false"],
-        deadline_s=args.deadline or 300.0, compile_backend="eager", ray_cpus=2,
+        deadline_s=args.deadline or 300.0,
+        compile_backend="eager",
+        ray_cpus=2,
         ray=args.ray,
         # 2 steps on shared CPU cores: ratios of tiny times, bounded loosely; no packing bound
-        overhead_max=3.0, packing_min_speedup=0.0, packing_min_overlap=0.5, compile_needs_s=5,
+        overhead_max=3.0,
+        packing_min_speedup=0.0,
+        packing_min_overlap=0.5,
+        compile_needs_s=5,
     )
 
 
@@ -167,8 +212,11 @@ class Report:
     def check(self, name: str, *, needs: float = 0.0) -> Iterator[bool]:
         """Run a check's body unless the time left is below ``needs``; any exception is a FAIL."""
         if self.left() < needs:
-            self.fail("SKIP", f"{name}: {self.left():.0f} s left, it needs about {needs:.0f} s "
-                      "(raise --deadline)")
+            self.fail(
+                "SKIP",
+                f"{name}: {self.left():.0f} s left, it needs about {needs:.0f} s "
+                "(raise --deadline)",
+            )
             yield False
             return
         try:
@@ -191,9 +239,11 @@ def check_environment(report: Report, plan: Plan) -> None:
             report.fail("FAIL", "env: no CUDA GPU is visible (run with --smoke on a CPU)")
             return
         props = torch.cuda.get_device_properties(0)
-        line += (f", {props.name} ({props.total_memory / 1024**3:.0f} GiB, capability "
-                 f"{props.major}.{props.minor}), CUDA {torch.version.cuda}, "
-                 f"bf16 native: {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+        line += (
+            f", {props.name} ({props.total_memory / 1024**3:.0f} GiB, capability "
+            f"{props.major}.{props.minor}), CUDA {torch.version.cuda}, "
+            f"bf16 native: {'yes' if torch.cuda.is_bf16_supported() else 'no'}"
+        )
     else:
         line += ", device cpu (smoke mode)"
     report.line(line)
@@ -219,14 +269,22 @@ def check_conformance(report: Report, plan: Plan) -> None:
                         library_syncs.append(name)  # the library reads values back by design
                         continue
                     failed.append(name)
-                    report.fail("FAIL", f"conformance on {plan.device}, {name}, "
-                                f"{kit_check.__name__}: {type(err).__name__}: {err}")
+                    report.fail(
+                        "FAIL",
+                        f"conformance on {plan.device}, {name}, "
+                        f"{kit_check.__name__}: {type(err).__name__}: {err}",
+                    )
                     break
-        library = (f"; host syncs in {len(library_syncs)} pml: losses, the library's "
-                   "(pytorch-metric-learning reads values back), not counted"
-                   if library_syncs else "")
-        report.line(f"conformance on {plan.device}: {len(names) - len(failed)}/{len(names)} "
-                    f"losses pass ({time.perf_counter() - start:.1f} s){library}")
+        library = (
+            f"; host syncs in {len(library_syncs)} pml: losses, the library's "
+            "(pytorch-metric-learning reads values back), not counted"
+            if library_syncs
+            else ""
+        )
+        report.line(
+            f"conformance on {plan.device}: {len(names) - len(failed)}/{len(names)} "
+            f"losses pass ({time.perf_counter() - start:.1f} s){library}"
+        )
 
 
 def check_data_path(report: Report, plan: Plan) -> None:
@@ -242,18 +300,21 @@ def check_data_path(report: Report, plan: Plan) -> None:
         x, _ = next(task.train_batches(plan.data_batch, seed=0, epoch=99))  # warm-up
         _check_layout(task, x, plan.device)
         rate = fast_rate(task, plan.data_batch, plan.data_epochs, torch.device(plan.device))
-        report.line(f"data path on {plan.device}: {rate:,.0f} images/s ({plan.dataset}, "
-                    f"{task.num_train} training images, batch {plan.data_batch}; checked: uint8 "
-                    f"on the device, float32 batches there, channels_last); first load "
-                    f"{first:.1f} s")
+        report.line(
+            f"data path on {plan.device}: {rate:,.0f} images/s ({plan.dataset}, "
+            f"{task.num_train} training images, batch {plan.data_batch}; checked: uint8 "
+            f"on the device, float32 batches there, channels_last); first load "
+            f"{first:.1f} s"
+        )
 
 
 def _check_layout(task: Any, x: torch.Tensor, device: str) -> None:
     """What the data path promises, checked on a real batch and the stored images."""
     stored = task._data["train"][0]
     if stored.dtype != torch.uint8 or stored.device.type != device:
-        raise RuntimeError(f"stored training images are {stored.dtype} on {stored.device}, "
-                           f"not uint8 on {device}")
+        raise RuntimeError(
+            f"stored training images are {stored.dtype} on {stored.device}, not uint8 on {device}"
+        )
     if x.dtype != torch.float32 or x.device.type != device:
         raise RuntimeError(f"batches are {x.dtype} on {x.device}, not float32 on {device}")
     if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
@@ -268,11 +329,13 @@ def check_overhead(report: Report, plan: Plan) -> None:
         engine_s, bare_s, steps = compare(run, plan.overhead_rounds)
         engine, bare = statistics.median(engine_s), statistics.median(bare_s)
         ratio = engine / bare
-        text = (f"engine overhead on {plan.device}: engine/bare = {ratio:.3f} (bound "
-                f"{plan.overhead_max:g}; median seconds per epoch {engine:.3f} vs {bare:.3f}; "
-                f"{steps} steps of {run.batch_size}, {run.arch}, {run.loss}, amp {run.amp}, "
-                f"channels_last {run.channels_last}, deterministic {run.deterministic}; "
-                f"{plan.overhead_rounds} epochs each)")
+        text = (
+            f"engine overhead on {plan.device}: engine/bare = {ratio:.3f} (bound "
+            f"{plan.overhead_max:g}; median seconds per epoch {engine:.3f} vs {bare:.3f}; "
+            f"{steps} steps of {run.batch_size}, {run.arch}, {run.loss}, amp {run.amp}, "
+            f"channels_last {run.channels_last}, deterministic {run.deterministic}; "
+            f"{plan.overhead_rounds} epochs each)"
+        )
         if ratio > plan.overhead_max:
             report.fail("FAIL", text)
         else:
@@ -287,8 +350,14 @@ def _run_suite(runs: list[Any], results: Path, plan: Plan, max_concurrent: int |
 
     start = time.perf_counter()
     if plan.ray:
-        outcome = run_suite(runs, results, num_cpus=plan.ray_cpus, max_concurrent=max_concurrent,
-                            progress_stream=io.StringIO(), rich_display=False)
+        outcome = run_suite(
+            runs,
+            results,
+            num_cpus=plan.ray_cpus,
+            max_concurrent=max_concurrent,
+            progress_stream=io.StringIO(),
+            rich_display=False,
+        )
     else:  # the smoke mode: Ray's start and worker processes alone would take a minute
         store = ResultsStore(results)
         for run in runs:
@@ -314,12 +383,16 @@ def check_suite(report: Report, plan: Plan, workdir: Path) -> None:
             raise RuntimeError(f"the runs ran on {devices}, not {plan.device}")
         if not all(r["spec"]["amp"] == "bf16" and r["env"]["channels_last"] for r in records):
             raise RuntimeError("the runs did not train with bf16 autocast and channels_last")
-        accs = ", ".join(f"{r['label']} {r['final_test_acc']:.3f}"
-                         for r in sorted(records, key=lambda r: r["label"]))
+        accs = ", ".join(
+            f"{r['label']} {r['final_test_acc']:.3f}"
+            for r in sorted(records, key=lambda r: r["label"])
+        )
         how = "through Ray" if plan.ray else "in this process (smoke; --ray for Ray)"
-        report.line(f"suite fast-cifar10 on {plan.device} (bf16, channels_last): "
-                    f"{len(records)}/{len(runs)} runs completed in {seconds:.1f} s {how}; "
-                    f"test accuracy {accs} after {runs[0].epochs} epoch(s)")
+        report.line(
+            f"suite fast-cifar10 on {plan.device} (bf16, channels_last): "
+            f"{len(records)}/{len(runs)} runs completed in {seconds:.1f} s {how}; "
+            f"test accuracy {accs} after {runs[0].epochs} epoch(s)"
+        )
 
 
 def check_packing(report: Report, plan: Plan, workdir: Path) -> None:
@@ -329,8 +402,9 @@ def check_packing(report: Report, plan: Plan, workdir: Path) -> None:
         if not go:
             return
         seeds = ",".join(str(s) for s in range(plan.packing_runs))
-        packed = [r.model_copy(update=plan.packed)
-                  for r in _load([*plan.packing_set, f"seeds=[{seeds}]"])]
+        packed = [
+            r.model_copy(update=plan.packed) for r in _load([*plan.packing_set, f"seeds=[{seeds}]"])
+        ]
         together = _run_suite(packed, workdir / "packed", plan, None)
         alone = _run_suite(packed, workdir / "alone", plan, 1)
         # runs in flight on average: the runs' own wall times over the wall time of all of them
@@ -339,9 +413,11 @@ def check_packing(report: Report, plan: Plan, workdir: Path) -> None:
         shares = ", ".join(f"{k}={v:g}" for k, v in plan.packed.items())
         how = "" if plan.ray else " [in this process, one after another: smoke; --ray for Ray]"
         speedup = alone / together
-        text = (f"packing: {len(packed)} runs at {shares} together {together:.1f} s, one at "
-                f"a time {alone:.1f} s; speed-up {speedup:.2f}x (bound {plan.packing_min_speedup:g}"
-                f"x), {overlap:.2f} runs in flight on average (bound {plan.packing_min_overlap:g}){how}")
+        text = (
+            f"packing: {len(packed)} runs at {shares} together {together:.1f} s, one at "
+            f"a time {alone:.1f} s; speed-up {speedup:.2f}x (bound {plan.packing_min_speedup:g}"
+            f"x), {overlap:.2f} runs in flight on average (bound {plan.packing_min_overlap:g}){how}"
+        )
         if speedup < plan.packing_min_speedup or overlap < plan.packing_min_overlap:
             report.fail("FAIL", text)
         else:
@@ -367,23 +443,37 @@ def check_time_to_target(report: Report, plan: Plan) -> None:
             best = (0.0, 0)
             for epochs in plan.budgets:
                 if report.left() < 10:
-                    report.fail("SKIP", f"{name}: no time left for the {epochs}-epoch budget; "
-                                f"best {best[0]:.2%} at {best[1]} epochs")
+                    report.fail(
+                        "SKIP",
+                        f"{name}: no time left for the {epochs}-epoch budget; "
+                        f"best {best[0]:.2%} at {best[1]} epochs",
+                    )
                     break
-                record = _train([*plan.target_set, f"losses=[{FAST_CIFAR10_ENTRY.get(loss, loss)}]", "seeds=[0]",
-                                 f"epochs={epochs}"])
+                record = _train(
+                    [
+                        *plan.target_set,
+                        f"losses=[{FAST_CIFAR10_ENTRY.get(loss, loss)}]",
+                        "seeds=[0]",
+                        f"epochs={epochs}",
+                    ]
+                )
                 acc = record["final_test_acc"]
                 best = max(best, (acc, epochs))
                 if acc >= plan.target:
                     seconds = sum(h["seconds"] for h in record["history"])
-                    report.line(f"{name}: {seconds:.1f} s of training and evaluation "
-                                f"({epochs} epoch(s), {record['images_per_s']:,.0f} images/s; final "
-                                f"test accuracy {acc:.2%}; run wall {record['wall_time_s']:.1f} s)"
-                                f" with fastnet on {plan.dataset}")
+                    report.line(
+                        f"{name}: {seconds:.1f} s of training and evaluation "
+                        f"({epochs} epoch(s), {record['images_per_s']:,.0f} images/s; final "
+                        f"test accuracy {acc:.2%}; run wall {record['wall_time_s']:.1f} s)"
+                        f" with fastnet on {plan.dataset}"
+                    )
                     break
             else:
-                report.fail("MISS", f"{name}: not reached with budgets {plan.budgets} epochs; "
-                            f"best {best[0]:.2%} at {best[1]} epochs")
+                report.fail(
+                    "MISS",
+                    f"{name}: not reached with budgets {plan.budgets} epochs; "
+                    f"best {best[0]:.2%} at {best[1]} epochs",
+                )
 
 
 def check_compile(report: Report, plan: Plan) -> None:
@@ -398,8 +488,12 @@ def check_compile(report: Report, plan: Plan) -> None:
         if plan.compile_backend is not None:  # inductor takes minutes on a CPU
             torch.compile = lambda model, **kw: real_compile(model, backend=plan.compile_backend)
         try:
-            base = [*plan.target_set, f"losses=[{FAST_CIFAR10_ENTRY['softmax']}]", "seeds=[0]",
-                    f"epochs={min(2, plan.budgets[0])}"]
+            base = [
+                *plan.target_set,
+                f"losses=[{FAST_CIFAR10_ENTRY['softmax']}]",
+                "seeds=[0]",
+                f"epochs={min(2, plan.budgets[0])}",
+            ]
             first = _train([*base, "compile=true"])
             graphs = counters["stats"]["unique_graphs"]
             second = _train([*base, "compile=true", "seeds=[1]"])
@@ -407,15 +501,20 @@ def check_compile(report: Report, plan: Plan) -> None:
             eager = _train([*base, "seeds=[1]"])
         finally:
             torch.compile = real_compile
-        text = (f"compile: first run {first['wall_time_s']:.1f} s wall ({graphs} graphs compiled), "
-                f"second {second['wall_time_s']:.1f} s ({new_graphs} new graphs; bound 0), eager "
-                f"{eager['wall_time_s']:.1f} s; images/s compiled {second['images_per_s']:,.0f} "
-                f"vs eager {eager['images_per_s']:,.0f} "
-                f"({second['images_per_s'] / eager['images_per_s']:.2f}x)"
-                f"{' [eager backend: smoke]' if plan.compile_backend else ''}")
+        text = (
+            f"compile: first run {first['wall_time_s']:.1f} s wall ({graphs} graphs compiled), "
+            f"second {second['wall_time_s']:.1f} s ({new_graphs} new graphs; bound 0), eager "
+            f"{eager['wall_time_s']:.1f} s; images/s compiled {second['images_per_s']:,.0f} "
+            f"vs eager {eager['images_per_s']:,.0f} "
+            f"({second['images_per_s'] / eager['images_per_s']:.2f}x)"
+            f"{' [eager backend: smoke]' if plan.compile_backend else ''}"
+        )
         if graphs == 0 or new_graphs > 0:
-            report.fail("FAIL", text + ("; nothing was compiled" if graphs == 0 else
-                                        "; the second run compiled again"))
+            report.fail(
+                "FAIL",
+                text
+                + ("; nothing was compiled" if graphs == 0 else "; the second run compiled again"),
+            )
         else:
             report.line(text)
 
@@ -436,26 +535,45 @@ def _steps(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = sorted(set(names) - set(STEPS))
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown step(s) {', '.join(unknown)}; choose from "
-                                         f"{', '.join(STEPS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}"
+        )
     return names
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny data, a few steps")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="CIFAR-10 JPEG tarball (default: ../shared/data/ of the repository)")
-    parser.add_argument("--target", type=float, default=None,
-                        help="test accuracy to reach (GPU: 0.94; smoke: 0.3)")
-    parser.add_argument("--budgets", type=lambda s: [int(v) for v in s.split(",")], default=None,
-                        help="epoch budgets tried in order, e.g. 10,20,40")
-    parser.add_argument("--ray", action="store_true",
-                        help="smoke mode: run the suite and packing checks through Ray too")
-    parser.add_argument("--deadline", type=float, default=None,
-                        help="seconds for everything (GPU: 460, smoke: 300)")
-    parser.add_argument("--only", type=_steps, default=list(STEPS), metavar="STEP,...",
-                        help=f"run only these steps (of {', '.join(STEPS)})")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="CIFAR-10 JPEG tarball (default: ../shared/data/ of the repository)",
+    )
+    parser.add_argument(
+        "--target", type=float, default=None, help="test accuracy to reach (GPU: 0.94; smoke: 0.3)"
+    )
+    parser.add_argument(
+        "--budgets",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=None,
+        help="epoch budgets tried in order, e.g. 10,20,40",
+    )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="smoke mode: run the suite and packing checks through Ray too",
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=None, help="seconds for everything (GPU: 460, smoke: 300)"
+    )
+    parser.add_argument(
+        "--only",
+        type=_steps,
+        default=list(STEPS),
+        metavar="STEP,...",
+        help=f"run only these steps (of {', '.join(STEPS)})",
+    )
     args = parser.parse_args(argv)
     args.data = args.data.expanduser().resolve()  # Ray workers run in other folders
     if not args.smoke and not args.data.is_file():

@@ -159,8 +159,10 @@ class LossPlugin(nn.Module, ABC):
     def check_features(self, features: Tensor) -> None:
         """Raise a one-sentence error when features are not a finite (B, d) float tensor."""
         self._check_feature_shape(features)
-        if self.check_values and not math.isfinite(float(features.detach().sum())) and not bool(
-            torch.isfinite(features).all()
+        if (
+            self.check_values
+            and not math.isfinite(float(features.detach().sum()))
+            and not bool(torch.isfinite(features).all())
         ):
             self._raise_non_finite(features)
 

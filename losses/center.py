@@ -62,7 +62,8 @@ class CenterLoss(SoftmaxLoss):
             with torch.no_grad():
                 # index_add_, not bincount: bincount's output size makes the host wait for a GPU
                 counts = diff.new_zeros(self.num_classes).index_add_(
-                    0, targets, diff.new_ones(targets.shape[0]))
+                    0, targets, diff.new_ones(targets.shape[0])
+                )
                 # sum_{i: y_i = j} (c_j - x_i) = -(sum of diff over class j)
                 delta = torch.zeros_like(self.centers).index_add_(0, targets, -diff.detach())
                 self.centers -= self.alpha * delta / (1.0 + counts[:, None])

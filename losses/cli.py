@@ -97,7 +97,8 @@ def _print_libraries(console: Console) -> None:
         f"{pml.PREFIX}: {len(found)} losses of {loss_info(f'{pml.PREFIX}:{next(iter(found))}').source} "
         f"({len(means)} pair/tuple losses predict the nearest class mean of the training "
         "features, accumulated over each epoch's training batches; the others their class "
-        "logits).", highlight=False,
+        "logits).",
+        highlight=False,
     )
     for name, why in sorted(pml.left_out().items()):
         console.print(f"  left out: {name}: {why}", highlight=False)

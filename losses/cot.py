@@ -66,7 +66,9 @@ class COTLoss(SoftmaxLoss):
 
     updates_per_batch: ClassVar[int] = 2
 
-    def __init__(self, num_classes: int, feat_dim: int, *, complement_norm: str = "released") -> None:
+    def __init__(
+        self, num_classes: int, feat_dim: int, *, complement_norm: str = "released"
+    ) -> None:
         super().__init__(num_classes, feat_dim)
         if complement_norm not in COMPLEMENT_NORMS:
             raise UserError(

@@ -65,10 +65,18 @@ DISTRIBUTION = "pytorch-metric-learning"
 INSTALL = "pip install 'podbench[pml]'"
 # Arguments every PML loss or miner has that are objects, not hyperparameters: they keep PML's
 # defaults (the loss's own distance, reducer, no regulariser, its weight initialisation).
-PLUMBING = frozenset({
-    "distance", "reducer", "collect_stats", "weight_init_func", "weight_regularizer",
-    "weight_reg_weight", "embedding_regularizer", "embedding_reg_weight",
-})
+PLUMBING = frozenset(
+    {
+        "distance",
+        "reducer",
+        "collect_stats",
+        "weight_init_func",
+        "weight_regularizer",
+        "weight_reg_weight",
+        "embedding_regularizer",
+        "embedding_reg_weight",
+    }
+)
 EMBEDDING_DIM = ("embedding_size", "descriptors_dim")  # the feature dimension d, by PML's names
 POSITIVE_ONLY = re.compile(r"temperature|lr_scale")  # zero is not a value of these
 # Learning-rate multiplier of proxies (class weights PML calls `proxies`): the ProxyAnchor
@@ -144,8 +152,13 @@ def _probe_batch(num_classes: int, feat_dim: int) -> tuple[Tensor, Tensor]:
     return torch.randn(len(labels), feat_dim, generator=gen), labels
 
 
-def _probe(loss: nn.Module, num_classes: int, feat_dim: int, indices: Any = None,
-           miner: nn.Module | None = None) -> Tensor:
+def _probe(
+    loss: nn.Module,
+    num_classes: int,
+    feat_dim: int,
+    indices: Any = None,
+    miner: nn.Module | None = None,
+) -> Tensor:
     """The loss of a small labelled batch (tuples from ``indices`` or ``miner``), without
     touching the global random state."""
     x, y = _probe_batch(num_classes, feat_dim)
@@ -212,8 +225,9 @@ def _built(cls: type[nn.Module], args: dict[str, Any]) -> nn.Module:
         return cls(**args)
 
 
-def _passable(cls: type[nn.Module], dims: dict[str, Any], hparams: dict[str, Any]
-              ) -> dict[str, Any]:
+def _passable(
+    cls: type[nn.Module], dims: dict[str, Any], hparams: dict[str, Any]
+) -> dict[str, Any]:
     """The hyperparameters a caller may pass: an argument of a base class that the subclass
     sets itself (``super().__init__(margin=0.1, **kwargs)``) cannot be passed again, so it is
     not one; each such argument is tried on its own."""
@@ -263,9 +277,15 @@ def _discover_one(name: str, cls: type[nn.Module], base: type) -> Discovered | s
         return f"needs {', '.join(missing)}, which {verb} no default"
     except Exception as err:  # noqa: BLE001  the reason it is left out
         return f"cannot be built with its defaults ({type(err).__name__}: {err})"
-    hparams = _passable(cls, dims, {
-        k: v for k, v in defaults.items()
-        if k not in PLUMBING and k not in (*EMBEDDING_DIM, "num_classes") and _is_plain(v)})
+    hparams = _passable(
+        cls,
+        dims,
+        {
+            k: v
+            for k, v in defaults.items()
+            if k not in PLUMBING and k not in (*EMBEDDING_DIM, "num_classes") and _is_plain(v)
+        },
+    )
     try:  # every hyperparameter passed explicitly, as a suite may
         loss = _built(cls, {**dims, **hparams})
     except Exception as err:  # noqa: BLE001  the reason it is left out
@@ -273,17 +293,27 @@ def _discover_one(name: str, cls: type[nn.Module], base: type) -> Discovered | s
     problem = _numerical_problem(loss, k, d)
     if problem:
         return problem
-    classifier = takes_classes and dim_arg is not None and callable(getattr(cls, "get_logits", None))
+    classifier = (
+        takes_classes and dim_arg is not None and callable(getattr(cls, "get_logits", None))
+    )
     takes_miner = not classifier and _takes_miner(loss, k, d)
     if takes_miner:
         hparams["miner"] = None
     names = [n for n, _ in loss.named_parameters()]
     if names:  # proxies learn at 100x the network's rate in the ProxyAnchor authors' code
-        hparams["head_lr_scale"] = PROXY_LR_SCALE if any(n.endswith("proxies") for n in names) else 1.0
+        hparams["head_lr_scale"] = (
+            PROXY_LR_SCALE if any(n.endswith("proxies") for n in names) else 1.0
+        )
     return Discovered(
-        name=name, cls=cls, kind="classifier" if classifier else "mean", defaults=hparams,
-        takes_classes=takes_classes, dim_arg=dim_arg, takes_miner=takes_miner,
-        reference=_reference(cls), learnable=any(True for _ in loss.parameters()),
+        name=name,
+        cls=cls,
+        kind="classifier" if classifier else "mean",
+        defaults=hparams,
+        takes_classes=takes_classes,
+        dim_arg=dim_arg,
+        takes_miner=takes_miner,
+        reference=_reference(cls),
+        learnable=any(True for _ in loss.parameters()),
     )
 
 
@@ -292,7 +322,10 @@ def _discover_miners() -> dict[str, type]:
 
     miners = {}
     for name, cls in sorted(vars(pml_miners).items()):
-        if not (inspect.isclass(cls) and issubclass(cls, pml_miners.BaseMiner)) or cls is pml_miners.BaseMiner:
+        if (
+            not (inspect.isclass(cls) and issubclass(cls, pml_miners.BaseMiner))
+            or cls is pml_miners.BaseMiner
+        ):
             continue
         _, required = _constructor_args(cls)
         if not required:  # a miner that needs a loss or settings without defaults is left out
@@ -306,16 +339,23 @@ def discover() -> dict[str, Discovered]:
         return dict(_DISCOVERED)
     pml_losses = _import_pml()
     base = pml_losses.BaseMetricLossFunction
-    classes = {name: cls for name, cls in sorted(vars(pml_losses).items())
-               if inspect.isclass(cls) and issubclass(cls, nn.Module)}  # not mixins, helpers
+    classes = {
+        name: cls
+        for name, cls in sorted(vars(pml_losses).items())
+        if inspect.isclass(cls) and issubclass(cls, nn.Module)
+    }  # not mixins, helpers
     with warnings.catch_warnings():  # the probes' batches are not the user's concern
         warnings.simplefilter("ignore")
         for name, cls in classes.items():
             found = _discover_one(name, cls, base)
             if isinstance(found, str):
-                bases = any(other is not cls and issubclass(other, cls) for other in classes.values())
+                bases = any(
+                    other is not cls and issubclass(other, cls) for other in classes.values()
+                )
                 unbuildable = not found.startswith(("gives", "fails"))
-                _LEFT_OUT[name] = f"a base class of other losses: {found}" if bases and unbuildable else found
+                _LEFT_OUT[name] = (
+                    f"a base class of other losses: {found}" if bases and unbuildable else found
+                )
             else:
                 _DISCOVERED[name] = found
     _MINERS.update(_discover_miners())
@@ -383,7 +423,9 @@ class PmlLoss(LossPlugin):
                     f"{', '.join(sorted(spec.defaults)) or '(none)'}."
                 )
             # the miner is a name, checked against PML's miners below
-            params[key] = value if key == "miner" else _check_value(owner, key, value, spec.defaults[key])
+            params[key] = (
+                value if key == "miner" else _check_value(owner, key, value, spec.defaults[key])
+            )
         self.hparams = dict(params)  # every value, shown in repr
         miner = params.pop("miner", None)
         self.head_lr_scale = float(params.pop("head_lr_scale", 1.0))
@@ -430,7 +472,8 @@ class PmlLoss(LossPlugin):
         reducer = loss.reducer
         own_forward = type(loss).forward is not BaseMetricLossFunction.forward
         summed = isinstance(reducer, MultipleReducers) and (
-            type(reducer).sub_loss_reduction is MultipleReducers.sub_loss_reduction)
+            type(reducer).sub_loss_reduction is MultipleReducers.sub_loss_reduction
+        )
         if own_forward or not summed:
             return {"loss": loss(features, targets, indices)}
         loss.reset_stats()
@@ -501,7 +544,9 @@ class PmlMeanLoss(PmlLoss):
         if self.training:  # only training batches: the evaluation splits are never used
             with torch.no_grad():
                 self.feature_sum.index_add_(0, targets, self._embed(features.detach()))
-                self.feature_count.index_add_(0, targets, torch.ones_like(targets, dtype=torch.float32))
+                self.feature_count.index_add_(
+                    0, targets, torch.ones_like(targets, dtype=torch.float32)
+                )
         return super().compute_loss(features, targets)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -551,15 +596,25 @@ def _plugin_class(spec: Discovered) -> type[PmlLoss]:
     keyword = inspect.Parameter.KEYWORD_ONLY
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter("self", positional), inspect.Parameter("num_classes", positional),
-         inspect.Parameter("feat_dim", positional)]
+        [
+            inspect.Parameter("self", positional),
+            inspect.Parameter("num_classes", positional),
+            inspect.Parameter("feat_dim", positional),
+        ]
         + [inspect.Parameter(k, keyword, default=v) for k, v in spec.defaults.items()]
     )
     qualname = f"Pml{spec.name}"
-    cls = type(qualname, (base,), {
-        "__init__": __init__, "pml": spec, "__module__": __name__, "__qualname__": qualname,
-        "__doc__": f"pytorch-metric-learning's {spec.name} as a podbench loss ({base.__name__}).",
-    })
+    cls = type(
+        qualname,
+        (base,),
+        {
+            "__init__": __init__,
+            "pml": spec,
+            "__module__": __name__,
+            "__qualname__": qualname,
+            "__doc__": f"pytorch-metric-learning's {spec.name} as a podbench loss ({base.__name__}).",
+        },
+    )
     setattr(sys.modules[__name__], qualname, cls)  # picklable by reference, like any class
     return cls
 
@@ -568,8 +623,10 @@ def _description(spec: Discovered) -> str:
     if spec.kind == "classifier":
         return f"pytorch-metric-learning {spec.name}; scores: its class logits"
     miner = ", takes a miner" if spec.takes_miner else ""
-    return (f"pytorch-metric-learning {spec.name} (pair/tuple loss{miner}); predicts the nearest "
-            "class mean of the training features")
+    return (
+        f"pytorch-metric-learning {spec.name} (pair/tuple loss{miner}); predicts the nearest "
+        "class mean of the training features"
+    )
 
 
 def names() -> list[str]:
@@ -597,7 +654,10 @@ def resolve(name: str) -> tuple[LossInfo, type[PmlLoss]]:
         spec = found[name]
         cls = _plugin_class(spec)
         info = describe_loss(
-            cls, f"{PREFIX}:{name}", description=_description(spec), reference=spec.reference,
+            cls,
+            f"{PREFIX}:{name}",
+            description=_description(spec),
+            reference=spec.reference,
             learnable_head=spec.learnable,
             source=f"{DISTRIBUTION} {pytorch_metric_learning.__version__}",
         )

@@ -78,8 +78,7 @@ class _PODTerms(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: Tensor, own: Tensor, delta_sq: Tensor, dot: Tensor | None
-                ) -> tuple[Tensor, ...]:
+    def forward(x: Tensor, own: Tensor, delta_sq: Tensor, dot: Tensor | None) -> tuple[Tensor, ...]:
         b, d = x.shape
         norm = torch.linalg.vector_norm(x, dim=1)
         inv_norm = 1.0 / norm.clamp_min(1e-12)  # as F.normalize
@@ -109,8 +108,9 @@ class _PODTerms(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g_nac: Tensor, g_sc: Tensor, *_: Tensor
-                 ) -> tuple[Tensor, None, None, None]:
+    def backward(
+        ctx: Any, g_nac: Tensor, g_sc: Tensor, *_: Tensor
+    ) -> tuple[Tensor, None, None, None]:
         x, own, xh, z, inv_norm, r, dot, err, gram, col_sq = ctx.saved_tensors
         b, d = x.shape
         # NaC: d/dx_i (1 - <x_i, c_i> / r_i)^2 / B = -(2 e_i / B) (c_i / r_i - <x_i, c_i> x_i / r_i^3)

@@ -90,7 +90,10 @@ class LossInfo:
 
 
 LOSSES: Registry[LossInfo] = Registry(
-    "loss", plural="losses", group=ENTRY_POINT_GROUP, decorator="register_loss",
+    "loss",
+    plural="losses",
+    group=ENTRY_POINT_GROUP,
+    decorator="register_loss",
     builtins=("podbench.losses",),
 )
 _MODEL_ARGS = ("num_classes", "feat_dim")  # given by the engine, not hyperparameters
@@ -113,11 +116,15 @@ def _signature_defaults(name: str, cls: type[LossPlugin]) -> dict[str, Any]:
         if param.name in _MODEL_ARGS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         if param.kind is not param.KEYWORD_ONLY:
-            raise ValueError(f"loss {name!r}: __init__ argument {param.name!r} must be "
-                             "keyword-only (after `*,`) to be a hyperparameter")
+            raise ValueError(
+                f"loss {name!r}: __init__ argument {param.name!r} must be "
+                "keyword-only (after `*,`) to be a hyperparameter"
+            )
         if param.default is param.empty:
-            raise ValueError(f"loss {name!r}: hyperparameter {param.name!r} needs a default in "
-                             "__init__ (the published value)")
+            raise ValueError(
+                f"loss {name!r}: hyperparameter {param.name!r} needs a default in "
+                "__init__ (the published value)"
+            )
         defaults[param.name] = param.default
     return defaults
 
@@ -163,14 +170,24 @@ def register_loss(
         learnable_head: the plugin has parameters the optimiser trains.
         aliases: other names for the same loss.
     """
+
     def decorate(cls: P) -> P:
         if not (isinstance(cls, type) and issubclass(cls, LossPlugin)):
             raise TypeError(f"@register_loss({name!r}) must decorate a LossPlugin subclass")
-        info = LOSSES.add(describe_loss(
-            cls, name, description=description, reference=reference, search_space=search_space,
-            variants=variants, fixed_centroids=fixed_centroids, learnable_head=learnable_head,
-            aliases=aliases,
-        ), owner=cls)
+        info = LOSSES.add(
+            describe_loss(
+                cls,
+                name,
+                description=description,
+                reference=reference,
+                search_space=search_space,
+                variants=variants,
+                fixed_centroids=fixed_centroids,
+                learnable_head=learnable_head,
+                aliases=aliases,
+            ),
+            owner=cls,
+        )
         cls.loss_name = info.name
         return cls
 
@@ -178,15 +195,25 @@ def register_loss(
 
 
 def describe_loss(
-    cls: type[LossPlugin], name: str, *, description: str, source: str = "podbench",
+    cls: type[LossPlugin],
+    name: str,
+    *,
+    description: str,
+    source: str = "podbench",
     **details: Any,
 ) -> LossInfo:
     """The checked :class:`LossInfo` of ``cls``: what :func:`register_loss` registers (``details``
     are its other keyword arguments); adapters of other libraries serve theirs through
     :meth:`LOSSES.serve_prefix <podbench.registry.Registry.serve_prefix>`.
     """
-    unknown = set(details) - {"reference", "search_space", "variants", "fixed_centroids",
-                              "learnable_head", "aliases"}
+    unknown = set(details) - {
+        "reference",
+        "search_space",
+        "variants",
+        "fixed_centroids",
+        "learnable_head",
+        "aliases",
+    }
     if unknown:
         raise TypeError(f"describe_loss() got unexpected keyword arguments {sorted(unknown)}")
     search_space = {k: dict(v) for k, v in (details.get("search_space") or {}).items()}

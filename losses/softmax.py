@@ -48,8 +48,9 @@ class SoftmaxLoss(LossPlugin):
 class LabelSmoothingLoss(SoftmaxLoss):
     """Cross-entropy against (1 - epsilon) one-hot + epsilon / K uniform targets."""
 
-    def __init__(self, num_classes: int, feat_dim: int, *, epsilon: float = 0.1,
-                 bias: bool = True) -> None:
+    def __init__(
+        self, num_classes: int, feat_dim: int, *, epsilon: float = 0.1, bias: bool = True
+    ) -> None:
         super().__init__(num_classes, feat_dim, bias=bias)
         self.epsilon = check_number("label-smoothing", "epsilon", epsilon)
         if self.epsilon >= 1.0:

@@ -68,8 +68,9 @@ def _factory(loss: LossLike) -> Factory:
     return loss
 
 
-def _make(loss: LossLike, seed: int = 0, k: int = K, d: int = D, device: Device = "cpu"
-          ) -> LossPlugin:
+def _make(
+    loss: LossLike, seed: int = 0, k: int = K, d: int = D, device: Device = "cpu"
+) -> LossPlugin:
     torch.manual_seed(seed)
     plugin = _factory(loss)(k, d)
     assert isinstance(plugin, LossPlugin), (
@@ -87,8 +88,9 @@ def _name(plugin: LossPlugin) -> str:
     return plugin.loss_name or type(plugin).__name__
 
 
-def _batch(seed: int, b: int = 16, k: int = K, d: int = D, device: Device = "cpu"
-           ) -> tuple[Tensor, Tensor]:
+def _batch(
+    seed: int, b: int = 16, k: int = K, d: int = D, device: Device = "cpu"
+) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(b, d, generator=gen) * 3.0
     y = torch.arange(b) % k
@@ -148,8 +150,9 @@ def check_gradients(loss: LossLike, device: Device = "cpu") -> None:
             assert bool(torch.isfinite(param.grad).all()), f"{name}: {pname} has non-finite grad"
 
 
-def _separable(seed: int = 0, per_class: int = 24, p: int = 6, device: Device = "cpu"
-               ) -> tuple[Tensor, Tensor]:
+def _separable(
+    seed: int = 0, per_class: int = 24, p: int = 6, device: Device = "cpu"
+) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     means = torch.randn(K, p, generator=gen) * 3.0
     y = torch.arange(K).repeat_interleave(per_class)
@@ -290,8 +293,10 @@ def _edge_batches(device: Device = "cpu") -> dict[str, tuple[Tensor, Tensor]]:
         "huge features": (x * 1e4, torch.arange(8) % K),
         "tiny features": (x * 1e-6, torch.arange(8) % K),
     }
-    return {case: _on(device, feats, labels)  # type: ignore[misc]
-            for case, (feats, labels) in cases.items()}
+    return {
+        case: _on(device, feats, labels)  # type: ignore[misc]
+        for case, (feats, labels) in cases.items()
+    }
 
 
 def check_edge_cases(loss: LossLike, device: Device = "cpu") -> None:
@@ -375,11 +380,23 @@ def check_bad_inputs(loss: LossLike, device: Device = "cpu") -> None:
 _aten = torch.ops.aten
 # Ops whose CUDA kernels make the host wait for the device: a value read back (.item(), float(t),
 # int(t), bool(t), `if t:`), or an output whose size depends on the data.
-_SYNC_OPS = frozenset({
-    _aten._local_scalar_dense, _aten.is_nonzero, _aten.equal, _aten.allclose,
-    _aten.nonzero, _aten.argwhere, _aten.masked_select, _aten.bincount, _aten._unique,
-    _aten._unique2, _aten.unique_dim, _aten.unique_consecutive, _aten.unique_dim_consecutive,
-})
+_SYNC_OPS = frozenset(
+    {
+        _aten._local_scalar_dense,
+        _aten.is_nonzero,
+        _aten.equal,
+        _aten.allclose,
+        _aten.nonzero,
+        _aten.argwhere,
+        _aten.masked_select,
+        _aten.bincount,
+        _aten._unique,
+        _aten._unique2,
+        _aten.unique_dim,
+        _aten.unique_consecutive,
+        _aten.unique_dim_consecutive,
+    }
+)
 _MASK_INDEXING = frozenset({_aten.index, _aten.index_put, _aten.index_put_})  # x[mask], x[mask] = v
 
 
@@ -417,11 +434,17 @@ class _SyncOps(TorchDispatchMode):
             isinstance(i, Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] or ()
         ):
             self.seen.add(f"{packet.__name__} with a boolean mask")
-        elif packet is _aten.repeat_interleave and func is not _aten.repeat_interleave.self_int \
-                and kwargs.get("output_size") is None:
+        elif (
+            packet is _aten.repeat_interleave
+            and func is not _aten.repeat_interleave.self_int
+            and kwargs.get("output_size") is None
+        ):
             self.seen.add("repeat_interleave without output_size")
-        elif packet is _aten.copy_ and args[0].device != args[1].device and not (
-                args[2] if len(args) > 2 else kwargs.get("non_blocking", False)):
+        elif (
+            packet is _aten.copy_
+            and args[0].device != args[1].device
+            and not (args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
+        ):
             self.seen.add("blocking copy between devices")
         return func(*args, **kwargs)
 
@@ -450,8 +473,12 @@ def count_host_syncs() -> Iterator[HostSyncs]:
     """
     seen = HostSyncs()
     methods: dict[str, Callable[..., bool] | None] = {
-        "cpu": None, "numpy": None, "tolist": None, "__array__": None,
-        "to": _moves_blocking, "cuda": lambda *a, non_blocking=False, **k: not non_blocking,
+        "cpu": None,
+        "numpy": None,
+        "tolist": None,
+        "__array__": None,
+        "to": _moves_blocking,
+        "cuda": lambda *a, non_blocking=False, **k: not non_blocking,
     }
     originals = {name: getattr(Tensor, name) for name in methods}
 
@@ -463,6 +490,7 @@ def count_host_syncs() -> Iterator[HostSyncs]:
             if not inside_torch and (when is None or when(*args, **kwargs)):
                 seen.add(f"Tensor.{name}")
             return orig(self, *args, **kwargs)
+
         return method
 
     try:

@@ -483,10 +483,14 @@ def dataset_level(
     return DatasetLevel(
         n_datasets=len(per_dataset),
         datasets=[str(d) for d in per_dataset.index],
-        means={str(d): {lab: float(per_dataset.loc[d, lab]) for lab in methods}
-               for d in per_dataset.index},
+        means={
+            str(d): {lab: float(per_dataset.loc[d, lab]) for lab in methods}
+            for d in per_dataset.index
+        },
         mean_ranks={lab: float(ranks[lab]) for lab in methods},
-        wilcoxon=wilcoxon_vs_control(per_dataset, control, alpha, higher_is_better=higher_is_better),
+        wilcoxon=wilcoxon_vs_control(
+            per_dataset, control, alpha, higher_is_better=higher_is_better
+        ),
     )
 
 

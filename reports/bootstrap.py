@@ -58,8 +58,9 @@ def resampling_for(*strata: Strata) -> Resampling:
     return "runs" if all(len(g) >= 2 for groups in strata for g in groups) else "blocks"
 
 
-def _resample(rng: np.random.Generator, values: Sequence[float] | np.ndarray, reps: int
-              ) -> np.ndarray:
+def _resample(
+    rng: np.random.Generator, values: Sequence[float] | np.ndarray, reps: int
+) -> np.ndarray:
     x = np.asarray(values, float)
     return x[rng.integers(0, x.size, size=(reps, x.size))]
 
@@ -122,8 +123,9 @@ def interquartile_mean(
     rng = np.random.default_rng(seed)
     if how == "blocks":
         picks = rng.integers(0, len(arrays), size=(reps, len(arrays)))
-        boot = np.array([stats.trim_mean(np.concatenate([arrays[i] for i in p]), 0.25)
-                         for p in picks])
+        boot = np.array(
+            [stats.trim_mean(np.concatenate([arrays[i] for i in p]), 0.25) for p in picks]
+        )
         return _interval(estimate, boot, confidence, how)
     samples = np.concatenate([_resample(rng, g, reps) for g in arrays], axis=1)
     return _interval(estimate, stats.trim_mean(samples, 0.25, axis=1), confidence, how)

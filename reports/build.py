@@ -446,8 +446,10 @@ def build_report(
         **prose,
         "metric": info,
         "main": main_table(result),
-        "tables": {**secondary_tables(result, data.studies),
-                   "criteria": criteria_rows(criteria, result.labels)},
+        "tables": {
+            **secondary_tables(result, data.studies),
+            "criteria": criteria_rows(criteria, result.labels),
+        },
         "criteria": criteria,
         "figures": _figure_entries(data, result, out),
         "prov": prov,

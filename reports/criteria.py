@@ -77,13 +77,26 @@ KINDS: dict[str, tuple[str, str, float, bool | None]] = {
     "brier_raw": ("Brier score (T = 1)", "", 1.0, False),
     "acc": ("accuracy", "%", 100.0, True),
     "mca": ("mean corruption accuracy", "%", 100.0, True),
-    "ce_vs_softmax": ("corruption error vs softmax (softmax = 100; not Hendrycks's mCE)", "%",
-                      100.0, False),
-    "rel_ce_vs_softmax": ("relative corruption error vs softmax (softmax = 100; corruptions "
-                          "whose softmax error rise exceeds 2 SE)", "%", 100.0, False),
+    "ce_vs_softmax": (
+        "corruption error vs softmax (softmax = 100; not Hendrycks's mCE)",
+        "%",
+        100.0,
+        False,
+    ),
+    "rel_ce_vs_softmax": (
+        "relative corruption error vs softmax (softmax = 100; corruptions "
+        "whose softmax error rise exceeds 2 SE)",
+        "%",
+        100.0,
+        False,
+    ),
     "ce_vs_softmax_n": ("corruptions in the corruption error vs softmax", "", 1.0, None),
-    "rel_ce_vs_softmax_n": ("corruptions in the relative corruption error vs softmax", "", 1.0,
-                            None),
+    "rel_ce_vs_softmax_n": (
+        "corruptions in the relative corruption error vs softmax",
+        "",
+        1.0,
+        None,
+    ),
     "n": ("images measured", "", 1.0, None),
     "auroc": ("AUROC (in-distribution positive)", "%", 100.0, True),
     "aupr_in": ("AUPR-in (in-distribution positive, average precision)", "%", 100.0, True),
@@ -91,8 +104,12 @@ KINDS: dict[str, tuple[str, str, float, bool | None]] = {
     "fpr95": ("FPR at 95% TPR (in-distribution positive)", "%", 100.0, False),
     "openood_aupr_in": ("AUPR-in, OpenOOD (trapezoids)", "%", 100.0, True),
     "openood_aupr_out": ("AUPR-out, OpenOOD (trapezoids)", "%", 100.0, True),
-    "openood_fpr95": ("FPR at 95% TPR, OpenOOD (OOD positive: ID flagged at 95% of OOD caught)",
-                      "%", 100.0, False),
+    "openood_fpr95": (
+        "FPR at 95% TPR, OpenOOD (OOD positive: ID flagged at 95% of OOD caught)",
+        "%",
+        100.0,
+        False,
+    ),
     "temperature": ("fitted temperature", "", 1.0, None),
     "rate": ("label-noise rate", "", 1.0, None),
     "changed": ("share of training labels changed", "", 1.0, None),
@@ -135,28 +152,40 @@ def criterion_metric(name: str, columns: Any) -> MetricInfo:
         shortest = min((c.count(".") for c in candidates), default=0)
         candidates = [c for c in candidates if c.count(".") == shortest]
         if len(candidates) != 1:
-            known = sorted({c.split(".")[-1] for c in probe_columns if c.split(".")[-1] in KINDS
-                            and KINDS[c.split(".")[-1]][3] is not None})
+            known = sorted(
+                {
+                    c.split(".")[-1]
+                    for c in probe_columns
+                    if c.split(".")[-1] in KINDS and KINDS[c.split(".")[-1]][3] is not None
+                }
+            )
             if candidates:
-                raise UserError(f"--metric {name!r} is ambiguous: give one of "
-                                f"{', '.join(sorted(candidates))}.")
+                raise UserError(
+                    f"--metric {name!r} is ambiguous: give one of {', '.join(sorted(candidates))}."
+                )
             raise UserError(
                 f"--metric {name!r} is not recorded by these runs; use final_test_acc, "
                 f"best_test_acc, wall_time_s, images_per_s, a geometry.* column"
-                + (f", or a probe's value ({', '.join(known)} or a full evaluation.* column)"
-                   if known else " (no run recorded probe values: add evaluate: to the suite)")
+                + (
+                    f", or a probe's value ({', '.join(known)} or a full evaluation.* column)"
+                    if known
+                    else " (no run recorded probe values: add evaluate: to the suite)"
+                )
                 + "."
             )
         column = candidates[0]
     kind = column.split(".")[-1]
     if not column.startswith(EVALUATION) or kind not in KINDS or KINDS[kind][3] is None:
-        raise UserError(f"--metric {name!r}: {column} is a recorded value but not a criterion "
-                        "with a better direction; choose another metric.")
+        raise UserError(
+            f"--metric {name!r}: {column} is a recorded value but not a criterion "
+            "with a better direction; choose another metric."
+        )
     _, unit, scale, higher = KINDS[kind]
     return MetricInfo(column, _title(column, kind), unit, scale, bool(higher))
 
 
 # -- conditions -------------------------------------------------------------------------------
+
 
 def _condition(row: pd.Series) -> str:
     parts = []
@@ -180,8 +209,9 @@ def add_conditions(runs: pd.DataFrame) -> pd.DataFrame:
     runs["condition.noise_rate"] = 0.0 if rate is None else pd.to_numeric(rate).fillna(0.0)
     kind = runs.get("spec.label_noise.kind")
     runs["condition.noise_kind"] = None if kind is None else kind
-    runs["dataset"] = [d if not c else f"{d} [{c}]" for d, c in zip(runs["dataset"], conditions,
-                                                                     strict=True)]
+    runs["dataset"] = [
+        d if not c else f"{d} [{c}]" for d, c in zip(runs["dataset"], conditions, strict=True)
+    ]
     return runs
 
 
@@ -231,8 +261,9 @@ def corruption_denominators(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.
     rows = []
     cells = _severity_columns(runs)
     if not cells or CLEAN not in runs:
-        return pd.DataFrame(columns=["dataset", "arch", "corruption", "benchmark", "rise", "se",
-                                     "entered", "seeds"])
+        return pd.DataFrame(
+            columns=["dataset", "arch", "corruption", "benchmark", "rise", "se", "entered", "seeds"]
+        )
     done = runs[runs["status"] == "completed"]
     for (dataset, arch), block in done.groupby(["dataset", "arch"]):
         base = block[block["label"] == baseline].dropna(subset=[CLEAN])
@@ -243,14 +274,24 @@ def corruption_denominators(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.
             if mine.empty:
                 continue
             rise, se = _denominator(mine, columns)
-            rows.append({"dataset": dataset, "arch": arch, "corruption": name,
-                         "benchmark": _is_benchmark(name), "rise": rise, "se": se,
-                         "entered": bool(rise > 0 and rise > NOISE_Z * se), "seeds": len(mine)})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "arch": arch,
+                    "corruption": name,
+                    "benchmark": _is_benchmark(name),
+                    "rise": rise,
+                    "se": se,
+                    "entered": bool(rise > 0 and rise > NOISE_Z * se),
+                    "seeds": len(mine),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def _block_errors(block: pd.DataFrame, base: pd.DataFrame, cells: dict[str, list[str]],
-                  entered: set[str]) -> dict[str, np.ndarray]:
+def _block_errors(
+    block: pd.DataFrame, base: pd.DataFrame, cells: dict[str, list[str]], entered: set[str]
+) -> dict[str, np.ndarray]:
     """{column: (runs x corruptions) ratios} of one block, NaN where a corruption is out."""
     out: dict[str, np.ndarray] = {}
     clean = 1.0 - block[CLEAN].to_numpy(float)
@@ -280,12 +321,15 @@ def add_corruption_errors(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.Da
     runs = runs.copy()
     denominators = corruption_denominators(runs, baseline)
     done = runs[runs["status"] == "completed"]
-    new = {f"{prefix}{kind}": pd.Series(np.nan, index=runs.index) for prefix, _ in GROUPS
-           for kind in ("ce_vs_softmax", "rel_ce_vs_softmax", "ce_vs_softmax_n",
-                        "rel_ce_vs_softmax_n")}
+    new = {
+        f"{prefix}{kind}": pd.Series(np.nan, index=runs.index)
+        for prefix, _ in GROUPS
+        for kind in ("ce_vs_softmax", "rel_ce_vs_softmax", "ce_vs_softmax_n", "rel_ce_vs_softmax_n")
+    }
     for (dataset, arch), block in runs.groupby(["dataset", "arch"]):
-        base = done[(done["dataset"] == dataset) & (done["arch"] == arch)
-                    & (done["label"] == baseline)]
+        base = done[
+            (done["dataset"] == dataset) & (done["arch"] == arch) & (done["label"] == baseline)
+        ]
         if base.empty or denominators.empty:
             continue
         here = denominators[(denominators["dataset"] == dataset) & (denominators["arch"] == arch)]
@@ -297,13 +341,15 @@ def add_corruption_errors(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.Da
             new[column + "_n"][block.index] = counts
     for prefix, benchmark in GROUPS:  # the columns of each group that has corruptions
         if any(_is_benchmark(n) == benchmark for n in cells):
-            for column in [c for c in new if c.startswith(prefix)
-                           and c[len(prefix):].count(".") == 0]:
+            for column in [
+                c for c in new if c.startswith(prefix) and c[len(prefix) :].count(".") == 0
+            ]:
                 runs[column] = new[column]
     return runs
 
 
 # -- the multi-criteria summary ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CriterionSummary:
@@ -325,6 +371,7 @@ def with_criteria(data: ResultsData) -> ResultsData:
     runs = add_corruption_errors(add_conditions(data.runs))
     history = data.history.copy()
     if len(history):
-        history["dataset"] = history["run_id"].map(dict(zip(runs["run_id"], runs["dataset"],
-                                                            strict=True)))
+        history["dataset"] = history["run_id"].map(
+            dict(zip(runs["run_id"], runs["dataset"], strict=True))
+        )
     return dataclasses.replace(data, runs=runs, history=history)

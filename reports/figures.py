@@ -200,7 +200,12 @@ def cd_figure(across: AcrossBlocks) -> Figure | None:
         label = mtransforms.offset_copy(base, fig=fig, y=CD_BAR_PT + 3, units="points")
         ax.plot([start, start + cd], [1.0, 1.0], color="black", lw=2, transform=bar, clip_on=False)
         ax.text(
-            start + cd / 2, 1.0, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8,
+            start + cd / 2,
+            1.0,
+            f"CD = {cd:.2f}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
             transform=label,
         )
         ax.set_title(
@@ -264,8 +269,12 @@ def seeds_figure(power: SeedPower, unit: str) -> Figure | None:
         for b in rows:
             assert b.sd is not None
             mde = [min_detectable_difference(b.sd, int(n), power.alpha, power.power) for n in seeds]
-            ax.plot(seeds, [np.nan if m is None else m for m in mde], color=colours[b.block],
-                    label=b.block)
+            ax.plot(
+                seeds,
+                [np.nan if m is None else m for m in mde],
+                color=colours[b.block],
+                label=b.block,
+            )
             if b.min_detectable is not None:
                 ax.plot(b.seeds_run, b.min_detectable, "o", color=colours[b.block])
         ax.axhline(power.difference, color="black", ls="--", lw=1)

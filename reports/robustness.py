@@ -46,8 +46,9 @@ __all__ = [
 ]
 
 
-def _verdict(obs: Any, table: Any, control: str, alpha: float, rope: float,
-             metric: MetricInfo) -> tuple[str, str]:
+def _verdict(
+    obs: Any, table: Any, control: str, alpha: float, rope: float, metric: MetricInfo
+) -> tuple[str, str]:
     """(primary analysis, one sentence of its outcome against the control)."""
     basis = choose_primary(table, control, alpha)
     if basis.analysis == "across-blocks":
@@ -55,12 +56,18 @@ def _verdict(obs: Any, table: Any, control: str, alpha: float, rope: float,
         better = [w.label for w in across.wilcoxon if w.significant and w.better]
         worse = [w.label for w in across.wilcoxon if w.significant and not w.better]
     else:
-        pairs = [(w.block, c) for w in within_blocks(obs, per_block(obs), control, alpha)
-                 for c in w.comparisons]
+        pairs = [
+            (w.block, c)
+            for w in within_blocks(obs, per_block(obs), control, alpha)
+            for c in w.comparisons
+        ]
         better = [f"{c.label} ({b})" for b, c in pairs if c.significant and c.better]
         worse = [f"{c.label} ({b})" for b, c in pairs if c.significant and not c.better]
-    test = ("Wilcoxon–Holm across blocks" if basis.analysis == "across-blocks"
-            else "Welch–Holm within blocks")
+    test = (
+        "Wilcoxon–Holm across blocks"
+        if basis.analysis == "across-blocks"
+        else "Welch–Holm within blocks"
+    )
     parts = []
     if better:
         parts.append(f"significantly better than {control}: {', '.join(better)}")
@@ -92,15 +99,21 @@ def criteria_summary(
         ranks = mean_ranks(oriented, higher_is_better=True)
         primary, verdict = _verdict(obs, table, control, alpha, rope, metric)
         if name.endswith(".rel_ce_vs_softmax"):
-            verdict += denominators_note(data.runs, benchmark=not name.endswith(".extras."
-                                                                                 "rel_ce_vs_softmax"))
+            verdict += denominators_note(
+                data.runs, benchmark=not name.endswith(".extras.rel_ce_vs_softmax")
+            )
         means = table.means.mean(axis=0)
-        out.append(CriterionSummary(
-            metric=metric, n_blocks=len(table.means),
-            means={lab: float(v) for lab, v in means.items()},
-            mean_ranks={lab: float(v) for lab, v in ranks.items()},
-            best=str(ranks.idxmin()), primary_analysis=primary, verdict=verdict,
-        ))
+        out.append(
+            CriterionSummary(
+                metric=metric,
+                n_blocks=len(table.means),
+                means={lab: float(v) for lab, v in means.items()},
+                mean_ranks={lab: float(v) for lab, v in ranks.items()},
+                best=str(ranks.idxmin()),
+                primary_analysis=primary,
+                verdict=verdict,
+            )
+        )
     return out
 
 
@@ -113,12 +126,18 @@ def denominators_note(runs: pd.DataFrame, benchmark: bool = True) -> str:
     table = table[table["benchmark"] == benchmark]
     parts = []
     for (dataset, arch), block in table.groupby(["dataset", "arch"]):
-        refused = [f"{r.corruption} (D = {100 * r.rise:.2f} ± {100 * r.se:.2f})"
-                   for r in block.itertuples() if not r.entered]
+        refused = [
+            f"{r.corruption} (D = {100 * r.rise:.2f} ± {100 * r.se:.2f})"
+            for r in block.itertuples()
+            if not r.entered
+        ]
         part = f"{dataset} / {arch}: {int(block['entered'].sum())} of {len(block)} corruptions"
         parts.append(part + (f", refused {', '.join(refused)}" if refused else ""))
-    return ("; corruptions entered (softmax's error rise D > 2 SE, points): "
-            + "; ".join(parts)) if parts else ""
+    return (
+        ("; corruptions entered (softmax's error rise D > 2 SE, points): " + "; ".join(parts))
+        if parts
+        else ""
+    )
 
 
 def criteria_rows(summary: list[CriterionSummary], labels: list[str]) -> list[dict[str, str]]:
@@ -131,13 +150,15 @@ def criteria_rows(summary: list[CriterionSummary], labels: list[str]) -> list[di
         for s in summary:
             arrow = "↑" if s.metric.higher_is_better else "↓"
             key = f"{s.metric.title} {arrow}"
-            row[key] = (f"{fmt(s.means[lab])} (rank {s.mean_ranks[lab]:.2f})"
-                        if lab in s.means else "–")
+            row[key] = (
+                f"{fmt(s.means[lab])} (rank {s.mean_ranks[lab]:.2f})" if lab in s.means else "–"
+            )
         rows.append(row)
     return rows
 
 
 # -- figures ----------------------------------------------------------------------------------
+
 
 def _completed(data: ResultsData, column_prefix: str) -> pd.DataFrame:
     runs = data.runs
@@ -162,8 +183,13 @@ def reliability_figure(data: ResultsData, labels: list[str]) -> Figure | None:
         return None
     dataset, arch = _first_block(runs)
     runs = runs[(runs["dataset"] == dataset) & (runs["arch"] == arch)]
-    bins = sorted({int(m.group(1)) for c in runs.columns
-                   if (m := re.match(r"evaluation\.calibration\.reliability\.(\d+)\.share$", str(c)))})
+    bins = sorted(
+        {
+            int(m.group(1))
+            for c in runs.columns
+            if (m := re.match(r"evaluation\.calibration\.reliability\.(\d+)\.share$", str(c)))
+        }
+    )
     shown = [lab for lab in labels if lab in set(runs["label"])]
     fig, axes = figs._grid(len(shown), 3.4, 3.2)
     edges = np.linspace(0, 1, len(bins) + 1)
@@ -171,12 +197,24 @@ def reliability_figure(data: ResultsData, labels: list[str]) -> Figure | None:
         mine = runs[runs["label"] == lab]
         for suffix, style in (("", "bars"), ("_raw", "line")):
             base = f"evaluation.calibration.reliability{suffix}"
-            share = np.array([mine[f"{base}.{m:02d}.share"].fillna(0).to_numpy(float) for m in bins])
+            share = np.array(
+                [mine[f"{base}.{m:02d}.share"].fillna(0).to_numpy(float) for m in bins]
+            )
             acc = np.array([mine[f"{base}.{m:02d}.acc"].fillna(0).to_numpy(float) for m in bins])
-            pooled = (share * acc).sum(axis=1) / np.where(share.sum(axis=1) > 0, share.sum(axis=1), np.nan)
+            pooled = (share * acc).sum(axis=1) / np.where(
+                share.sum(axis=1) > 0, share.sum(axis=1), np.nan
+            )
             if style == "bars":
-                ax.bar(edges[:-1], np.nan_to_num(pooled), width=np.diff(edges), align="edge",
-                       alpha=0.6, edgecolor="black", linewidth=0.4, label="after TS")
+                ax.bar(
+                    edges[:-1],
+                    np.nan_to_num(pooled),
+                    width=np.diff(edges),
+                    align="edge",
+                    alpha=0.6,
+                    edgecolor="black",
+                    linewidth=0.4,
+                    label="after TS",
+                )
             else:
                 centres = (edges[:-1] + edges[1:]) / 2
                 ax.plot(centres, pooled, "o-", markersize=3, color="crimson", label="T = 1")
@@ -217,8 +255,13 @@ def roc_figure(data: ResultsData, labels: list[str]) -> Figure | None:
             name = lab if auroc is None else f"{lab} ({100 * float(auroc.mean()):.1f})"
             ax.plot(fpr, tpr, "-", color=palette[lab], label=name)
         ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
-        ax.set(title=f"{ood} ({score})", xlabel="FPR (OOD accepted)",
-               ylabel="TPR (in-distribution accepted)", xlim=(0, 1), ylim=(0, 1.01))
+        ax.set(
+            title=f"{ood} ({score})",
+            xlabel="FPR (OOD accepted)",
+            ylabel="TPR (in-distribution accepted)",
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+        )
         ax.legend(fontsize=6, title="method (AUROC %)", title_fontsize=6, loc="lower right")
     fig.suptitle(f"ROC curves, in-distribution positive, {dataset} / {arch}", fontsize=10)
     fig.tight_layout()
@@ -249,8 +292,11 @@ def severity_figure(data: ResultsData, labels: list[str]) -> Figure | None:
             ys = [100 * float(mine["evaluation.corruptions.clean.acc"].mean())]
             ys += [100 * float(mine[by_severity[s]].mean(axis=1).mean()) for s in severities]
             ax.plot([0, *severities], ys, "o-", markersize=3, color=palette[lab], label=lab)
-        ax.set(title=f"{dataset} / {arch}", xlabel="severity (0 = clean)",
-               ylabel="accuracy over corruptions (%)")
+        ax.set(
+            title=f"{dataset} / {arch}",
+            xlabel="severity (0 = clean)",
+            ylabel="accuracy over corruptions (%)",
+        )
     figs._legend_outside(axes.flat[min(len(blocks), axes.size) - 1], "method")
     fig.tight_layout()
     return fig
@@ -264,10 +310,12 @@ def noise_figure(data: ResultsData, labels: list[str]) -> Figure | None:
         return None
     runs = runs[(runs["status"] == "completed") & runs["final_test_acc"].notna()].copy()
     runs["condition.without_noise"] = [
-        re.sub(r"(, )?\w+ noise [0-9.e-]+", "", str(c)) for c in runs["condition.name"]]
+        re.sub(r"(, )?\w+ noise [0-9.e-]+", "", str(c)) for c in runs["condition.name"]
+    ]
     groups = []
     for (dataset, arch, rest), here in runs.groupby(
-            ["condition.dataset", "arch", "condition.without_noise"]):
+        ["condition.dataset", "arch", "condition.without_noise"]
+    ):
         for kind in sorted(here["condition.noise_kind"].dropna().unique()):
             sel = here[(here["condition.noise_kind"] == kind) | (here["condition.noise_rate"] == 0)]
             groups.append((f"{dataset}{f' [{rest}]' if rest else ''} / {arch}, {kind}", sel))
@@ -281,7 +329,9 @@ def noise_figure(data: ResultsData, labels: list[str]) -> Figure | None:
             if mine.empty:
                 continue
             curve = mine.groupby("condition.noise_rate")["final_test_acc"].mean() * 100
-            ax.plot(curve.index, curve.to_numpy(), "o-", markersize=3, color=palette[lab], label=lab)
+            ax.plot(
+                curve.index, curve.to_numpy(), "o-", markersize=3, color=palette[lab], label=lab
+            )
         ax.set(title=title, xlabel="label-noise rate", ylabel="clean test accuracy (%)")
     figs._legend_outside(axes.flat[len(groups) - 1], "method")
     fig.tight_layout()
@@ -293,8 +343,14 @@ def robustness_figures(data: ResultsData, labels: list[str]) -> list[tuple[str, 
     return [
         ("reliability", "Reliability diagrams (calibration)", reliability_figure(data, labels)),
         ("roc", "ROC curves of open-set and far-OOD detection", roc_figure(data, labels)),
-        ("corruption_severity", "Accuracy against corruption severity",
-         severity_figure(data, labels)),
-        ("label_noise", "Clean test accuracy against the label-noise rate",
-         noise_figure(data, labels)),
+        (
+            "corruption_severity",
+            "Accuracy against corruption severity",
+            severity_figure(data, labels),
+        ),
+        (
+            "label_noise",
+            "Clean test accuracy against the label-noise rate",
+            noise_figure(data, labels),
+        ),
     ]

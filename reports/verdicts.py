@@ -383,9 +383,7 @@ def across_power_sentence(result: Analysis) -> str | None:
         if c.sd is None:
             parts.append(f"{c.label}: no spread of block differences")
             continue
-        at = ", ".join(
-            f"{v:.3f} for {d} {dunit}" for d, v in c.power.items() if v is not None
-        )
+        at = ", ".join(f"{v:.3f} for {d} {dunit}" for d, v in c.power.items() if v is not None)
         parts.append(f"{c.label} (sd of block differences {c.sd:.2f} {dunit}): {at}")
     return (
         f"Power across blocks: the chance that Wilcoxon over the {pw.n_blocks} blocks rejects at "

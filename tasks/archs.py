@@ -84,14 +84,16 @@ class ArchInfo:
 class LatentNet(nn.Module):
     """``proj(flatten(backbone(x)))``: a backbone and the Linear to the latent dimension."""
 
-    def __init__(self, backbone: nn.Module, backbone_dim: int, feat_dim: int,
-                 proj: str = "linear") -> None:
+    def __init__(
+        self, backbone: nn.Module, backbone_dim: int, feat_dim: int, proj: str = "linear"
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         # with bias, as in the POD authors' code; "none": the backbone's features are the latent
         # ones (airbench's head is one bias-free linear layer on them: the loss plugin's)
-        self.proj: nn.Module = (nn.Identity() if proj == "none"
-                                else nn.Linear(backbone_dim, feat_dim))
+        self.proj: nn.Module = (
+            nn.Identity() if proj == "none" else nn.Linear(backbone_dim, feat_dim)
+        )
         self.backbone_dim = backbone_dim
         self.feat_dim = feat_dim
 
@@ -124,7 +126,10 @@ class LatentNet(nn.Module):
 
 
 ARCHS: Registry[ArchInfo] = Registry(
-    "architecture", plural="architectures", group=ENTRY_POINT_GROUP, decorator="register_arch",
+    "architecture",
+    plural="architectures",
+    group=ENTRY_POINT_GROUP,
+    decorator="register_arch",
     builtins=("podbench.tasks.fastnet",),  # built-ins in their own modules; the rest are below
 )
 
@@ -132,7 +137,11 @@ B = TypeVar("B", bound=Builder)
 
 
 def register_arch(
-    name: str, *, description: str, reference: str = "", min_image_size: int = 1,
+    name: str,
+    *,
+    description: str,
+    reference: str = "",
+    min_image_size: int = 1,
     aliases: tuple[str, ...] = (),
 ) -> Callable[[B], B]:
     """Decorator registering ``builder(in_channels, image_size) -> (backbone, backbone_dim)``.
@@ -144,8 +153,10 @@ def register_arch(
     """
 
     def decorator(builder: B) -> B:
-        ARCHS.add(ArchInfo(name, description, reference, min_image_size, builder,
-                           aliases=tuple(aliases)), owner=builder)
+        ARCHS.add(
+            ArchInfo(name, description, reference, min_image_size, builder, aliases=tuple(aliases)),
+            owner=builder,
+        )
         return builder
 
     return decorator
@@ -172,13 +183,16 @@ def _check(info: ArchInfo, in_channels: int, image_size: int, feat_dim: int) -> 
     if int(feat_dim) < 1:
         raise UserError(f"feat_dim must be a positive integer, got {feat_dim}.")
     if int(image_size) < info.min_image_size:
-        raise UserError(f"architecture '{info.name}' needs images of at least "
-                        f"{info.min_image_size} px but image_size is {image_size}; set image_size "
-                        "(the images are resized) or choose a smaller network.")
+        raise UserError(
+            f"architecture '{info.name}' needs images of at least "
+            f"{info.min_image_size} px but image_size is {image_size}; set image_size "
+            "(the images are resized) or choose a smaller network."
+        )
 
 
-def create_arch(name: str, *, in_channels: int, image_size: int, feat_dim: int,
-                proj: str = "linear") -> LatentNet:
+def create_arch(
+    name: str, *, in_channels: int, image_size: int, feat_dim: int, proj: str = "linear"
+) -> LatentNet:
     """Build architecture ``name``: ``model(x) -> (B, feat_dim)`` with ``.backbone``, ``.proj``.
 
     The network ends at the latent features: the loss plugin owns the classifier head.
@@ -189,9 +203,11 @@ def create_arch(name: str, *, in_channels: int, image_size: int, feat_dim: int,
     _check(info, in_channels, image_size, feat_dim)
     backbone, dim = info.builder(int(in_channels), int(image_size))
     if proj == "none" and int(feat_dim) != int(dim):
-        raise UserError(f"feat_dim: with proj: none the latent features are architecture "
-                        f"'{name}''s {dim} outputs, but feat_dim is {feat_dim}; set feat_dim: {dim} "
-                        "or proj: linear.")
+        raise UserError(
+            f"feat_dim: with proj: none the latent features are architecture "
+            f"'{name}''s {dim} outputs, but feat_dim is {feat_dim}; set feat_dim: {dim} "
+            "or proj: linear."
+        )
     return LatentNet(backbone, dim, int(feat_dim), proj)
 
 
@@ -210,12 +226,13 @@ def arch_info(
     info = ARCHS.get(name)
     _check(info, in_channels, image_size, feat_dim)
     with torch.device("meta"):
-        model = create_arch(name, in_channels=in_channels, image_size=image_size,
-                            feat_dim=feat_dim)
-    return replace(info, param_count=count_parameters(model),
-                   backbone_params=count_parameters(model.backbone),
-                   config={"in_channels": in_channels, "image_size": image_size,
-                           "feat_dim": feat_dim})
+        model = create_arch(name, in_channels=in_channels, image_size=image_size, feat_dim=feat_dim)
+    return replace(
+        info,
+        param_count=count_parameters(model),
+        backbone_params=count_parameters(model.backbone),
+        config={"in_channels": in_channels, "image_size": image_size, "feat_dim": feat_dim},
+    )
 
 
 def prepare_model(
@@ -264,41 +281,67 @@ def _compile_settings(threads: float | None) -> None:
 
 # ---------------------------------------------------------------- small, CPU-friendly networks
 
+
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
 
 
-@register_arch("small-cnn", description="3 conv layers (32-64-128) with BN, global average pool; "
-               "trains in seconds on a CPU", reference="podbench", min_image_size=4)
+@register_arch(
+    "small-cnn",
+    description="3 conv layers (32-64-128) with BN, global average pool; "
+    "trains in seconds on a CPU",
+    reference="podbench",
+    min_image_size=4,
+)
 def small_cnn(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
-    layers: list[nn.Module] = [*_conv_bn(in_channels, 32), nn.MaxPool2d(2),
-                               *_conv_bn(32, 64), nn.MaxPool2d(2),
-                               *_conv_bn(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    layers: list[nn.Module] = [
+        *_conv_bn(in_channels, 32),
+        nn.MaxPool2d(2),
+        *_conv_bn(32, 64),
+        nn.MaxPool2d(2),
+        *_conv_bn(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ]
     return nn.Sequential(*layers), 128
 
 
-@register_arch("mlp", description="2 hidden layers of 256 units on the flattened image",
-               reference="podbench")
+@register_arch(
+    "mlp", description="2 hidden layers of 256 units on the flattened image", reference="podbench"
+)
 def mlp(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     inputs = in_channels * image_size * image_size
-    return nn.Sequential(nn.Flatten(), nn.Linear(inputs, 256), nn.ReLU(inplace=True),
-                         nn.Linear(256, 256), nn.ReLU(inplace=True)), 256
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(inputs, 256),
+        nn.ReLU(inplace=True),
+        nn.Linear(256, 256),
+        nn.ReLU(inplace=True),
+    ), 256
 
 
 # ---------------------------------------------------------------- torchvision networks
 
+
 def stem_conv(in_channels: int, out_channels: int, small: bool) -> nn.Conv2d:
     """The first convolution: 3x3 stride 1 for small images, else ResNet's 7x7 stride 2."""
-    conv = (nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False) if small
-            else nn.Conv2d(in_channels, out_channels, 7, 2, 3, bias=False))
+    conv = (
+        nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)
+        if small
+        else nn.Conv2d(in_channels, out_channels, 7, 2, 3, bias=False)
+    )
     if conv.weight.device.type != "meta":  # same initialisation torchvision gives its convs
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return conv
 
 
-def _resnet(factory: Callable[..., nn.Module], in_channels: int, image_size: int
-            ) -> tuple[nn.Module, int]:
+def _resnet(
+    factory: Callable[..., nn.Module], in_channels: int, image_size: int
+) -> tuple[nn.Module, int]:
     net = factory(weights=None)
     small = image_size <= SMALL_STEM_MAX
     if small or in_channels != 3:
@@ -310,24 +353,33 @@ def _resnet(factory: Callable[..., nn.Module], in_channels: int, image_size: int
     return net, dim
 
 
-@register_arch("resnet18", description="ResNet-18 (basic blocks [2, 2, 2, 2])",
-               reference="torchvision.models.resnet18; He et al. 2016")
+@register_arch(
+    "resnet18",
+    description="ResNet-18 (basic blocks [2, 2, 2, 2])",
+    reference="torchvision.models.resnet18; He et al. 2016",
+)
 def resnet18(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     from torchvision.models import resnet18 as factory
 
     return _resnet(factory, in_channels, image_size)
 
 
-@register_arch("resnet34", description="ResNet-34 (basic blocks [3, 4, 6, 3])",
-               reference="torchvision.models.resnet34; He et al. 2016")
+@register_arch(
+    "resnet34",
+    description="ResNet-34 (basic blocks [3, 4, 6, 3])",
+    reference="torchvision.models.resnet34; He et al. 2016",
+)
 def resnet34(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     from torchvision.models import resnet34 as factory
 
     return _resnet(factory, in_channels, image_size)
 
 
-@register_arch("resnet50", description="ResNet-50 (bottleneck blocks [3, 4, 6, 3]), the POD "
-               "authors' network", reference="torchvision.models.resnet50; He et al. 2016")
+@register_arch(
+    "resnet50",
+    description="ResNet-50 (bottleneck blocks [3, 4, 6, 3]), the POD authors' network",
+    reference="torchvision.models.resnet50; He et al. 2016",
+)
 def resnet50(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     from torchvision.models import resnet50 as factory
 
@@ -348,10 +400,13 @@ def _vgg_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@register_arch("vgg16", description="VGG-16 with batch norm; small inputs: conv features + "
-               "global average pool (512), 224 px: up to the second 4096 layer",
-               reference="torchvision.models.vgg16_bn; Simonyan & Zisserman 2015",
-               min_image_size=32)
+@register_arch(
+    "vgg16",
+    description="VGG-16 with batch norm; small inputs: conv features + "
+    "global average pool (512), 224 px: up to the second 4096 layer",
+    reference="torchvision.models.vgg16_bn; Simonyan & Zisserman 2015",
+    min_image_size=32,
+)
 def vgg16(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     from torchvision.models import vgg16_bn
     from torchvision.models.vgg import cfgs, make_layers
@@ -371,9 +426,13 @@ def vgg16(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     return nn.Sequential(net.features, net.avgpool, nn.Flatten(), head), 4096
 
 
-@register_arch("densenet121", description="DenseNet-121 (growth 32, blocks [6, 12, 24, 16]); "
-               "small inputs: 3x3 stride-1 stem, no max-pool",
-               reference="torchvision.models.densenet121; Huang et al. 2017", min_image_size=8)
+@register_arch(
+    "densenet121",
+    description="DenseNet-121 (growth 32, blocks [6, 12, 24, 16]); "
+    "small inputs: 3x3 stride-1 stem, no max-pool",
+    reference="torchvision.models.densenet121; Huang et al. 2017",
+    min_image_size=8,
+)
 def densenet121(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     from torchvision.models import densenet121 as factory
 
@@ -388,9 +447,13 @@ def densenet121(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     return net, dim
 
 
-@register_arch("mobilenet-v2", description="MobileNetV2 (width 1.0); small inputs: stride 1 in "
-               "the stem and the first 24-channel block (total stride 8)",
-               reference="torchvision.models.mobilenet_v2; Sandler et al. 2018", min_image_size=8)
+@register_arch(
+    "mobilenet-v2",
+    description="MobileNetV2 (width 1.0); small inputs: stride 1 in "
+    "the stem and the first 24-channel block (total stride 8)",
+    reference="torchvision.models.mobilenet_v2; Sandler et al. 2018",
+    min_image_size=8,
+)
 def mobilenet_v2(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     from torchvision.models import mobilenet_v2 as factory
 

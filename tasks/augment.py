@@ -13,9 +13,20 @@ import torch.nn.functional as F
 
 from podbench.tasks.archs import SMALL_STEM_MAX
 
-__all__ = ["EpochPlan", "Protocol", "centre_crop_resize", "epoch_generator", "epoch_plan",
-           "image_protocol", "normalise", "random_crop_flip", "random_resized_crop",
-           "resize_batch", "run_flips", "tta_views"]
+__all__ = [
+    "EpochPlan",
+    "Protocol",
+    "centre_crop_resize",
+    "epoch_generator",
+    "epoch_plan",
+    "image_protocol",
+    "normalise",
+    "random_crop_flip",
+    "random_resized_crop",
+    "resize_batch",
+    "run_flips",
+    "tta_views",
+]
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,12 @@ AIRBENCH_TRANSLATE = 2  # airbench94's translation: up to 2 pixels, reflect padd
 
 
 def image_protocol(
-    stored_size: int, size: int, *, augment: bool, crop_padding: int, hflip: bool,
+    stored_size: int,
+    size: int,
+    *,
+    augment: bool,
+    crop_padding: int,
+    hflip: bool,
     policy: str = "dataset",
 ) -> Protocol:
     """The protocol of images stored at ``stored_size`` px and batched at ``size`` px.
@@ -65,11 +81,23 @@ def image_protocol(
     """
     if policy == "airbench":
         pad = AIRBENCH_TRANSLATE if augment else 0
-        return Protocol(size, "pad-crop" if pad else "none", pad, augment, "resize",
-                        pad_mode="reflect", alternating_flip=augment)
+        return Protocol(
+            size,
+            "pad-crop" if pad else "none",
+            pad,
+            augment,
+            "resize",
+            pad_mode="reflect",
+            alternating_flip=augment,
+        )
     if stored_size > SMALL_STEM_MAX:
-        return Protocol(size, "random-resized-crop" if augment else "none", 0, augment and hflip,
-                        "resize-centre-crop")
+        return Protocol(
+            size,
+            "random-resized-crop" if augment else "none",
+            0,
+            augment and hflip,
+            "resize-centre-crop",
+        )
     pad = crop_padding if augment else 0
     return Protocol(size, "pad-crop" if pad else "none", pad, augment and hflip, "resize")
 
@@ -98,7 +126,13 @@ class EpochPlan:
 
 
 def epoch_plan(
-    n: int, seed: int, epoch: int, *, padding: int, hflip: bool, sample_seeds: bool = False,
+    n: int,
+    seed: int,
+    epoch: int,
+    *,
+    padding: int,
+    hflip: bool,
+    sample_seeds: bool = False,
     alternating_flip: bool = False,
 ) -> EpochPlan:
     """Draw one epoch's order and augmentation choices, on the CPU, from ``(seed, epoch)`` only.
@@ -170,8 +204,11 @@ def random_crop_flip(
 
 
 def _random_resized_crop_box(
-    height: int, width: int, gen: torch.Generator,
-    scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    height: int,
+    width: int,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop box (top, left, h, w), drawn from ``gen``."""
     area = height * width
@@ -201,8 +238,9 @@ def random_resized_crop(image: torch.Tensor, seed: int, size: int) -> torch.Tens
     """One (C, H, W) image's RandomResizedCrop at ``size``, its box drawn from ``seed`` alone."""
     from torchvision.transforms.v2 import functional as TF
 
-    box = _random_resized_crop_box(image.shape[-2], image.shape[-1],
-                                   torch.Generator().manual_seed(int(seed)))
+    box = _random_resized_crop_box(
+        image.shape[-2], image.shape[-1], torch.Generator().manual_seed(int(seed))
+    )
     return TF.resized_crop(image, *box, [size, size], antialias=True)
 
 
@@ -218,8 +256,9 @@ def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear (antialiased) resize of a float batch to ``size`` x ``size``."""
     if images.shape[-2:] == (size, size):
         return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)
+    return F.interpolate(
+        images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
 
 
 def normalise(
@@ -251,7 +290,7 @@ def tta_views(x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
     """
     h, w = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = (padded[..., 0:h, 0:w], padded[..., 2:h + 2, 2:w + 2])
+    shifted = (padded[..., 0:h, 0:w], padded[..., 2 : h + 2, 2 : w + 2])
     views = [(0.25, x), (0.25, x.flip(-1))]
     for view in shifted:
         views += [(0.125, view), (0.125, view.flip(-1))]

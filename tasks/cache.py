@@ -62,8 +62,11 @@ def _store(path: Path, payload: dict) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as err:  # a read-only cache only costs speed
-        warnings.warn(f"could not write the data cache {path} ({err}); set PODBENCH_CACHE to a "
-                      "writable folder to decode only once.", stacklevel=3)
+        warnings.warn(
+            f"could not write the data cache {path} ({err}); set PODBENCH_CACHE to a "
+            "writable folder to decode only once.",
+            stacklevel=3,
+        )
 
 
 def cached_decode(name: str, split: FileSplit, image_size: int) -> ArraySplit:
@@ -88,11 +91,21 @@ def cached_arrays(
     path = cache_dir() / f"{name}-{located.layout}-{key}.pt"
     hit = _load(path)
     if hit is not None:
-        return RawData(ArraySplit(hit["train_x"], hit["train_y"]),
-                       ArraySplit(hit["test_x"], hit["test_y"]), tuple(hit["classes"]))
+        return RawData(
+            ArraySplit(hit["train_x"], hit["train_y"]),
+            ArraySplit(hit["test_x"], hit["test_y"]),
+            tuple(hit["classes"]),
+        )
     raw = read()
     if isinstance(raw.train, ArraySplit) and isinstance(raw.test, ArraySplit):
-        _store(path, {"train_x": raw.train.images, "train_y": raw.train.labels,
-                      "test_x": raw.test.images, "test_y": raw.test.labels,
-                      "classes": list(raw.classes)})
+        _store(
+            path,
+            {
+                "train_x": raw.train.images,
+                "train_y": raw.train.labels,
+                "test_x": raw.test.images,
+                "test_y": raw.test.labels,
+                "classes": list(raw.classes),
+            },
+        )
     return raw

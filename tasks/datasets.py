@@ -171,7 +171,10 @@ class DatasetSource(ABC):
 
 
 DATASETS: Registry[DatasetInfo] = Registry(
-    "dataset", plural="datasets", group=ENTRY_POINT_GROUP, decorator="register_dataset",
+    "dataset",
+    plural="datasets",
+    group=ENTRY_POINT_GROUP,
+    decorator="register_dataset",
     builtins=("podbench.tasks.sources",),
 )
 
@@ -192,8 +195,9 @@ def register_dataset(name: str | DatasetInfo, /, **facts: Any) -> Callable[[S], 
     """
     if isinstance(name, DatasetInfo):
         if facts:
-            raise TypeError("register_dataset takes a DatasetInfo or a name with its facts, "
-                            "not both")
+            raise TypeError(
+                "register_dataset takes a DatasetInfo or a name with its facts, not both"
+            )
         info = name
     else:
         info = DatasetInfo(name=name, **facts)
@@ -347,31 +351,55 @@ def load_task(
     _check_load_arguments(limit, image_size, use_val, val_fraction)
     dev = resolve_device(device)
     raw, located, info = _read_source(name, root, image_size)
-    plan = _split_plan(raw, limit, use_val=use_val, val_fraction=val_fraction,
-                       split_seed=split_seed, known_classes=known_classes)
+    plan = _split_plan(
+        raw,
+        limit,
+        use_val=use_val,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        known_classes=known_classes,
+    )
     source_splits, classes, info = _known_classes_only(raw, info, known_classes)
     if not any(isinstance(s, FileSplit) for s in source_splits.values()):
         if stream:
-            raise UserError(f"stream=True needs image files in folders, but dataset '{name}' at "
-                            f"{located.path} is read as arrays (or from an archive) and always "
-                            "held in memory; leave stream unset.")
+            raise UserError(
+                f"stream=True needs image files in folders, but dataset '{name}' at "
+                f"{located.path} is read as arrays (or from an archive) and always "
+                "held in memory; leave stream unset."
+            )
         splits = _materialise(plan, source_splits)
     elif _streamed(raw, info, plan, stream, stream_bytes):
         from podbench.tasks.streaming import StreamingTask
 
         streamed, noise_rate = _with_noise(_materialise(plan, source_splits), classes, label_noise)
         files = cast(dict[str, FileSplit], streamed)  # a folder's splits are all files
-        task: Task = StreamingTask(info, classes, files, device=dev, augment=augment,
-                                   image_size=image_size or _native_size(info), workers=workers,
-                                   channels_last=channels_last, policy=augmentation)
+        task: Task = StreamingTask(
+            info,
+            classes,
+            files,
+            device=dev,
+            augment=augment,
+            image_size=image_size or _native_size(info),
+            workers=workers,
+            channels_last=channels_last,
+            policy=augmentation,
+        )
         task.label_noise_rate = noise_rate
         return task
     else:
         splits = _decoded(info, plan, source_splits, limit)
     splits, noise_rate = _with_noise(splits, classes, label_noise)
     tensors = {k: (v.images, v.labels) for k, v in splits.items() if isinstance(v, ArraySplit)}
-    task = TensorTask(info, classes, tensors, device=dev, augment=augment, image_size=image_size,
-                      channels_last=channels_last, policy=augmentation)
+    task = TensorTask(
+        info,
+        classes,
+        tensors,
+        device=dev,
+        augment=augment,
+        image_size=image_size,
+        channels_last=channels_last,
+        policy=augmentation,
+    )
     task.label_noise_rate = noise_rate
     return task
 
@@ -379,15 +407,19 @@ def load_task(
 SplitPlan = dict[str, tuple[str, np.ndarray | None]]
 
 
-def _materialise(plan: SplitPlan, source_splits: Mapping[str, ArraySplit | FileSplit]
-                 ) -> dict[str, ArraySplit | FileSplit]:
+def _materialise(
+    plan: SplitPlan, source_splits: Mapping[str, ArraySplit | FileSplit]
+) -> dict[str, ArraySplit | FileSplit]:
     """Each planned split: its source split, or the planned samples of it."""
-    return {key: source_splits[source] if idx is None else _subset(source_splits[source], idx)
-            for key, (source, idx) in plan.items()}
+    return {
+        key: source_splits[source] if idx is None else _subset(source_splits[source], idx)
+        for key, (source, idx) in plan.items()
+    }
 
 
-def _known_classes_only(raw: RawData, info: DatasetInfo, known_classes: Sequence[int] | None
-                        ) -> tuple[dict[str, ArraySplit | FileSplit], tuple[str, ...], DatasetInfo]:
+def _known_classes_only(
+    raw: RawData, info: DatasetInfo, known_classes: Sequence[int] | None
+) -> tuple[dict[str, ArraySplit | FileSplit], tuple[str, ...], DatasetInfo]:
     """(source splits, classes, info): in an open-set split the known classes relabelled
     0..k-1 and the others -1; else the data as read."""
     source_splits: dict[str, ArraySplit | FileSplit] = {"train": raw.train, "test": raw.test}
@@ -406,27 +438,36 @@ def _native_size(info: DatasetInfo) -> int:
     return info.image_size
 
 
-def _streamed(raw: RawData, info: DatasetInfo, plan: SplitPlan, stream: bool | None,
-              stream_bytes: int | None) -> bool:
+def _streamed(
+    raw: RawData, info: DatasetInfo, plan: SplitPlan, stream: bool | None, stream_bytes: int | None
+) -> bool:
     """Whether image files are streamed: as asked, else when decoded they would pass the
     threshold."""
     if stream is not None:
         return stream
     native = _native_size(info)
-    sizes = [len(getattr(raw, src).labels) if idx is None else len(idx) for src, idx in plan.values()]
+    sizes = [
+        len(getattr(raw, src).labels) if idx is None else len(idx) for src, idx in plan.values()
+    ]
     decoded_bytes = sum(sizes) * info.channels * native * native
     return decoded_bytes > (stream_threshold() if stream_bytes is None else stream_bytes)
 
 
-def _decoded(info: DatasetInfo, plan: SplitPlan, source_splits: dict[str, ArraySplit | FileSplit],
-             limit: int | Mapping[str, int | None] | None) -> dict[str, ArraySplit | FileSplit]:
+def _decoded(
+    info: DatasetInfo,
+    plan: SplitPlan,
+    source_splits: dict[str, ArraySplit | FileSplit],
+    limit: int | Mapping[str, int | None] | None,
+) -> dict[str, ArraySplit | FileSplit]:
     """The planned splits of image files decoded into memory (through the decode cache)."""
     from podbench.tasks import cache
 
     native = _native_size(info)
 
     def decoded(split: ArraySplit | FileSplit) -> ArraySplit | FileSplit:
-        return cache.cached_decode(info.name, split, native) if isinstance(split, FileSplit) else split
+        return (
+            cache.cached_decode(info.name, split, native) if isinstance(split, FileSplit) else split
+        )
 
     if all(_split_limit(limit, key) is None for key in plan):
         # decode (or load from the cache) whole splits, then carve
@@ -436,11 +477,13 @@ def _decoded(info: DatasetInfo, plan: SplitPlan, source_splits: dict[str, ArrayS
 
 
 def _check_load_arguments(
-    limit: int | Mapping[str, int | None] | None, image_size: int | None, use_val: bool,
+    limit: int | Mapping[str, int | None] | None,
+    image_size: int | None,
+    use_val: bool,
     val_fraction: float,
 ) -> None:
     """One sentence for a limit, image size or validation share that cannot be used."""
-    for value in (limit.values() if isinstance(limit, Mapping) else [limit]):
+    for value in limit.values() if isinstance(limit, Mapping) else [limit]:
         if value is not None and int(value) < 1:
             raise UserError(f"limit must be a positive number of samples or null, got {value}.")
     if image_size is not None and int(image_size) < 1:
@@ -463,8 +506,9 @@ def _read_source(
         raise UserError(_not_found_message(info, looked))
     src = src_cls()
     if (src.cache or located.cache) and located.files:
-        raw = cache.cached_arrays(info.name, located, image_size,
-                                  lambda: src.read(located, image_size=image_size))
+        raw = cache.cached_arrays(
+            info.name, located, image_size, lambda: src.read(located, image_size=image_size)
+        )
     else:
         raw = src.read(located, image_size=image_size)
     # image folders know their classes only once read
@@ -472,11 +516,17 @@ def _read_source(
     if isinstance(first, ArraySplit):
         channels, native = int(first.images.shape[1]), int(first.images.shape[-1])
     else:
-        channels, native = info.channels, formats.folder_image_size(first.paths, image_size,
-                                                                    info.image_size)
+        channels, native = (
+            info.channels,
+            formats.folder_image_size(first.paths, image_size, info.image_size),
+        )
     info = dataclasses.replace(
-        info, num_classes=len(raw.classes), channels=channels, image_size=native,
-        train_size=len(first.labels), test_size=len(raw.test.labels),
+        info,
+        num_classes=len(raw.classes),
+        channels=channels,
+        image_size=native,
+        train_size=len(first.labels),
+        test_size=len(raw.test.labels),
     )
     if len(info.mean) != channels:  # e.g. grayscale image folders: one constant per channel
         info = dataclasses.replace(info, mean=info.mean[:1] * channels, std=info.std[:1] * channels)
@@ -531,8 +581,10 @@ def _open_set_plan(
 ) -> dict[str, tuple[str, np.ndarray | None]]:
     """Each split's samples of the ``known`` classes, and a ``<split>-unknown`` of the others."""
     if len(set(known)) != len(known) or not all(0 <= c < len(raw.classes) for c in known):
-        raise UserError(f"open-set classes {list(known)} must be distinct class indices below "
-                        f"{len(raw.classes)}.")
+        raise UserError(
+            f"open-set classes {list(known)} must be distinct class indices below "
+            f"{len(raw.classes)}."
+        )
     out: dict[str, tuple[str, np.ndarray | None]] = {}
     for key, (source, idx) in plan.items():
         labels = getattr(raw, source).labels.numpy()

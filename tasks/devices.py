@@ -30,8 +30,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError) as err:
         raise UserError(f"device '{device}' is not a torch device; use auto, cpu or cuda.") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{device}' was asked for but CUDA is not available; "
-                        "use device: cpu (or auto).")
+        raise UserError(
+            f"device '{device}' was asked for but CUDA is not available; use device: cpu (or auto)."
+        )
     return dev
 
 
@@ -75,17 +76,27 @@ class CpuFeatures:
     def bf16_kernels(self) -> str | None:
         """The native bfloat16 instructions oneDNN can use, or None (bf16 is then emulated,
         typically slower than float32)."""
-        for name, present in (("AMX-BF16", self.amx_bf16), ("AVX-512 BF16", self.avx512_bf16),
-                              ("Arm BF16", self.arm_bf16)):
+        for name, present in (
+            ("AMX-BF16", self.amx_bf16),
+            ("AVX-512 BF16", self.avx512_bf16),
+            ("Arm BF16", self.arm_bf16),
+        ):
             if present:
                 return name
         return None
 
     def as_dict(self) -> dict[str, object]:
-        return {"model": self.model, "cores": self.cores, "capability": self.capability,
-                "amx_bf16": self.amx_bf16, "avx512_bf16": self.avx512_bf16,
-                "avx512": self.avx512, "avx2": self.avx2, "arm_bf16": self.arm_bf16,
-                "bf16_kernels": self.bf16_kernels}
+        return {
+            "model": self.model,
+            "cores": self.cores,
+            "capability": self.capability,
+            "amx_bf16": self.amx_bf16,
+            "avx512_bf16": self.avx512_bf16,
+            "avx512": self.avx512,
+            "avx2": self.avx2,
+            "arm_bf16": self.arm_bf16,
+            "bf16_kernels": self.bf16_kernels,
+        }
 
 
 def _parse_cpuinfo(text: str) -> tuple[str | None, frozenset[str]]:
@@ -115,5 +126,6 @@ def cpu_features(cpuinfo: str | Path = CPUINFO) -> CpuFeatures:
         cores: int | None = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count()
-    return CpuFeatures(model=model, flags=flags, capability=torch.backends.cpu.get_cpu_capability(),
-                       cores=cores)
+    return CpuFeatures(
+        model=model, flags=flags, capability=torch.backends.cpu.get_cpu_capability(), cores=cores
+    )

@@ -21,10 +21,17 @@ __all__ = ["add_doctor_arguments", "bf16_gain", "cpu_line", "run_doctor"]
 
 def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``podbench doctor``."""
-    parser.add_argument("--no-measure", action="store_true",
-                        help="report the flags only; skip the few seconds of fp32/bf16 timing")
-    parser.add_argument("--cpuinfo", default=str(CPUINFO), metavar="PATH",
-                        help=f"read the CPU's flags from this file (default {CPUINFO})")
+    parser.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="report the flags only; skip the few seconds of fp32/bf16 timing",
+    )
+    parser.add_argument(
+        "--cpuinfo",
+        default=str(CPUINFO),
+        metavar="PATH",
+        help=f"read the CPU's flags from this file (default {CPUINFO})",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -75,15 +82,21 @@ def bf16_gain(n: int = 1024, repeats: int = 3) -> dict[str, float]:
 
 def cpu_line(cpu: CpuFeatures) -> str:
     """One line: the CPU, its bf16 instructions and what ``amp: bf16`` does on it."""
+
     def yes(flag: bool) -> str:
         return "yes" if flag else "no"
 
     kernels = cpu.bf16_kernels
-    verdict = (f"amp: bf16 runs on {kernels}" if kernels else
-               "no native bf16: amp: bf16 is emulated, expect it slower than fp32 (use amp: off)")
-    return (f"CPU: {cpu.model or 'unknown'}, {cpu.cores} logical CPUs, torch kernels "
-            f"{cpu.capability}; AMX-BF16 {yes(cpu.amx_bf16)}, AVX-512 BF16 "
-            f"{yes(cpu.avx512_bf16)}, AVX-512 {yes(cpu.avx512)}, AVX2 {yes(cpu.avx2)}; {verdict}")
+    verdict = (
+        f"amp: bf16 runs on {kernels}"
+        if kernels
+        else "no native bf16: amp: bf16 is emulated, expect it slower than fp32 (use amp: off)"
+    )
+    return (
+        f"CPU: {cpu.model or 'unknown'}, {cpu.cores} logical CPUs, torch kernels "
+        f"{cpu.capability}; AMX-BF16 {yes(cpu.amx_bf16)}, AVX-512 BF16 "
+        f"{yes(cpu.avx512_bf16)}, AVX-512 {yes(cpu.avx512)}, AVX2 {yes(cpu.avx2)}; {verdict}"
+    )
 
 
 def _cuda() -> list[dict[str, Any]]:
@@ -92,8 +105,13 @@ def _cuda() -> list[dict[str, Any]]:
     out = []
     for i in range(torch.cuda.device_count()):
         with torch.cuda.device(i):
-            out.append({"index": i, "name": torch.cuda.get_device_name(i),
-                        "bf16": torch.cuda.is_bf16_supported(including_emulation=False)})
+            out.append(
+                {
+                    "index": i,
+                    "name": torch.cuda.get_device_name(i),
+                    "bf16": torch.cuda.is_bf16_supported(including_emulation=False),
+                }
+            )
     return out
 
 
@@ -101,26 +119,37 @@ def run_doctor(args: argparse.Namespace) -> int:
     """Print the report; exit status 0."""
     cpu = cpu_features(args.cpuinfo)
     gain = None if args.no_measure else bf16_gain()
-    report = {"cpu": cpu.as_dict(), "torch": torch.__version__,
-              "torch_threads": torch.get_num_threads(), "cuda": _cuda(), "bf16_gain": gain}
+    report = {
+        "cpu": cpu.as_dict(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": _cuda(),
+        "bf16_gain": gain,
+    }
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     print(cpu_line(cpu))
-    print(f"torch {torch.__version__}: {torch.get_num_threads()} intra-op threads by default; "
-          "a run uses as many as its cpus setting")
+    print(
+        f"torch {torch.__version__}: {torch.get_num_threads()} intra-op threads by default; "
+        "a run uses as many as its cpus setting"
+    )
     if gain is not None:
         mm = gain["matmul_bf16_gflops"] / gain["matmul_fp32_gflops"]
         net = gain["small_cnn_bf16_images_per_s"] / gain["small_cnn_fp32_images_per_s"]
-        print(f"measured, one thread: 1024x1024 matrix product fp32 "
-              f"{gain['matmul_fp32_gflops']:.0f} GFLOP/s, bf16 {gain['matmul_bf16_gflops']:.0f} "
-              f"(x{mm:.2f}); small-cnn training step fp32 "
-              f"{gain['small_cnn_fp32_images_per_s']:.0f} images/s, bf16 "
-              f"{gain['small_cnn_bf16_images_per_s']:.0f} (x{net:.2f})")
-        print(f"amp: bf16 {'would speed training up' if net > 1 else 'would slow training down'} "
-              "here; it rounds the network's activations, so it is a protocol setting a suite "
-              "states (benchmarks/bench_archs.py measures every network)")
+        print(
+            f"measured, one thread: 1024x1024 matrix product fp32 "
+            f"{gain['matmul_fp32_gflops']:.0f} GFLOP/s, bf16 {gain['matmul_bf16_gflops']:.0f} "
+            f"(x{mm:.2f}); small-cnn training step fp32 "
+            f"{gain['small_cnn_fp32_images_per_s']:.0f} images/s, bf16 "
+            f"{gain['small_cnn_bf16_images_per_s']:.0f} (x{net:.2f})"
+        )
+        print(
+            f"amp: bf16 {'would speed training up' if net > 1 else 'would slow training down'} "
+            "here; it rounds the network's activations, so it is a protocol setting a suite "
+            "states (benchmarks/bench_archs.py measures every network)"
+        )
     for dev in report["cuda"]:
         print(f"cuda:{dev['index']}: {dev['name']}, native bf16 {'yes' if dev['bf16'] else 'no'}")
     if not report["cuda"]:

@@ -31,6 +31,7 @@ false``; the suite ``fast-cifar10`` runs the cross-entropy losses so, step for s
 settings: the triangular schedule, lookahead, alternating flips with 2-pixel reflect translation
 (``augmentation: airbench``), dropping the last partial batch and test-time augmentation.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,14 @@ from torch import nn
 
 from podbench.tasks.archs import register_arch
 
-__all__ = ["BIAS_GAIN", "WHITEN_BIAS_EPOCHS", "FastNet", "WhiteningConv", "patch_covariance", "whitening_filters"]
+__all__ = [
+    "BIAS_GAIN",
+    "WHITEN_BIAS_EPOCHS",
+    "FastNet",
+    "WhiteningConv",
+    "patch_covariance",
+    "whitening_filters",
+]
 
 WIDTHS = (64, 256, 256)
 WHITEN_KERNEL = 2
@@ -64,15 +72,16 @@ def patch_covariance(images: torch.Tensor, kernel: int, chunk: int = 500) -> tor
     total = torch.zeros((), dtype=torch.float64, device=images.device)
     count = 0
     for start in range(0, images.shape[0], chunk):
-        cols = F.unfold(images[start:start + chunk].float(), kernel)  # (n, C k k, L)
+        cols = F.unfold(images[start : start + chunk].float(), kernel)  # (n, C k k, L)
         flat = cols.transpose(1, 2).reshape(-1, cols.shape[1])
         total = total + (flat.T @ flat).double()
         count += flat.shape[0]
     return total / max(count, 1)
 
 
-def whitening_filters(covariance: torch.Tensor, channels: int, kernel: int,
-                      eps: float = WHITEN_EPS) -> torch.Tensor:
+def whitening_filters(
+    covariance: torch.Tensor, channels: int, kernel: int, eps: float = WHITEN_EPS
+) -> torch.Tensor:
     """Filters ``v_i / sqrt(lambda_i + eps)`` per eigenpair (largest first), then their negatives."""
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
     order = torch.argsort(eigenvalues, descending=True)
@@ -116,8 +125,16 @@ class _ShiftNorm(nn.BatchNorm2d):
         self.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
-                            self.bias * BIAS_GAIN, self.training, BN_MOMENTUM, self.eps)
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias * BIAS_GAIN,
+            self.training,
+            BN_MOMENTUM,
+            self.eps,
+        )
 
 
 def _conv3x3(cin: int, cout: int) -> nn.Conv2d:
@@ -131,8 +148,15 @@ def _conv3x3(cin: int, cout: int) -> nn.Conv2d:
 
 
 def _group(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(_conv3x3(cin, cout), nn.MaxPool2d(2), _ShiftNorm(cout), nn.GELU(),
-                         _conv3x3(cout, cout), _ShiftNorm(cout), nn.GELU())
+    return nn.Sequential(
+        _conv3x3(cin, cout),
+        nn.MaxPool2d(2),
+        _ShiftNorm(cout),
+        nn.GELU(),
+        _conv3x3(cout, cout),
+        _ShiftNorm(cout),
+        nn.GELU(),
+    )
 
 
 class FastNet(nn.Module):
@@ -166,10 +190,14 @@ class FastNet(nn.Module):
         return torch.amax(x, dim=(2, 3)) * OUTPUT_SCALE
 
 
-@register_arch("fastnet", description="airbench94's network: fixed 2x2 whitening stem, GELU, conv "
-               "groups 64-256-256 with max-pool and BN, global max-pool; a CIFAR-10 run in seconds "
-               "on a GPU (suite fast-cifar10)",
-               reference="Jordan 2024, airbench94, arXiv:2404.00498", min_image_size=9)
+@register_arch(
+    "fastnet",
+    description="airbench94's network: fixed 2x2 whitening stem, GELU, conv "
+    "groups 64-256-256 with max-pool and BN, global max-pool; a CIFAR-10 run in seconds "
+    "on a GPU (suite fast-cifar10)",
+    reference="Jordan 2024, airbench94, arXiv:2404.00498",
+    min_image_size=9,
+)
 def fastnet(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     net = FastNet(in_channels)
     return net, net.out_dim

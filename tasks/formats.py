@@ -32,12 +32,23 @@ __all__ = [
     "scan_class_folders",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
-                    ".pgm")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+)
 _JPEG = (".jpg", ".jpeg")
 
 
 # ---------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)
+
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzipped or not) as a numpy array; only unsigned-byte data is accepted."""
@@ -46,23 +57,30 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as fh:
             data = fh.read()
     except (OSError, EOFError) as err:
-        raise UserError(f"IDX file {path} could not be read ({err}); replace it with an intact "
-                        "copy (gzipped or not).") from err
+        raise UserError(
+            f"IDX file {path} could not be read ({err}); replace it with an intact "
+            "copy (gzipped or not)."
+        ) from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise UserError(f"IDX file {path} does not start with an unsigned-byte IDX header; "
-                        "replace it with the original file.")
+        raise UserError(
+            f"IDX file {path} does not start with an unsigned-byte IDX header; "
+            "replace it with the original file."
+        )
     ndim = data[3]
     header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(dims)) + header
     if len(data) != expected:
-        raise UserError(f"IDX file {path} holds {len(data)} bytes but its header {dims} needs "
-                        f"{expected}; the file is truncated or corrupt, replace it.")
+        raise UserError(
+            f"IDX file {path} holds {len(data)} bytes but its header {dims} needs "
+            f"{expected}; the file is truncated or corrupt, replace it."
+        )
     # a writable copy: torch refuses to own read-only buffers
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
 # ---------------------------------------------------------------- CIFAR python pickles
+
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Admits only what numpy arrays in a dict need: a pickle can otherwise run any code."""
@@ -91,15 +109,20 @@ def read_cifar_pickle(path: Path) -> dict[str, object]:
         with open(path, "rb") as fh:
             raw = _ArrayUnpickler(fh, encoding="bytes").load()
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError) as err:
-        raise UserError(f"CIFAR batch file {path} could not be read ({err}); replace it with the "
-                        "file from the original python-version archive.") from err
+        raise UserError(
+            f"CIFAR batch file {path} could not be read ({err}); replace it with the "
+            "file from the original python-version archive."
+        ) from err
     if not isinstance(raw, dict):
-        raise UserError(f"CIFAR batch file {path} does not hold a dict; replace it with the file "
-                        "from the original python-version archive.")
+        raise UserError(
+            f"CIFAR batch file {path} does not hold a dict; replace it with the file "
+            "from the original python-version archive."
+        )
     return {k.decode() if isinstance(k, bytes) else str(k): v for k, v in raw.items()}
 
 
 # ---------------------------------------------------------------- SVHN .mat
+
 
 def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``{train,test}_32x32.mat`` -> (N, 3, 32, 32) uint8 images and labels 0..9 (10 means 0)."""
@@ -109,16 +132,21 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         mat = loadmat(path)
         x, y = mat["X"], mat["y"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"SVHN file {path} could not be read as a MATLAB file with X and y "
-                        f"({err}); replace it with the original cropped-digits file.") from err
+        raise UserError(
+            f"SVHN file {path} could not be read as a MATLAB file with X and y "
+            f"({err}); replace it with the original cropped-digits file."
+        ) from err
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.reshape(-1).shape[0] != x.shape[3]:
-        raise UserError(f"SVHN file {path} has X of shape {x.shape} and {y.size} labels; "
-                        "expected X (32, 32, 3, N) and N labels, replace it.")
+        raise UserError(
+            f"SVHN file {path} has X of shape {x.shape} and {y.size} labels; "
+            "expected X (32, 32, 3, N) and N labels, replace it."
+        )
     labels = y.reshape(-1).astype(np.int64) % 10
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), labels
 
 
 # ---------------------------------------------------------------- image folders
+
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
@@ -132,24 +160,31 @@ def scan_class_folders(
     Classes are the sub-folders in sorted order (torchvision ImageFolder's order) unless given.
     """
     if classes is None:
-        classes = sorted(e.name for e in os.scandir(split_dir)
-                         if e.is_dir() and not e.name.startswith("."))
+        classes = sorted(
+            e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
+        )
     if not classes:
-        raise UserError(f"image folder {split_dir} has no class sub-folders; expected "
-                        f"{split_dir}/<class>/<image> files.")
+        raise UserError(
+            f"image folder {split_dir} has no class sub-folders; expected "
+            f"{split_dir}/<class>/<image> files."
+        )
     paths: list[str] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
         folder = split_dir / cls / subdir if subdir else split_dir / cls
         if not folder.is_dir():
-            raise UserError(f"class folder {folder} is missing; every split needs one folder per "
-                            f"class ({len(classes)} classes).")
+            raise UserError(
+                f"class folder {folder} is missing; every split needs one folder per "
+                f"class ({len(classes)} classes)."
+            )
         names = sorted(e.name for e in os.scandir(folder) if e.is_file() and _is_image(e.name))
         paths.extend(str(folder / n) for n in names)
         labels.extend([label] * len(names))
     if not paths:
-        raise UserError(f"image folder {split_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}"
-                        "); put the images in its class sub-folders.")
+        raise UserError(
+            f"image folder {split_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}"
+            "); put the images in its class sub-folders."
+        )
     return paths, np.asarray(labels, dtype=np.int64), tuple(classes)
 
 
@@ -165,8 +200,10 @@ def folder_image_size(paths: Sequence[str], image_size: int | None, native: int 
         with Image.open(paths[0]) as im:  # reads the header only
             return int(min(im.size))
     except OSError as err:
-        raise UserError(f"image file {paths[0]} could not be opened ({err}); replace it or "
-                        "remove it from the folder.") from err
+        raise UserError(
+            f"image file {paths[0]} could not be opened ({err}); replace it or "
+            "remove it from the folder."
+        ) from err
 
 
 def _fit(img: torch.Tensor, size: int) -> torch.Tensor:
@@ -183,8 +220,11 @@ def _fit(img: torch.Tensor, size: int) -> torch.Tensor:
 def _quiet_torchvision_io() -> Iterator[None]:
     """torchvision 0.29 warns on every decode that TorchCodec will take over; it still works."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore",
+            message="The image decoding and encoding capabilities",
+            category=DeprecationWarning,
+        )
         yield
 
 
@@ -204,8 +244,9 @@ def read_bytes(path: str) -> bytes:
         with open(path, "rb") as fh:
             return fh.read()
     except OSError as err:
-        raise UserError(f"image file {path} could not be read ({err}); check it exists and is "
-                        "readable.") from err
+        raise UserError(
+            f"image file {path} could not be read ({err}); check it exists and is readable."
+        ) from err
 
 
 def _decode_one(path: str, data: bytes) -> torch.Tensor:
@@ -214,8 +255,10 @@ def _decode_one(path: str, data: bytes) -> torch.Tensor:
     if tv_io is not None:
         try:
             with _quiet_torchvision_io():
-                return tv_io.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                          mode=tv_io.ImageReadMode.RGB)
+                return tv_io.decode_image(
+                    torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                    mode=tv_io.ImageReadMode.RGB,
+                )
         except RuntimeError:
             pass
     from PIL import Image  # formats libjpeg/libpng do not cover (bmp, gif, tiff, ...)
@@ -224,8 +267,10 @@ def _decode_one(path: str, data: bytes) -> torch.Tensor:
         with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"))
     except (OSError, ValueError) as err:
-        raise UserError(f"image file {path} could not be decoded ({err}); replace it or remove it "
-                        "from the folder.") from err
+        raise UserError(
+            f"image file {path} could not be decoded ({err}); replace it or remove it "
+            "from the folder."
+        ) from err
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
@@ -238,14 +283,15 @@ def decode_image_blobs(names: Sequence[str], blobs: Sequence[bytes], size: int) 
     out = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8)
     chunk = 1024
     for start in range(0, len(blobs), chunk):
-        part_names, part = names[start:start + chunk], blobs[start:start + chunk]
+        part_names, part = names[start : start + chunk], blobs[start : start + chunk]
         images: list[torch.Tensor] | None = None
         if tv_io is not None and all(n.lower().endswith(_JPEG) for n in part_names):
             try:  # one call for the whole chunk: much faster than one per file
                 with _quiet_torchvision_io():
                     images = tv_io.decode_jpeg(
                         [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in part],
-                        mode=tv_io.ImageReadMode.RGB)
+                        mode=tv_io.ImageReadMode.RGB,
+                    )
             except RuntimeError:
                 images = None  # find the bad file one by one below
         if images is None:
@@ -259,9 +305,10 @@ def decode_image_files(paths: Sequence[str], size: int, chunk: int = 1024) -> to
     """Decode image files into one (N, 3, size, size) uint8 tensor (RGB, resized if needed)."""
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     for start in range(0, len(paths), chunk):  # bounded memory: a chunk of encoded files at once
-        names = paths[start:start + chunk]
-        out[start:start + len(names)] = decode_image_blobs(names, [read_bytes(p) for p in names],
-                                                           size)
+        names = paths[start : start + chunk]
+        out[start : start + len(names)] = decode_image_blobs(
+            names, [read_bytes(p) for p in names], size
+        )
     return out
 
 
@@ -295,20 +342,26 @@ def read_image_archive(
                 if handle is not None:
                     found[match.group(1)].append((match.group(2), match.group(3), handle.read()))
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise UserError(f"archive {archive} could not be read ({err}); replace it with an intact "
-                        "copy or extract it and point the data root at the folder.") from err
+        raise UserError(
+            f"archive {archive} could not be read ({err}); replace it with an intact "
+            "copy or extract it and point the data root at the folder."
+        ) from err
     test = found["test"] or found["val"]
     if not found["train"] or not test:
-        raise UserError(f"archive {archive} holds no train/<class>/ and test/<class>/ images; "
-                        "expected an image-folder tree inside it.")
+        raise UserError(
+            f"archive {archive} holds no train/<class>/ and test/<class>/ images; "
+            "expected an image-folder tree inside it."
+        )
     classes = tuple(sorted({cls for cls, _, _ in found["train"]}))
     index = {c: i for i, c in enumerate(classes)}
     out = {}
     for split, items in (("train", found["train"]), ("test", test)):
         unknown = sorted({cls for cls, _, _ in items} - set(index))
         if unknown:
-            raise UserError(f"archive {archive} has {split} classes {', '.join(unknown)} that "
-                            "train/ lacks; every class needs training images.")
+            raise UserError(
+                f"archive {archive} has {split} classes {', '.join(unknown)} that "
+                "train/ lacks; every class needs training images."
+            )
         items.sort(key=lambda e: (index[e[0]], e[1]))
         names = [f"{archive}:{split}/{cls}/{name}" for cls, name, _ in items]
         blobs = [b for _, _, b in items]

@@ -29,13 +29,28 @@ NOISE_KINDS = ("symmetric", "asymmetric", "pair")
 
 # Class-name flips of the literature, keyed by the name of the set of classes they apply to.
 ASYMMETRIC_FLIPS: dict[str, dict[str, str]] = {
-    "CIFAR-10": {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog",
-                 "dog": "cat"},
+    "CIFAR-10": {
+        "truck": "automobile",
+        "bird": "airplane",
+        "deer": "horse",
+        "cat": "dog",
+        "dog": "cat",
+    },
     "digits": {"2": "7", "3": "8", "5": "6", "6": "5", "7": "1"},
 }
 _FLIP_CLASSES = {
-    "CIFAR-10": {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck"},
+    "CIFAR-10": {
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    },
     "digits": {str(i) for i in range(10)},
 }
 

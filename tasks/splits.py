@@ -77,7 +77,9 @@ def open_set_classes(num_classes: int, known: int, seed: int) -> tuple[int, ...]
         6
     """
     if not 2 <= known < num_classes:
-        raise UserError(f"open_set.known must be between 2 and {num_classes - 1} (the dataset has "
-                        f"{num_classes} classes), got {known}.")
+        raise UserError(
+            f"open_set.known must be between 2 and {num_classes - 1} (the dataset has "
+            f"{num_classes} classes), got {known}."
+        )
     picked = np.random.default_rng(seed).choice(num_classes, size=known, replace=False)
     return tuple(sorted(int(c) for c in picked))

@@ -61,8 +61,9 @@ class _ImageFiles(Dataset):
             img = _fit(img, size)
             if self.train and (p.padding or flip):
                 offsets = torch.tensor([[top, left]]) if p.padding else None
-                img = random_crop_flip(img[None], offsets, torch.tensor([flip]), p.padding,
-                                       p.pad_mode)[0]
+                img = random_crop_flip(
+                    img[None], offsets, torch.tensor([flip]), p.padding, p.pad_mode
+                )[0]
         return img, self.labels[index]
 
 
@@ -90,8 +91,15 @@ class _PlanSampler(Sampler[_Item]):
             for i in range(self.n):
                 yield i, 0, 0, False, 0
             return
-        plan = epoch_plan(self.n, self.seed, self.epoch, padding=self.padding, hflip=self.hflip,
-                          sample_seeds=True, alternating_flip=self.alternating_flip)
+        plan = epoch_plan(
+            self.n,
+            self.seed,
+            self.epoch,
+            padding=self.padding,
+            hflip=self.hflip,
+            sample_seeds=True,
+            alternating_flip=self.alternating_flip,
+        )
         order = plan.order.tolist()
         offsets = plan.offsets.tolist() if plan.offsets is not None else [[0, 0]] * self.n
         flips = plan.flips.tolist() if plan.flips is not None else [False] * self.n
@@ -127,9 +135,14 @@ class StreamingTask(Task):
         self.image_size = int(image_size)
         self.channels_last = channels_last
         # the size the files are decoded at, as held in memory: the protocol's
-        self.protocol = image_protocol(int(info.image_size or image_size), self.image_size,
-                                       augment=augment, crop_padding=info.crop_padding,
-                                       hflip=info.hflip, policy=policy)
+        self.protocol = image_protocol(
+            int(info.image_size or image_size),
+            self.image_size,
+            augment=augment,
+            crop_padding=info.crop_padding,
+            hflip=info.hflip,
+            policy=policy,
+        )
         self._splits = splits
         self.num_train = len(splits["train"].labels)
         self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
@@ -149,15 +162,20 @@ class StreamingTask(Task):
     def data_bytes(self) -> int:
         return sum(s.labels.nbytes for s in self._splits.values())  # images stay in their files
 
-    def _loader(self, split: str, batch_size: int, train: bool, drop_last: bool
-                ) -> tuple[DataLoader, _PlanSampler]:
+    def _loader(
+        self, split: str, batch_size: int, train: bool, drop_last: bool
+    ) -> tuple[DataLoader, _PlanSampler]:
         key = (split, batch_size, train, drop_last)
         if key not in self._loaders:  # one pool per shape of use: persistent across epochs
             data = _ImageFiles(self._splits[split], self.protocol, train=train)
             sampler = _PlanSampler(len(data), self.protocol, train)
             loader = DataLoader(
-                data, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                data,
+                batch_size=batch_size,
+                sampler=sampler,
+                drop_last=drop_last,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
                 persistent_workers=self.workers > 0,
                 prefetch_factor=4 if self.workers > 0 else None,
             )
@@ -189,8 +207,10 @@ class StreamingTask(Task):
         self._check_batch_size(batch_size)
         loader, _ = self._loader(split, batch_size, False, False)
         for x, y in loader:
-            yield (x.to(self.device, non_blocking=True).to(torch.float32) / 255.0,
-                   y.to(self.device, non_blocking=True))
+            yield (
+                x.to(self.device, non_blocking=True).to(torch.float32) / 255.0,
+                y.to(self.device, non_blocking=True),
+            )
 
     def close(self) -> None:
         """Stop the worker pools (they also stop when the task is garbage-collected)."""

@@ -109,8 +109,10 @@ class Task(ABC):
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={self.num_samples(s)}" for s in self.splits)
-        return (f"{type(self).__name__}({self.info.name!r}, {sizes}, image_size={self.image_size}, "
-                f"device={self.device})")
+        return (
+            f"{type(self).__name__}({self.info.name!r}, {sizes}, image_size={self.image_size}, "
+            f"device={self.device})"
+        )
 
 
 class TensorTask(Task):
@@ -140,9 +142,14 @@ class TensorTask(Task):
         }
         self._stored_size = int(splits["train"][0].shape[-1])
         self.image_size = int(image_size or self._stored_size)
-        self.protocol = image_protocol(self._stored_size, self.image_size, augment=augment,
-                                       crop_padding=info.crop_padding, hflip=info.hflip,
-                                       policy=policy)
+        self.protocol = image_protocol(
+            self._stored_size,
+            self.image_size,
+            augment=augment,
+            crop_padding=info.crop_padding,
+            hflip=info.hflip,
+            policy=policy,
+        )
         self.num_train = int(self._data["train"][1].shape[0])
         self._mean = torch.tensor(info.mean, dtype=torch.float32, device=device)
         self._std = torch.tensor(info.std, dtype=torch.float32, device=device)
@@ -171,13 +178,24 @@ class TensorTask(Task):
         n = self.num_train
         p = self.protocol
         resized_crop = p.train == "random-resized-crop"
-        plan = epoch_plan(n, seed, epoch, padding=p.padding, hflip=p.hflip,
-                          sample_seeds=resized_crop, alternating_flip=p.alternating_flip)
+        plan = epoch_plan(
+            n,
+            seed,
+            epoch,
+            padding=p.padding,
+            hflip=p.hflip,
+            sample_seeds=resized_crop,
+            alternating_flip=p.alternating_flip,
+        )
         # non_blocking: the host goes on queueing work while the plan travels
         order = plan.order.to(self.device, non_blocking=True)
-        offsets = plan.offsets.to(self.device, non_blocking=True) if plan.offsets is not None else None
+        offsets = (
+            plan.offsets.to(self.device, non_blocking=True) if plan.offsets is not None else None
+        )
         flips = plan.flips.to(self.device, non_blocking=True) if plan.flips is not None else None
-        seeds = plan.seeds.tolist() if plan.seeds is not None else []  # host-side: boxes are drawn there
+        seeds = (
+            plan.seeds.tolist() if plan.seeds is not None else []
+        )  # host-side: boxes are drawn there
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             if drop_last and stop - start < batch_size:
@@ -185,8 +203,12 @@ class TensorTask(Task):
             idx = order[start:stop]
             x = x_all.index_select(0, idx)
             if resized_crop:  # one box per image, as streamed (the same draws, the same pixels)
-                x = torch.stack([random_resized_crop(img, s, p.size)
-                                 for img, s in zip(x, seeds[start:stop], strict=True)])
+                x = torch.stack(
+                    [
+                        random_resized_crop(img, s, p.size)
+                        for img, s in zip(x, seeds[start:stop], strict=True)
+                    ]
+                )
                 if flips is not None:
                     x = torch.where(flips[start:stop, None, None, None], x.flip(-1), x)
             elif offsets is not None or flips is not None:
@@ -204,16 +226,21 @@ class TensorTask(Task):
         self._check_batch_size(batch_size)
         x_all, y_all = self._data[split]
         for start in range(0, int(y_all.shape[0]), batch_size):
-            yield self._finish(self._eval_images(x_all[start:start + batch_size])), \
-                y_all[start:start + batch_size]
+            yield (
+                self._finish(self._eval_images(x_all[start : start + batch_size])),
+                y_all[start : start + batch_size],
+            )
 
     def pixel_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         self._check_split(split)
         self._check_batch_size(batch_size)
         x_all, y_all = self._data[split]
         for start in range(0, int(y_all.shape[0]), batch_size):
-            x = self._eval_images(x_all[start:start + batch_size]).to(torch.float32) / 255.0
-            yield resize_batch(x, self.image_size).clamp_(0.0, 1.0), y_all[start:start + batch_size]
+            x = self._eval_images(x_all[start : start + batch_size]).to(torch.float32) / 255.0
+            yield (
+                resize_batch(x, self.image_size).clamp_(0.0, 1.0),
+                y_all[start : start + batch_size],
+            )
 
     def _eval_images(self, images: torch.Tensor) -> torch.Tensor:
         """The protocol's evaluation transform of stored uint8 images (before the resize)."""

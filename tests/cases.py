@@ -75,8 +75,9 @@ def calibration_cases() -> Iterator[CalibrationCase]:
     # few distinct probability rows: many samples share a confidence (ties across bins' cuts)
     probs, labels = _softmax_case(12, 4, 1, 0.5)
     index = torch.randint(0, 12, (600,), generator=_gen(2))
-    yield CalibrationCase("tied-confidences", probs[index],
-                          torch.randint(0, 4, (600,), generator=_gen(3)), 10)
+    yield CalibrationCase(
+        "tied-confidences", probs[index], torch.randint(0, 4, (600,), generator=_gen(3)), 10
+    )
     probs, labels = _on_edges(8, 3, 4)
     yield CalibrationCase("exact-bin-edges", probs, labels, 8)
     probs, labels = _softmax_case(400, 2, 5, 0.7)
@@ -94,28 +95,45 @@ def detection_cases() -> Iterator[DetectionCase]:
     outside = torch.randn(400, generator=gen, dtype=torch.float64)
     yield DetectionCase("continuous", inside, outside)
     yield DetectionCase("heavy-ties", inside.round(), outside.round())
-    yield DetectionCase("all-equal", torch.ones(30, dtype=torch.float64),
-                        torch.ones(20, dtype=torch.float64))
+    yield DetectionCase(
+        "all-equal", torch.ones(30, dtype=torch.float64), torch.ones(20, dtype=torch.float64)
+    )
     yield DetectionCase("separated", inside + 10.0, outside)
     yield DetectionCase("reversed", outside, inside + 10.0)
     yield DetectionCase("one-ood-sample", inside, outside[:1])
-    yield DetectionCase("msp-like", torch.sigmoid(inside * 3).round(decimals=2),
-                        torch.sigmoid(outside * 3).round(decimals=2))
+    yield DetectionCase(
+        "msp-like",
+        torch.sigmoid(inside * 3).round(decimals=2),
+        torch.sigmoid(outside * 3).round(decimals=2),
+    )
 
 
 def rank_cases() -> Iterator[RankCase]:
     # ties share the average of the ranks they span
-    table = pd.DataFrame([[0.9, 0.9, 0.8], [0.7, 0.8, 0.8], [0.5, 0.5, 0.5]],
-                         columns=["a", "b", "c"])
-    yield RankCase("ties-higher-better", table, True,
-                   {"a": (1.5 + 3 + 2) / 3, "b": (1.5 + 1.5 + 2) / 3, "c": (3 + 1.5 + 2) / 3})
+    table = pd.DataFrame(
+        [[0.9, 0.9, 0.8], [0.7, 0.8, 0.8], [0.5, 0.5, 0.5]], columns=["a", "b", "c"]
+    )
+    yield RankCase(
+        "ties-higher-better",
+        table,
+        True,
+        {"a": (1.5 + 3 + 2) / 3, "b": (1.5 + 1.5 + 2) / 3, "c": (3 + 1.5 + 2) / 3},
+    )
     # a lower-is-better metric (an error, ECE): the smallest value ranks 1
-    yield RankCase("ties-lower-better", table, False,
-                   {"a": (2.5 + 1 + 2) / 3, "b": (2.5 + 2.5 + 2) / 3, "c": (1 + 2.5 + 2) / 3})
+    yield RankCase(
+        "ties-lower-better",
+        table,
+        False,
+        {"a": (2.5 + 1 + 2) / 3, "b": (2.5 + 2.5 + 2) / 3, "c": (1 + 2.5 + 2) / 3},
+    )
     # failed runs scored as the worst value (--failed worst): three methods tie at the bottom
     worst = pd.DataFrame([[0.8, 0.0, 0.0, 0.0], [0.6, 0.7, 0.0, 0.0]], columns=list("pqrs"))
-    yield RankCase("worst-ties", worst, True,
-                   {"p": (1 + 2) / 2, "q": (3 + 1) / 2, "r": (3 + 3.5) / 2, "s": (3 + 3.5) / 2})
+    yield RankCase(
+        "worst-ties",
+        worst,
+        True,
+        {"p": (1 + 2) / 2, "q": (3 + 1) / 2, "r": (3 + 3.5) / 2, "s": (3 + 3.5) / 2},
+    )
 
 
 def channel_cases() -> Iterator[tuple[str, torch.Tensor]]:

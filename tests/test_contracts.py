@@ -51,7 +51,7 @@ def test_the_record_example_is_the_current_schema() -> None:
 
 def _module_table() -> str:
     start = CONTRACTS.index("| module | job |", CONTRACTS.index("Modules of `bench/`"))
-    return CONTRACTS[start:CONTRACTS.index("\n\n", start)]
+    return CONTRACTS[start : CONTRACTS.index("\n\n", start)]
 
 
 def test_every_bench_module_is_in_the_module_table() -> None:
@@ -59,8 +59,9 @@ def test_every_bench_module_is_in_the_module_table() -> None:
     named = set(re.findall(r"`([\w/]+(?:\.py|/))`", table))
     bench = ROOT / "bench"
     expected = {p.name for p in bench.glob("*.py") if p.stem not in ("__init__", "__main__")}
-    expected |= {f"tuning/{p.name}" for p in (bench / "tuning").glob("*.py")
-                 if p.stem != "__init__"}
+    expected |= {
+        f"tuning/{p.name}" for p in (bench / "tuning").glob("*.py") if p.stem != "__init__"
+    }
     expected |= {"probes/", "suites/"}
     assert expected - named == set(), "modules missing from docs/CONTRACTS.md's table"
     assert named - expected == set(), "the table names modules that do not exist"
@@ -70,8 +71,9 @@ def _signatures() -> list[tuple[str, str, str]]:
     """(module, name, parameter text) of every call signature the page's Python blocks show."""
     found = []
     for block in _code_blocks(CONTRACTS, "python"):
-        for match in re.finditer(r"^\s*(?:from \S+ import \S+\s+#\s*)?((?:podbench\.\w+\.)*)(\w+)\(",
-                                 block, flags=re.M):
+        for match in re.finditer(
+            r"^\s*(?:from \S+ import \S+\s+#\s*)?((?:podbench\.\w+\.)*)(\w+)\(", block, flags=re.M
+        ):
             module, name = match.group(1).rstrip("."), match.group(2)
             module = module or UNQUALIFIED.get(name, "")
             if not module:
@@ -80,7 +82,7 @@ def _signatures() -> list[tuple[str, str, str]]:
             while depth:
                 depth += {"(": 1, ")": -1}.get(block[end], 0)
                 end += 1
-            found.append((module, name, block[match.end():end - 1]))
+            found.append((module, name, block[match.end() : end - 1]))
     return found
 
 
@@ -129,28 +131,36 @@ SIGNATURES = _signatures()
 
 def test_the_page_shows_the_main_signatures() -> None:
     shown = {(module, name) for module, name, _ in SIGNATURES}
-    assert {("podbench.engine", "train_run"), ("podbench.tasks", "load_task"),
-            ("podbench.ray_cluster", "init_ray"), ("podbench.executor", "run_suite"),
-            ("podbench.worker", "train_in_worker")} <= shown
+    assert {
+        ("podbench.engine", "train_run"),
+        ("podbench.tasks", "load_task"),
+        ("podbench.ray_cluster", "init_ray"),
+        ("podbench.executor", "run_suite"),
+        ("podbench.worker", "train_in_worker"),
+    } <= shown
 
 
-@pytest.mark.parametrize(("module", "name", "text"), SIGNATURES,
-                         ids=[f"{m}.{n}" for m, n, _ in SIGNATURES])
+@pytest.mark.parametrize(
+    ("module", "name", "text"), SIGNATURES, ids=[f"{m}.{n}" for m, n, _ in SIGNATURES]
+)
 def test_each_signature_shown_is_the_codes(module: str, name: str, text: str) -> None:
     obj = getattr(importlib.import_module(module), name)
     shown, actual = _shown_parameters(text), _actual_parameters(obj)
     # the positional parameters in order; keyword-only ones in any order
     cut = [names.index("*") if "*" in names else len(names) for names in (shown, actual)]
-    assert shown[:cut[0]] == actual[:cut[1]]
-    assert sorted(shown[cut[0]:]) == sorted(actual[cut[1]:])
+    assert shown[: cut[0]] == actual[: cut[1]]
+    assert sorted(shown[cut[0] :]) == sorted(actual[cut[1] :])
 
 
 def test_a_plugin_needs_only_the_public_losses_package() -> None:
     # the example plugin imports what podbench.losses exports (its tests: the conformance kit)
     example = ROOT / "examples" / "podbench-focal-loss"
     sources = [p for p in example.rglob("*.py") if "build" not in p.relative_to(example).parts]
-    imports = {m for p in sources
-               for m in re.findall(r"^from (podbench\S*) import", p.read_text(), flags=re.M)}
+    imports = {
+        m
+        for p in sources
+        for m in re.findall(r"^from (podbench\S*) import", p.read_text(), flags=re.M)
+    }
     assert imports <= {"podbench.losses", "podbench.losses.testing"}, imports
     import podbench.losses
 
@@ -163,7 +173,7 @@ def test_the_runspec_table_names_every_field_and_no_other() -> None:
     from podbench.runs import RunSpec
 
     start = CONTRACTS.index("| field | type, default | meaning |")
-    rows = CONTRACTS[start:CONTRACTS.index("\n\n", start)].splitlines()[2:]
+    rows = CONTRACTS[start : CONTRACTS.index("\n\n", start)].splitlines()[2:]
     first_column = {n for row in rows for n in re.findall(r"`(\w+)`", row.split("|")[1])}
     anywhere = {n for row in rows for n in re.findall(r"`(\w+)`", row)}
     fields = set(RunSpec.model_fields)

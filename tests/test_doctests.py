@@ -29,8 +29,11 @@ def _modules() -> list[str]:
 
 def _with_examples() -> list[str]:
     finder = doctest.DocTestFinder(exclude_empty=True)
-    return [name for name in _modules()
-            if any(t.examples for t in finder.find(importlib.import_module(name)))]
+    return [
+        name
+        for name in _modules()
+        if any(t.examples for t in finder.find(importlib.import_module(name)))
+    ]
 
 
 MODULES = _with_examples()
@@ -38,15 +41,25 @@ MODULES = _with_examples()
 
 def test_the_examples_are_found() -> None:
     # the modules that show one, at the least (a finder that found none would pass every test)
-    assert {"podbench.losses", "podbench.losses.base", "podbench.losses.registry",
-            "podbench.losses.pedcc", "podbench.losses.testing", "podbench.losses.pml",
-            "podbench.runs", "podbench.suite_spec", "podbench.tasks.timm_archs",
-            "podbench.reports", "podbench.runtime"} <= set(MODULES)
+    assert {
+        "podbench.losses",
+        "podbench.losses.base",
+        "podbench.losses.registry",
+        "podbench.losses.pedcc",
+        "podbench.losses.testing",
+        "podbench.losses.pml",
+        "podbench.runs",
+        "podbench.suite_spec",
+        "podbench.tasks.timm_archs",
+        "podbench.reports",
+        "podbench.runtime",
+    } <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name: str) -> None:
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-    result = doctest.testmod(importlib.import_module(name), optionflags=flags, verbose=False,
-                             report=True)
+    result = doctest.testmod(
+        importlib.import_module(name), optionflags=flags, verbose=False, report=True
+    )
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples of {name} failed"

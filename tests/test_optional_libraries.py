@@ -32,8 +32,13 @@ def test_library_names_without_the_extras_say_what_to_install(tmp_path: Path) ->
     losses.write_text("name: x\nlosses: [pod, pml:ArcFaceLoss]\narchs: [mlp]\n" + common)
     archs = tmp_path / "archs.yaml"
     archs.write_text("name: y\nlosses: [pod]\narchs: [timm:resnet18]\n" + common)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(losses), str(archs)],
-                          capture_output=True, text=True, check=False, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(losses), str(archs)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out, err = proc.stdout, proc.stderr
     assert "create: loss names 'pml:...' need the pytorch-metric-learning package" in out

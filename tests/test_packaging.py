@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"bench": "podbench", "losses": "podbench/losses", "tasks": "podbench/tasks",
-           "reports": "podbench/reports"}
+FOLDERS = {
+    "bench": "podbench",
+    "losses": "podbench/losses",
+    "tasks": "podbench/tasks",
+    "reports": "podbench/reports",
+}
 
 
 def _expected_wheel_files() -> set[str]:
@@ -33,9 +37,20 @@ def _expected_wheel_files() -> set[str]:
 @pytest.mark.slow
 def test_wheel_contains_every_source_and_data_file(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = tmp_path.glob("podbench-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -45,8 +60,9 @@ def test_wheel_contains_every_source_and_data_file(tmp_path: Path) -> None:
 
 
 def test_version_from_module_and_metadata_agree() -> None:
-    out = subprocess.run([sys.executable, "-m", "podbench", "--version"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "podbench", "--version"], check=True, capture_output=True, text=True
+    ).stdout
     assert out.strip() == f"podbench {version('podbench')}"
 
 
@@ -58,7 +74,8 @@ def test_console_script_lists_commands() -> None:
 
 
 def test_unknown_command_exits_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "podbench", "no-such-command"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "podbench", "no-such-command"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr

@@ -26,6 +26,7 @@ def test_readme_commands_name_real_subcommands() -> None:
     used = set(re.findall(r"^podbench (\w+)", README, flags=re.M))
     assert used >= {"losses", "tasks", "doctor", "validate", "run", "results", "tune", "report"}
     for command in used:
-        proc = subprocess.run([sys.executable, "-m", "podbench", command, "--help"],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "podbench", command, "--help"], capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stderr

@@ -120,7 +120,9 @@ class ProbeContext:
     def scores(self, split: str) -> tuple[Tensor, Tensor]:
         """Scores and labels of a split of the run's task (computed once per split)."""
         if split not in self._scores:
-            self._scores[split] = self.batches_scores(self.task.eval_batches(split, self.batch_size))
+            self._scores[split] = self.batches_scores(
+                self.task.eval_batches(split, self.batch_size)
+            )
         return self._scores[split]
 
     @property

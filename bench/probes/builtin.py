@@ -54,7 +54,13 @@ __all__ = ["CalibrationProbe", "CorruptionsProbe", "OodProbe", "convert_channels
 
 OPEN_SET = "open-set"
 DETECTION_METRICS = (
-    "auroc", "aupr_in", "aupr_out", "fpr95", "openood_aupr_in", "openood_aupr_out", "openood_fpr95",
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "fpr95",
+    "openood_aupr_in",
+    "openood_aupr_out",
+    "openood_fpr95",
 )
 
 
@@ -65,7 +71,7 @@ def _finite(value: float) -> float | None:
 @register_probe(
     "calibration",
     description="ECE, adaptive and classwise ECE, NLL and Brier score before and after "
-                "temperature scaling (T fitted on the validation split), reliability diagrams",
+    "temperature scaling (T fitted on the validation split), reliability diagrams",
 )
 class CalibrationProbe(Probe):
     """Calibration of softmax(scores / T), T fitted by NLL on validation (Guo et al. 2017)."""
@@ -113,8 +119,8 @@ def convert_channels(images: Tensor, channels: int) -> Tensor:
 @register_probe(
     "ood",
     description="open-set (near) and far-OOD detection (max probability, max logit, energy): "
-                "AUROC, AUPR-in, AUPR-out, FPR at 95% TPR, in-distribution positive, and "
-                "OpenOOD's convention",
+    "AUROC, AUPR-in, AUPR-out, FPR at 95% TPR, in-distribution positive, and "
+    "OpenOOD's convention",
 )
 class OodProbe(Probe):
     """Detection of the held-out classes of an open-set split and of other datasets."""
@@ -123,7 +129,8 @@ class OodProbe(Probe):
         model_config = ConfigDict(extra="forbid")
         datasets: list[str] = Field(default_factory=list)  # far-OOD sets, any registered dataset
         scores: list[Literal["msp", "max-logit", "energy"]] = Field(
-            default=["msp", "max-logit", "energy"], min_length=1)  # pydantic copies it
+            default=["msp", "max-logit", "energy"], min_length=1
+        )  # pydantic copies it
         open_set: bool = True  # the held-out classes, when the run has an open-set split
         limit: int | None = Field(None, ge=1)  # at most this many samples of each far-OOD set
         data_root: str | None = None  # where the far-OOD sets are (None: $PODBENCH_DATA, defaults)
@@ -137,9 +144,11 @@ class OodProbe(Probe):
 
     def check_run(self, run: RunSettings, where: str = "evaluate") -> None:
         if not self.settings.datasets and not (self.settings.open_set and run.open_set):
-            raise UserError(f"{where}: the ood probe has no OOD set; list far-OOD datasets "
-                            "(datasets: [svhn]) or train on an open-set split (open_set: "
-                            "{known: 6}).")
+            raise UserError(
+                f"{where}: the ood probe has no OOD set; list far-OOD datasets "
+                "(datasets: [svhn]) or train on an open-set split (open_set: "
+                "{known: 6})."
+            )
 
     def _far_scores(self, context: ProbeContext, name: str) -> Tensor:
         other = context.other_task(name, self.settings.limit, self.settings.data_root)
@@ -160,8 +169,10 @@ class OodProbe(Probe):
         for name in self.settings.datasets:
             sets[name] = self._far_scores(context, name)
         if not sets:
-            raise ValueError("the ood probe has no OOD set: give datasets: [...] or run an "
-                             "open-set split (open_set: {known: 6})")
+            raise ValueError(
+                "the ood probe has no OOD set: give datasets: [...] or run an "
+                "open-set split (open_set: {known: 6})"
+            )
         t = context.temperature
         out: dict[str, float | None] = {}
         first = self.settings.scores[0]
@@ -194,7 +205,7 @@ def _stream(seed: int, batch: int, name: str, severity: int) -> torch.Generator:
 @register_probe(
     "corruptions",
     description="accuracy under CIFAR-10-C corruptions generated on the device, 5 severities "
-                "(14 of the benchmark's 15, frost left out, and 3 held-out extras)",
+    "(14 of the benchmark's 15, frost left out, and 3 held-out extras)",
 )
 class CorruptionsProbe(Probe):
     """Accuracy on corrupted copies of the evaluation split (Hendrycks & Dietterich 2019)."""
@@ -210,8 +221,9 @@ class CorruptionsProbe(Probe):
         def _known(cls, value: list[str] | None) -> list[str] | None:
             for name in value or []:
                 if name not in CORRUPTIONS:
-                    raise ValueError(f"unknown corruption {name!r}; use some of "
-                                     f"{', '.join(CORRUPTIONS)}")
+                    raise ValueError(
+                        f"unknown corruption {name!r}; use some of {', '.join(CORRUPTIONS)}"
+                    )
             return value
 
         @field_validator("severities")
@@ -226,13 +238,16 @@ class CorruptionsProbe(Probe):
         names = self.settings.corruptions or corruption_names(channels)
         for name in names:
             if CORRUPTIONS[name].rgb_only and channels != 3:
-                raise ValueError(f"corruption {name!r} needs RGB images; this dataset has "
-                                 f"{channels} channel(s)")
+                raise ValueError(
+                    f"corruption {name!r} needs RGB images; this dataset has {channels} channel(s)"
+                )
         cells = [(n, s) for n in names for s in self.settings.severities]
         correct = dict.fromkeys([("clean", 0), *cells], 0)
         seen = 0
         limit = self.settings.limit
-        for index, (x, y) in enumerate(context.task.pixel_batches(context.split, context.batch_size)):
+        for index, (x, y) in enumerate(
+            context.task.pixel_batches(context.split, context.batch_size)
+        ):
             if limit is not None and seen >= limit:
                 break
             if limit is not None:
@@ -241,7 +256,10 @@ class CorruptionsProbe(Probe):
             correct[("clean", 0)] += self._hits(context, x, y)
             for name, severity in cells:
                 correct[(name, severity)] += self._hits(
-                    context, corrupt(x, name, severity, _stream(context.seed, index, name, severity)), y)
+                    context,
+                    corrupt(x, name, severity, _stream(context.seed, index, name, severity)),
+                    y,
+                )
         if seen == 0:
             raise RuntimeError(f"the {context.split} split yielded no sample")
         out: dict[str, float | None] = {"clean.acc": correct[("clean", 0)] / seen, "n": seen}

@@ -47,8 +47,10 @@ _LOG_INV_T_BOUNDS = (math.log(1e-3), math.log(1e4))
 
 def _check(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     if values.dim() != 2 or labels.dim() != 1 or values.shape[0] != labels.shape[0]:
-        raise ValueError(f"expected (N, K) values and (N,) labels, got {tuple(values.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected (N, K) values and (N,) labels, got {tuple(values.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
     if values.shape[0] == 0:
         raise ValueError("no samples to measure")
     return values.to(torch.float64), labels.to(device=values.device, dtype=torch.long)
@@ -129,12 +131,18 @@ def reliability_bins(
     index = _equal_width_bin(confidence, bins)
     count = torch.bincount(index, minlength=bins).to(torch.float64)
     conf_sum = torch.zeros(bins, dtype=torch.float64, device=probs.device).scatter_add_(
-        0, index, confidence)
-    hit_sum = torch.zeros(bins, dtype=torch.float64, device=probs.device).scatter_add_(0, index, hits)
+        0, index, confidence
+    )
+    hit_sum = torch.zeros(bins, dtype=torch.float64, device=probs.device).scatter_add_(
+        0, index, hits
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         count_np = count.cpu().numpy()
-        return (conf_sum.cpu().numpy() / count_np, hit_sum.cpu().numpy() / count_np,
-                count_np / count_np.sum())
+        return (
+            conf_sum.cpu().numpy() / count_np,
+            hit_sum.cpu().numpy() / count_np,
+            count_np / count_np.sum(),
+        )
 
 
 def fit_temperature(scores: Tensor, labels: Tensor) -> float:
@@ -149,6 +157,7 @@ def fit_temperature(scores: Tensor, labels: Tensor) -> float:
     def nll(log_inv_t: float) -> float:
         return float(torch.nn.functional.cross_entropy(scores * math.exp(log_inv_t), labels))
 
-    found = minimize_scalar(nll, bounds=_LOG_INV_T_BOUNDS, method="bounded",
-                            options={"xatol": 1e-7})
+    found = minimize_scalar(
+        nll, bounds=_LOG_INV_T_BOUNDS, method="bounded", options={"xatol": 1e-7}
+    )
     return float(math.exp(-found.x))

@@ -21,16 +21,31 @@ def add_probes_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _settings(info: ProbeInfo) -> dict[str, Any]:
     fields = info.cls.Settings.model_fields
-    return {name: (None if f.is_required() else f.get_default(call_default_factory=True))
-            for name, f in fields.items()}
+    return {
+        name: (None if f.is_required() else f.get_default(call_default_factory=True))
+        for name, f in fields.items()
+    }
 
 
 def run_probes(args: argparse.Namespace) -> int:
     """Print every registered probe with its description and settings (defaults)."""
     infos = [probe_info(n) for n in list_probes()]
     if args.json:
-        print(json.dumps([{"name": i.name, "description": i.description, "source": i.source,
-                           "settings": _settings(i)} for i in infos], indent=2, default=str))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": i.name,
+                        "description": i.description,
+                        "source": i.source,
+                        "settings": _settings(i),
+                    }
+                    for i in infos
+                ],
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     console = Console()
     table = Table(title="podbench probes (a suite's evaluate: entries)")

@@ -57,9 +57,21 @@ __all__ = [
 SEVERITIES = (1, 2, 3, 4, 5)
 # the 15 corruptions of CIFAR-10-C's benchmark, in its order; frost is not generated here
 BENCHMARK = (
-    "gaussian-noise", "shot-noise", "impulse-noise", "defocus-blur", "glass-blur", "motion-blur",
-    "zoom-blur", "snow", "frost", "fog", "brightness", "contrast", "elastic-transform",
-    "pixelate", "jpeg",
+    "gaussian-noise",
+    "shot-noise",
+    "impulse-noise",
+    "defocus-blur",
+    "glass-blur",
+    "motion-blur",
+    "zoom-blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic-transform",
+    "pixelate",
+    "jpeg",
 )
 PIL_PRECISION_BITS = 22  # Pillow's Resample.c: 32 - 8 - 2 bits for 8-bit images
 
@@ -86,6 +98,7 @@ class Corruption:
 
 # -- random draws: on the CPU generator, moved to the images' device ------------------------
 
+
 def _normal(shape: tuple[int, ...], gen: torch.Generator, like: Tensor) -> Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(like.device)
 
@@ -95,6 +108,7 @@ def _uniform(shape: tuple[int, ...], gen: torch.Generator, like: Tensor) -> Tens
 
 
 # -- noise ------------------------------------------------------------------------------------
+
 
 def _gaussian_noise(x: Tensor, scale: float, gen: torch.Generator) -> Tensor:
     return x + scale * _normal(x.shape, gen, x)
@@ -117,6 +131,7 @@ def _speckle_noise(x: Tensor, scale: float, gen: torch.Generator) -> Tensor:
 
 
 # -- blur -------------------------------------------------------------------------------------
+
 
 def _filter(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
     """Correlate every channel with a square odd kernel, padding by ``mode`` (F.pad's names)."""
@@ -177,7 +192,7 @@ def _defocus_blur(x: Tensor, params: tuple[float, float], gen: torch.Generator) 
     nonzero = torch.nonzero(kernel)
     r = int((nonzero - kernel.shape[-1] // 2).abs().max())
     centre = kernel.shape[-1] // 2
-    kernel = kernel[centre - r:centre + r + 1, centre - r:centre + r + 1]
+    kernel = kernel[centre - r : centre + r + 1, centre - r : centre + r + 1]
     # OpenCV's filter2D: correlation, borders reflected without repeating the edge (101)
     return _filter(x, kernel, "reflect")
 
@@ -188,8 +203,9 @@ def glass_offsets(images: Tensor, delta: int, iterations: int, gen: torch.Genera
     (NumPy's ``randint(-delta, delta)`` excludes +delta, so the draws lean up and left)."""
     h, w = images.shape[-2:]
     positions = (h - 2 * delta) * (w - 2 * delta)
-    return torch.randint(-delta, delta, (iterations, max(positions, 0), images.shape[0], 2),
-                         generator=gen).to(images.device)
+    return torch.randint(
+        -delta, delta, (iterations, max(positions, 0), images.shape[0], 2), generator=gen
+    ).to(images.device)
 
 
 def _glass_blur(x: Tensor, params: tuple[float, int, int], gen: torch.Generator) -> Tensor:
@@ -231,8 +247,8 @@ def _motion_blur_levels(levels: Tensor, radius: float, sigma: float, angle: Tens
     batch = torch.arange(b, device=dev)[:, None, None]
     for t in range(weights.numel()):
         # the image read at (y + dy, x + dx); beyond the border the edge pixel (virtual "edge")
-        rows = (torch.arange(h)[None, :] + dy[:, t:t + 1]).clamp(0, h - 1).to(dev)
-        cols = (torch.arange(w)[None, :] + dx[:, t:t + 1]).clamp(0, w - 1).to(dev)
+        rows = (torch.arange(h)[None, :] + dy[:, t : t + 1]).clamp(0, h - 1).to(dev)
+        cols = (torch.arange(w)[None, :] + dx[:, t : t + 1]).clamp(0, w - 1).to(dev)
         shifted = levels[batch, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
         out += float(weights[t]) * shifted.permute(0, 3, 1, 2)
     return torch.floor(out.clamp(0, 255) + 0.5)
@@ -255,12 +271,12 @@ def clipped_zoom(x: Tensor, factor: float) -> Tensor:
     h = x.shape[-1]
     crop = math.ceil(h / factor)
     top = (h - crop) // 2
-    x = x[..., top:top + crop, top:top + crop]
+    x = x[..., top : top + crop, top : top + crop]
     size = int(round(crop * factor))
     if size != crop:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
     trim = (size - h) // 2
-    return x[..., trim:trim + h, trim:trim + h]
+    return x[..., trim : trim + h, trim : trim + h]
 
 
 def _zoom_blur(x: Tensor, upper: float, gen: torch.Generator) -> Tensor:
@@ -272,6 +288,7 @@ def _zoom_blur(x: Tensor, upper: float, gen: torch.Generator) -> Tensor:
 
 
 # -- weather ----------------------------------------------------------------------------------
+
 
 def plasma_fractal(
     batch: int, mapsize: int, wibbledecay: float, gen: torch.Generator, device: torch.device
@@ -353,8 +370,9 @@ def elastic_draws(
     centre = torch.tensor([h // 2, w // 2], dtype=torch.float64)  # float32(shape) // 2
     side = min(h, w) // 3
     # OpenCV reads the points as (x, y); for square images centre[0] = centre[1]
-    src = torch.stack([centre + side, torch.stack([centre[0] + side, centre[1] - side]),
-                       centre - side])
+    src = torch.stack(
+        [centre + side, torch.stack([centre[0] + side, centre[1] - side]), centre - side]
+    )
     moved = src + (torch.rand((b, 3, 2), generator=gen, dtype=torch.float64) * 2 - 1) * shift
     # the map M with M [x y 1]^T = moved (getAffineTransform); the warp samples M^-1 (x, y)
     ones = torch.ones(3, 1, dtype=torch.float64)
@@ -374,16 +392,21 @@ def _sample(x: Tensor, rows: Tensor, cols: Tensor, align_corners: bool) -> Tenso
     else:  # about the edge pixels' outer sides: scipy's mode "reflect"
         gx, gy = (2 * cols + 1) / w - 1, (2 * rows + 1) / h - 1
     grid = torch.stack([gx, gy], dim=-1).to(x)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
-                         align_corners=align_corners)
+    return F.grid_sample(
+        x, grid, mode="bilinear", padding_mode="reflection", align_corners=align_corners
+    )
 
 
-def _elastic_transform(x: Tensor, params: tuple[float, float, float],
-                       gen: torch.Generator) -> Tensor:
+def _elastic_transform(
+    x: Tensor, params: tuple[float, float, float], gen: torch.Generator
+) -> Tensor:
     inverse, dy, dx = (t.to(x.device) for t in elastic_draws(x, params, gen))
     b, _, h, w = x.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype, device=x.device),
-                            torch.arange(w, dtype=x.dtype, device=x.device), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=x.dtype, device=x.device),
+        torch.arange(w, dtype=x.dtype, device=x.device),
+        indexing="ij",
+    )
     points = torch.stack([xs, ys, torch.ones_like(xs)]).reshape(3, -1)
     source = (inverse @ points).reshape(b, 2, h, w)  # (x, y) read for each output pixel
     x = _sample(x, source[:, 1], source[:, 0], align_corners=True)
@@ -391,6 +414,7 @@ def _elastic_transform(x: Tensor, params: tuple[float, float, float],
 
 
 # -- photometric ------------------------------------------------------------------------------
+
 
 def rgb_to_hsv(rgb: Tensor) -> Tensor:
     """(B, 3, H, W) RGB in [0, 1] -> HSV in [0, 1] as scikit-image's ``rgb2hsv``."""
@@ -415,10 +439,16 @@ def hsv_to_rgb(hsv: Tensor) -> Tensor:
     f = h * 6.0 - sector
     sector = torch.remainder(sector, 6).long()
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = torch.stack([
-        torch.stack([v, t, p]), torch.stack([q, v, p]), torch.stack([p, v, t]),
-        torch.stack([p, q, v]), torch.stack([t, p, v]), torch.stack([v, p, q]),
-    ])  # (6 sectors, 3 channels, B, H, W)
+    table = torch.stack(
+        [
+            torch.stack([v, t, p]),
+            torch.stack([q, v, p]),
+            torch.stack([p, v, t]),
+            torch.stack([p, q, v]),
+            torch.stack([t, p, v]),
+            torch.stack([v, p, q]),
+        ]
+    )  # (6 sectors, 3 channels, B, H, W)
     index = sector[None, None].expand(1, 3, *sector.shape)
     return torch.gather(table, 0, index)[0].movedim(0, 1)
 
@@ -444,6 +474,7 @@ def _contrast(x: Tensor, factor: float, gen: torch.Generator) -> Tensor:
 
 # -- digital ----------------------------------------------------------------------------------
 
+
 def _jpeg(x: Tensor, quality: int, gen: torch.Generator) -> Tensor:
     """Encode and decode with PIL at ``quality``, as the original (on the CPU: PIL has no GPU);
     8-bit levels."""
@@ -455,7 +486,8 @@ def _jpeg(x: Tensor, quality: int, gen: torch.Generator) -> Tensor:
     for image in pixels:
         buffer = io.BytesIO()
         Image.fromarray(image[..., 0] if mode == "L" else image, mode=mode).save(
-            buffer, "JPEG", quality=int(quality))
+            buffer, "JPEG", quality=int(quality)
+        )
         buffer.seek(0)
         decoded = torch.from_numpy(np.array(Image.open(buffer).convert(mode)))
         out.append(decoded if mode == "RGB" else decoded[..., None])
@@ -505,45 +537,88 @@ def _pixelate(x: Tensor, factor: float, gen: torch.Generator) -> Tensor:
     return _pil_box_resize(small, h, w)
 
 
-CORRUPTIONS: dict[str, Corruption] = {c.name: c for c in (
-    # the benchmark, in CIFAR-10-C's order (frost left out)
-    Corruption("gaussian-noise", _gaussian_noise, (0.04, 0.06, 0.08, 0.09, 0.10)),
-    Corruption("shot-noise", _shot_noise, (500, 250, 100, 75, 50)),
-    Corruption("impulse-noise", _impulse_noise, (0.01, 0.02, 0.03, 0.05, 0.07)),
-    Corruption("defocus-blur", _defocus_blur,
-               ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)), family="blur"),
-    Corruption("glass-blur", _glass_blur,
-               ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)), family="blur"),
-    Corruption("motion-blur", _motion_blur, ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
-               family="blur", levels=True),
-    Corruption("zoom-blur", _zoom_blur, (1.06, 1.11, 1.16, 1.21, 1.26), family="blur"),
-    Corruption("snow", _snow, (
-        (0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
-        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)), family="weather"),
-    Corruption("fog", _fog, ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
-               family="weather"),
-    Corruption("brightness", _brightness, (0.05, 0.1, 0.15, 0.2, 0.3), family="weather"),
-    Corruption("contrast", _contrast, (0.75, 0.5, 0.4, 0.3, 0.15), family="digital"),
-    Corruption("elastic-transform", _elastic_transform, (
-        (0.0, 0.0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05),
-        (0.1, 0.03, 0.03)), family="digital"),  # fractions of the image size
-    Corruption("pixelate", _pixelate, (0.95, 0.9, 0.85, 0.75, 0.65), family="digital",
-               levels=True),
-    Corruption("jpeg", _jpeg, (80, 65, 58, 50, 40), family="digital", levels=True),
-    # the held-out extras
-    Corruption("speckle-noise", _speckle_noise, (0.06, 0.1, 0.12, 0.16, 0.2)),
-    Corruption("gaussian-blur", _gaussian_blur, (0.4, 0.6, 0.7, 0.8, 1.0), family="blur"),
-    Corruption("saturate", _saturate, ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
-               rgb_only=True, family="digital"),
-)}
+CORRUPTIONS: dict[str, Corruption] = {
+    c.name: c
+    for c in (
+        # the benchmark, in CIFAR-10-C's order (frost left out)
+        Corruption("gaussian-noise", _gaussian_noise, (0.04, 0.06, 0.08, 0.09, 0.10)),
+        Corruption("shot-noise", _shot_noise, (500, 250, 100, 75, 50)),
+        Corruption("impulse-noise", _impulse_noise, (0.01, 0.02, 0.03, 0.05, 0.07)),
+        Corruption(
+            "defocus-blur",
+            _defocus_blur,
+            ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),
+            family="blur",
+        ),
+        Corruption(
+            "glass-blur",
+            _glass_blur,
+            ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
+            family="blur",
+        ),
+        Corruption(
+            "motion-blur",
+            _motion_blur,
+            ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
+            family="blur",
+            levels=True,
+        ),
+        Corruption("zoom-blur", _zoom_blur, (1.06, 1.11, 1.16, 1.21, 1.26), family="blur"),
+        Corruption(
+            "snow",
+            _snow,
+            (
+                (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+                (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+                (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+                (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+                (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+            ),
+            family="weather",
+        ),
+        Corruption(
+            "fog", _fog, ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)), family="weather"
+        ),
+        Corruption("brightness", _brightness, (0.05, 0.1, 0.15, 0.2, 0.3), family="weather"),
+        Corruption("contrast", _contrast, (0.75, 0.5, 0.4, 0.3, 0.15), family="digital"),
+        Corruption(
+            "elastic-transform",
+            _elastic_transform,
+            (
+                (0.0, 0.0, 0.08),
+                (0.05, 0.2, 0.07),
+                (0.08, 0.06, 0.06),
+                (0.1, 0.04, 0.05),
+                (0.1, 0.03, 0.03),
+            ),
+            family="digital",
+        ),  # fractions of the image size
+        Corruption(
+            "pixelate", _pixelate, (0.95, 0.9, 0.85, 0.75, 0.65), family="digital", levels=True
+        ),
+        Corruption("jpeg", _jpeg, (80, 65, 58, 50, 40), family="digital", levels=True),
+        # the held-out extras
+        Corruption("speckle-noise", _speckle_noise, (0.06, 0.1, 0.12, 0.16, 0.2)),
+        Corruption("gaussian-blur", _gaussian_blur, (0.4, 0.6, 0.7, 0.8, 1.0), family="blur"),
+        Corruption(
+            "saturate",
+            _saturate,
+            ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
+            rgb_only=True,
+            family="digital",
+        ),
+    )
+}
 
 
 def corruption_names(channels: int = 3, benchmark: bool | None = None) -> list[str]:
     """The corruptions that apply to images with ``channels`` channels, in CIFAR-10-C's order
     (the benchmark's, then the extras); ``benchmark`` True or False: only those or the extras."""
-    return [n for n, c in CORRUPTIONS.items() if (channels == 3 or not c.rgb_only)
-            and (benchmark is None or c.benchmark == benchmark)]
+    return [
+        n
+        for n, c in CORRUPTIONS.items()
+        if (channels == 3 or not c.rgb_only) and (benchmark is None or c.benchmark == benchmark)
+    ]
 
 
 def corrupt(images: Tensor, name: str, severity: int, generator: torch.Generator) -> Tensor:
@@ -564,8 +639,10 @@ def corrupt(images: Tensor, name: str, severity: int, generator: torch.Generator
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be 1..5, got {severity}")
     if generator.device.type != "cpu":
-        raise ValueError("corrupt draws on a CPU generator (the same draws on every device); "
-                         f"got one on {generator.device}")
+        raise ValueError(
+            "corrupt draws on a CPU generator (the same draws on every device); "
+            f"got one on {generator.device}"
+        )
     spec = CORRUPTIONS[name]
     if spec.rgb_only and images.shape[1] != 3:
         raise ValueError(f"corruption {name!r} needs RGB images, got {images.shape[1]} channel(s)")

@@ -69,7 +69,9 @@ def _labelled(positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
     if positive.numel() == 0 or negative.numel() == 0:
         raise ValueError("detection metrics need at least one sample of each kind")
     scores = torch.cat([positive.flatten(), negative.flatten()]).to(torch.float64).cpu()
-    labels = torch.cat([torch.ones(positive.numel()), torch.zeros(negative.numel())]).to(torch.float64)
+    labels = torch.cat([torch.ones(positive.numel()), torch.zeros(negative.numel())]).to(
+        torch.float64
+    )
     order = torch.argsort(scores, descending=True, stable=True)
     return scores[order], labels[order]
 
@@ -114,8 +116,9 @@ def pr_curve_area(positive: Tensor, negative: Tensor) -> float:
     last = torch.ones_like(scores, dtype=torch.bool)
     last[:-1] = scores[1:] != scores[:-1]
     tps = torch.cumsum(labels, 0)[last]
-    precision = torch.cat([torch.ones(1, dtype=torch.float64), tps / torch.cumsum(
-        torch.ones_like(labels), 0)[last]])
+    precision = torch.cat(
+        [torch.ones(1, dtype=torch.float64), tps / torch.cumsum(torch.ones_like(labels), 0)[last]]
+    )
     recall = torch.cat([torch.zeros(1, dtype=torch.float64), tps / tps[-1]])
     return float(torch.sum(torch.diff(recall) * (precision[1:] + precision[:-1]) / 2.0))
 
@@ -126,7 +129,9 @@ def fpr_at_tpr(positive: Tensor, negative: Tensor, tpr: float = 0.95) -> float:
     return float(fprs[np.argmax(tprs >= tpr - 1e-12)])
 
 
-def tpr_at_fpr(positive: Tensor, negative: Tensor, grid: Sequence[float] = ROC_FPR_GRID) -> list[float]:
+def tpr_at_fpr(
+    positive: Tensor, negative: Tensor, grid: Sequence[float] = ROC_FPR_GRID
+) -> list[float]:
     """The ROC curve read at the false-positive rates ``grid`` (linear between its points)."""
     fprs, tprs, _ = roc_curve(positive, negative)
     out = []

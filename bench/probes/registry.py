@@ -25,7 +25,12 @@ from podbench.probes.base import Probe
 from podbench.registry import Registry
 
 __all__ = [
-    "PROBES", "ProbeInfo", "create_probe", "list_probes", "probe_info", "probe_settings",
+    "PROBES",
+    "ProbeInfo",
+    "create_probe",
+    "list_probes",
+    "probe_info",
+    "probe_settings",
     "register_probe",
 ]
 
@@ -46,7 +51,10 @@ class ProbeInfo:
 
 
 PROBES: Registry[ProbeInfo] = Registry(
-    "probe", plural="probes", group=ENTRY_POINT_GROUP, decorator="register_probe",
+    "probe",
+    plural="probes",
+    group=ENTRY_POINT_GROUP,
+    decorator="register_probe",
     builtins=("podbench.probes.builtin",),
 )
 

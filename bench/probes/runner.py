@@ -41,17 +41,25 @@ def run_probes(
 
     def load_other(name: str, limit: int | None, root: str | None) -> Task:
         # another dataset as far-OOD set: at the run's image size, on the run's device
-        return load_task(name, root, device=task.device, image_size=task.image_size, limit=limit,
-                         augment=False)
+        return load_task(
+            name, root, device=task.device, image_size=task.image_size, limit=limit, augment=False
+        )
 
     context = ProbeContext(
-        forward=forward, predict=predict, task=task, split=run.eval_split,
-        batch_size=run.batch_size, seed=run.seed, load_other=load_other,
+        forward=forward,
+        predict=predict,
+        task=task,
+        split=run.eval_split,
+        batch_size=run.batch_size,
+        seed=run.seed,
+        load_other=load_other,
     )
     out = {}
     for entry in entries:
         with full_precision():  # TF32 off while probes run: the same values on any GPU
             values = create_probe(entry.name, entry.probe_settings()).measure(context)
         # records are strict JSON: an undefined value (NaN) is recorded as null
-        out[entry.name] = {k: v if v is None or math.isfinite(v) else None for k, v in values.items()}
+        out[entry.name] = {
+            k: v if v is None or math.isfinite(v) else None for k, v in values.items()
+        }
     return out

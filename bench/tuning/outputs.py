@@ -166,7 +166,9 @@ def best_suites(
             "feat_dim": [run.feat_dim],
             "seeds": seeds if isinstance(seeds, int) else list(seeds),
         }
-        SuiteSpec.model_validate(suite, context=_UNBOUNDED)  # what we hand over must load as a suite
+        SuiteSpec.model_validate(
+            suite, context=_UNBOUNDED
+        )  # what we hand over must load as a suite
         suites[label] = suite
     return suites
 

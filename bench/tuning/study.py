@@ -103,8 +103,10 @@ def open_storage(
             )
     except ImportError:
         if not url.startswith("postgres"):
-            raise UserError(f"{origin} {url}: the database driver of this URL is not installed; "
-                            "install it, or use sqlite:///path/optuna.db.") from None
+            raise UserError(
+                f"{origin} {url}: the database driver of this URL is not installed; "
+                "install it, or use sqlite:///path/optuna.db."
+            ) from None
         raise UserError(f"{origin} {url}: {_pg_driver_missing(url)}.") from None
     except Exception as err:  # bad URL, unreachable server
         raise UserError(
@@ -117,11 +119,15 @@ def open_storage(
 def _pg_driver_missing(url: str) -> str:
     scheme = url.split("://", 1)[0]
     if scheme == "postgresql+psycopg2":
-        return ("the PostgreSQL driver psycopg2 is not installed; install it (pip install "
-                "psycopg2-binary), or pip install 'podbench[postgres]' and write "
-                "postgresql+psycopg:// for psycopg 3")
-    return ("the PostgreSQL driver psycopg 3 (which SQLAlchemy uses for postgresql:// and "
-            "postgresql+psycopg://) is not installed; pip install 'podbench[postgres]' installs it")
+        return (
+            "the PostgreSQL driver psycopg2 is not installed; install it (pip install "
+            "psycopg2-binary), or pip install 'podbench[postgres]' and write "
+            "postgresql+psycopg:// for psycopg 3"
+        )
+    return (
+        "the PostgreSQL driver psycopg 3 (which SQLAlchemy uses for postgresql:// and "
+        "postgresql+psycopg://) is not installed; pip install 'podbench[postgres]' installs it"
+    )
 
 
 def make_sampler(spec: TuneSpec, n_trials_so_far: int) -> optuna.samplers.BaseSampler:
@@ -217,9 +223,7 @@ def budget_slots(trials: Sequence[optuna.trial.FrozenTrial]) -> list[int]:
     """Numbers of the trials that hold a place in the budget, in order: the counted finished ones,
     the running ones (of any driver) and the queued ones. The first ``n_trials`` are in it."""
     return sorted(
-        t.number
-        for t in trials
-        if counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
+        t.number for t in trials if counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
     )
 
 

@@ -400,15 +400,28 @@ class TuneSpec(SpecFile):
             run_settings = ", ".join(sorted(TUNABLE_RUN_FIELDS))
             for key, (_, origin) in self.space_entries(label).items():
                 if key not in TUNABLE_RUN_FIELDS:
-                    yield NameRef(origin, "hparam", key, loss=name,
-                                  hint=f", or tune a run setting ({run_settings}), or remove it with null")
+                    yield NameRef(
+                        origin,
+                        "hparam",
+                        key,
+                        loss=name,
+                        hint=f", or tune a run setting ({run_settings}), or remove it with null",
+                    )
         yield from super().name_refs()
 
     def fingerprint(self, label: str) -> dict[str, Any]:
         """What a resumed study must share with the study it continues: what changes a trial's
         result, not the trial count, concurrency, storage, resources or where the data lives."""
-        study_only = {"name", "description", "n_trials", "max_concurrent", "storage",
-                      "n_startup_trials", "losses", "space"}
+        study_only = {
+            "name",
+            "description",
+            "n_trials",
+            "max_concurrent",
+            "storage",
+            "n_startup_trials",
+            "losses",
+            "space",
+        }
         dump = self.model_dump(mode="json", exclude=study_only | NON_RESULT_FIELDS)
         entry = self.losses[label]
         dump["loss"] = self.loss_name(label)
@@ -440,6 +453,7 @@ def load_tune(
         >>> spec.distributions("pod")["lr"]
         FloatDistribution(high=0.3, log=True, low=0.003, step=None)
     """
+
     def check_trials(spec: TuneSpec, source: str) -> None:
         trials = spec.n_trials * len(spec.losses)
         if trials > max_runs:
@@ -484,8 +498,13 @@ def _check_builds(spec: TuneSpec, label: str, source: str) -> None:
             continue
         built.add(key)
         try:
-            create_loss(run.loss, num_classes=int(num_classes), feat_dim=run.feat_dim,
-                        variant=run.variant, **run.loss_params)
+            create_loss(
+                run.loss,
+                num_classes=int(num_classes),
+                feat_dim=run.feat_dim,
+                variant=run.variant,
+                **run.loss_params,
+            )
         except UserError as err:
             raise UserError(
                 f"{source}: field '{where}' (for {label}, feat_dim={run.feat_dim}): "
@@ -509,7 +528,9 @@ def _check_space(spec: TuneSpec, label: str, source: str) -> None:
         try:
             space[key] = param_adapter.validate_python(raw)
         except ValidationError as err:
-            raise UserError(f"{source}: field '{origin}': {_param_problem(err)} (for {label}).") from None
+            raise UserError(
+                f"{source}: field '{origin}': {_param_problem(err)} (for {label})."
+            ) from None
         if key == "variant":
             variants = loss_info(name).variants
             choices = getattr(space[key], "choices", [None])

@@ -36,9 +36,7 @@ class RaisingLoss(SoftmaxLoss):
         return super().compute_loss(features, targets)
 
 
-@register_loss(
-    "test-nan", description="its loss turns NaN in epoch `at_epoch`"
-)
+@register_loss("test-nan", description="its loss turns NaN in epoch `at_epoch`")
 class NanLoss(SoftmaxLoss):
     def __init__(self, num_classes: int, feat_dim: int, *, at_epoch: int = 0) -> None:
         super().__init__(num_classes, feat_dim)
@@ -115,7 +113,8 @@ class TrackedLoss(SoftmaxLoss):
 class OutOfMemoryLoss(SoftmaxLoss):
     def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
         raise torch.cuda.OutOfMemoryError(
-            "CUDA out of memory. Tried to allocate 20.00 GiB (raised by test-oom)")
+            "CUDA out of memory. Tried to allocate 20.00 GiB (raised by test-oom)"
+        )
 
 
 @register_loss(
@@ -128,8 +127,13 @@ class FlagsLoss(SoftmaxLoss):
 
     def compute_loss(self, features: Tensor, targets: Tensor) -> LossOutput:
         if self.training:
-            self.seen.append((torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-                              torch.are_deterministic_algorithms_enabled()))
+            self.seen.append(
+                (
+                    torch.backends.cudnn.benchmark,
+                    torch.backends.cudnn.deterministic,
+                    torch.are_deterministic_algorithms_enabled(),
+                )
+            )
         return super().compute_loss(features, targets)
 
 
@@ -165,10 +169,16 @@ def device_probe_trial(config: dict[str, Any]) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the probes did not all run at the same time")
         time.sleep(0.2)
-    (folder / f"probe-{tag}.json").write_text(json.dumps({
-        "gpus": config["run"]["gpus"], "device": device, "ids": ids,
-        "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
-    }))
+    (folder / f"probe-{tag}.json").write_text(
+        json.dumps(
+            {
+                "gpus": config["run"]["gpus"],
+                "device": device,
+                "ids": ids,
+                "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            }
+        )
+    )
     tune.report({"done": 1})
 
 
@@ -177,8 +187,9 @@ def device_probe_trial(config: dict[str, Any]) -> None:
     description="softmax that sleeps `seconds` per training batch and notes where it started",
 )
 class SlowLoss(SoftmaxLoss):
-    def __init__(self, num_classes: int, feat_dim: int, *, folder: str = "",
-                 seconds: float = 1.0) -> None:
+    def __init__(
+        self, num_classes: int, feat_dim: int, *, folder: str = "", seconds: float = 1.0
+    ) -> None:
         super().__init__(num_classes, feat_dim)
         self.folder, self.seconds = folder, seconds
 
@@ -203,8 +214,9 @@ class SlowLoss(SoftmaxLoss):
 class GatedLoss(SoftmaxLoss):
     """Each start writes ``<folder>/<seed>.<pid>.<n>``; training goes on once ``gate`` exists."""
 
-    def __init__(self, num_classes: int, feat_dim: int, *, folder: str = "",
-                 gate: str = "") -> None:
+    def __init__(
+        self, num_classes: int, feat_dim: int, *, folder: str = "", gate: str = ""
+    ) -> None:
         super().__init__(num_classes, feat_dim)
         self.folder, self.gate = folder, gate
 

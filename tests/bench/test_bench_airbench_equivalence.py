@@ -38,8 +38,10 @@ WHITEN_BIAS_EPOCHS, BN_MOMENTUM = 3, 0.6
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
-    flags = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
@@ -48,15 +50,26 @@ def _one_thread() -> Iterator[None]:
 
 def _run(loss_label: str = "label-smoothing"):
     lr = LR * BATCH / (1024 * (1 + 1 / (1 - MOMENTUM)))
-    overrides = [f"epochs={EPOCHS}", f"batch_size={BATCH}", f"lr={lr!r}", "seeds=[0]",
-                 "datasets=[synthetic]", f"limit_train={BATCH * STEPS_PER_EPOCH}",
-                 "limit_eval=64", "device=cpu", "gpus=0", "cpus=1", "amp='off'",
-                 "channels_last=false"]
+    overrides = [
+        f"epochs={EPOCHS}",
+        f"batch_size={BATCH}",
+        f"lr={lr!r}",
+        "seeds=[0]",
+        "datasets=[synthetic]",
+        f"limit_train={BATCH * STEPS_PER_EPOCH}",
+        "limit_eval=64",
+        "device=cpu",
+        "gpus=0",
+        "cpus=1",
+        "amp='off'",
+        "channels_last=false",
+    ]
     runs = load_suite("fast-cifar10", overrides).expand()
     return next(r for r in runs if r.label == loss_label)
 
 
 # ---------------------------------------------------------------- airbench94, written out
+
 
 class _BatchNorm(nn.BatchNorm2d):
     def __init__(self, width: int) -> None:
@@ -65,10 +78,15 @@ class _BatchNorm(nn.BatchNorm2d):
 
 
 def _group(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding="same", bias=False), nn.MaxPool2d(2),
-                         _BatchNorm(cout), nn.GELU(),
-                         nn.Conv2d(cout, cout, 3, padding="same", bias=False),
-                         _BatchNorm(cout), nn.GELU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding="same", bias=False),
+        nn.MaxPool2d(2),
+        _BatchNorm(cout),
+        nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding="same", bias=False),
+        _BatchNorm(cout),
+        nn.GELU(),
+    )
 
 
 class _GlobalMax(nn.Module):
@@ -83,9 +101,16 @@ class _Mul(nn.Module):
 
 
 def _airbench_net(classes: int) -> nn.Sequential:
-    net = nn.Sequential(nn.Conv2d(3, 24, 2, padding=0, bias=True), nn.GELU(),
-                        _group(24, 64), _group(64, 256), _group(256, 256), _GlobalMax(),
-                        nn.Linear(256, classes, bias=False), _Mul())
+    net = nn.Sequential(
+        nn.Conv2d(3, 24, 2, padding=0, bias=True),
+        nn.GELU(),
+        _group(24, 64),
+        _group(64, 256),
+        _group(256, 256),
+        _GlobalMax(),
+        nn.Linear(256, classes, bias=False),
+        _Mul(),
+    )
     net[0].weight.requires_grad = False
     return net
 
@@ -115,9 +140,14 @@ def _airbench_train(net: nn.Sequential, epochs_of_batches: list[list[tuple]]) ->
     lr_biases = lr * BIAS_SCALER
     norms = [m.bias for m in net.modules() if isinstance(m, _BatchNorm)]
     others = [p for p in net.parameters() if p.requires_grad and all(p is not q for q in norms)]
-    optimizer = torch.optim.SGD([dict(params=norms, lr=lr_biases, weight_decay=wd / lr_biases),
-                                 dict(params=others, lr=lr, weight_decay=wd / lr)],
-                                momentum=MOMENTUM, nesterov=True)
+    optimizer = torch.optim.SGD(
+        [
+            dict(params=norms, lr=lr_biases, weight_decay=wd / lr_biases),
+            dict(params=others, lr=lr, weight_decay=wd / lr),
+        ],
+        momentum=MOMENTUM,
+        nesterov=True,
+    )
 
     def get_lr(step: int) -> float:
         warmup_steps = int(total_steps * 0.23)
@@ -168,23 +198,31 @@ def _airbench_tta(net: nn.Sequential, inputs: torch.Tensor) -> torch.Tensor:
 
     size = inputs.shape[-1]
     padded = F.pad(inputs, (1,) * 4, "reflect")
-    translated = [padded[:, :, 0:size, 0:size], padded[:, :, 2:size + 2, 2:size + 2]]
+    translated = [padded[:, :, 0:size, 0:size], padded[:, :, 2 : size + 2, 2 : size + 2]]
     return 0.5 * mirror(inputs) + 0.5 * torch.stack([mirror(t) for t in translated]).mean(0)
 
 
 # ---------------------------------------------------------------- the comparison
 
+
 def test_fast_cifar10_trains_as_airbench94_step_for_step() -> None:
     run = _run()
     assert (run.schedule, run.lookahead, run.tta, run.drop_last, run.proj) == (
-        "triangular", True, True, True, "none")
+        "triangular",
+        True,
+        True,
+        True,
+        "none",
+    )
     trainer = Trainer.of_run(run)
     parts = trainer.parts
     assert parts.steps_per_epoch == STEPS_PER_EPOCH
     initial_model = copy.deepcopy(parts.model.state_dict())
     initial_head = copy.deepcopy(parts.plugin.state_dict())
-    batches = [list(parts.task.train_batches(BATCH, seed=run.seed, epoch=e, drop_last=True))
-               for e in range(EPOCHS)]
+    batches = [
+        list(parts.task.train_batches(BATCH, seed=run.seed, epoch=e, drop_last=True))
+        for e in range(EPOCHS)
+    ]
     trainer.fit(None)
     history = trainer.progress.history
 
@@ -194,15 +232,19 @@ def test_fast_cifar10_trains_as_airbench94_step_for_step() -> None:
     reference_losses = _airbench_train(reference, batches)
 
     ours_losses = [entry["train_loss"] for entry in history]
-    worst_loss = max(abs(a - b) / abs(b) for a, b in zip(ours_losses, reference_losses, strict=True))
-    torch.testing.assert_close(torch.tensor(ours_losses), torch.tensor(reference_losses),
-                               rtol=1e-5, atol=0)
+    worst_loss = max(
+        abs(a - b) / abs(b) for a, b in zip(ours_losses, reference_losses, strict=True)
+    )
+    torch.testing.assert_close(
+        torch.tensor(ours_losses), torch.tensor(reference_losses), rtol=1e-5, atol=0
+    )
     expected = copy.deepcopy(reference)
     ours = _airbench_net(len(parts.task.classes))
     _load_podbench_weights(ours, parts.model.state_dict(), parts.plugin.state_dict())
     worst = 0.0
-    for (name, got), want in zip(ours.state_dict().items(), expected.state_dict().values(),
-                                 strict=True):
+    for (name, got), want in zip(
+        ours.state_dict().items(), expected.state_dict().values(), strict=True
+    ):
         if got.is_floating_point():
             scale = float(want.abs().max()) or 1.0
             worst = max(worst, float((got - want).abs().max()) / scale)
@@ -212,11 +254,15 @@ def test_fast_cifar10_trains_as_airbench94_step_for_step() -> None:
     # the test accuracy of the last epoch is airbench's TTA accuracy of the same weights
     reference.eval()
     with torch.no_grad():
-        correct = sum(int((_airbench_tta(reference, x).argmax(1) == y).sum())
-                      for x, y in parts.task.eval_batches("test", 64))
+        correct = sum(
+            int((_airbench_tta(reference, x).argmax(1) == y).sum())
+            for x, y in parts.task.eval_batches("test", 64)
+        )
     assert history[-1]["test_acc"] == correct / parts.task.num_samples("test")
-    print(f"\nairbench94 equivalence over {EPOCHS * STEPS_PER_EPOCH} steps: max relative "
-          f"difference of the epoch losses {worst_loss:.1e}, of the weights {worst:.1e}")
+    print(
+        f"\nairbench94 equivalence over {EPOCHS * STEPS_PER_EPOCH} steps: max relative "
+        f"difference of the epoch losses {worst_loss:.1e}, of the weights {worst:.1e}"
+    )
     assert math.isfinite(worst)
 
 
@@ -227,8 +273,9 @@ def test_compiled_bf16_trains_as_eager() -> None:
     from podbench.engine import train_run
 
     torch._dynamo.reset()
-    base = _run().model_copy(update={"amp": "bf16", "epochs": 10, "limit_train": 10 * BATCH,
-                                     "tta": False})
+    base = _run().model_copy(
+        update={"amp": "bf16", "epochs": 10, "limit_train": 10 * BATCH, "tta": False}
+    )
     curves = {}
     for compiled in (False, True):
         record = train_run(base.model_copy(update={"compile": compiled}))
@@ -236,5 +283,6 @@ def test_compiled_bf16_trains_as_eager() -> None:
         curves[compiled] = [h["train_loss"] for h in record["history"]]
     print(f"\ncompile + bf16 vs eager bf16, epoch losses: {curves[True]} vs {curves[False]}")
     # bf16 rounds differently in fused kernels: the same curve within 2%
-    torch.testing.assert_close(torch.tensor(curves[True]), torch.tensor(curves[False]),
-                               rtol=2e-2, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(curves[True]), torch.tensor(curves[False]), rtol=2e-2, atol=0
+    )

@@ -62,8 +62,9 @@ def test_a_live_claim_of_another_process_is_skipped(tmp_path: Path) -> None:
     clock = Clock()
     parent = Holder.this_process()
     # a process of this host that runs: the test's parent (pytest's launcher or shell)
-    other = ClaimStore(tmp_path, clock=clock,
-                       me=Holder(parent.host, os.getppid(), parent.pidns, None))
+    other = ClaimStore(
+        tmp_path, clock=clock, me=Holder(parent.host, os.getppid(), parent.pidns, None)
+    )
     assert other.acquire("r") is not None
     mine = ClaimStore(tmp_path, clock=clock)
     assert mine.acquire("r") is None
@@ -129,8 +130,10 @@ def test_a_reused_pid_does_not_keep_a_dead_claim_alive(tmp_path: Path) -> None:
 def test_a_pid_of_another_host_is_not_looked_up_here(tmp_path: Path) -> None:
     clock = Clock()
     # a pid that has exited here, but the holder is on another host (or pid namespace)
-    for holder in (_other_host(_dead_pid()),
-                   Holder(os.uname().nodename, _dead_pid(), "pid:[other-namespace]", None)):
+    for holder in (
+        _other_host(_dead_pid()),
+        Holder(os.uname().nodename, _dead_pid(), "pid:[other-namespace]", None),
+    ):
         folder = tmp_path / holder.host / str(holder.pidns)
         ClaimStore(folder, clock=clock, me=holder).acquire("r")
         assert ClaimStore(folder, clock=clock).acquire("r") is None
@@ -240,8 +243,10 @@ def test_file_keys_are_safe_and_distinct() -> None:
     keys = ["trial-quick/pod-0", "trial-quick_pod-0", "trial-quick/pod[x]-0", "a.b"]
     names = [file_key(k) for k in keys]
     assert len(set(names)) == len(names)
-    assert all(set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-               for n in names)
+    assert all(
+        set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+        for n in names
+    )
 
 
 def test_describe_and_all_current_show_the_holders(tmp_path: Path) -> None:
@@ -268,8 +273,7 @@ class _Drivers:
     def __init__(self, folder: Path, clock: Clock) -> None:
         self.clock = clock
         self.claims = ClaimStore(folder / "claims", clock=clock, stale_after=60)
-        self.other = ClaimStore(folder / "claims", clock=clock, stale_after=60,
-                                me=_other_host(9))
+        self.other = ClaimStore(folder / "claims", clock=clock, stale_after=60, me=_other_host(9))
         self.done = folder / "done"
         self.done.mkdir()
         self.trained: list[str] = []  # by this driver, in order
@@ -302,9 +306,17 @@ def test_share_work_waits_for_the_other_driver_and_counts_its_runs(tmp_path: Pat
             (d.done / "a").write_text("them")
             theirs.release()
 
-    shared = share_work(["a", "b", "c"], key=str, finished=d.finished, train=d.train,
-                        claims=d.claims, driver="me", poll=2.0, sleep=sleep,
-                        on_wait=lambda cs: waits.append([c.key for c in cs]))
+    shared = share_work(
+        ["a", "b", "c"],
+        key=str,
+        finished=d.finished,
+        train=d.train,
+        claims=d.claims,
+        driver="me",
+        poll=2.0,
+        sleep=sleep,
+        on_wait=lambda cs: waits.append([c.key for c in cs]),
+    )
     assert d.trained == ["b", "c"] and shared.elsewhere == ["a"] and not shared.interrupted
     assert waits == [["a"], ["a"], ["a"]] and clock.now == 6.0
 
@@ -318,9 +330,17 @@ def test_share_work_takes_over_the_run_of_a_driver_that_died(tmp_path: Path) -> 
         clock.now += seconds
 
     taken: list[tuple[str, str, float]] = []
-    shared = share_work(["a", "b"], key=str, finished=d.finished, train=d.train,
-                        claims=d.claims, driver="me", poll=5.0, sleep=sleep,
-                        on_takeover=lambda item, c: taken.append((item, c.driver, clock.now)))
+    shared = share_work(
+        ["a", "b"],
+        key=str,
+        finished=d.finished,
+        train=d.train,
+        claims=d.claims,
+        driver="me",
+        poll=5.0,
+        sleep=sleep,
+        on_takeover=lambda item, c: taken.append((item, c.driver, clock.now)),
+    )
     assert d.trained == ["b", "a"] and shared.elsewhere == [] and not shared.interrupted
     assert len(taken) == 1 and taken[0][:2] == ("a", "them") and taken[0][2] > 60.0
     assert 60.0 < clock.now <= 65.0  # taken over at the first look after the 60 s timeout
@@ -337,8 +357,15 @@ def test_share_work_stops_when_a_round_is_interrupted(tmp_path: Path) -> None:
         (d.done / "a").write_text("me")
         return set()
 
-    shared = share_work(["a", "b", "c"], key=str, finished=d.finished, train=train,
-                        claims=d.claims, driver="me", sleep=lambda s: pytest.fail("waited"))
+    shared = share_work(
+        ["a", "b", "c"],
+        key=str,
+        finished=d.finished,
+        train=train,
+        claims=d.claims,
+        driver="me",
+        sleep=lambda s: pytest.fail("waited"),
+    )
     assert shared.interrupted and calls == [["a", "b"]] and shared.elsewhere == []
 
 
@@ -359,18 +386,25 @@ def test_share_work_waits_again_for_a_run_lost_to_a_racing_driver(tmp_path: Path
         (d.done / "a").write_text("them")
         other_claim[0].release()
 
-    shared = share_work(["a", "b"], key=str, finished=d.finished, train=train,
-                        claims=d.claims, driver="me", sleep=sleep)
+    shared = share_work(
+        ["a", "b"],
+        key=str,
+        finished=d.finished,
+        train=train,
+        claims=d.claims,
+        driver="me",
+        sleep=sleep,
+    )
     assert rounds == [["a", "b"]] and d.trained == ["b"] and shared.elsewhere == ["a"]
-
 
 
 def _tiny_run(seed: int = 0):
     from podbench.runs import RunSettings, resolve_run
 
     settings = RunSettings(epochs=2, lr=0.05, batch_size=32, device="cpu")
-    return resolve_run(settings, suite="t", loss="softmax", dataset="digits", arch="mlp",
-                       seed=seed, feat_dim=8)
+    return resolve_run(
+        settings, suite="t", loss="softmax", dataset="digits", arch="mlp", seed=seed, feat_dim=8
+    )
 
 
 def _fake_record(run, status: str = "completed") -> dict:
@@ -409,7 +443,9 @@ def test_train_claimed_skips_a_run_another_process_holds(tmp_path: Path) -> None
     assert called == [] and store.read_record(run.run_id) is None
 
 
-def test_train_claimed_stops_and_writes_nothing_when_its_claim_is_taken_over(tmp_path: Path) -> None:
+def test_train_claimed_stops_and_writes_nothing_when_its_claim_is_taken_over(
+    tmp_path: Path,
+) -> None:
     from podbench.results import ResultsStore
     from podbench.run_claims import ClaimLost, claim_settings, train_claimed
 
@@ -455,11 +491,13 @@ def test_podbench_results_lists_the_claimed_runs(tmp_path: Path, capsys) -> None
     from podbench.results import ResultsStore
 
     store = ResultsStore(tmp_path)
-    store.claims(me=_other_host(31)).acquire("aaa", driver="podbench run on h31 (pid 3)",
-                                             what="pod seed 0 (digits/mlp)")
+    store.claims(me=_other_host(31)).acquire(
+        "aaa", driver="podbench run on h31 (pid 3)", what="pod seed 0 (digits/mlp)"
+    )
     me = Holder.this_process()
     store.claims(me=Holder(me.host, _dead_pid(), me.pidns, None)).acquire(
-        "bbb", driver="podbench run on here (pid 4)", what="softmax seed 1 (digits/mlp)")
+        "bbb", driver="podbench run on here (pid 4)", what="softmax seed 1 (digits/mlp)"
+    )
     assert main(["results", str(tmp_path)]) == 0  # no records yet, only claims
     out = capsys.readouterr().out
     assert "no run records yet" in out and "in progress: 2 run(s)" in out

@@ -35,7 +35,8 @@ def _suite(tmp_path: Path, seeds: int) -> tuple[Path, Path, Path]:
     starts, gate = tmp_path / "starts", tmp_path / "gate"
     starts.mkdir()
     suite = tmp_path / "suite.yaml"
-    suite.write_text(textwrap.dedent(f"""
+    suite.write_text(
+        textwrap.dedent(f"""
         name: claims-digits
         datasets: [digits]
         archs: [mlp]
@@ -49,14 +50,18 @@ def _suite(tmp_path: Path, seeds: int) -> tuple[Path, Path, Path]:
         device: cpu
         imports: [engine_test_plugins]
         losses: [{{name: test-gated, params: {{folder: "{starts}", gate: "{gate}"}}}}]
-    """))
+    """)
+    )
     return suite, starts, gate
 
 
 def _driver(suite: Path, results: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [PODBENCH, "run", str(suite), "--results", str(results), "--num-cpus", "1", "--no-report"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
         start_new_session=True,
     )
 
@@ -97,8 +102,14 @@ def test_two_drivers_on_one_folder_train_each_run_once(tmp_path: Path) -> None:
     try:
         first = _wait_for_starts(starts, 2, drivers)  # both drivers are training, one run each
         assert len({name.split(".")[0] for name in first}) == 2  # two different runs
-        shown = subprocess.run([PODBENCH, "results", str(results)], capture_output=True,
-                               text=True, env=_env(), timeout=120, check=False)
+        shown = subprocess.run(
+            [PODBENCH, "results", str(results)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=120,
+            check=False,
+        )
         assert shown.returncode == 0, shown.stderr
         assert "in progress: 2 run(s)" in shown.stdout and shown.stdout.count("alive") == 2
         for d in drivers:  # who holds them: each driver by its pid
@@ -147,12 +158,19 @@ def test_a_killed_drivers_run_is_taken_over_by_the_next_driver(tmp_path: Path) -
     assert claims[0].exists()  # the claim outlives its driver ...
     assert not (results / "runs").is_dir() or not list((results / "runs").glob("*.json"))
     gate.write_text("")
-    after = subprocess.run([PODBENCH, "run", str(suite), "--results", str(results),
-                            "--num-cpus", "1", "--no-report"], capture_output=True, text=True,
-                           env=_env(), timeout=400, check=False)
+    after = subprocess.run(
+        [PODBENCH, "run", str(suite), "--results", str(results), "--num-cpus", "1", "--no-report"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=400,
+        check=False,
+    )
     assert after.returncode == 0, after.stdout + after.stderr
     # ... and the next driver takes it over from the dead holder, naming it
-    assert f"taking over run {claim['key']}" in after.stdout and f"(pid {killed.pid})" in after.stdout
+    assert (
+        f"taking over run {claim['key']}" in after.stdout and f"(pid {killed.pid})" in after.stdout
+    )
     records = _records(results)
     assert len(records) == 2 and {r["status"] for r in records} == {"completed"}
     assert _count(after.stdout, "completed") == 2

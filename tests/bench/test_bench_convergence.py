@@ -53,7 +53,10 @@ def test_still_improving_on_hand_worked_curves() -> None:
 
 def test_still_improving_reads_val_acc_and_says_when_it_cannot_tell() -> None:
     assert still_improving(_history([0.5, 0.6], key="val_acc")) is True
-    assert held_out_accuracies([{"test_acc": None, "val_acc": 0.4}, {"test_acc": 0.3}]) == [0.4, 0.3]
+    assert held_out_accuracies([{"test_acc": None, "val_acc": 0.4}, {"test_acc": 0.3}]) == [
+        0.4,
+        0.3,
+    ]
     assert still_improving(_history([0.5])) is None  # one epoch: nothing to compare with
     assert still_improving([]) is None
     assert still_improving(_history([0.5, None])) is None

@@ -18,11 +18,26 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(arch: str = "small-cnn", **settings: Any) -> RunSpec:
-    base = dict(epochs=1, lr=0.05, batch_size=16, schedule="constant", device="cpu",
-                limit_train=64, limit_eval=32, max_steps=2)
+    base = dict(
+        epochs=1,
+        lr=0.05,
+        batch_size=16,
+        schedule="constant",
+        device="cpu",
+        limit_train=64,
+        limit_eval=32,
+        max_steps=2,
+    )
     base.update(settings)
-    return resolve_run(RunSettings(**base), suite="t", loss="pod", dataset="synthetic", arch=arch,
-                       seed=0, feat_dim=8)
+    return resolve_run(
+        RunSettings(**base),
+        suite="t",
+        loss="pod",
+        dataset="synthetic",
+        arch=arch,
+        seed=0,
+        feat_dim=8,
+    )
 
 
 def test_bf16_runs_the_network_under_cpu_autocast_and_the_loss_in_float32() -> None:
@@ -34,8 +49,14 @@ def test_bf16_runs_the_network_under_cpu_autocast_and_the_loss_in_float32() -> N
 
     def recorded(features: torch.Tensor, y: torch.Tensor, step: int) -> Any:
         out = update_loss(features, y, step)
-        seen.append((features.dtype, torch.is_autocast_enabled("cpu"), out.total.dtype,
-                     {v.dtype for v in out.parts.values()}))
+        seen.append(
+            (
+                features.dtype,
+                torch.is_autocast_enabled("cpu"),
+                out.total.dtype,
+                {v.dtype for v in out.parts.values()},
+            )
+        )
         return out
 
     plugin.update_loss = recorded  # type: ignore[method-assign]
@@ -69,18 +90,20 @@ def _faster(monkeypatch: pytest.MonkeyPatch, channels_last: bool) -> list[tuple[
 @pytest.mark.usefixtures("fresh_probes")
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_auto_on_the_cpu_lays_out_network_and_batches_as_the_probe_decided(
-        monkeypatch: pytest.MonkeyPatch, channels_last: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, channels_last: bool
+) -> None:
     shapes = _faster(monkeypatch, channels_last)
     trainer = Trainer.of_run(_run(amp="bf16"))
     assert trainer.policy.channels_last is channels_last
     assert trainer.policy.layout_probe == {
         "contiguous_s": 2.0 if channels_last else 1.0,
-        "channels_last_s": 1.0 if channels_last else 2.0, "batch": 16}  # the run's batch
+        "channels_last_s": 1.0 if channels_last else 2.0,
+        "batch": 16,
+    }  # the run's batch
     assert set(shapes) == {(16, 3, 16, 16)}  # synthetic data: 3 x 16 x 16, the run's batch
     conv = next(m for m in trainer.parts.model.modules() if isinstance(m, torch.nn.Conv2d))
     layouts: list[bool] = []
-    conv.register_forward_pre_hook(
-        lambda m, args: layouts.append(not args[0].is_contiguous()))
+    conv.register_forward_pre_hook(lambda m, args: layouts.append(not args[0].is_contiguous()))
     trainer.train_epoch(0)
     assert layouts == [channels_last] * 2
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) is channels_last
@@ -88,10 +111,18 @@ def test_auto_on_the_cpu_lays_out_network_and_batches_as_the_probe_decided(
 
 @pytest.mark.usefixtures("fresh_probes")
 def test_the_probe_sees_the_runs_input_once_per_process_and_draws_no_random_number(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     shapes = _faster(monkeypatch, True)
-    run = resolve_run(RunSettings(batch_size=128, device="cpu", limit_train=100), suite="t",
-                      loss="pod", dataset="fashion-mnist", arch="small-cnn", seed=0, feat_dim=8)
+    run = resolve_run(
+        RunSettings(batch_size=128, device="cpu", limit_train=100),
+        suite="t",
+        loss="pod",
+        dataset="fashion-mnist",
+        arch="small-cnn",
+        seed=0,
+        feat_dim=8,
+    )
     state = torch.get_rng_state()
     first = RunPolicy.of(run)
     assert torch.equal(torch.get_rng_state(), state)

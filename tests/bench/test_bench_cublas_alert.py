@@ -23,15 +23,24 @@ def test_the_cublas_alert_is_a_nondeterministic_op_once() -> None:
     with nondeterminism_alerts() as ops:
         for _ in range(3):  # every training step
             warnings.warn(TORCH_CUBLAS_WARNING, UserWarning, stacklevel=1)
-        warnings.warn("index_add_cuda_ does not have a deterministic implementation, but you set "
-                      "'torch.use_deterministic_algorithms(True, warn_only=True)'", UserWarning,
-                      stacklevel=1)
+        warnings.warn(
+            "index_add_cuda_ does not have a deterministic implementation, but you set "
+            "'torch.use_deterministic_algorithms(True, warn_only=True)'",
+            UserWarning,
+            stacklevel=1,
+        )
     assert ops == [CUBLAS_OP, "index_add_cuda_"]
 
 
 def test_importing_the_runtime_sets_the_cublas_workspace_before_any_cuda_use() -> None:
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
     code = "import os, podbench.runtime; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert out.strip() == ":4096:8"

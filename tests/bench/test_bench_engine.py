@@ -17,13 +17,33 @@ from podbench.runs import RunSettings, RunSpec, resolve_run
 pytestmark = pytest.mark.usefixtures("one_thread_and_test_plugins")
 
 
-def _run(loss: str = "softmax", arch: str = "mlp", seed: int = 0, params: dict | None = None,
-         **settings: Any) -> RunSpec:
-    base = dict(epochs=2, lr=0.05, batch_size=64, schedule="constant", device="cpu",
-                limit_train=400, limit_eval=200)
+def _run(
+    loss: str = "softmax",
+    arch: str = "mlp",
+    seed: int = 0,
+    params: dict | None = None,
+    **settings: Any,
+) -> RunSpec:
+    base = dict(
+        epochs=2,
+        lr=0.05,
+        batch_size=64,
+        schedule="constant",
+        device="cpu",
+        limit_train=400,
+        limit_eval=200,
+    )
     base.update(settings)
-    return resolve_run(RunSettings(**base), suite="t", loss=loss, dataset="digits", arch=arch,
-                       seed=seed, feat_dim=16, loss_params=params)
+    return resolve_run(
+        RunSettings(**base),
+        suite="t",
+        loss=loss,
+        dataset="digits",
+        arch=arch,
+        seed=seed,
+        feat_dim=16,
+        loss_params=params,
+    )
 
 
 def test_record_schema_and_determinism() -> None:
@@ -95,8 +115,15 @@ def test_grad_clip_bounds_the_first_sgd_step(tmp_path: Path) -> None:
     from podbench.losses import create_loss
     from podbench.tasks import create_arch, dataset_info
 
-    run = _run(epochs=1, max_steps=1, lr=1.0, momentum=0.0, weight_decay=0.0, grad_clip=1e-3,
-               checkpoint=True)
+    run = _run(
+        epochs=1,
+        max_steps=1,
+        lr=1.0,
+        momentum=0.0,
+        weight_decay=0.0,
+        grad_clip=1e-3,
+        checkpoint=True,
+    )
     record = train_run(run, checkpoint_dir=tmp_path)
     assert record["status"] == "completed", record["error"]
     info = dataset_info("digits")
@@ -106,7 +133,10 @@ def test_grad_clip_bounds_the_first_sgd_step(tmp_path: Path) -> None:
     plugin = create_loss("softmax", num_classes=info.num_classes, feat_dim=16)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     moved = 0.0
-    for before, after in ((model.state_dict(), state["model"]), (plugin.state_dict(), state["plugin"])):
+    for before, after in (
+        (model.state_dict(), state["model"]),
+        (plugin.state_dict(), state["plugin"]),
+    ):
         for key, value in before.items():
             if value.is_floating_point() and "running" not in key:
                 moved += float((after[key] - value).pow(2).sum())
@@ -132,13 +162,16 @@ def test_pedcc_batchnorm_statistics_move_once_per_training_batch(tmp_path: Path)
         var = 0.9 * var + 0.1 * f.var(axis=0, ddof=1)
     state = torch.load(tmp_path / "last.pt", weights_only=True)["plugin"]
     assert int(state["bn.num_batches_tracked"]) == len(batches)
-    np.testing.assert_allclose(state["bn.running_mean"].double().numpy(), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        state["bn.running_mean"].double().numpy(), mean, rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(state["bn.running_var"].double().numpy(), var, rtol=1e-5, atol=1e-6)
 
 
 def test_multistep_schedule_lr_per_epoch() -> None:
-    record = train_run(_run(epochs=4, schedule="multistep", milestones=[1, 3], lr=0.1, gamma=0.5,
-                            max_steps=1))
+    record = train_run(
+        _run(epochs=4, schedule="multistep", milestones=[1, 3], lr=0.1, gamma=0.5, max_steps=1)
+    )
     assert [h["lr"] for h in record["history"]] == pytest.approx([0.1, 0.05, 0.05, 0.025])
 
 
@@ -156,12 +189,16 @@ def test_checkpoint_resume_reproduces_uninterrupted_run(tmp_path: Path) -> None:
     assert resumed["status"] == "completed"
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     for key in ("train_loss", "test_acc", "lr"):
-        assert [h[key] for h in resumed["history"]] == pytest.approx([h[key] for h in straight["history"]])
+        assert [h[key] for h in resumed["history"]] == pytest.approx(
+            [h[key] for h in straight["history"]]
+        )
     assert resumed["geometry"] == pytest.approx(straight["geometry"])
 
 
-@pytest.mark.parametrize("options", [{"amp": "bf16"}, {"amp": "fp16"},
-                                     {"channels_last": True, "amp": "bf16", "grad_clip": 1.0}])
+@pytest.mark.parametrize(
+    "options",
+    [{"amp": "bf16"}, {"amp": "fp16"}, {"channels_last": True, "amp": "bf16", "grad_clip": 1.0}],
+)
 def test_amp_and_channels_last_train_on_cpu(options: dict) -> None:
     record = train_run(_run("pod", arch="small-cnn", epochs=1, **options))
     assert record["status"] == "completed", record["error"]
@@ -181,15 +218,19 @@ def test_compile_option_compiles_the_network(monkeypatch: pytest.MonkeyPatch) ->
     assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
 
 
-def test_compiled_run_checkpoints_the_uncompiled_network(monkeypatch: pytest.MonkeyPatch,
-                                                         tmp_path: Path) -> None:
+def test_compiled_run_checkpoints_the_uncompiled_network(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from podbench.tasks import create_arch
 
     real_compile = torch.compile
     # a real dynamo wrapper (its state_dict keys gain "_orig_mod."), without inductor's ~80 s
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend="eager"))
-    record = train_run(_run(epochs=1, compile=True, channels_last=True, checkpoint=True),
-                       checkpoint_dir=tmp_path)
+    monkeypatch.setattr(
+        torch, "compile", lambda module, **kw: real_compile(module, backend="eager")
+    )
+    record = train_run(
+        _run(epochs=1, compile=True, channels_last=True, checkpoint=True), checkpoint_dir=tmp_path
+    )
     assert record["status"] == "completed", record["error"]
     saved = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
     fresh = create_arch("mlp", in_channels=1, image_size=8, feat_dim=16).state_dict()

@@ -21,10 +21,20 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(seed: int, cpus: float = 1) -> RunSpec:
-    settings = RunSettings(epochs=1, max_steps=2, lr=0.05, batch_size=32, schedule="constant",
-                           device="cpu", cpus=cpus, limit_train=64, limit_eval=32)
-    return resolve_run(settings, suite="t", loss="softmax", dataset="digits", arch="mlp",
-                       seed=seed, feat_dim=8)
+    settings = RunSettings(
+        epochs=1,
+        max_steps=2,
+        lr=0.05,
+        batch_size=32,
+        schedule="constant",
+        device="cpu",
+        cpus=cpus,
+        limit_train=64,
+        limit_eval=32,
+    )
+    return resolve_run(
+        settings, suite="t", loss="softmax", dataset="digits", arch="mlp", seed=seed, feat_dim=8
+    )
 
 
 def test_a_suite_resumes_with_the_runs_that_have_no_final_record(tmp_path: Path) -> None:
@@ -45,7 +55,8 @@ def test_a_suite_resumes_with_the_runs_that_have_no_final_record(tmp_path: Path)
     assert (tmp_path / "runs" / f"{done.run_id}.json").read_text() == before
     # `failed` was not rerun (as if the suite was stopped): its old record still counts
     assert SuiteOutcome.of_records(todo, store, skipped=2) == SuiteOutcome(
-        skipped=2, completed=1, failed=1)
+        skipped=2, completed=1, failed=1
+    )
     assert not SuiteOutcome.of_records(todo, store, skipped=2).ok
     unrun = _run(7)
     outcome = SuiteOutcome.of_records([fresh, unrun], store, skipped=0)
@@ -53,10 +64,19 @@ def test_a_suite_resumes_with_the_runs_that_have_no_final_record(tmp_path: Path)
     assert SuiteOutcome.of_records([done, fresh], store, skipped=0).ok
 
 
-@pytest.mark.parametrize(("cluster", "cpus", "limit", "expected"), [
-    (8, [2, 3], None, 2), (8, [2, 2], 3, 3), (8, [1], 2, 2), (1, [2], None, 1), (7.5, [2.5], None, 3)])
+@pytest.mark.parametrize(
+    ("cluster", "cpus", "limit", "expected"),
+    [
+        (8, [2, 3], None, 2),
+        (8, [2, 2], 3, 3),
+        (8, [1], 2, 2),
+        (1, [2], None, 1),
+        (7.5, [2.5], None, 3),
+    ],
+)
 def test_concurrency_is_the_cluster_cpus_by_the_largest_run(
-        cluster: float, cpus: list[float], limit: int | None, expected: int) -> None:
+    cluster: float, cpus: list[float], limit: int | None, expected: int
+) -> None:
     runs = [_run(i, cpus=c) for i, c in enumerate(cpus)]
     assert executor._concurrency(cluster, runs, limit) == expected
 

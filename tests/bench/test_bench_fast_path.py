@@ -30,11 +30,25 @@ def _one_thread() -> Iterator[None]:
 
 
 def _run(arch: str = "mlp", dataset: str = "digits", seed: int = 0, **settings: Any) -> RunSpec:
-    base = dict(epochs=1, lr=0.05, batch_size=64, schedule="constant", device="cpu",
-                limit_train=300, limit_eval=100)
+    base = dict(
+        epochs=1,
+        lr=0.05,
+        batch_size=64,
+        schedule="constant",
+        device="cpu",
+        limit_train=300,
+        limit_eval=100,
+    )
     base.update(settings)
-    return resolve_run(RunSettings(**base), suite="t", loss="softmax", dataset=dataset,
-                       arch=arch, seed=seed, feat_dim=8)
+    return resolve_run(
+        RunSettings(**base),
+        suite="t",
+        loss="softmax",
+        dataset=dataset,
+        arch=arch,
+        seed=seed,
+        feat_dim=8,
+    )
 
 
 class _Recorder(nn.Module):
@@ -58,6 +72,7 @@ class _Recorder(nn.Module):
 @pytest.fixture
 def recorder_arch() -> Iterator[str]:
     with ARCHS.scratch():
+
         @register_arch("test-recorder", description="records init_from_data")
         def _build(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
             return _Recorder(in_channels * image_size * image_size), 8
@@ -66,8 +81,9 @@ def recorder_arch() -> Iterator[str]:
         yield "test-recorder"
 
 
-def test_data_init_hook_runs_once_before_training_on_training_images_only(recorder_arch: str
-                                                                          ) -> None:
+def test_data_init_hook_runs_once_before_training_on_training_images_only(
+    recorder_arch: str,
+) -> None:
     run = _run(arch=recorder_arch, eval_split="val", limit_train=None, limit_eval=None, seed=3)
     record = train_run(run)
     assert record["status"] == "completed", record["error"]
@@ -96,9 +112,18 @@ def test_fastnet_whitening_comes_from_the_first_training_images() -> None:
 
 
 def test_fast_suite_preset_runs_each_loss_on_synthetic_data() -> None:
-    smoke = ["epochs=1", "max_steps=2", "batch_size=32", "limit_eval=64", "seeds=[0]",
-             "device=cpu", "gpus=0", "cpus=1", "datasets=[synthetic]",
-             "amp='off'"]
+    smoke = [
+        "epochs=1",
+        "max_steps=2",
+        "batch_size=32",
+        "limit_eval=64",
+        "seeds=[0]",
+        "device=cpu",
+        "gpus=0",
+        "cpus=1",
+        "datasets=[synthetic]",
+        "amp='off'",
+    ]
     runs = load_suite("fast-cifar10", smoke).expand()
     assert {r.arch for r in runs} == {"fastnet"} and len(runs) == 3
     assert all(r.nesterov and r.lr == 1.5 and r.schedule == "triangular" for r in runs)
@@ -140,8 +165,9 @@ def test_compile_is_paid_once_per_process(monkeypatch: pytest.MonkeyPatch) -> No
     # compiled with an eager backend, the run is the run without compile
     plain = train_run(_run(seed=1))
     assert [h["test_acc"] for h in second["history"]] == [h["test_acc"] for h in plain["history"]]
-    assert second["history"][0]["train_loss"] == pytest.approx(plain["history"][0]["train_loss"],
-                                                               rel=1e-5)
+    assert second["history"][0]["train_loss"] == pytest.approx(
+        plain["history"][0]["train_loss"], rel=1e-5
+    )
 
 
 def test_compile_time_is_not_training_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,13 +191,18 @@ def test_warm_up_leaves_weights_statistics_and_random_state_alone() -> None:
     seen: list[tuple[bool, tuple[int, ...], bool]] = []
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        seen.append((model.training, tuple(x.shape),
-                     x.is_contiguous(memory_format=torch.channels_last)))
+        seen.append(
+            (model.training, tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last))
+        )
         return model(x + 1.0)  # non-zero input: BN statistics would move if not restored
 
-    warm_up(model, forward, [(True, (5, 3, 8, 8)), (False, (3, 3, 8, 8))],
-            lambda: torch.autocast("cpu", dtype=torch.bfloat16),
-            memory_format=torch.channels_last)
+    warm_up(
+        model,
+        forward,
+        [(True, (5, 3, 8, 8)), (False, (3, 3, 8, 8))],
+        lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+        memory_format=torch.channels_last,
+    )
     assert seen == [(True, (5, 3, 8, 8), True), (False, (3, 3, 8, 8), True)]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
@@ -182,5 +213,9 @@ def test_warm_up_shapes_cover_every_batch_of_the_run() -> None:
     run = _run(limit_train=300, limit_eval=100, batch_size=64)
     task = Trainer.of_run(run).parts.task
     # 300 = 4 x 64 + 44 training images; 100 = 64 + 36 test images
-    assert warm_up_shapes(run, task) == [(True, (44, 1, 8, 8)), (True, (64, 1, 8, 8)),
-                                         (False, (36, 1, 8, 8)), (False, (64, 1, 8, 8))]
+    assert warm_up_shapes(run, task) == [
+        (True, (44, 1, 8, 8)),
+        (True, (64, 1, 8, 8)),
+        (False, (36, 1, 8, 8)),
+        (False, (64, 1, 8, 8)),
+    ]

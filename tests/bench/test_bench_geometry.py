@@ -126,7 +126,9 @@ def test_geometry_residual_correlation_is_not_the_class_means_correlation(phi: f
     x = torch.tensor([[c, s], [c, -s], [s, c], [-s, c]], dtype=torch.float64)
     got = geometry_stats(x, torch.tensor([0, 0, 1, 1]), torch.eye(2, dtype=torch.float64))
     assert got["mean_abs_offdiag_corr"] == pytest.approx(c**2 / (2 - c**2))
-    assert got["residual_abs_offdiag_corr"] == pytest.approx((1 - c) ** 2 / ((1 - c) ** 2 + 2 * s**2))
+    assert got["residual_abs_offdiag_corr"] == pytest.approx(
+        (1 - c) ** 2 / ((1 - c) ** 2 + 2 * s**2)
+    )
     assert got["mean_abs_offdiag_corr"] > 0.5 > 0.1 > got["residual_abs_offdiag_corr"]
 
 
@@ -155,14 +157,18 @@ def test_geometry_leaves_out_what_is_undefined() -> None:
     assert got["mean_abs_offdiag_corr"] == pytest.approx(abs(r))  # the constant column left out
     assert all(isinstance(v, float) and math.isfinite(v) for v in got.values())
     one = geometry_stats(x[:1], torch.zeros(1, dtype=torch.long))
-    assert "mean_abs_offdiag_corr" not in one and one["mean_feature_norm"] == pytest.approx(math.sqrt(50))
+    assert "mean_abs_offdiag_corr" not in one and one["mean_feature_norm"] == pytest.approx(
+        math.sqrt(50)
+    )
 
 
 def test_geometry_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError):
         geometry_stats(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError):
-        geometry_stats(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), classified=torch.zeros(2, 2))
+        geometry_stats(
+            torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), classified=torch.zeros(2, 2)
+        )
 
 
 # -- through the plugins: the features each loss classifies, its own centres -----------------
@@ -186,7 +192,12 @@ def test_pedcc_geometry_is_measured_on_bn_normalised_features() -> None:
     assert got["mean_cos_to_center"] == pytest.approx(1.0, abs=1e-5)
     simplex = math.degrees(math.acos(-1.0 / (k - 1)))
     assert got["min_interclass_angle_deg"] == pytest.approx(simplex, abs=1e-3)
-    raw = np.mean([1.0 - cdist(x[i : i + 1].numpy(), c[y[i]][None].numpy(), "cosine")[0, 0] for i in range(24)])
+    raw = np.mean(
+        [
+            1.0 - cdist(x[i : i + 1].numpy(), c[y[i]][None].numpy(), "cosine")[0, 0]
+            for i in range(24)
+        ]
+    )
     assert raw < 0.5  # what the raw output would have claimed
     assert geometry_stats(x, y, c)["mean_cos_to_center"] == pytest.approx(raw)
 
@@ -198,7 +209,9 @@ def test_cosine_losses_are_measured_on_normalised_features() -> None:
         x = torch.randn(30, 4) * torch.linspace(0.1, 9.0, 30)[:, None]
         y = torch.arange(30) % 3
         got = plugin_geometry(plugin, x, y)
-        want = geometry_stats(x, y, plugin.centroids_for_geometry(), classified=x / x.norm(dim=1, keepdim=True))
+        want = geometry_stats(
+            x, y, plugin.centroids_for_geometry(), classified=x / x.norm(dim=1, keepdim=True)
+        )
         assert got == pytest.approx(want), name
         # class means of the unit features, not of x: the long vectors do not dominate
         assert got != pytest.approx(geometry_stats(x, y, plugin.centroids_for_geometry())), name

@@ -23,15 +23,29 @@ def _children_cpu_seconds() -> float:
 
 def test_smoke_mode_prints_every_figure_and_passes() -> None:
     cpu_before = _children_cpu_seconds()
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke"], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     cpu_seconds = _children_cpu_seconds() - cpu_before
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     heads = [line.split(":")[0] for line in lines]
-    assert heads == ["env", "conformance on cpu", "data path on cpu", "engine overhead on cpu",
-                     "suite fast-cifar10 on cpu (bf16, channels_last)", "packing",
-                     "time to 30% (softmax)", "time to 30% (pod)", "compile", "result"]
+    assert heads == [
+        "env",
+        "conformance on cpu",
+        "data path on cpu",
+        "engine overhead on cpu",
+        "suite fast-cifar10 on cpu (bf16, channels_last)",
+        "packing",
+        "time to 30% (softmax)",
+        "time to 30% (pod)",
+        "compile",
+        "result",
+    ]
     text = done.stdout
     assert "conformance on cpu: 2/2 losses pass" in text
     assert float(re.search(r"data path on cpu: ([\d,]+) images/s", text)[1].replace(",", "")) > 0
@@ -52,8 +66,9 @@ def gpu_check() -> ModuleType:
     return module
 
 
-def test_a_failing_or_skipped_check_is_one_line_and_counts(gpu_check: ModuleType,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_a_failing_or_skipped_check_is_one_line_and_counts(
+    gpu_check: ModuleType, capsys: pytest.CaptureFixture
+) -> None:
     report = gpu_check.Report(deadline_s=100.0)
     with report.check("broken") as go:
         assert go
@@ -66,8 +81,9 @@ def test_a_failing_or_skipped_check_is_one_line_and_counts(gpu_check: ModuleType
     assert len(report.failures) == 2
 
 
-def test_an_unreached_target_is_a_miss(gpu_check: ModuleType, capsys: pytest.CaptureFixture
-                                       ) -> None:
+def test_an_unreached_target_is_a_miss(
+    gpu_check: ModuleType, capsys: pytest.CaptureFixture
+) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -103,7 +119,8 @@ def smoke(gpu_check: ModuleType, capsys: pytest.CaptureFixture):  # type: ignore
 
 
 def test_a_loss_raising_any_error_fails_conformance_and_the_summary_is_printed(
-        smoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    smoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import podbench.losses.testing as kit
 
     def planted_check(loss, device="cpu"):  # type: ignore[no-untyped-def]
@@ -117,7 +134,8 @@ def test_a_loss_raising_any_error_fails_conformance_and_the_summary_is_printed(
 
 
 def test_host_syncs_of_pml_losses_are_reported_as_the_librarys(
-        gpu_check: ModuleType, smoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu_check: ModuleType, smoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import podbench.losses.testing as kit
 
     def check_no_host_sync(loss, device="cpu"):  # type: ignore[no-untyped-def]
@@ -137,21 +155,26 @@ def test_host_syncs_of_pml_losses_are_reported_as_the_librarys(
     assert code == 1  # softmax's sync is a failure; the pml: one is not
     assert [line for line in lines if line.startswith("FAIL")] == [
         "FAIL conformance on cpu, softmax, check_no_host_sync: AssertionError: softmax makes the "
-        "host wait for the device"]
+        "host wait for the device"
+    ]
     summary = next(line for line in lines if line.startswith("conformance on cpu:"))
     assert "1/2 losses pass" in summary and "host syncs in 1 pml: losses, the library's" in summary
 
 
 def test_batches_not_in_channels_last_fail_the_data_path(
-        smoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    smoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import podbench.tasks as tasks
 
     real = tasks.load_task
-    monkeypatch.setattr(tasks, "load_task",
-                        lambda *a, **kw: real(*a, **{**kw, "channels_last": False}))
+    monkeypatch.setattr(
+        tasks, "load_task", lambda *a, **kw: real(*a, **{**kw, "channels_last": False})
+    )
     code, lines = smoke("data")
-    assert code == 1 and any(line.startswith("FAIL data path: RuntimeError: batches are not "
-                                             "channels_last") for line in lines), lines
+    assert code == 1 and any(
+        line.startswith("FAIL data path: RuntimeError: batches are not channels_last")
+        for line in lines
+    ), lines
 
 
 def test_a_slow_engine_fails_the_overhead_bound(smoke, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,24 +193,30 @@ def test_a_slow_engine_fails_the_overhead_bound(smoke, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(Trainer, "train_epoch", slow)
     code, lines = smoke("overhead")
-    assert code == 1 and any(line.startswith("FAIL engine overhead on cpu: engine/bare = ")
-                             and "(bound 3;" in line for line in lines), lines
+    assert code == 1 and any(
+        line.startswith("FAIL engine overhead on cpu: engine/bare = ") and "(bound 3;" in line
+        for line in lines
+    ), lines
 
 
 def test_a_run_that_does_not_complete_fails_the_suite(
-        smoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    smoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import podbench.engine as engine
 
     real = engine.train_run
-    monkeypatch.setattr(engine, "train_run", lambda run, **kw: {**real(run, **kw),
-                                                                "status": "diverged"})
+    monkeypatch.setattr(
+        engine, "train_run", lambda run, **kw: {**real(run, **kw), "status": "diverged"}
+    )
     code, lines = smoke("suite")
-    assert code == 1 and any(line.startswith("FAIL suite: RuntimeError: not every run completed")
-                             for line in lines), lines
+    assert code == 1 and any(
+        line.startswith("FAIL suite: RuntimeError: not every run completed") for line in lines
+    ), lines
 
 
 def test_time_outside_the_runs_fails_the_packing_overlap(
-        smoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    smoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import time
 
     import podbench.engine as engine
@@ -201,8 +230,9 @@ def test_time_outside_the_runs_fails_the_packing_overlap(
 
     monkeypatch.setattr(engine, "train_run", then_wait)
     code, lines = smoke("packing")
-    assert code == 1 and any(line.startswith("FAIL packing: ") and "(bound 0.5)" in line
-                             for line in lines), lines
+    assert code == 1 and any(
+        line.startswith("FAIL packing: ") and "(bound 0.5)" in line for line in lines
+    ), lines
 
 
 def test_an_unreached_target_makes_smoke_exit_1(smoke) -> None:
@@ -211,7 +241,8 @@ def test_an_unreached_target_makes_smoke_exit_1(smoke) -> None:
 
 
 def test_a_second_run_that_compiles_again_fails_compile(
-        gpu_check: ModuleType, smoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu_check: ModuleType, smoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = gpu_check._train
 
     def forget(overrides):  # type: ignore[no-untyped-def]
@@ -221,5 +252,7 @@ def test_a_second_run_that_compiles_again_fails_compile(
 
     monkeypatch.setattr(gpu_check, "_train", forget)
     code, lines = smoke("compile")
-    assert code == 1 and any(line.startswith("FAIL compile: ") and "the second run compiled "
-                             "again" in line for line in lines), lines
+    assert code == 1 and any(
+        line.startswith("FAIL compile: ") and "the second run compiled again" in line
+        for line in lines
+    ), lines

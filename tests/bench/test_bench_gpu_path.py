@@ -21,8 +21,18 @@ from podbench.runs import RunSettings, RunSpec, resolve_run
 from podbench.tasks import dataset_info
 from podbench.tasks.datasets import stream_threshold
 
-BUILT_IN_LOSSES = ["arcface", "center", "cosface", "cot", "l-softmax", "label-smoothing", "pedcc",
-                   "pod", "softmax", "sphereface"]
+BUILT_IN_LOSSES = [
+    "arcface",
+    "center",
+    "cosface",
+    "cot",
+    "l-softmax",
+    "label-smoothing",
+    "pedcc",
+    "pod",
+    "softmax",
+    "sphereface",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -33,13 +43,22 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _run(loss: str = "softmax", dataset: str = "digits", arch: str = "mlp", **settings: Any
-         ) -> RunSpec:
-    base = dict(epochs=2, lr=0.05, batch_size=8, schedule="constant", device="cpu",
-                limit_train=400, limit_eval=40)
+def _run(
+    loss: str = "softmax", dataset: str = "digits", arch: str = "mlp", **settings: Any
+) -> RunSpec:
+    base = dict(
+        epochs=2,
+        lr=0.05,
+        batch_size=8,
+        schedule="constant",
+        device="cpu",
+        limit_train=400,
+        limit_eval=40,
+    )
     base.update(settings)
-    return resolve_run(RunSettings(**base), suite="t", loss=loss, dataset=dataset, arch=arch,
-                       seed=0, feat_dim=16)
+    return resolve_run(
+        RunSettings(**base), suite="t", loss=loss, dataset=dataset, arch=arch, seed=0, feat_dim=16
+    )
 
 
 def _syncs_per_phase(run: RunSpec, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
@@ -49,8 +68,9 @@ def _syncs_per_phase(run: RunSpec, monkeypatch: pytest.MonkeyPatch) -> dict[str,
     for phase, name in (("train", "train_epoch"), ("eval", "evaluate")):
         original = getattr(Trainer, name)
 
-        def counted(self: Any, *args: Any, _orig: Any = original, _phase: str = phase,
-                    **kwargs: Any) -> Any:
+        def counted(
+            self: Any, *args: Any, _orig: Any = original, _phase: str = phase, **kwargs: Any
+        ) -> Any:
             with count_host_syncs() as syncs:
                 out = _orig(self, *args, **kwargs)
             counts[_phase].append(syncs.count)
@@ -89,8 +109,9 @@ def test_no_host_sync_per_training_step(loss: str, monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 @pytest.mark.parametrize("loss", ["softmax", "cot"])
-def test_no_host_sync_per_step_under_amp(loss: str, amp: str,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_host_sync_per_step_under_amp(
+    loss: str, amp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # fp16: the loss scaler's inf check stays on the device (a fused optimiser skips the step)
     many = _syncs_per_phase(_run(loss, amp=amp, max_steps=30, epochs=1), monkeypatch)
     few = _syncs_per_phase(_run(loss, amp=amp, max_steps=5, epochs=1), monkeypatch)
@@ -115,8 +136,15 @@ def test_a_nan_loss_is_caught_within_the_epoch_without_waiting() -> None:
 
 def test_latent_features_are_float32_under_autocast() -> None:
     torch.manual_seed(0)
-    run = _run("pod", dataset="synthetic", arch="small-cnn", amp="bf16", limit_train=16,
-               limit_eval=16, batch_size=16)
+    run = _run(
+        "pod",
+        dataset="synthetic",
+        arch="small-cnn",
+        amp="bf16",
+        limit_train=16,
+        limit_eval=16,
+        batch_size=16,
+    )
     trainer = Trainer.of_run(run)
     x, _ = next(trainer.parts.task.train_batches(16, seed=0, epoch=0))
     model = trainer.parts.model
@@ -167,8 +195,11 @@ def test_bf16_refusal_is_the_runs_failed_record(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.fixture
 def _restore_precision() -> Iterator[None]:
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32,
-             torch.are_deterministic_algorithms_enabled())
+    saved = (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+    )
     yield
     torch.set_float32_matmul_precision(saved[0])
     torch.backends.cudnn.allow_tf32 = saved[1]
@@ -176,19 +207,31 @@ def _restore_precision() -> Iterator[None]:
 
 
 def _torch_settings() -> tuple[Any, ...]:
-    return (torch.get_num_threads(), torch.get_float32_matmul_precision(),
-            torch.backends.cudnn.allow_tf32, torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    return (
+        torch.get_num_threads(),
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
 
 
 @pytest.mark.usefixtures("_restore_precision")
-@pytest.mark.parametrize(("device", "amp", "deterministic", "tf32"), [
-    ("cuda", "off", False, True), ("cuda", "bf16", False, False), ("cuda", "fp16", False, False),
-    ("cpu", "off", False, False), ("cuda", "off", True, False)])
+@pytest.mark.parametrize(
+    ("device", "amp", "deterministic", "tf32"),
+    [
+        ("cuda", "off", False, True),
+        ("cuda", "bf16", False, False),
+        ("cuda", "fp16", False, False),
+        ("cpu", "off", False, False),
+        ("cuda", "off", True, False),
+    ],
+)
 def test_tf32_for_float32_runs_on_cuda_unless_deterministic(
-        monkeypatch: pytest.MonkeyPatch, device: str, amp: str, deterministic: bool,
-        tf32: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, device: str, amp: str, deterministic: bool, tf32: bool
+) -> None:
     monkeypatch.setattr(podbench.tasks, "resolve_device", lambda requested: torch.device(device))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     torch.set_float32_matmul_precision("medium")
@@ -240,8 +283,9 @@ def test_each_split_is_loaded_once(limit_eval: int | None, tested: int) -> None:
 
 
 def test_channels_last_batches_reach_the_network_without_a_copy() -> None:
-    trainer = Trainer.of_run(_run(dataset="synthetic", arch="small-cnn", channels_last=True,
-                                  limit_train=32, max_steps=3))
+    trainer = Trainer.of_run(
+        _run(dataset="synthetic", arch="small-cnn", channels_last=True, limit_train=32, max_steps=3)
+    )
     yielded: list[int] = []
     seen: list[tuple[int, bool]] = []
     batches = trainer.parts.task.train_batches
@@ -254,16 +298,21 @@ def test_channels_last_batches_reach_the_network_without_a_copy() -> None:
     trainer.parts.task.train_batches = recording  # type: ignore[method-assign]
     trainer.parts.model.register_forward_pre_hook(
         lambda module, args: seen.append(
-            (args[0].data_ptr(), args[0].is_contiguous(memory_format=torch.channels_last))))
+            (args[0].data_ptr(), args[0].is_contiguous(memory_format=torch.channels_last))
+        )
+    )
     trainer.train_epoch(0)
     assert len(yielded) == 3 and [ptr for ptr, _ in seen] == yielded  # the task's own tensors
     assert all(last for _, last in seen)
 
 
-@pytest.mark.parametrize(("setting", "device", "used"), [
-    ("auto", "cuda", True), (True, "cpu", True), (False, "cuda", False), (False, "cpu", False)])
-def test_channels_last_as_set_and_auto_on_cuda_need_no_probe(setting: Any, device: str,
-                                                            used: bool) -> None:
+@pytest.mark.parametrize(
+    ("setting", "device", "used"),
+    [("auto", "cuda", True), (True, "cpu", True), (False, "cuda", False), (False, "cpu", False)],
+)
+def test_channels_last_as_set_and_auto_on_cuda_need_no_probe(
+    setting: Any, device: str, used: bool
+) -> None:
     run = _run(dataset="synthetic", arch="small-cnn", channels_last=setting)
     choice = layout.layout_of_run(run, torch.device(device), None)
     assert choice.channels_last is used and choice.probe_record() is None

@@ -36,22 +36,27 @@ def _cnn() -> nn.Module:
     return create_arch("small-cnn", in_channels=3, image_size=8, feat_dim=8)
 
 
-@pytest.mark.parametrize(("contiguous", "last", "chosen"), [
-    # the first call of each layout is a warm-up and does not count, then the fastest one
-    ([9.0, 2.0, 3.0, 2.5], [1.0, 2.1, 1.9, 2.2], True),
-    ([1.0, 2.0, 1.8, 2.5], [9.0, 2.1, 1.9, 2.2], False),
-    # 2 % faster is within the margin of 3 %: a near tie stays contiguous
-    ([1.0, 2.0, 2.1, 2.2], [1.0, 1.96, 2.0, 2.3], False),
-])
+@pytest.mark.parametrize(
+    ("contiguous", "last", "chosen"),
+    [
+        # the first call of each layout is a warm-up and does not count, then the fastest one
+        ([9.0, 2.0, 3.0, 2.5], [1.0, 2.1, 1.9, 2.2], True),
+        ([1.0, 2.0, 1.8, 2.5], [9.0, 2.1, 1.9, 2.2], False),
+        # 2 % faster is within the margin of 3 %: a near tie stays contiguous
+        ([1.0, 2.0, 2.1, 2.2], [1.0, 1.96, 2.0, 2.3], False),
+    ],
+)
 def test_the_probe_takes_the_layout_with_the_fastest_timed_step(
-        monkeypatch: pytest.MonkeyPatch, contiguous: list[float], last: list[float],
-        chosen: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, contiguous: list[float], last: list[float], chosen: bool
+) -> None:
     calls = _timed(monkeypatch, {False: contiguous, True: last})
     choice = layout.choose_layout("auto", torch.device("cpu"), _cnn(), (128, 3, 8, 8), None, ("k",))
     assert choice.channels_last is chosen and choice.how == "probe"
-    assert choice.probe_record() == {"contiguous_s": min(contiguous[1:]),
-                                     "channels_last_s": min(last[1:]),
-                                     "batch": layout.PROBE_BATCH}  # 128, capped
+    assert choice.probe_record() == {
+        "contiguous_s": min(contiguous[1:]),
+        "channels_last_s": min(last[1:]),
+        "batch": layout.PROBE_BATCH,
+    }  # 128, capped
     assert calls.count(True) == calls.count(False) == layout.PROBE_ROUNDS + 1
 
 
@@ -75,7 +80,10 @@ def test_no_probe_when_set_on_cuda_or_without_convolutions(monkeypatch: pytest.M
     assert layout.choose_layout("auto", cuda, _cnn(), (4, 3, 8, 8), None, ()).how == "cuda"
     choice = layout.choose_layout("auto", cpu, mlp, (4, 3, 8, 8), None, ())
     assert (choice.channels_last, choice.how, choice.probe_record()) == (
-        False, "no convolution", None)
+        False,
+        "no convolution",
+        None,
+    )
     assert calls == []
 
 

@@ -52,15 +52,22 @@ def test_suite_of_pod_pml_and_timm_runs_and_is_reported(tmp_path: Path) -> None:
     results = tmp_path / "results"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)  # never join a cluster by accident
-    proc = subprocess.run([PODBENCH, "run", str(suite), "--results", str(results),
-                           "--num-cpus", "1"], capture_output=True, text=True, env=env,
-                          timeout=900, check=False)
+    proc = subprocess.run(
+        [PODBENCH, "run", str(suite), "--results", str(results), "--num-cpus", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
     assert len(records) == 6
     assert {(r["label"], r["arch"]) for r in records} == {
-        ("pod", "timm:resnet18"), ("pml:ProxyAnchorLoss", "timm:resnet18"),
-        ("pml:SubCenterArcFaceLoss", "timm:resnet18")}
+        ("pod", "timm:resnet18"),
+        ("pml:ProxyAnchorLoss", "timm:resnet18"),
+        ("pml:SubCenterArcFaceLoss", "timm:resnet18"),
+    }
     for record in records:
         assert record["status"] == "completed", record["error"]
         assert record["epochs_completed"] == 2 and 0.0 <= record["final_test_acc"] <= 1.0
@@ -72,7 +79,9 @@ def test_suite_of_pod_pml_and_timm_runs_and_is_reported(tmp_path: Path) -> None:
         acc = event_accumulator.EventAccumulator(str(folder))
         acc.Reload()
         assert [(e.step, e.value) for e in acc.Scalars("accuracy/test")] == [
-            (h["epoch"], pytest.approx(h["test_acc"])) for h in record["history"]]
+            (h["epoch"], pytest.approx(h["test_acc"])) for h in record["history"]
+        ]
         assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(
-            [h["train_loss"] for h in record["history"]], rel=1e-6)
+            [h["train_loss"] for h in record["history"]], rel=1e-6
+        )
     assert len(list((results / "tensorboard").glob("*/*"))) == 6

@@ -122,8 +122,9 @@ def test_impulse_noise_salt_and_pepper_share() -> None:
 def test_gaussian_blur_matches_scipy() -> None:
     x = _random_images(2, 3, 32, seed=1)
     for severity, sigma in enumerate(CORRUPTIONS["gaussian-blur"].params, start=1):
-        ref = ndimage.gaussian_filter(_exact(x), sigma=(0, 0, sigma, sigma),
-                                      mode="nearest", truncate=4.0)
+        ref = ndimage.gaussian_filter(
+            _exact(x), sigma=(0, 0, sigma, sigma), mode="nearest", truncate=4.0
+        )
         got = corrupt(x, "gaussian-blur", severity, _gen()).numpy()
         bias, share, worst = _agreement(got, _quantise(ref))
         assert worst <= 1 and share < 1e-3 and abs(bias) < 1e-3, (severity, bias, share)
@@ -150,8 +151,9 @@ def test_defocus_blur_matches_scipy_mirror() -> None:
     x = _random_images(2, 3, 32, seed=2)
     for severity in (1, 5):
         kernel = defocus_kernel(*CORRUPTIONS["defocus-blur"].params[severity - 1]).numpy()
-        ref = np.stack([[ndimage.correlate(ch, kernel, mode="mirror") for ch in img]
-                        for img in _exact(x)])
+        ref = np.stack(
+            [[ndimage.correlate(ch, kernel, mode="mirror") for ch in img] for img in _exact(x)]
+        )
         got = corrupt(x, "defocus-blur", severity, _gen()).numpy()
         bias, share, worst = _agreement(got, _quantise(ref))
         assert worst <= 1 and share < 1e-3 and abs(bias) < 1e-3, (severity, bias, share)
@@ -243,8 +245,13 @@ def test_jpeg_matches_torchvision_and_worsens_with_severity() -> None:
 
     # a smooth image with edges, so compression has something to lose
     t = torch.linspace(0, 1, 32)
-    x = torch.stack([t[None, :].expand(32, 32), t[:, None].expand(32, 32),
-                     (t[None, :] * t[:, None] > 0.25).float()])[None]
+    x = torch.stack(
+        [
+            t[None, :].expand(32, 32),
+            t[:, None].expand(32, 32),
+            (t[None, :] * t[:, None] > 0.25).float(),
+        ]
+    )[None]
     errors = []
     for severity, quality in enumerate(CORRUPTIONS["jpeg"].params, start=1):
         got = corrupt(x, "jpeg", severity, _gen())
@@ -279,13 +286,14 @@ def test_fog_and_plasma_fractal() -> None:
 
 def _hendrycks_zoom_blur(img: np.ndarray, upper: float) -> np.ndarray:
     """make_cifar_c.py's zoom_blur on one HWC float image, written out with scipy."""
+
     def clipped_zoom(a: np.ndarray, zoom_factor: float) -> np.ndarray:
         h = a.shape[0]
         ch = int(np.ceil(h / zoom_factor))
         top = (h - ch) // 2
-        a = ndimage.zoom(a[top:top + ch, top:top + ch], (zoom_factor, zoom_factor, 1), order=1)
+        a = ndimage.zoom(a[top : top + ch, top : top + ch], (zoom_factor, zoom_factor, 1), order=1)
         trim_top = (a.shape[0] - h) // 2
-        return a[trim_top:trim_top + h, trim_top:trim_top + h]
+        return a[trim_top : trim_top + h, trim_top : trim_top + h]
 
     factors = np.arange(1, upper, 0.01)
     out = np.zeros_like(img)
@@ -313,7 +321,9 @@ def test_glass_blur_matches_the_released_loop() -> None:
         offsets = glass_offsets(x, delta, iterations, _gen(9)).numpy()  # the same draws
         for b in range(3):
             img = _exact(x[b].permute(1, 2, 0))
-            blur = ndimage.gaussian_filter(img, sigma=(sigma, sigma, 0), mode="nearest", truncate=4.0)
+            blur = ndimage.gaussian_filter(
+                img, sigma=(sigma, sigma, 0), mode="nearest", truncate=4.0
+            )
             u8 = np.floor(blur * 255)  # np.uint8 of the blurred image
             for it in range(iterations):
                 k = 0
@@ -323,8 +333,9 @@ def test_glass_blur_matches_the_released_loop() -> None:
                         k += 1
                         # the released "swap" on an RGB array: views, so a copy
                         u8[h, w], u8[h + dy, w + dx] = u8[h + dy, w + dx], u8[h, w]
-            ref = ndimage.gaussian_filter(u8 / 255.0, sigma=(sigma, sigma, 0), mode="nearest",
-                                          truncate=4.0)
+            ref = ndimage.gaussian_filter(
+                u8 / 255.0, sigma=(sigma, sigma, 0), mode="nearest", truncate=4.0
+            )
             bias, share, worst = _agreement(got[b], _quantise(ref).transpose(2, 0, 1))
             assert worst <= 1 and share < 2e-3 and abs(bias) < 2e-3, (severity, bias, share)
     # the draws: dy, dx in [-1, 0] for delta 1 (NumPy's randint excludes the upper bound)
@@ -332,6 +343,7 @@ def test_glass_blur_matches_the_released_loop() -> None:
 
 
 # -- the benchmark's corruptions added: motion blur, snow, elastic transform -----------------
+
 
 def test_benchmark_and_extras_are_apart() -> None:
     assert corruption_names(3, benchmark=True) == [n for n in BENCHMARK if n != "frost"]
@@ -341,8 +353,9 @@ def test_benchmark_and_extras_are_apart() -> None:
     assert corruption_names(1) == corruption_names(1, True) + corruption_names(1, False)
 
 
-def _imagemagick_motion_blur(levels: np.ndarray, radius: float, sigma: float,
-                             angle: float) -> np.ndarray:
+def _imagemagick_motion_blur(
+    levels: np.ndarray, radius: float, sigma: float, angle: float
+) -> np.ndarray:
     """MotionBlurImage written out per pixel: taps i = 0..2r at (x + ceil(i cos a - 1/2),
     y + ceil(i sin a - 1/2)), weights exp(-i^2 / 2 sigma^2) normalised, edge pixels beyond the
     border, rounded to 8 bits (H, W levels)."""
@@ -363,7 +376,7 @@ def _imagemagick_motion_blur(levels: np.ndarray, radius: float, sigma: float,
 
 def test_motion_blur_taps_hand_worked() -> None:
     weights, dy, dx = motion_blur_taps(2, 1.0, torch.tensor([0.0, 90.0, 45.0]))
-    g = np.exp(-np.arange(5) ** 2 / 2.0)
+    g = np.exp(-(np.arange(5) ** 2) / 2.0)
     assert weights.numpy() == pytest.approx(g / g.sum())
     assert dx[0].tolist() == [0, 1, 2, 3, 4] and dy[0].tolist() == [0, 0, 0, 0, 0]
     assert dy[1].tolist() == [0, 1, 2, 3, 4] and dx[1].tolist() == [0, 0, 0, 0, 0]
@@ -391,17 +404,18 @@ def test_snow_matches_the_released_recipe_written_with_scipy() -> None:
         loc, scale, zoom, threshold, radius, sigma, keep = CORRUPTIONS["snow"].params[severity - 1]
         got = _levels(corrupt(x, "snow", severity, _gen(5)))
         gen = _gen(5)  # the same draws, in their order: the layer, then the angles
-        layer = (loc + scale * torch.randn((2, 1, 32, 32), generator=gen,
-                                           dtype=torch.float64)).numpy()
+        layer = (
+            loc + scale * torch.randn((2, 1, 32, 32), generator=gen, dtype=torch.float64)
+        ).numpy()
         angles = torch.rand(2, generator=gen, dtype=torch.float64).numpy() * 90 - 135
         for b in range(2):
             flake = layer[b, 0]
             if zoom != 1:  # Hendrycks's clipped_zoom with scipy.ndimage.zoom(order=1)
                 ch = int(np.ceil(32 / zoom))
                 top = (32 - ch) // 2
-                flake = ndimage.zoom(flake[top:top + ch, top:top + ch], zoom, order=1)
+                flake = ndimage.zoom(flake[top : top + ch, top : top + ch], zoom, order=1)
                 trim = (flake.shape[0] - 32) // 2
-                flake = flake[trim:trim + 32, trim:trim + 32]
+                flake = flake[trim : trim + 32, trim : trim + 32]
             flake = np.where(flake < threshold, 0, flake)
             flake = np.floor(np.clip(flake, 0, 1) * 255)
             flake = _imagemagick_motion_blur(flake, radius, sigma, float(angles[b])) / 255
@@ -429,8 +443,11 @@ def test_elastic_transform_matches_scipy_affine_and_map_coordinates() -> None:
             for ch in _exact(x[b]):
                 # OpenCV's warpAffine, BORDER_REFLECT_101 = scipy's "mirror"
                 warped = ndimage.affine_transform(ch, matrix, offset, order=1, mode="mirror")
-                ref.append(ndimage.map_coordinates(warped, [rows + dy[b], cols + dx[b]],
-                                                   order=1, mode="reflect"))
+                ref.append(
+                    ndimage.map_coordinates(
+                        warped, [rows + dy[b], cols + dx[b]], order=1, mode="reflect"
+                    )
+                )
             bias, share, worst = _agreement(got[b] / 255, _quantise(np.stack(ref)))
             assert worst <= 1 and share < 2e-3, (severity, bias, share)
         # the displacement: smoothed uniform(-1, 1) times alpha = c * size
@@ -443,8 +460,9 @@ def test_elastic_displacement_smoothing_is_scipy_reflect() -> None:
 
     field = torch.rand(2, 12, 12, generator=_gen(4), dtype=torch.float64) * 2 - 1
     for sigma in (0.84, 5.6):  # radius 3 and 17: beyond the 12 pixels, mirrored again
-        ref = np.stack([ndimage.gaussian_filter(f, sigma, mode="reflect", truncate=3.0)
-                        for f in field.numpy()])
+        ref = np.stack(
+            [ndimage.gaussian_filter(f, sigma, mode="reflect", truncate=3.0) for f in field.numpy()]
+        )
         assert _symmetric_smooth(field, sigma, 3.0).numpy() == pytest.approx(ref, abs=1e-12)
 
 
@@ -465,7 +483,12 @@ def test_contrast_on_the_shared_channel_cases(case: tuple[str, torch.Tensor]) ->
     x = levels.double().numpy() / 255.0
     for severity, factor in enumerate(CORRUPTIONS["contrast"].params, start=1):
         # make_cifar_c.py: np.mean(x, axis=(0, 1), keepdims=True) of an HWC image
-        ref = np.stack([(img - img.mean(axis=(1, 2), keepdims=True)) * factor
-                        + img.mean(axis=(1, 2), keepdims=True) for img in x])
+        ref = np.stack(
+            [
+                (img - img.mean(axis=(1, 2), keepdims=True)) * factor
+                + img.mean(axis=(1, 2), keepdims=True)
+                for img in x
+            ]
+        )
         got = corrupt(levels.float() / 255.0, "contrast", severity, _gen())
         assert np.array_equal(_levels(got), _levels(_quantise(ref))), severity

@@ -47,6 +47,7 @@ def _random_probs(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 # -- calibration ------------------------------------------------------------------------------
 
+
 def test_ece_hand_worked() -> None:
     # confidences 0.9 (hit), 0.9 (miss), 0.62 (hit), 0.55 (miss); 15 bins of width 1/15:
     # 0.9 -> (0.8667, 0.9333], 0.62 -> (0.6, 0.6667], 0.55 -> (0.5333, 0.6]
@@ -74,7 +75,9 @@ def test_ece_matches_torchmetrics(seed: int) -> None:
     logits, labels = _random_probs(2000, 7, seed)
     probs = softmax_probabilities(logits)
     ours = expected_calibration_error(probs, labels, bins=15)
-    theirs = multiclass_calibration_error(probs.float(), labels, num_classes=7, n_bins=15, norm="l1")
+    theirs = multiclass_calibration_error(
+        probs.float(), labels, num_classes=7, n_bins=15, norm="l1"
+    )
     assert ours == pytest.approx(float(theirs), abs=1e-5)
     assert ours > 0.01  # a miscalibrated case, not a trivial zero
 
@@ -116,9 +119,11 @@ def test_nll_and_brier_against_sklearn() -> None:
     logits, labels = _random_probs(500, 6, 6)
     probs = softmax_probabilities(logits).numpy()
     assert negative_log_likelihood(logits, labels) == pytest.approx(
-        log_loss(labels.numpy(), probs, labels=list(range(6))), rel=1e-9)
+        log_loss(labels.numpy(), probs, labels=list(range(6))), rel=1e-9
+    )
     assert brier_score(torch.from_numpy(probs), labels) == pytest.approx(
-        brier_score_loss(labels.numpy(), probs, labels=list(range(6)), scale_by_half=False))
+        brier_score_loss(labels.numpy(), probs, labels=list(range(6)), scale_by_half=False)
+    )
     # hand-worked Brier: p = (0.7, 0.2, 0.1), y = 0 -> 0.09 + 0.04 + 0.01
     assert brier_score(torch.tensor([[0.7, 0.2, 0.1]]), torch.tensor([0])) == pytest.approx(0.14)
 
@@ -162,6 +167,7 @@ def test_temperature_against_a_grid_search() -> None:
 
 
 # -- detection --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_detection_metrics_against_sklearn(ties: bool) -> None:
@@ -232,15 +238,19 @@ def test_calibration_metrics_on_the_shared_cases(case: CalibrationCase) -> None:
     if case.name != "exact-bin-edges":  # torchmetrics puts an edge value in the bin above it
         from torchmetrics.functional.classification import multiclass_calibration_error
 
-        theirs = multiclass_calibration_error(case.probs, case.labels, num_classes=p.shape[1],
-                                              n_bins=case.bins, norm="l1")
+        theirs = multiclass_calibration_error(
+            case.probs, case.labels, num_classes=p.shape[1], n_bins=case.bins, norm="l1"
+        )
         assert ece == pytest.approx(float(theirs), abs=1e-6)  # torchmetrics sums in float32
     conf, hit = p.max(1), (p.argmax(1) == y).astype(float)
     order = np.argsort(conf, kind="stable")
-    adaptive = sum(len(c) / len(y) * abs(hit[c].mean() - conf[c].mean())
-                   for c in np.array_split(order, min(case.bins, len(y))))
+    adaptive = sum(
+        len(c) / len(y) * abs(hit[c].mean() - conf[c].mean())
+        for c in np.array_split(order, min(case.bins, len(y)))
+    )
     assert adaptive_calibration_error(case.probs, case.labels, case.bins) == pytest.approx(
-        adaptive, abs=1e-12)
+        adaptive, abs=1e-12
+    )
     total = 0.0
     for k in range(p.shape[1]):
         for m in range(case.bins):
@@ -249,13 +259,16 @@ def test_calibration_metrics_on_the_shared_cases(case: CalibrationCase) -> None:
             if inside.any():
                 total += inside.mean() * abs(p[inside, k].mean() - (y[inside] == k).mean())
     assert classwise_calibration_error(case.probs, case.labels, case.bins) == pytest.approx(
-        total / p.shape[1], abs=1e-12)
+        total / p.shape[1], abs=1e-12
+    )
     k = p.shape[1]
     assert brier_score(case.probs, case.labels) == pytest.approx(
-        brier_score_loss(y, p, labels=list(range(k)), scale_by_half=False), abs=1e-12)
+        brier_score_loss(y, p, labels=list(range(k)), scale_by_half=False), abs=1e-12
+    )
     if (p > 0).all():
         assert negative_log_likelihood(case.probs.log(), case.labels) == pytest.approx(
-            log_loss(y, p, labels=list(range(k))), rel=1e-9)
+            log_loss(y, p, labels=list(range(k))), rel=1e-9
+        )
 
 
 def test_ece_bin_edges_with_hits_and_misses_hand_worked() -> None:

@@ -17,15 +17,34 @@ from podbench.runs import RunSpec
 from podbench.tasks import LabelNoise, load_task
 from podbench.tasks.label_noise import transition_matrix
 
-BASE = dict(loss="softmax", dataset="digits", arch="mlp", feat_dim=16, epochs=1, batch_size=64,
-            lr=0.05, milestones=[], device="cpu", limit_train=200, limit_eval=100)
+BASE = dict(
+    loss="softmax",
+    dataset="digits",
+    arch="mlp",
+    feat_dim=16,
+    epochs=1,
+    batch_size=64,
+    lr=0.05,
+    milestones=[],
+    device="cpu",
+    limit_train=200,
+    limit_eval=100,
+)
 
 
 def _record(run: RunSpec, status: str) -> dict[str, Any]:
-    error = None if status != "failed" else {"type": "RuntimeError", "message": "boom",
-                                              "traceback": "", "epoch": 0}
-    return RunRecord.of_run(run, status=status, error=error, history=[],
-                            final_test_acc=None if status == "failed" else 0.5).to_json_dict()
+    error = (
+        None
+        if status != "failed"
+        else {"type": "RuntimeError", "message": "boom", "traceback": "", "epoch": 0}
+    )
+    return RunRecord.of_run(
+        run,
+        status=status,
+        error=error,
+        history=[],
+        final_test_acc=None if status == "failed" else 0.5,
+    ).to_json_dict()
 
 
 def test_failed_runs_are_tried_again_and_final_ones_are_not(
@@ -79,8 +98,12 @@ def test_validation_and_test_labels_stay_clean_under_label_noise() -> None:
     train_clean, train_noisy = _labels(clean, "train"), _labels(noisy, "train")
     matrix = transition_matrix("symmetric", 0.6, clean.classes)
     draws = np.random.default_rng(11).random(len(train_clean))
-    expected = np.array([np.searchsorted(np.cumsum(matrix[y]), u, side="right")
-                         for y, u in zip(train_clean, draws, strict=True)])
+    expected = np.array(
+        [
+            np.searchsorted(np.cumsum(matrix[y]), u, side="right")
+            for y, u in zip(train_clean, draws, strict=True)
+        ]
+    )
     assert np.array_equal(train_noisy, np.minimum(expected, len(clean.classes) - 1))
     assert noisy.label_noise_rate == pytest.approx(np.mean(train_noisy != train_clean))
     assert 0.45 < noisy.label_noise_rate < 0.65

@@ -21,8 +21,19 @@ from podbench.runs import RunSpec
 from podbench.suite_spec import load_suite
 from podbench.tasks.task import TensorTask
 
-BASE = dict(loss="softmax", dataset="digits", arch="mlp", feat_dim=16, epochs=2, batch_size=64,
-            lr=0.05, milestones=[], device="cpu", limit_train=400, limit_eval=200)
+BASE = dict(
+    loss="softmax",
+    dataset="digits",
+    arch="mlp",
+    feat_dim=16,
+    epochs=2,
+    batch_size=64,
+    lr=0.05,
+    milestones=[],
+    device="cpu",
+    limit_train=400,
+    limit_eval=200,
+)
 
 
 def _run(**fields: object) -> dict:
@@ -45,10 +56,19 @@ def test_registry_lists_builtins_and_checks_settings() -> None:
 
 
 def test_engine_writes_probe_values_and_their_cross_checks() -> None:
-    record = _run(evaluate=["calibration", {"name": "ood", "datasets": ["synthetic"]},
-                            {"name": "corruptions", "severities": [1, 5], "every": 1,
-                             "corruptions": ["gaussian-noise", "contrast"]}],
-                  open_set={"known": 6, "seed": 1})
+    record = _run(
+        evaluate=[
+            "calibration",
+            {"name": "ood", "datasets": ["synthetic"]},
+            {
+                "name": "corruptions",
+                "severities": [1, 5],
+                "every": 1,
+                "corruptions": ["gaussian-noise", "contrast"],
+            },
+        ],
+        open_set={"known": 6, "seed": 1},
+    )
     ev = record["evaluation"]
     # the three probes and the engine measure the same test split with the same network
     assert ev["calibration"]["acc"] == pytest.approx(record["final_test_acc"])
@@ -58,17 +78,22 @@ def test_engine_writes_probe_values_and_their_cross_checks() -> None:
     shares = [cal[f"reliability.{m:02d}.share"] for m in range(15)]
     assert sum(shares) == pytest.approx(1.0)
     ood = ev["ood"]
-    assert {"open-set.msp.auroc", "synthetic.energy.fpr95", "open-set.max-logit.aupr_out"} <= set(ood)
+    assert {"open-set.msp.auroc", "synthetic.energy.fpr95", "open-set.max-logit.aupr_out"} <= set(
+        ood
+    )
     # near (the open-set split) and far (the far-OOD sets) apart, never averaged together
     assert "auroc" not in ood
     assert ood["near.auroc"] == ood["open-set.msp.auroc"]
     assert ood["far.auroc"] == ood["synthetic.msp.auroc"]
     assert ood["far.openood_fpr95"] == ood["synthetic.msp.openood_fpr95"]
     corr = ev["corruptions"]
-    assert corr["mca"] == pytest.approx(np.mean([corr[f"{c}.s{s}.acc"] for c in
-                                                 ("gaussian-noise", "contrast") for s in (1, 5)]))
+    assert corr["mca"] == pytest.approx(
+        np.mean([corr[f"{c}.s{s}.acc"] for c in ("gaussian-noise", "contrast") for s in (1, 5)])
+    )
     assert corr["n"] == 200 and "extras.mca" not in corr  # limit_eval; no extra measured
-    assert corr["contrast.acc"] == pytest.approx((corr["contrast.s1.acc"] + corr["contrast.s5.acc"]) / 2)
+    assert corr["contrast.acc"] == pytest.approx(
+        (corr["contrast.s1.acc"] + corr["contrast.s5.acc"]) / 2
+    )
     # every: 1 -> also after the first epoch; the last epoch's values are the record's
     assert set(record["history"][0]["evaluation"]) == {"corruptions"}
     assert "evaluation" not in record["history"][-1]
@@ -86,9 +111,15 @@ def test_probes_never_read_the_test_set_while_tuning(monkeypatch: pytest.MonkeyP
             return _original(self, split, batch_size)
 
         monkeypatch.setattr(TensorTask, method, spy)
-    record = _run(eval_split="val", open_set={"known": 6},
-                  evaluate=["calibration", "ood", {"name": "corruptions", "severities": [2],
-                                                   "corruptions": ["fog"]}])
+    record = _run(
+        eval_split="val",
+        open_set={"known": 6},
+        evaluate=[
+            "calibration",
+            "ood",
+            {"name": "corruptions", "severities": [2], "corruptions": ["fog"]},
+        ],
+    )
     assert set(record["evaluation"]) == {"calibration", "ood", "corruptions"}
     assert read == {"val", "val-unknown"}
 
@@ -103,12 +134,15 @@ def test_label_noise_is_recorded_and_test_labels_stay_clean() -> None:
 
 def test_a_third_party_probe_runs_from_a_suite_entry() -> None:
     with PROBES.scratch():
+
         @register_probe("mean-confidence", description="mean max softmax probability")
         class MeanConfidence(Probe):
             def measure(self, context):  # type: ignore[no-untyped-def]
                 scores, _ = context.scores(context.split)
-                return {"value": float(torch.softmax(scores, 1).max(1).values.mean()),
-                        "undefined": float("nan")}
+                return {
+                    "value": float(torch.softmax(scores, 1).max(1).values.mean()),
+                    "undefined": float("nan"),
+                }
 
         record = _run(evaluate=["mean-confidence"])
         assert 0.1 <= record["evaluation"]["mean-confidence"]["value"] <= 1.0
@@ -118,9 +152,21 @@ def test_a_third_party_probe_runs_from_a_suite_entry() -> None:
 def test_run_ids_of_runs_without_the_new_fields_are_unchanged() -> None:
     run = RunSpec(**BASE)
     # the id as computed before evaluate/label_noise/open_set (and deterministic) existed
-    payload = run.model_dump(mode="json", exclude={"suite", "label", "imports", "cpus", "gpus",
-                                                   "checkpoint", "evaluate", "label_noise",
-                                                   "open_set", "deterministic"})
+    payload = run.model_dump(
+        mode="json",
+        exclude={
+            "suite",
+            "label",
+            "imports",
+            "cpus",
+            "gpus",
+            "checkpoint",
+            "evaluate",
+            "label_noise",
+            "open_set",
+            "deterministic",
+        },
+    )
     payload.update({"data_root": None, "device": "auto", "channels_last": False, "compile": False})
     old = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
     assert run.run_id == old.hexdigest()[:16]
@@ -130,7 +176,8 @@ def test_run_ids_of_runs_without_the_new_fields_are_unchanged() -> None:
 
 def test_suite_noise_axis_and_probe_errors(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         name: noisy
         losses: [softmax]
         datasets: [digits]
@@ -139,16 +186,26 @@ def test_suite_noise_axis_and_probe_errors(tmp_path: Path) -> None:
         epochs: 1
         evaluate: [calibration, {name: ood, datasets: [synthetic]}]
         label_noise: [null, {kind: symmetric, rate: 0.2}, {kind: pair, rate: 0.4, seed: 3}]
-    """))
+    """)
+    )
     runs = load_suite(path).expand()
     assert [r.label_noise and (r.label_noise.kind, r.label_noise.rate) for r in runs] == [
-        None, ("symmetric", 0.2), ("pair", 0.4)]
+        None,
+        ("symmetric", 0.2),
+        ("pair", 0.4),
+    ]
     assert len({r.run_id for r in runs}) == 3
     assert all(r.evaluate[1].probe_settings() == {"datasets": ["synthetic"]} for r in runs)
     for override, needle in [
         (["evaluate=[calibraton]"], "field 'evaluate.0.name': unknown probe 'calibraton'"),
-        (["evaluate=[{name: ood, datasets: [svhm]}]"], "evaluate.0.datasets.0.*unknown dataset 'svhm'"),
-        (["evaluate=[{name: ood, score: [msp]}]"], "evaluate.0.score: the ood probe has no setting"),
+        (
+            ["evaluate=[{name: ood, datasets: [svhm]}]"],
+            "evaluate.0.datasets.0.*unknown dataset 'svhm'",
+        ),
+        (
+            ["evaluate=[{name: ood, score: [msp]}]"],
+            "evaluate.0.score: the ood probe has no setting",
+        ),
         (["evaluate=[ood, ood]"], "list each probe once"),
         (["evaluate=[ood]"], "field evaluate.0: the ood probe has no OOD set"),
         (["label_noise={kind: uniform, rate: 0.2}"], "label_noise"),
@@ -176,8 +233,14 @@ def test_run_with_a_missing_far_ood_set_exits_2_before_writing(
     empty = tmp_path / "no-data"
     empty.mkdir()
     results = tmp_path / "results"
-    args = ["run", "robustness-quickstart", "--results", str(results),
-            "--set", f"evaluate=[{{name: ood, datasets: [digits, cifar10], data_root: {empty}}}]"]
+    args = [
+        "run",
+        "robustness-quickstart",
+        "--results",
+        str(results),
+        "--set",
+        f"evaluate=[{{name: ood, datasets: [digits, cifar10], data_root: {empty}}}]",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "field 'evaluate.0.datasets.1': dataset 'cifar10' was not found" in err
@@ -189,26 +252,38 @@ def test_probes_run_with_tf32_off_and_restore_it() -> None:
     from podbench.tasks import load_task
 
     seen: dict[str, object] = {}
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-              torch.get_float32_matmul_precision())
-    task = load_task("digits", use_val=True, augment=False,
-                     limit={"train": 100, "val": 50, "test": 50})
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
+    task = load_task(
+        "digits", use_val=True, augment=False, limit={"train": 100, "val": 50, "test": 50}
+    )
     try:
         with PROBES.scratch():
+
             @register_probe("tf32-spy", description="records the TF32 flags while it measures")
             class Spy(Probe):
                 def measure(self, context):  # type: ignore[no-untyped-def]
-                    seen["flags"] = (torch.backends.cuda.matmul.allow_tf32,
-                                     torch.backends.cudnn.allow_tf32,
-                                     torch.get_float32_matmul_precision())
+                    seen["flags"] = (
+                        torch.backends.cuda.matmul.allow_tf32,
+                        torch.backends.cudnn.allow_tf32,
+                        torch.get_float32_matmul_precision(),
+                    )
                     return {"value": 1.0}
 
             run = RunSpec(**{**BASE, "evaluate": ["tf32-spy"]})
             # as a GPU run trains: TF32 on (the engine switches it on for CUDA runs)
             torch.set_float32_matmul_precision("high")
             torch.backends.cudnn.allow_tf32 = True
-            out = run_probes(run, run.evaluate, forward=lambda x: x.flatten(1)[:, :10],
-                             predict=lambda f: f, task=task)
+            out = run_probes(
+                run,
+                run.evaluate,
+                forward=lambda x: x.flatten(1)[:, :10],
+                predict=lambda f: f,
+                task=task,
+            )
         assert out == {"tf32-spy": {"value": 1.0}}
         assert seen["flags"] == (False, False, "highest")
         # restored after the probes
@@ -219,10 +294,18 @@ def test_probes_run_with_tf32_off_and_restore_it() -> None:
 
 
 def test_corruption_draws_do_not_depend_on_the_other_corruptions() -> None:
-    both = _run(evaluate=[{"name": "corruptions", "severities": [3],
-                           "corruptions": ["gaussian-noise", "speckle-noise"]}])
-    alone = _run(evaluate=[{"name": "corruptions", "severities": [3],
-                            "corruptions": ["speckle-noise"]}])
+    both = _run(
+        evaluate=[
+            {
+                "name": "corruptions",
+                "severities": [3],
+                "corruptions": ["gaussian-noise", "speckle-noise"],
+            }
+        ]
+    )
+    alone = _run(
+        evaluate=[{"name": "corruptions", "severities": [3], "corruptions": ["speckle-noise"]}]
+    )
     b, a = both["evaluation"]["corruptions"], alone["evaluation"]["corruptions"]
     assert a["speckle-noise.s3.acc"] == b["speckle-noise.s3.acc"]
     # the benchmark's mean and the extras' apart

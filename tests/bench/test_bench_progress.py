@@ -10,11 +10,24 @@ from podbench.progress import SuiteProgress, format_run_line
 
 
 def _record(run_id: str, status: str, wall: float, acc: float | None = 0.9) -> dict:
-    error = None if status == "completed" else {"type": "RuntimeError", "message": "boom\nmore",
-                                                 "epoch": 2}
-    return {"run_id": run_id, "status": status, "label": "pod[no-sc]", "dataset": "digits",
-            "arch": "mlp", "feat_dim": 16, "seed": 1, "wall_time_s": wall, "final_test_acc": acc,
-            "error": error, "history": []}
+    error = (
+        None
+        if status == "completed"
+        else {"type": "RuntimeError", "message": "boom\nmore", "epoch": 2}
+    )
+    return {
+        "run_id": run_id,
+        "status": status,
+        "label": "pod[no-sc]",
+        "dataset": "digits",
+        "arch": "mlp",
+        "feat_dim": 16,
+        "seed": 1,
+        "wall_time_s": wall,
+        "final_test_acc": acc,
+        "error": error,
+        "history": [],
+    }
 
 
 def test_plain_lines_counts_and_eta() -> None:
@@ -32,7 +45,9 @@ def test_plain_lines_counts_and_eta() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0] == "5 run(s) to do, 2 already finished (skipped)"
     assert lines[1].startswith("[1/5] done     pod[no-sc] digits/mlp d=16 seed=1: test_acc=0.9000")
-    assert lines[2].startswith("[2/5] failed   pod[no-sc] digits/mlp d=16 seed=1 at epoch 2: RuntimeError: boom [b]")
+    assert lines[2].startswith(
+        "[2/5] failed   pod[no-sc] digits/mlp d=16 seed=1 at epoch 2: RuntimeError: boom [b]"
+    )
     assert lines[-1].endswith("1 completed, 1 diverged or failed")
     assert "\x1b[" not in out.getvalue()  # no terminal escapes in logs
 

@@ -63,10 +63,17 @@ def _suite(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def _podbench(*args: str, timeout: float = 240, env: dict[str, str] | None = None
-              ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PODBENCH, *args], capture_output=True, text=True, env=env or _env(),
-                          timeout=timeout, check=False)
+def _podbench(
+    *args: str, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PODBENCH, *args],
+        capture_output=True,
+        text=True,
+        env=env or _env(),
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _records(results: Path) -> dict[str, dict]:
@@ -98,9 +105,22 @@ def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path,
     results = tmp_path / "results"
     # one run at a time, so that the driver can be killed between two finished runs
     driver = subprocess.Popen(
-        [PODBENCH, "run", str(suite), "--results", str(results), "--num-cpus", "1",
-         "--max-concurrent", "1", "--no-report"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+        [
+            PODBENCH,
+            "run",
+            str(suite),
+            "--results",
+            str(results),
+            "--num-cpus",
+            "1",
+            "--max-concurrent",
+            "1",
+            "--no-report",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
         start_new_session=True,
     )
     deadline = time.monotonic() + 180
@@ -133,7 +153,11 @@ def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path,
     assert str(results) in proc.stdout and "results.csv" in proc.stdout
     assert all(r["status"] == "completed" for r in records.values())
     assert {(r["label"], r["seed"]) for r in records.values()} == {
-        ("softmax", 0), ("softmax", 1), ("pod", 0), ("pod", 1)}
+        ("softmax", 0),
+        ("softmax", 1),
+        ("pod", 0),
+        ("pod", 1),
+    }
     for run_id, record in records.items():
         assert record["run_id"] == run_id and record["epochs_completed"] == 1
         assert 0.1 < record["final_test_acc"] <= 1.0  # better than chance on 10 classes
@@ -160,7 +184,10 @@ def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path,
 
 def test_dying_worker_retried_raising_plugin_failed_nan_diverged(tmp_path: Path) -> None:
     marker = tmp_path / "died-once"
-    suite = _suite(tmp_path, SMALL + textwrap.dedent(f"""
+    suite = _suite(
+        tmp_path,
+        SMALL
+        + textwrap.dedent(f"""
         imports: [engine_test_plugins]
         seeds: 1
         limit_train: 256
@@ -171,16 +198,37 @@ def test_dying_worker_retried_raising_plugin_failed_nan_diverged(tmp_path: Path)
           - test-nan
           - {{name: test-die-once, params: {{marker: "{marker}"}}}}
           - test-die-always
-    """).replace("losses: [softmax, pod]\n", "").replace("seeds: 2\n", ""))
+    """)
+        .replace("losses: [softmax, pod]\n", "")
+        .replace("seeds: 2\n", ""),
+    )
     results = tmp_path / "results"
-    proc = _podbench("run", str(suite), "--results", str(results), "--num-cpus", "2",
-                     "--max-failures", "1", "--no-report")
+    proc = _podbench(
+        "run",
+        str(suite),
+        "--results",
+        str(results),
+        "--num-cpus",
+        "2",
+        "--max-failures",
+        "1",
+        "--no-report",
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr  # some runs failed: not a clean exit
     by_label = {r["label"]: r for r in _records(results).values()}
-    assert set(by_label) == {"softmax", "test-raising", "test-nan", "test-die-once", "test-die-always"}
+    assert set(by_label) == {
+        "softmax",
+        "test-raising",
+        "test-nan",
+        "test-die-once",
+        "test-die-always",
+    }
     assert by_label["softmax"]["status"] == "completed"
     raising = by_label["test-raising"]
-    assert raising["status"] == "failed" and "deliberate plugin failure" in raising["error"]["traceback"]
+    assert (
+        raising["status"] == "failed"
+        and "deliberate plugin failure" in raising["error"]["traceback"]
+    )
     nan = by_label["test-nan"]
     assert nan["status"] == "diverged" and nan["error"]["epoch"] == 0
     assert marker.is_file()  # the first try did die ...
@@ -213,10 +261,15 @@ def ray_nodes(tmp_path: Path):
         log = tmp_path / f"node-{len(nodes)}.log"
         apart = ["--include-dashboard=false", f"--temp-dir={temp_dir}"] if "--head" in args else []
         with log.open("w") as out:
-            nodes.append(subprocess.Popen(
-                [*prefix, *RAY, "start", *args, "--block", *apart],
-                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            ))
+            nodes.append(
+                subprocess.Popen(
+                    [*prefix, *RAY, "start", *args, "--block", *apart],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
         return log
 
     try:
@@ -254,12 +307,21 @@ TWO_RUNS = SMALL.replace("seeds: 2", "seeds: 1")
 ONE_RUN = TWO_RUNS.replace("losses: [softmax, pod]", "losses: [softmax]")
 
 
-def _run_one(tmp_path: Path, address: str, env: dict[str, str], name: str,
-             suite_text: str = ONE_RUN) -> subprocess.CompletedProcess[str]:
+def _run_one(
+    tmp_path: Path, address: str, env: dict[str, str], name: str, suite_text: str = ONE_RUN
+) -> subprocess.CompletedProcess[str]:
     suite = tmp_path / f"{name}.yaml"
     suite.write_text(textwrap.dedent(suite_text))
-    return _podbench("run", str(suite), "--results", str(tmp_path / name), "--address", address,
-                     "--no-report", env=env)
+    return _podbench(
+        "run",
+        str(suite),
+        "--results",
+        str(tmp_path / name),
+        "--address",
+        address,
+        "--no-report",
+        env=env,
+    )
 
 
 def _one_sentence(proc: subprocess.CompletedProcess[str]) -> str:
@@ -281,15 +343,21 @@ def test_default_ray_start_cluster_with_token_through_address(tmp_path: Path, ra
     head_home = tmp_path / "head-home"
     # any earlier local Ray on the head (ray.init, podbench's embedded runs) leaves this token
     # behind; `ray get-auth-token --generate` writes it the same way
-    subprocess.run([*RAY, "get-auth-token", "--generate"], env=_env(head_home), check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [*RAY, "get-auth-token", "--generate"],
+        env=_env(head_home),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     token = (head_home / ".ray" / "auth_token").read_text()
     address = _start_head(ray_nodes, head_home)
     # Ray's default for this head
     assert "Token authentication is enabled" in (tmp_path / "node-0.log").read_text()
     # a worker joins as the README says
-    worker = ray_nodes(f"--address={address}", "--num-cpus=1",
-                       env=_env(head_home, RAY_AUTH_MODE="token"))
+    worker = ray_nodes(
+        f"--address={address}", "--num-cpus=1", env=_env(head_home, RAY_AUTH_MODE="token")
+    )
     _wait_for(worker, "Ray runtime started")
 
     proc = _run_one(tmp_path, address, _env(head_home), "on-head", TWO_RUNS)
@@ -310,12 +378,23 @@ def test_default_ray_start_cluster_with_token_through_address(tmp_path: Path, ra
         _completed(_run_one(tmp_path, address, env, name), tmp_path / name, 1)
 
     # no token anywhere (also through `podbench tune`), or a wrong one: one sentence, exit 2
-    no_token = _podbench("tune", "tune-quickstart", "--results", str(tmp_path / "t"), "--address",
-                         address, env=_env(tmp_path / "bare-home"), timeout=120)
-    wrong = _run_one(tmp_path, address, _env(tmp_path / "other-var", RAY_AUTH_TOKEN="0" * 64),
-                     "wrong")
-    for proc, says in [(no_token, "none was found on this machine"),
-                       (wrong, "rejected the authentication token from RAY_AUTH_TOKEN")]:
+    no_token = _podbench(
+        "tune",
+        "tune-quickstart",
+        "--results",
+        str(tmp_path / "t"),
+        "--address",
+        address,
+        env=_env(tmp_path / "bare-home"),
+        timeout=120,
+    )
+    wrong = _run_one(
+        tmp_path, address, _env(tmp_path / "other-var", RAY_AUTH_TOKEN="0" * 64), "wrong"
+    )
+    for proc, says in [
+        (no_token, "none was found on this machine"),
+        (wrong, "rejected the authentication token from RAY_AUTH_TOKEN"),
+    ]:
         error = _one_sentence(proc)
         assert says in error and "~/.ray/auth_token" in error and "nothing answers" not in error
     assert not (tmp_path / "wrong" / "runs").exists() or not _records(tmp_path / "wrong")
@@ -327,8 +406,13 @@ def test_default_ray_start_cluster_without_token(tmp_path: Path, ray_nodes) -> N
     assert "Token authentication is disabled" in (tmp_path / "node-0.log").read_text()
     # a client that has a token of its own must not send it (the cluster would lose its actors)
     client_home = tmp_path / "client-home"
-    subprocess.run([*RAY, "get-auth-token", "--generate"], env=_env(client_home), check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [*RAY, "get-auth-token", "--generate"],
+        env=_env(client_home),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     _completed(_run_one(tmp_path, address, _env(client_home), "no-auth"), tmp_path / "no-auth", 1)
 
 
@@ -341,7 +425,9 @@ def three_nodes(monkeypatch: pytest.MonkeyPatch):
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])  # the nodes' workers import the plugins
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
+    )
     try:
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         cluster.wait_for_nodes()
@@ -354,25 +440,41 @@ def test_a_node_lost_mid_suite_has_its_run_rerun_elsewhere(tmp_path: Path, three
     cluster, (kept, lost) = three_nodes
     starts = tmp_path / "starts"
     starts.mkdir()
-    suite = _suite(tmp_path, SMALL.replace("losses: [softmax, pod]\n", "").replace("seeds: 2", "seeds: 4")
-                   + textwrap.dedent(f"""
+    suite = _suite(
+        tmp_path,
+        SMALL.replace("losses: [softmax, pod]\n", "").replace("seeds: 2", "seeds: 4")
+        + textwrap.dedent(f"""
         imports: [engine_test_plugins]
         losses: [{{name: test-slow, params: {{folder: "{starts}", seconds: 0.5}}}}]
         limit_train: 128
         limit_eval: 64
         batch_size: 16
-    """))
+    """),
+    )
     results = tmp_path / "results"
     driver = subprocess.Popen(
-        [PODBENCH, "run", str(suite), "--results", str(results), "--address", cluster.address,
-         "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+        [
+            PODBENCH,
+            "run",
+            str(suite),
+            "--results",
+            str(results),
+            "--address",
+            cluster.address,
+            "--no-report",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
         start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 240
         while not [p for p in starts.iterdir() if p.name.split(".")[1] == lost.node_id]:
             assert driver.poll() is None and time.monotonic() < deadline, (
-                driver.stdout.read() if driver.stdout else "")
+                driver.stdout.read() if driver.stdout else ""
+            )
             time.sleep(0.2)
         cluster.remove_node(lost, allow_graceful=False)  # the node is gone, mid-run
         output, _ = driver.communicate(timeout=400)
@@ -400,21 +502,30 @@ def test_a_node_lost_mid_suite_has_its_run_rerun_elsewhere(tmp_path: Path, three
 
 def _mount_namespaces() -> bool:
     try:
-        probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
-                               capture_output=True, timeout=30, check=False)
+        probe = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "true"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return probe.returncode == 0
 
 
 @pytest.mark.skipif(not _mount_namespaces(), reason="needs mount namespaces (unshare -m)")
-@pytest.mark.parametrize(("mount", "says"), [
-    # the node sees an empty disk of its own at that path: results would never reach the driver
-    ("mount -t tmpfs none {folder}", "that node does not see the driver's results folder"),
-    # the node sees the folder, read-only
-    ("mount --bind {folder} {folder} && mount -o remount,bind,ro {folder}",
-     "Read-only file system"),
-])
+@pytest.mark.parametrize(
+    ("mount", "says"),
+    [
+        # the node sees an empty disk of its own at that path: results would never reach the driver
+        ("mount -t tmpfs none {folder}", "that node does not see the driver's results folder"),
+        # the node sees the folder, read-only
+        (
+            "mount --bind {folder} {folder} && mount -o remount,bind,ro {folder}",
+            "Read-only file system",
+        ),
+    ],
+)
 def test_a_node_that_cannot_write_the_results_fails_the_suite_at_once(
     tmp_path: Path, ray_nodes, mount: str, says: str
 ) -> None:
@@ -422,14 +533,26 @@ def test_a_node_that_cannot_write_the_results_fails_the_suite_at_once(
     results = tmp_path / "shared" / "results"
     results.mkdir(parents=True)
     # a worker node whose view of the results folder differs: its own mount namespace
-    script = f"{mount.format(folder=results.parent)} && exec \"$@\""
-    worker = ray_nodes(f"--address={address}", "--num-cpus=1", env=_env(tmp_path / "home"),
-                       prefix=["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"])
+    script = f'{mount.format(folder=results.parent)} && exec "$@"'
+    worker = ray_nodes(
+        f"--address={address}",
+        "--num-cpus=1",
+        env=_env(tmp_path / "home"),
+        prefix=["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"],
+    )
     _wait_for(worker, "Ray runtime started")
     suite = _suite(tmp_path, ONE_RUN)
     start = time.monotonic()
-    proc = _podbench("run", str(suite), "--results", str(results), "--address", address,
-                     "--no-report", env=_env(tmp_path / "home"))
+    proc = _podbench(
+        "run",
+        str(suite),
+        "--results",
+        str(results),
+        "--address",
+        address,
+        "--no-report",
+        env=_env(tmp_path / "home"),
+    )
     error = _one_sentence(proc)
     assert f"--results {results}: Ray node" in error and says in error
     assert "cannot write run records there" in error and "shared volume" in error
@@ -438,7 +561,15 @@ def test_a_node_that_cannot_write_the_results_fails_the_suite_at_once(
 
 def test_unreachable_address_is_a_user_error(tmp_path: Path) -> None:
     suite = _suite(tmp_path, SMALL)
-    proc = _podbench("run", str(suite), "--results", str(tmp_path / "r"), "--address",
-                     f"127.0.0.1:{_free_port()}", "--no-report", timeout=120)
+    proc = _podbench(
+        "run",
+        str(suite),
+        "--results",
+        str(tmp_path / "r"),
+        "--address",
+        f"127.0.0.1:{_free_port()}",
+        "--no-report",
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "--address" in proc.stderr and "Traceback" not in proc.stderr

@@ -45,8 +45,10 @@ def test_validate_warns_of_a_short_warmup(capsys: pytest.CaptureFixture[str]) ->
     # 2 epochs of 48 full batches: int(96 * 0.23) = 22 rising steps
     messages = warmup_warnings(short)
     assert len(messages) == 1
-    assert "rises over 22 steps only (triangular, warmup 0.23 of 96 steps), fewer than 50" in \
-        messages[0]
+    assert (
+        "rises over 22 steps only (triangular, warmup 0.23 of 96 steps), fewer than 50"
+        in messages[0]
+    )
     assert all(label in messages[0] for label in ("pod", "softmax", "label-smoothing"))
     assert warmup_warnings(load_suite("fast-cifar10", build_losses=False).expand()) == []
     assert main(["validate", "fast-cifar10", "--set", "epochs=2"]) == 0
@@ -56,18 +58,29 @@ def test_validate_warns_of_a_short_warmup(capsys: pytest.CaptureFixture[str]) ->
 def test_a_suite_sets_run_settings_per_loss() -> None:
     runs = load_suite("fast-cifar10", ["seeds=[0]"], build_losses=False).expand()
     proj = {r.label: (r.proj, r.variant, r.loss_params) for r in runs}
-    assert proj == {"pod": ("linear", None, {}), "softmax": ("none", None, {"bias": False}),
-                    "label-smoothing": ("none", "eps-0.2", {"bias": False})}
+    assert proj == {
+        "pod": ("linear", None, {}),
+        "softmax": ("none", None, {"bias": False}),
+        "label-smoothing": ("none", "eps-0.2", {"bias": False}),
+    }
     # the other settings stay the suite's
-    assert {(r.lr, r.schedule, r.lookahead, r.tta) for r in runs} == {(1.5, "triangular", True, True)}
+    assert {(r.lr, r.schedule, r.lookahead, r.tta) for r in runs} == {
+        (1.5, "triangular", True, True)
+    }
 
 
-@pytest.mark.parametrize(("settings", "words"), [
-    ("{lrr: 0.1}", "['lrr'] are not run settings"),
-    ("{gpus: 1}", "['gpus'] apply to the whole suite"),
-])
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ("{lrr: 0.1}", "['lrr'] are not run settings"),
+        ("{gpus: 1}", "['gpus'] apply to the whole suite"),
+    ],
+)
 def test_per_loss_settings_errors_name_the_field(settings: str, words: str) -> None:
     with pytest.raises(UserError, match=r"losses\.0\.settings") as err:
-        load_suite("fast-cifar10", [f"losses=[{{name: softmax, settings: {settings}}}]"],
-                   build_losses=False)
+        load_suite(
+            "fast-cifar10",
+            [f"losses=[{{name: softmax, settings: {settings}}}]"],
+            build_losses=False,
+        )
     assert words in str(err.value)

@@ -30,10 +30,34 @@ HERE = Path(__file__).resolve().parent
 
 # The keys of a schema-4 record file, written out by hand: every path must write all of them.
 SCHEMA_4_KEYS = {
-    "schema", "run_id", "suite", "label", "loss", "variant", "dataset", "arch", "feat_dim",
-    "num_classes", "seed", "spec", "status", "error", "history", "final_test_acc", "best_test_acc",
-    "epochs_completed", "late_acc_gain", "still_improving", "wall_time_s", "cpu_time_s",
-    "images_per_s", "geometry", "evaluation", "env", "started_at", "finished_at",
+    "schema",
+    "run_id",
+    "suite",
+    "label",
+    "loss",
+    "variant",
+    "dataset",
+    "arch",
+    "feat_dim",
+    "num_classes",
+    "seed",
+    "spec",
+    "status",
+    "error",
+    "history",
+    "final_test_acc",
+    "best_test_acc",
+    "epochs_completed",
+    "late_acc_gain",
+    "still_improving",
+    "wall_time_s",
+    "cpu_time_s",
+    "images_per_s",
+    "geometry",
+    "evaluation",
+    "env",
+    "started_at",
+    "finished_at",
 }
 
 
@@ -52,11 +76,26 @@ def _test_plugins_on_one_thread() -> Iterator[None]:
 
 
 def _run(loss: str = "softmax", params: dict | None = None, **settings: Any) -> RunSpec:
-    base = dict(epochs=2, lr=0.05, batch_size=64, schedule="constant", device="cpu",
-                limit_train=200, limit_eval=100)
+    base = dict(
+        epochs=2,
+        lr=0.05,
+        batch_size=64,
+        schedule="constant",
+        device="cpu",
+        limit_train=200,
+        limit_eval=100,
+    )
     base.update(settings)
-    return resolve_run(RunSettings(**base), suite="t", loss=loss, dataset="digits", arch="mlp",
-                       seed=0, feat_dim=8, loss_params=params)
+    return resolve_run(
+        RunSettings(**base),
+        suite="t",
+        loss=loss,
+        dataset="digits",
+        arch="mlp",
+        seed=0,
+        feat_dim=8,
+        loss_params=params,
+    )
 
 
 def _strict(text: str) -> Any:
@@ -82,14 +121,17 @@ def path_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
     failed = train_run(_run("test-raising"))
     store = ResultsStore(tmp_path_factory.mktemp("died"))
     error_file = store.root / "error.txt"
-    error_file.write_text("Traceback (most recent call last):\n  ...\nray.exceptions.WorkerCrashedError\n")
+    error_file.write_text(
+        "Traceback (most recent call last):\n  ...\nray.exceptions.WorkerCrashedError\n"
+    )
     died = worker_failure_record(store, _run(lr=0.07).model_dump(mode="json"), error_file)
     return {"completed": completed, "diverged": diverged, "failed": failed, "died": died}
 
 
 @pytest.mark.parametrize("path", ["completed", "diverged", "failed", "died"])
-def test_every_path_writes_the_one_schema(path_records: dict[str, dict[str, Any]], path: str,
-                                          tmp_path: Path) -> None:
+def test_every_path_writes_the_one_schema(
+    path_records: dict[str, dict[str, Any]], path: str, tmp_path: Path
+) -> None:
     record = path_records[path]
     _check_against_schema(record)
     store = ResultsStore(tmp_path)
@@ -128,40 +170,108 @@ def test_each_path_says_what_happened(path_records: dict[str, dict[str, Any]]) -
 def _schema_1_record() -> dict[str, Any]:
     """A record exactly as the engine wrote it before schema 2 (commit 3a8f6ee)."""
     return {
-        "schema": 1, "run_id": "0123456789abcdef", "suite": "quickstart", "label": "pod",
-        "loss": "pod", "variant": None, "dataset": "fashion-mnist", "arch": "small-cnn",
-        "feat_dim": 32, "seed": 0,
-        "spec": {"suite": "quickstart", "loss": "pod", "variant": None,
-                 "loss_params": {"alpha": 1.5}, "dataset": "fashion-mnist", "epochs": 2,
-                 "lr": 0.1, "milestones": [1]},
-        "status": "completed", "error": None,
+        "schema": 1,
+        "run_id": "0123456789abcdef",
+        "suite": "quickstart",
+        "label": "pod",
+        "loss": "pod",
+        "variant": None,
+        "dataset": "fashion-mnist",
+        "arch": "small-cnn",
+        "feat_dim": 32,
+        "seed": 0,
+        "spec": {
+            "suite": "quickstart",
+            "loss": "pod",
+            "variant": None,
+            "loss_params": {"alpha": 1.5},
+            "dataset": "fashion-mnist",
+            "epochs": 2,
+            "lr": 0.1,
+            "milestones": [1],
+        },
+        "status": "completed",
+        "error": None,
         "history": [
-            {"epoch": 0, "train_loss": 0.41, "parts": {"nac": 0.3, "sc": 0.11}, "train_acc": 0.81,
-             "test_acc": 0.85, "val_acc": None, "lr": 0.1, "seconds": 12.3},
-            {"epoch": 1, "train_loss": 0.31, "parts": {"nac": 0.2, "sc": 0.11}, "train_acc": 0.86,
-             "test_acc": 0.87, "val_acc": None, "lr": 0.01, "seconds": 12.1},
+            {
+                "epoch": 0,
+                "train_loss": 0.41,
+                "parts": {"nac": 0.3, "sc": 0.11},
+                "train_acc": 0.81,
+                "test_acc": 0.85,
+                "val_acc": None,
+                "lr": 0.1,
+                "seconds": 12.3,
+            },
+            {
+                "epoch": 1,
+                "train_loss": 0.31,
+                "parts": {"nac": 0.2, "sc": 0.11},
+                "train_acc": 0.86,
+                "test_acc": 0.87,
+                "val_acc": None,
+                "lr": 0.01,
+                "seconds": 12.1,
+            },
         ],
-        "final_test_acc": 0.87, "best_test_acc": 0.87, "epochs_completed": 2,
-        "wall_time_s": 40.1, "cpu_time_s": 70.3, "images_per_s": 1500.0,
-        "geometry": {"mean_cos_to_center": 0.93, "min_interclass_angle_deg": 88.1,
-                     "mean_abs_offdiag_corr": 0.05, "mean_feature_norm": 7.2},
-        "env": {"podbench": "0.1.0", "torch": "2.5.1", "python": "3.11.7", "device": "cpu",
-                "git_commit": "abc123", "hostname": "x", "ray": "2.40.0", "threads": 4},
-        "started_at": "2026-11-28T14:00:00+00:00", "finished_at": "2026-11-28T14:00:40+00:00",
+        "final_test_acc": 0.87,
+        "best_test_acc": 0.87,
+        "epochs_completed": 2,
+        "wall_time_s": 40.1,
+        "cpu_time_s": 70.3,
+        "images_per_s": 1500.0,
+        "geometry": {
+            "mean_cos_to_center": 0.93,
+            "min_interclass_angle_deg": 88.1,
+            "mean_abs_offdiag_corr": 0.05,
+            "mean_feature_norm": 7.2,
+        },
+        "env": {
+            "podbench": "0.1.0",
+            "torch": "2.5.1",
+            "python": "3.11.7",
+            "device": "cpu",
+            "git_commit": "abc123",
+            "hostname": "x",
+            "ray": "2.40.0",
+            "threads": 4,
+        },
+        "started_at": "2026-11-28T14:00:00+00:00",
+        "finished_at": "2026-11-28T14:00:40+00:00",
     }
 
 
 def _schema_1_worker_died() -> dict[str, Any]:
     """The executor's schema-1 record of a dead worker: it had no cpu_time_s."""
     return {
-        "schema": 1, "run_id": "fedcba9876543210", "suite": "quickstart", "label": "softmax",
-        "loss": "softmax", "variant": None, "dataset": "fashion-mnist", "arch": "small-cnn",
-        "feat_dim": 32, "seed": 1, "spec": {"loss": "softmax", "seed": 1}, "status": "failed",
-        "error": {"type": "WorkerDied", "message": "the worker died", "traceback": None,
-                  "epoch": None},
-        "history": [], "final_test_acc": None, "best_test_acc": None, "epochs_completed": 0,
-        "wall_time_s": None, "images_per_s": None, "geometry": None, "env": None,
-        "started_at": None, "finished_at": "2026-11-28T14:01:00+00:00",
+        "schema": 1,
+        "run_id": "fedcba9876543210",
+        "suite": "quickstart",
+        "label": "softmax",
+        "loss": "softmax",
+        "variant": None,
+        "dataset": "fashion-mnist",
+        "arch": "small-cnn",
+        "feat_dim": 32,
+        "seed": 1,
+        "spec": {"loss": "softmax", "seed": 1},
+        "status": "failed",
+        "error": {
+            "type": "WorkerDied",
+            "message": "the worker died",
+            "traceback": None,
+            "epoch": None,
+        },
+        "history": [],
+        "final_test_acc": None,
+        "best_test_acc": None,
+        "epochs_completed": 0,
+        "wall_time_s": None,
+        "images_per_s": None,
+        "geometry": None,
+        "env": None,
+        "started_at": None,
+        "finished_at": "2026-11-28T14:01:00+00:00",
     }
 
 
@@ -193,7 +303,9 @@ def test_a_newer_or_broken_record_is_one_sentence(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "0123456789abcdef.json"
     path.parent.mkdir()
     path.write_text(json.dumps(_schema_1_record() | {"schema": 5}))
-    with pytest.raises(UserError, match=r"schema-5 run record from a newer podbench.*upgrade podbench"):
+    with pytest.raises(
+        UserError, match=r"schema-5 run record from a newer podbench.*upgrade podbench"
+    ):
         load_record(path)
     path.write_bytes(b"\x00\x01binary")
     with pytest.raises(UserError, match="binary file") as err:
@@ -201,14 +313,17 @@ def test_a_newer_or_broken_record_is_one_sentence(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="binary file"):
         load_results(tmp_path)
-    path.write_text(json.dumps(_schema_1_record() | {"final_test_acc": 87.0}))  # percent, not a fraction
+    path.write_text(
+        json.dumps(_schema_1_record() | {"final_test_acc": 87.0})
+    )  # percent, not a fraction
     with pytest.raises(UserError, match=r"the field final_test_acc is invalid .*87\.0"):
         load_record(path)
 
 
 def test_non_finite_values_are_written_as_null() -> None:
-    record = parse_record(_schema_1_record() | {"geometry": {"mean_feature_norm": math.nan},
-                                                "wall_time_s": math.inf})
+    record = parse_record(
+        _schema_1_record() | {"geometry": {"mean_feature_norm": math.nan}, "wall_time_s": math.inf}
+    )
     data = _strict(record.to_json_text())
     assert data["geometry"] == {"mean_feature_norm": None} and data["wall_time_s"] is None
 
@@ -230,9 +345,17 @@ def test_results_csv_and_report_share_the_columns(tmp_path: Path) -> None:
     # what the report derives across runs (condition blocks, mCE against softmax) is added in
     # its own view (podbench.reports.criteria.with_criteria), not to the loaded table
     assert list(csv.columns) == list(report.columns)
-    for name in ("geometry.mean_cos_to_center", "geometry.effective_rank", "env.device",
-                 "evaluation.calibration.ece", "evaluation.ood.auroc", "error.type",
-                 "spec.loss_params.alpha", "last_epoch.parts.nac", "cpu_time_s"):
+    for name in (
+        "geometry.mean_cos_to_center",
+        "geometry.effective_rank",
+        "env.device",
+        "evaluation.calibration.ece",
+        "evaluation.ood.auroc",
+        "error.type",
+        "spec.loss_params.alpha",
+        "last_epoch.parts.nac",
+        "cpu_time_s",
+    ):
         assert name in csv.columns, name
     assert "history" not in csv.columns and "error.traceback" not in csv.columns
     by_id = csv.set_index("run_id")
@@ -262,16 +385,23 @@ def test_results_and_report_files_get_umask_permissions(tmp_path: Path, umask: i
     try:
         store = ResultsStore(tmp_path)
         store.write_record(_schema_1_record())
-        store.write_record(_schema_1_worker_died() | {"run_id": "1111111111111111", "label": "pod",
-                                                       "status": "completed", "error": None})
+        store.write_record(
+            _schema_1_worker_died()
+            | {"run_id": "1111111111111111", "label": "pod", "status": "completed", "error": None}
+        )
         store.write_table()
         store.write_suite({"name": "t"})
         html = build_report(tmp_path, tmp_path / "report", control="pod")
     finally:
         os.umask(old)
     expected = {0o022: 0o644, 0o027: 0o640}[umask]
-    files = [store.record_path("0123456789abcdef"), tmp_path / "results.csv",
-             tmp_path / "suite.yaml", html, html.with_name("stats.json"),
-             html.with_name("report.tex")]
+    files = [
+        store.record_path("0123456789abcdef"),
+        tmp_path / "results.csv",
+        tmp_path / "suite.yaml",
+        html,
+        html.with_name("stats.json"),
+        html.with_name("report.tex"),
+    ]
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == expected, path

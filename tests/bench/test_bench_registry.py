@@ -100,13 +100,16 @@ def test_check_name_suggests_the_kebab_form() -> None:
         check_name("architecture", "MobileNet_V2")
 
 
-@pytest.mark.parametrize(("typed", "expected"), [
-    ("mobilenet_v2", "mobilenet-v2"),  # the old snake_case spelling, whatever difflib thinks
-    ("Fashion_MNIST", "fashion-mnist"),
-    ("resnet-50", "resnet50"),
-    ("arcfce", "arcface"),
-    ("zzzzzz", None),
-])
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("mobilenet_v2", "mobilenet-v2"),  # the old snake_case spelling, whatever difflib thinks
+        ("Fashion_MNIST", "fashion-mnist"),
+        ("resnet-50", "resnet50"),
+        ("arcfce", "arcface"),
+        ("zzzzzz", None),
+    ],
+)
 def test_closest_name(typed: str, expected: str | None) -> None:
     names = ["mobilenet-v2", "mobilenet-v3", "fashion-mnist", "mnist", "resnet50", "arcface"]
     assert closest_name(typed, names) == expected
@@ -118,8 +121,10 @@ def test_registry_unknown_name_is_one_sentence_with_the_closest_name() -> None:
     probes.add(ProbeInfo("knn-probe"), owner=KnnProbe)
     with pytest.raises(UserError) as err:
         probes.get("linear_probe")
-    assert str(err.value) == ("unknown probe 'linear_probe' (did you mean 'linear-probe'?); "
-                              "registered probes are: knn-probe, linear-probe.")
+    assert str(err.value) == (
+        "unknown probe 'linear_probe' (did you mean 'linear-probe'?); "
+        "registered probes are: knn-probe, linear-probe."
+    )
     with pytest.raises(UserError) as err:
         probes.owner("qqqqqq")
     assert "did you mean" not in str(err.value) and "knn-probe, linear-probe" in str(err.value)
@@ -136,28 +141,35 @@ def test_registry_scratch_undoes_registrations() -> None:
     assert probes.names() == ["linear-probe"]
 
 
-def test_registry_imports_its_builtin_modules_on_first_use(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "probe_kind_builtins.py").write_text(textwrap.dedent("""
+def test_registry_imports_its_builtin_modules_on_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "probe_kind_builtins.py").write_text(
+        textwrap.dedent("""
         from podbench.registry import Registry
         from test_probe_info import ProbeInfo
         PROBES = Registry("probe", plural="probes", group=None, decorator="register_probe",
                           builtins=("probe_kind_builtins_defs",))
-    """))
-    (tmp_path / "test_probe_info.py").write_text(textwrap.dedent("""
+    """)
+    )
+    (tmp_path / "test_probe_info.py").write_text(
+        textwrap.dedent("""
         from dataclasses import dataclass
         @dataclass(frozen=True)
         class ProbeInfo:
             name: str
             aliases: tuple = ()
             source: str = "podbench"
-    """))
-    (tmp_path / "probe_kind_builtins_defs.py").write_text(textwrap.dedent("""
+    """)
+    )
+    (tmp_path / "probe_kind_builtins_defs.py").write_text(
+        textwrap.dedent("""
         from probe_kind_builtins import PROBES
         from test_probe_info import ProbeInfo
         class Builtin: ...
         PROBES.add(ProbeInfo("builtin-probe"), owner=Builtin)
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     import probe_kind_builtins  # noqa: PLC0415  (written by this test)
 
@@ -167,7 +179,7 @@ def test_registry_imports_its_builtin_modules_on_first_use(tmp_path: Path,
 
 # -- entry points: one loader for every kind ---------------------------------------------------
 
-PLUGIN_MODULE = '''
+PLUGIN_MODULE = """
 from pathlib import Path
 
 import torch
@@ -217,9 +229,9 @@ class Undecorated(DatasetSource):
 
     def read(self, located, *, image_size):
         raise NotImplementedError
-'''
+"""
 
-PROBE_KIND = '''
+PROBE_KIND = """
 from dataclasses import dataclass
 
 from podbench.registry import Registry
@@ -240,16 +252,16 @@ def register_probe(name):
         PROBES.add(ProbeInfo(name), owner=cls)
         return cls
     return decorate
-'''
+"""
 
-PROBE_PLUGIN = '''
+PROBE_PLUGIN = """
 from {p}_probe_kind import register_probe
 
 
 @register_probe("{p}-probe")
 class Probe:
     pass
-'''
+"""
 
 
 def _distribution(site: Path, name: str, entry_points: str) -> None:
@@ -269,7 +281,10 @@ def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (site / f"{prefix}_mod.py").write_text(PLUGIN_MODULE.format(p=prefix))
     (site / f"{prefix}_probe_kind.py").write_text(PROBE_KIND)
     (site / f"{prefix}_probe_plugin.py").write_text(PROBE_PLUGIN.format(p=prefix))
-    _distribution(site, f"{prefix}-dist", f"""
+    _distribution(
+        site,
+        f"{prefix}-dist",
+        f"""
         [podbench.losses]
         {prefix}-ce = {prefix}_mod:TemperedCE
         [podbench.datasets]
@@ -280,7 +295,8 @@ def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         {prefix}-flat = {prefix}_mod:flat
         [podbench.probes]
         {prefix}-probe = {prefix}_probe_plugin
-    """)
+    """,
+    )
     with LOSSES.scratch(), DATASETS.scratch(), ARCHS.scratch():
         monkeypatch.syspath_prepend(str(site))
         yield prefix
@@ -301,7 +317,9 @@ def test_entry_points_of_every_kind_load_through_the_one_loader(
     assert "is not decorated with @register_dataset" in broken[f"{p}-undecorated"]
     assert f"{p}_no_such_module" in broken[f"{p}-missing"]
     assert {str(w.message).split(":")[0] for w in caught} == {
-        f"podbench dataset plugin '{p}-undecorated'", f"podbench dataset plugin '{p}-missing'"}
+        f"podbench dataset plugin '{p}-undecorated'",
+        f"podbench dataset plugin '{p}-missing'",
+    }
 
     # each kind names the distribution that provides it, whichever group imported the module
     assert loss_info(f"{p}-ce").source == dist
@@ -336,14 +354,20 @@ def test_entry_points_of_every_kind_load_through_the_one_loader(
     assert probes.get(f"{p}-probe").source == dist
 
 
-@pytest.mark.parametrize(("lookup", "old", "new"), [
-    (loss_info, "label_smoothing", "label-smoothing"),
-    (dataset_info, "fashion_mnist", "fashion-mnist"),
-    (lambda n: arch_info(n), "mobilenet_v2", "mobilenet-v2"),
-    (lambda n: create_arch(n, in_channels=3, image_size=32, feat_dim=4), "small_cnn",
-     "small-cnn"),
-    (lambda n: load_task(n), "cifar-11", "cifar-10"),
-])
+@pytest.mark.parametrize(
+    ("lookup", "old", "new"),
+    [
+        (loss_info, "label_smoothing", "label-smoothing"),
+        (dataset_info, "fashion_mnist", "fashion-mnist"),
+        (lambda n: arch_info(n), "mobilenet_v2", "mobilenet-v2"),
+        (
+            lambda n: create_arch(n, in_channels=3, image_size=32, feat_dim=4),
+            "small_cnn",
+            "small-cnn",
+        ),
+        (lambda n: load_task(n), "cifar-11", "cifar-10"),
+    ],
+)
 def test_every_kind_answers_an_old_or_wrong_spelling_with_the_closest_name(lookup, old, new):
     with pytest.raises(UserError) as err:
         lookup(old)

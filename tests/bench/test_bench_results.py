@@ -15,16 +15,43 @@ from podbench.record import RunRecord
 from podbench.results import ResultsStore
 
 
-def _record(run_id: str, label: str, seed: int, acc: float | None, status: str = "completed") -> dict:
+def _record(
+    run_id: str, label: str, seed: int, acc: float | None, status: str = "completed"
+) -> dict:
     return RunRecord(
-        run_id=run_id, suite="s", label=label, loss=label, variant=None, dataset="digits",
-        arch="mlp", feat_dim=8, seed=seed, spec={"epochs": 1, "lr": 0.1, "loss_params": {}},
-        status=status, error=None,
-        history=[{"epoch": 0, "train_loss": 1.0, "parts": {}, "train_acc": 0.5,
-                  "test_acc": acc, "val_acc": None, "lr": 0.1, "seconds": 1.0}],
-        final_test_acc=acc, best_test_acc=acc, epochs_completed=1, wall_time_s=2.0,
-        images_per_s=100.0, geometry={"mean_feature_norm": 3.0}, env={"git_commit": "x"},
-        started_at="t0", finished_at="t1",
+        run_id=run_id,
+        suite="s",
+        label=label,
+        loss=label,
+        variant=None,
+        dataset="digits",
+        arch="mlp",
+        feat_dim=8,
+        seed=seed,
+        spec={"epochs": 1, "lr": 0.1, "loss_params": {}},
+        status=status,
+        error=None,
+        history=[
+            {
+                "epoch": 0,
+                "train_loss": 1.0,
+                "parts": {},
+                "train_acc": 0.5,
+                "test_acc": acc,
+                "val_acc": None,
+                "lr": 0.1,
+                "seconds": 1.0,
+            }
+        ],
+        final_test_acc=acc,
+        best_test_acc=acc,
+        epochs_completed=1,
+        wall_time_s=2.0,
+        images_per_s=100.0,
+        geometry={"mean_feature_norm": 3.0},
+        env={"git_commit": "x"},
+        started_at="t0",
+        finished_at="t1",
     ).to_json_dict()
 
 
@@ -55,7 +82,13 @@ def test_store_table_summary_and_final_statuses(tmp_path: Path) -> None:
 
     csv = pd.read_csv(store.write_table())  # pandas alone reads it
     assert len(csv) == 4
-    assert set(csv.columns) >= {"run_id", "label", "status", "final_test_acc", "geometry.mean_feature_norm"}
+    assert set(csv.columns) >= {
+        "run_id",
+        "label",
+        "status",
+        "final_test_acc",
+        "geometry.mean_feature_norm",
+    }
     summary = store.summary().set_index("label")
     assert summary.loc["pod", "test_acc_mean"] == pytest.approx(0.7)
     assert summary.loc["pod", "test_acc_std"] == pytest.approx(pd.Series([0.8, 0.6]).std())

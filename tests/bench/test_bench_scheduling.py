@@ -30,27 +30,54 @@ pytestmark = pytest.mark.usefixtures("one_thread_and_test_plugins")
 
 
 def _run(loss: str = "softmax", seed: int = 0, **settings: Any) -> RunSpec:
-    base = dict(epochs=1, lr=0.05, batch_size=64, schedule="constant", limit_train=256,
-                limit_eval=128, imports=["engine_test_plugins"])
+    base = dict(
+        epochs=1,
+        lr=0.05,
+        batch_size=64,
+        schedule="constant",
+        limit_train=256,
+        limit_eval=128,
+        imports=["engine_test_plugins"],
+    )
     base.update(settings)
-    return resolve_run(RunSettings(**base), suite="sched", loss=loss, dataset="digits",
-                       arch="mlp", seed=seed, feat_dim=16)
+    return resolve_run(
+        RunSettings(**base),
+        suite="sched",
+        loss=loss,
+        dataset="digits",
+        arch="mlp",
+        seed=seed,
+        feat_dim=16,
+    )
 
 
 # ---------------------------------------------------------------------------- suite fields
 
-SUITE = {"name": "gpus", "losses": ["softmax"], "datasets": ["digits"], "archs": ["mlp"],
-         "feat_dim": 16, "epochs": 1}
+SUITE = {
+    "name": "gpus",
+    "losses": ["softmax"],
+    "datasets": ["digits"],
+    "archs": ["mlp"],
+    "feat_dim": 16,
+    "epochs": 1,
+}
 
 
-@pytest.mark.parametrize(("overrides", "says"), [
-    (["gpus=1.5"], "field 'gpus': a run trains on one GPU, so 1.5 GPUs would leave the rest idle"),
-    (["gpus=2"], "so 2 GPUs would leave the rest idle; use 1, or a fraction such as 0.25"),
-    (["device=cpu", "gpus=1"], "gpus: 1 with device: cpu reserves a GPU the run never uses"),
-    (["device=cuda"], "device: cuda needs gpus > 0"),
-])
-def test_gpu_values_a_run_cannot_use_are_refused(tmp_path: Path, overrides: list[str],
-                                                  says: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (
+            ["gpus=1.5"],
+            "field 'gpus': a run trains on one GPU, so 1.5 GPUs would leave the rest idle",
+        ),
+        (["gpus=2"], "so 2 GPUs would leave the rest idle; use 1, or a fraction such as 0.25"),
+        (["device=cpu", "gpus=1"], "gpus: 1 with device: cpu reserves a GPU the run never uses"),
+        (["device=cuda"], "device: cuda needs gpus > 0"),
+    ],
+)
+def test_gpu_values_a_run_cannot_use_are_refused(
+    tmp_path: Path, overrides: list[str], says: str
+) -> None:
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(SUITE))
     with pytest.raises(UserError) as err:
@@ -58,8 +85,10 @@ def test_gpu_values_a_run_cannot_use_are_refused(tmp_path: Path, overrides: list
     assert says in str(err.value) and str(err.value).count(". ") == 0  # one sentence
 
 
-@pytest.mark.parametrize("overrides", [[], ["gpus=0.25"], ["gpus=0.5"], ["gpus=1"],
-                                       ["device=cuda", "gpus=0.3"], ["device=cpu"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["gpus=0.25"], ["gpus=0.5"], ["gpus=1"], ["device=cuda", "gpus=0.3"], ["device=cpu"]],
+)
 def test_gpu_values_a_run_uses_are_accepted(tmp_path: Path, overrides: list[str]) -> None:
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(SUITE))
@@ -69,13 +98,17 @@ def test_gpu_values_a_run_uses_are_accepted(tmp_path: Path, overrides: list[str]
 
 # ---------------------------------------------------------------------------- determinism
 
+
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_deterministic_setting_is_applied_and_recorded(deterministic: bool) -> None:
     from engine_test_plugins import FlagsLoss
 
     FlagsLoss.seen.clear()
-    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-              torch.are_deterministic_algorithms_enabled())
+    before = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+    )
     record = engine.train_run(_run("test-flags", device="cpu", deterministic=deterministic))
     assert record["status"] == "completed", record["error"]
     # (cudnn.benchmark, cudnn.deterministic, deterministic algorithms) while it trained
@@ -83,8 +116,11 @@ def test_deterministic_setting_is_applied_and_recorded(deterministic: bool) -> N
     assert FlagsLoss.seen and set(FlagsLoss.seen) == {expected}
     assert record["spec"]["deterministic"] is deterministic
     assert record["env"]["deterministic"] is deterministic
-    after = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-             torch.are_deterministic_algorithms_enabled())
+    after = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+    )
     assert after == before  # the next run in this process starts from the same flags
 
 
@@ -94,22 +130,28 @@ def test_ops_without_a_deterministic_kernel_are_recorded(deterministic: bool) ->
     # adaptive pooling's backward); the warning sits in a Ray worker's log, so the record says it
     with pytest.warns(UserWarning, match="a plugin's own warning"):  # other warnings pass through
         record = engine.train_run(
-            _run("test-nondeterministic", device="cpu", deterministic=deterministic))
+            _run("test-nondeterministic", device="cpu", deterministic=deterministic)
+        )
     assert record["status"] == "completed", record["error"]
     assert record["env"]["nondeterministic_ops"] == (["put_"] if deterministic else None)
     record = engine.train_run(_run("test-flags", device="cpu", deterministic=True))
     assert record["env"]["nondeterministic_ops"] == []  # softmax alone has none
 
 
-def test_checkpoints_keep_the_gpu_random_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoints_keep_the_gpu_random_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gpu_state = torch.arange(16, dtype=torch.uint8)
     restored: list[tuple[torch.Tensor, torch.device]] = []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": gpu_state.clone())
-    monkeypatch.setattr(torch.cuda, "set_rng_state",
-                        lambda state, device="cuda": restored.append((state, device)))
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((state, device))
+    )
     cuda = torch.device("cuda")
     states = checkpoints.rng_states(cuda)
-    assert torch.equal(states["cuda"], gpu_state) and torch.equal(states["cpu"], torch.get_rng_state())
+    assert torch.equal(states["cuda"], gpu_state) and torch.equal(
+        states["cpu"], torch.get_rng_state()
+    )
     checkpoints.restore_rng_states(states, cuda)
     assert len(restored) == 1 and torch.equal(restored[0][0], gpu_state) and restored[0][1] == cuda
     checkpoints.restore_rng_states(states, torch.device("cpu"))  # a CPU run leaves the GPU's alone
@@ -128,6 +170,7 @@ def test_checkpoints_keep_the_gpu_random_state(tmp_path: Path, monkeypatch: pyte
 
 
 # ---------------------------------------------------------------------------- the CPU share
+
 
 def _image_folder(root: Path) -> Path:
     from PIL import Image
@@ -148,10 +191,17 @@ def test_streamed_data_loader_workers_stay_within_the_cpu_share(
 ) -> None:
     monkeypatch.setenv("PODBENCH_STREAM_BYTES", "1")  # stream even these few images
     root = _image_folder(tmp_path / "images")
-    run = resolve_run(RunSettings(epochs=1, batch_size=4, device="cpu", cpus=cpus,
-                                  limit_eval=4, data_root=str(root)),
-                      suite="s", loss="softmax", dataset="imagefolder", arch="mlp", seed=0,
-                      feat_dim=8)
+    run = resolve_run(
+        RunSettings(
+            epochs=1, batch_size=4, device="cpu", cpus=cpus, limit_eval=4, data_root=str(root)
+        ),
+        suite="s",
+        loss="softmax",
+        dataset="imagefolder",
+        arch="mlp",
+        seed=0,
+        feat_dim=8,
+    )
     trainer = Trainer.of_run(run)
     try:
         task = trainer.parts.task
@@ -161,6 +211,7 @@ def test_streamed_data_loader_workers_stay_within_the_cpu_share(
 
 
 # ---------------------------------------------------------------------------- after a run
+
 
 def test_a_finished_run_is_freed_before_the_next() -> None:
     from engine_test_plugins import TrackedLoss
@@ -209,8 +260,9 @@ def test_fractional_runs_may_fill_only_their_share_of_gpu_memory(
     fractions: list[float] = []
     trained: list[RunSpec] = []
     monkeypatch.setattr(worker, "trial_device", lambda: ("cuda", ["3"]))
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
-                        lambda f, device=None: fractions.append(f))
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: fractions.append(f)
+    )
 
     def fake_train_run(run: RunSpec, **_: Any) -> dict[str, Any]:
         trained.append(run)  # the engine is not what is tested here
@@ -224,16 +276,28 @@ def test_fractional_runs_may_fill_only_their_share_of_gpu_memory(
 
 # ---------------------------------------------------------------------------- declared GPUs
 
+
 @pytest.fixture
 def ray_with_gpus(request: pytest.FixtureRequest) -> Any:
     """An embedded Ray of 4 CPUs with ``request.param`` declared (not real) GPUs."""
     import ray
 
-    ray.init(address="local", num_cpus=4, num_gpus=request.param, include_dashboard=False,
-             log_to_driver=False, runtime_env={"env_vars": {
-                 **ray_cluster.TRIAL_ENV,
-                 "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-                 "OMP_NUM_THREADS": "1"}})
+    ray.init(
+        address="local",
+        num_cpus=4,
+        num_gpus=request.param,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {
+                **ray_cluster.TRIAL_ENV,
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(HERE), os.environ.get("PYTHONPATH")])
+                ),
+                "OMP_NUM_THREADS": "1",
+            }
+        },
+    )
     yield request.param
     ray.shutdown()
 
@@ -243,14 +307,18 @@ def _probe(tmp_path: Path, gpus: list[float]) -> list[dict[str, Any]]:
     from engine_test_plugins import device_probe_trial
     from ray import tune
 
-    runs = [_run(gpus=g, cpus=0.5).model_copy(update={"label": str(i)}).model_dump(mode="json")
-            for i, g in enumerate(gpus)]
+    runs = [
+        _run(gpus=g, cpus=0.5).model_copy(update={"label": str(i)}).model_dump(mode="json")
+        for i, g in enumerate(gpus)
+    ]
     tuner = tune.Tuner(
         tune.with_resources(device_probe_trial, executor.trial_resources),
-        param_space={"run": tune.grid_search(runs), "folder": str(tmp_path),
-                     "together": len(gpus)},
-        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+        param_space={"run": tune.grid_search(runs), "folder": str(tmp_path), "together": len(gpus)},
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path / "tune"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
     )
     results = tuner.fit()
     assert not results.errors, results.errors
@@ -286,8 +354,9 @@ def test_suite_on_declared_gpus_without_cuda(ray_with_gpus: int, tmp_path: Path)
 
     runs = [_run("softmax"), _run("softmax", seed=1, gpus=1), _run("test-oom")]
     shown = io.StringIO()  # pytest's captured stdout would not pickle into Tune's callbacks
-    outcome = executor.run_suite(runs, tmp_path / "results", max_failures=0,
-                                 progress_stream=shown, rich_display=False)
+    outcome = executor.run_suite(
+        runs, tmp_path / "results", max_failures=0, progress_stream=shown, rich_display=False
+    )
     assert (outcome.completed, outcome.failed) == (1, 2)  # the suite went on
     store = ResultsStore(tmp_path / "results")
     cpu, gpu, oom = (store.read_record(r.run_id) for r in runs)
@@ -297,5 +366,7 @@ def test_suite_on_declared_gpus_without_cuda(ray_with_gpus: int, tmp_path: Path)
     # a GPU from Ray that torch cannot see: failed, saying so, not trained on the CPU instead
     assert gpu["status"] == "failed" and gpu["error"]["type"] == "GPUNotVisible"
     assert gpu["env"]["gpu_ids"] == ["0"] and gpu["history"] == []
-    assert gpu["error"]["message"].startswith("Ray gave this run GPU 0 but torch sees no CUDA device")
+    assert gpu["error"]["message"].startswith(
+        "Ray gave this run GPU 0 but torch sees no CUDA device"
+    )
     assert oom["status"] == "failed" and oom["error"]["type"] == "OutOfMemoryError"

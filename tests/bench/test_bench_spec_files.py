@@ -23,7 +23,7 @@ from podbench.errors import UserError
 from podbench.runs import RunSettings, resolve_run
 from podbench.suite_spec import load_suite
 
-PLUGIN = '''
+PLUGIN = """
 from podbench.losses import register_loss
 from podbench.losses.softmax import SoftmaxLoss
 
@@ -34,7 +34,7 @@ class ScaledSoftmax(SoftmaxLoss):
     def __init__(self, num_classes, feat_dim, *, scale=1.0):
         super().__init__(num_classes, feat_dim)
         self.scale = scale
-'''
+"""
 
 SUITE = {
     "name": "imported",
@@ -71,8 +71,13 @@ def test_a_module_named_in_imports_registers_a_usable_loss(
     with_import = tmp_path / f"{kind}-with.yaml"
     with_import.write_text(yaml.safe_dump({**spec, "imports": ["scaled_plugin"]}))
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", TWICE, str(without), str(with_import)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", TWICE, str(without), str(with_import)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "codes 2 0" in proc.stdout, (proc.stdout, proc.stderr)
     # without the import the loss is unknown, and the message names the field
@@ -84,16 +89,26 @@ def test_a_module_named_in_imports_registers_a_usable_loss(
 
 def test_an_imported_hyperparameter_is_checked_like_a_builtin_one(tmp_path: Path) -> None:
     (tmp_path / "scaled_plugin.py").write_text(PLUGIN)
-    bad = {**TUNE, "imports": ["scaled_plugin"],
-           "losses": {"imported-scaled": {"params": {"scal": 1.0}}}}
+    bad = {
+        **TUNE,
+        "imports": ["scaled_plugin"],
+        "losses": {"imported-scaled": {"params": {"scal": 1.0}}},
+    }
     path = tmp_path / "tune.yaml"
     path.write_text(yaml.safe_dump(bad))
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "podbench", "validate", str(path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "podbench", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2
-    assert ("field 'losses.imported-scaled.params.scal': 'imported-scaled' has no "
-            "hyperparameter 'scal'; use one of scale") in proc.stderr
+    assert (
+        "field 'losses.imported-scaled.params.scal': 'imported-scaled' has no "
+        "hyperparameter 'scal'; use one of scale"
+    ) in proc.stderr
 
 
 # ---------------------------------------------------------------------------- unreadable files
@@ -128,11 +143,17 @@ def _unreadable(tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch) -> t
 
 
 @pytest.mark.parametrize("case", sorted(UNREADABLE))
-@pytest.mark.parametrize(("verb", "what"), [("validate", "suite or tune file"),
-                                            ("run", "suite file"), ("tune", "tune file")])
+@pytest.mark.parametrize(
+    ("verb", "what"),
+    [("validate", "suite or tune file"), ("run", "suite file"), ("tune", "tune file")],
+)
 def test_unreadable_spec_file_is_one_sentence_exit_2_nothing_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    case: str, verb: str, what: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    verb: str,
+    what: str,
 ) -> None:
     path, phrase = _unreadable(tmp_path, case, monkeypatch)
     results = tmp_path / "results"
@@ -173,9 +194,18 @@ def test_moving_the_data_folder_keeps_run_ids(tmp_path: Path) -> None:
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump(SUITE | {"losses": ["pod", "softmax"], "seeds": 2}))
     here = load_suite(suite, [f"data_root={tmp_path / 'a'}"]).expand()
-    there = load_suite(suite, ["datasets=[{name: digits, data_root: /mnt/elsewhere}]",
-                               "device=cuda", "cpus=4", "gpus=0.5", "checkpoint=true",
-                               "channels_last=true", "compile=true"]).expand()
+    there = load_suite(
+        suite,
+        [
+            "datasets=[{name: digits, data_root: /mnt/elsewhere}]",
+            "device=cuda",
+            "cpus=4",
+            "gpus=0.5",
+            "checkpoint=true",
+            "channels_last=true",
+            "compile=true",
+        ],
+    ).expand()
     assert {r.data_root for r in here} != {r.data_root for r in there}
     assert [r.run_id for r in here] == [r.run_id for r in there]
     lr = load_suite(suite, [f"data_root={tmp_path / 'a'}", "lr=0.05"]).expand()
@@ -187,9 +217,17 @@ def test_moving_the_data_folder_keeps_run_ids(tmp_path: Path) -> None:
 def test_run_ids_made_before_the_change_still_match() -> None:
     # the id this run had when data_root, device, channels_last and compile were still hashed
     # (computed with the earlier code): finished results folders do not rerun their runs
-    run = resolve_run(RunSettings(epochs=3, lr=0.05, schedule="constant"), suite="s", loss="pod",
-                      dataset="digits", arch="mlp", seed=1, feat_dim=16, batch_size=64,
-                      loss_params={"sc_weight": 2.0})
+    run = resolve_run(
+        RunSettings(epochs=3, lr=0.05, schedule="constant"),
+        suite="s",
+        loss="pod",
+        dataset="digits",
+        arch="mlp",
+        seed=1,
+        feat_dim=16,
+        batch_size=64,
+        loss_params={"sc_weight": 2.0},
+    )
     assert run.run_id == "4b16644c4a0f6c13"
     moved = run.model_copy(update={"data_root": "/x", "device": "cuda"})
     assert moved.run_id == "4b16644c4a0f6c13"
@@ -199,8 +237,17 @@ def test_run_ids_made_before_the_change_still_match() -> None:
         del fields[name]
     # fields added later (probes, label noise, open set, airbench's recipe) are left out while
     # at their defaults
-    for name in ("evaluate", "label_noise", "open_set", "warmup", "drop_last", "augmentation",
-                 "lookahead", "tta", "proj"):
+    for name in (
+        "evaluate",
+        "label_noise",
+        "open_set",
+        "warmup",
+        "drop_last",
+        "augmentation",
+        "lookahead",
+        "tta",
+        "proj",
+    ):
         del fields[name]
     assert fields.pop("deterministic") is True  # added later too: hashed only away from True
     # not results, hashed at their old defaults whatever their value (channels_last is now "auto")
@@ -218,8 +265,10 @@ def test_tune_fingerprint_ignores_where_data_lives_and_where_trials_run() -> Non
     from podbench.tuning import TuneSpec
 
     base = TuneSpec.model_validate(TUNE | {"losses": {"softmax": {}}})
-    moved = TuneSpec.model_validate(base.model_dump() | {
-        "data_root": "/elsewhere", "device": "cpu", "cpus": 3, "imports": ["json"]})
+    moved = TuneSpec.model_validate(
+        base.model_dump()
+        | {"data_root": "/elsewhere", "device": "cpu", "cpus": 3, "imports": ["json"]}
+    )
     assert moved.fingerprint("softmax") == base.fingerprint("softmax")
     other = TuneSpec.model_validate(base.model_dump() | {"limit_train": 100})
     assert other.fingerprint("softmax") != base.fingerprint("softmax")
@@ -263,8 +312,10 @@ def test_tune_checks_the_data_is_present_like_run(
     empty = tmp_path / "no-data"
     empty.mkdir()
     results = tmp_path / "results"
-    assert main(["tune", "tune-quickstart", "--results", str(results),
-                 "--set", f"data_root={empty}"]) == 2
+    assert (
+        main(["tune", "tune-quickstart", "--results", str(results), "--set", f"data_root={empty}"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "field 'dataset': dataset 'fashion-mnist' was not found" in err and str(empty) in err
     assert "set data_root to its folder" in err
@@ -311,7 +362,11 @@ def test_an_alias_is_a_valid_name_in_suite_and_tune_files(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("field", "wrong", "meant"),
-    [("losses", "arcfce", "arcface"), ("datasets", "digit", "digits"), ("archs", "small_cnn", "small-cnn")],
+    [
+        ("losses", "arcfce", "arcface"),
+        ("datasets", "digit", "digits"),
+        ("archs", "small_cnn", "small-cnn"),
+    ],
 )
 def test_an_unknown_name_gets_the_closest_registered_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, wrong: str, meant: str
@@ -334,8 +389,14 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     return code, err
 
 
-PLAIN = {"name": "plain", "losses": ["pod", "softmax"], "datasets": ["digits"], "archs": ["mlp"],
-         "feat_dim": 16, "epochs": 2}
+PLAIN = {
+    "name": "plain",
+    "losses": ["pod", "softmax"],
+    "datasets": ["digits"],
+    "archs": ["mlp"],
+    "feat_dim": 16,
+    "epochs": 2,
+}
 DUPLICATED = """\
 name: dup
 losses:
@@ -376,9 +437,13 @@ def test_a_billion_laughs_file_is_refused_at_once(tmp_path: Path) -> None:
     # the timeout only stops a hang (the old code ran past 30 s); it is not the measure
     done = subprocess.run(
         [sys.executable, "-m", "podbench", "validate", str(path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    print(f"billion laughs refused in {time.perf_counter() - start:.2f} s (interpreter start included)")
+    print(
+        f"billion laughs refused in {time.perf_counter() - start:.2f} s (interpreter start included)"
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "expands to more than 100000 values through its anchors and aliases" in done.stderr
 
@@ -386,12 +451,19 @@ def test_a_billion_laughs_file_is_refused_at_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["seeds=1000000000000"], "field 'seeds': 1000000000000 seeds make more runs than "
-         "--max-runs 10000"),
+        (
+            ["seeds=1000000000000"],
+            "field 'seeds': 1000000000000 seeds make more runs than --max-runs 10000",
+        ),
         # 100 x 100 grid points x 6 seeds = 60,000 runs, counted, never built
-        ([f"losses=[{{name: cosface, grid: {{s: {list(range(1, 101))}, "
-          f"m: {[i / 1000 for i in range(100)]}}}}}]", "seeds=6"],
-         "the suite expands to 60,000 runs, more than --max-runs 10000"),
+        (
+            [
+                f"losses=[{{name: cosface, grid: {{s: {list(range(1, 101))}, "
+                f"m: {[i / 1000 for i in range(100)]}}}}}]",
+                "seeds=6",
+            ],
+            "the suite expands to 60,000 runs, more than --max-runs 10000",
+        ),
     ],
 )
 def test_a_huge_grid_is_refused_before_it_is_built(
@@ -405,7 +477,9 @@ def test_a_huge_grid_is_refused_before_it_is_built(
     assert code == 2 and needle in err and "raise --max-runs" in err
 
 
-def test_max_runs_raises_and_lowers_the_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_max_runs_raises_and_lowers_the_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _write(tmp_path, PLAIN)  # 2 losses x 3 seeds = 6 runs
     code, err = _cli(["validate", str(path), "--set", "seeds=3", "--max-runs", "5"], capsys)
     assert code == 2 and "expands to 6 runs, more than --max-runs 5" in err
@@ -424,7 +498,9 @@ def test_an_unwritable_results_folder_is_refused_before_anything_runs(
     suite = _write(tmp_path, PLAIN)
     code, err = _cli(["run", str(suite), "--results", str(folder), "--num-cpus", "1"], capsys)
     assert code == 2
-    assert f"--results {folder}: cannot write there" in err and "give a folder you can write to" in err
+    assert (
+        f"--results {folder}: cannot write there" in err and "give a folder you can write to" in err
+    )
 
 
 def test_a_huge_bad_value_is_quoted_as_an_excerpt(

@@ -46,13 +46,17 @@ def test_grid_expansion_labels_and_defaults(tmp_path: Path) -> None:
     labels = sorted({r.label for r in runs})
     assert labels == sorted(
         [f"{m}[feat_dim={d}]" for m in ("pod", "softmax") for d in (16, 32)]
-        + [f"{m}[{v},feat_dim={d}]" for m, v in
-           [("cosface", "s=16"), ("cosface", "s=30"), ("pod", "no-sc")] for d in (16, 32)]
+        + [
+            f"{m}[{v},feat_dim={d}]"
+            for m, v in [("cosface", "s=16"), ("cosface", "s=30"), ("pod", "no-sc")]
+            for d in (16, 32)
+        ]
     )
     for label in labels:
         assert sorted(r.seed for r in runs if r.label == label) == [0, 1]
         assert {f"feat_dim={r.feat_dim}]" for r in runs if r.label == label} == {
-            label[label.index("feat_dim="):]}
+            label[label.index("feat_dim=") :]
+        }
     cos16 = next(r for r in runs if r.label == "cosface[s=16,feat_dim=16]")
     assert cos16.loss_params == {"m": 0.2, "s": 16}
     assert {r.seed for r in runs} == {0, 1} and {r.feat_dim for r in runs} == {16, 32}
@@ -63,10 +67,13 @@ def test_grid_expansion_labels_and_defaults(tmp_path: Path) -> None:
 
 
 def test_dataset_entries_set_their_own_archs_and_training_length(tmp_path: Path) -> None:
-    text = SMALL.replace("datasets: [digits]", textwrap.dedent("""\
+    text = SMALL.replace(
+        "datasets: [digits]",
+        textwrap.dedent("""\
         datasets:
           - {name: digits, archs: [small-cnn, mlp], epochs: 20, limit_train: 300, limit_eval: 90, lr: 0.02}
-          - {name: synthetic, batch_size: 32, image_size: 12}"""))
+          - {name: synthetic, batch_size: 32, image_size: 12}"""),
+    )
     runs = load_suite(_write(tmp_path, text + "limit_eval: 50\n"), ["losses=[softmax]"]).expand()
     # blocks: digits x its own 2 archs, synthetic x the suite's 1; x 2 dims x 2 seeds
     by_block: dict[tuple[str, str], list[RunSpec]] = {}
@@ -79,14 +86,24 @@ def test_dataset_entries_set_their_own_archs_and_training_length(tmp_path: Path)
     assert digits.milestones == [6, 12, 18]  # 30/60/90 % of the dataset's own 20 epochs
     synth = by_block[("synthetic", "mlp")][0]
     assert (synth.epochs, synth.limit_train, synth.limit_eval, synth.lr, synth.batch_size) == (
-        10, None, 50, 0.1, 32)
+        10,
+        None,
+        50,
+        0.1,
+        32,
+    )
     assert (synth.image_size, digits.image_size) == (12, None)  # only the entry that sets it
     assert synth.milestones == [3, 6, 9]  # the suite's 10 epochs
 
 
 def test_dataset_archs_are_checked_with_their_field_path(tmp_path: Path) -> None:
-    path = _write(tmp_path, SMALL.replace("datasets: [digits]", "datasets: [{name: digits, archs: [resnet51]}]"))
-    with pytest.raises(UserError, match=r"field 'datasets\.0\.archs\.0': unknown architecture 'resnet51'"):
+    path = _write(
+        tmp_path,
+        SMALL.replace("datasets: [digits]", "datasets: [{name: digits, archs: [resnet51]}]"),
+    )
+    with pytest.raises(
+        UserError, match=r"field 'datasets\.0\.archs\.0': unknown architecture 'resnet51'"
+    ):
         load_suite(path)
 
 
@@ -97,18 +114,27 @@ def test_authors_dataset_defaults_fill_batch_and_latent_dim() -> None:
     assert run.milestones == [30, 60, 90]
     run100 = load_suite("paper-cifar100", build_losses=False).expand()[0]
     assert (run100.batch_size, run100.feat_dim) == (128, 512)
-    pedcc = [r for r in load_suite("paper-cifar100", build_losses=False).expand() if r.loss == "pedcc"]
+    pedcc = [
+        r for r in load_suite("paper-cifar100", build_losses=False).expand() if r.loss == "pedcc"
+    ]
     assert {r.variant for r in pedcc} == {"cifar100"} and {r.label for r in pedcc} == {"pedcc"}
 
 
 def test_run_id_covers_result_fields_only() -> None:
     run = load_suite("quickstart").expand()[0]
     assert len(run.run_id) == 16 and int(run.run_id, 16) >= 0
-    same = run.model_copy(update={"suite": "x", "cpus": 4.0, "gpus": 0.5, "checkpoint": True,
-                                  "label": "other"})
+    same = run.model_copy(
+        update={"suite": "x", "cpus": 4.0, "gpus": 0.5, "checkpoint": True, "label": "other"}
+    )
     assert RunSpec.model_validate(same.model_dump()).run_id == run.run_id
-    for change in ({"seed": 7}, {"lr": 0.2}, {"loss_params": {"sc_weight": 2.0}}, {"epochs": 4},
-                   {"variant": "no-sc"}, {"limit_train": 100}):
+    for change in (
+        {"seed": 7},
+        {"lr": 0.2},
+        {"loss_params": {"sc_weight": 2.0}},
+        {"epochs": 4},
+        {"variant": "no-sc"},
+        {"limit_train": 100},
+    ):
         assert RunSpec.model_validate({**run.model_dump(), **change}).run_id != run.run_id
 
 
@@ -116,11 +142,18 @@ def test_run_id_is_stable_across_processes() -> None:
     import podbench
 
     # each child imports the podbench under test (its file is checked) under another hash seed
-    code = ("import podbench; from podbench.suite_spec import load_suite; "
-            "print(podbench.__file__); print(load_suite('quickstart').expand()[4].run_id)")
+    code = (
+        "import podbench; from podbench.suite_spec import load_suite; "
+        "print(podbench.__file__); print(load_suite('quickstart').expand()[4].run_id)"
+    )
     outputs = [
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}).stdout.split()
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
+        ).stdout.split()
         for seed in ("0", "12345", "random")
     ]
     assert {file for file, _ in outputs} == {podbench.__file__}
@@ -139,8 +172,15 @@ def test_amp_off_unquoted_is_off_not_false(tmp_path: Path) -> None:
 def test_overrides_dotted_keys_and_yaml_values(tmp_path: Path) -> None:
     spec = load_suite(
         _write(tmp_path, SMALL),
-        ["epochs=2", "seeds=[5]", "losses.0.variant=null", "losses.1.variants=[no-nac]",
-         "datasets=[synthetic]", "feat_dim=8", "lr=0.01"],
+        [
+            "epochs=2",
+            "seeds=[5]",
+            "losses.0.variant=null",
+            "losses.1.variants=[no-nac]",
+            "datasets=[synthetic]",
+            "feat_dim=8",
+            "lr=0.01",
+        ],
     )
     runs = spec.expand()
     assert {r.epochs for r in runs} == {2} and {r.seed for r in runs} == {5}
@@ -157,8 +197,16 @@ def test_overrides_dotted_keys_and_yaml_values(tmp_path: Path) -> None:
         (SMALL + "epoch: 3\n", [], "field 'epoch': unknown field"),
         (SMALL, ["epochs=zero"], "field 'epochs'"),
         (SMALL, ["optimizer=adam"], "field 'optimizer'"),
-        (SMALL, ["losses.1.variants=[no-such]"], "field 'losses.1.variants': 'pod' has no variant 'no-such'"),
-        (SMALL, ["losses.2.params.q=1"], "field 'losses.2.params.q': 'cosface' has no hyperparameter 'q'"),
+        (
+            SMALL,
+            ["losses.1.variants=[no-such]"],
+            "field 'losses.1.variants': 'pod' has no variant 'no-such'",
+        ),
+        (
+            SMALL,
+            ["losses.2.params.q=1"],
+            "field 'losses.2.params.q': 'cosface' has no hyperparameter 'q'",
+        ),
         (SMALL, ["losses.0.name=softmaxx"], "field 'losses.0.name': unknown loss 'softmaxx'"),
         (SMALL, ["datasets=[cifar11]"], "field 'datasets.0.name': unknown dataset 'cifar11'"),
         (SMALL, ["archs=[resnet51]"], "field 'archs.0': unknown architecture 'resnet51'"),
@@ -168,11 +216,17 @@ def test_overrides_dotted_keys_and_yaml_values(tmp_path: Path) -> None:
         (SMALL, ["imports=[no_such_module_xyz]"], "field 'imports.0': cannot import module"),
         ("name: [unclosed\n", [], "not valid YAML"),
         ("- a list\n", [], "must be a YAML mapping"),
-        ("losses: [pod]\ndatasets: [digits]\narchs: [mlp]\n", [], "field 'name': required field is missing"),
+        (
+            "losses: [pod]\ndatasets: [digits]\narchs: [mlp]\n",
+            [],
+            "field 'name': required field is missing",
+        ),
         (SMALL, ["novalue"], "expected key=value"),
     ],
 )
-def test_malformed_specs_name_the_field(tmp_path: Path, text: str, overrides: list[str], needle: str) -> None:
+def test_malformed_specs_name_the_field(
+    tmp_path: Path, text: str, overrides: list[str], needle: str
+) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(UserError) as err:
         load_suite(path, overrides)
@@ -194,8 +248,9 @@ def test_cli_exit_2_and_nothing_written(tmp_path: Path, capsys: pytest.CaptureFi
     assert not results.exists()
 
 
-def test_run_with_missing_data_exits_2_before_writing(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_with_missing_data_exits_2_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     empty = tmp_path / "no-data"
     empty.mkdir()
     results = tmp_path / "results"
@@ -215,8 +270,12 @@ def test_validate_accepts_builtin_tune_files(capsys: pytest.CaptureFixture[str])
 def test_console_script_reports_field_path_with_exit_2(tmp_path: Path) -> None:
     bad = _write(tmp_path, SMALL, "bad.yaml")
     exe = Path(sys.executable).with_name("podbench")
-    proc = subprocess.run([str(exe), "validate", str(bad), "--set", "batch_size=-1"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [str(exe), "validate", str(bad), "--set", "batch_size=-1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "field 'batch_size'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -230,10 +289,21 @@ def test_builtin_suites_validate(name: str) -> None:
     assert runs and all(r.suite == name for r in runs)
     if name.startswith("paper-"):
         assert {r.loss for r in runs} == {
-            "pod", "pedcc", "softmax", "label-smoothing", "l-softmax", "sphereface", "cosface",
-            "arcface", "center", "cot"}
+            "pod",
+            "pedcc",
+            "softmax",
+            "label-smoothing",
+            "l-softmax",
+            "sphereface",
+            "cosface",
+            "arcface",
+            "center",
+            "cot",
+        }
         assert {r.arch for r in runs} == {"resnet50"} and {r.epochs for r in runs} == {100}
-        assert {(r.optimizer, r.lr, r.momentum, r.weight_decay) for r in runs} == {("sgd", 0.1, 0.9, 5e-4)}
+        assert {(r.optimizer, r.lr, r.momentum, r.weight_decay) for r in runs} == {
+            ("sgd", 0.1, 0.9, 5e-4)
+        }
         assert {tuple(r.milestones) for r in runs} == {(30, 60, 90)}
     if name == "quickstart":
         assert len(runs) == 15 and {r.dataset for r in runs} == {"fashion-mnist"}
@@ -300,8 +370,10 @@ def test_a_feat_dim_grid_is_one_method_per_size_in_validate_and_the_runs(
     path = _write(tmp_path, PLAIN)
     assert main(["validate", str(path), "--set", "feat_dim=[12, 16]"]) == 0
     out = capsys.readouterr().out
-    assert "4 method(s) (pod[feat_dim=12], pod[feat_dim=16], softmax[feat_dim=12], " \
-           "softmax[feat_dim=16])" in out
+    assert (
+        "4 method(s) (pod[feat_dim=12], pod[feat_dim=16], softmax[feat_dim=12], "
+        "softmax[feat_dim=16])" in out
+    )
     runs = load_suite(path, ["feat_dim=[12, 16]"], build_losses=False).expand()
     cells: dict[str, list[tuple[int, int]]] = {}
     for r in runs:
@@ -314,13 +386,17 @@ def test_a_feat_dim_grid_is_one_method_per_size_in_validate_and_the_runs(
 @pytest.mark.parametrize(
     ("losses", "needle"),
     [
-        ("[{name: pod, label: mine}, {name: softmax, label: mine}]",
-         "field 'losses.1.label': 'mine' is already the method of losses.0; give each loss "
-         "entry its own label."),
-        ("[{name: cosface, params: {m: 0.2}}, {name: cosface, params: {m: 0.5}}]",
-         "field 'losses.1': loss 'cosface' is listed again (as losses.0) and both would be "
-         "reported as the one method 'cosface'; give one of them a label (e.g. label: "
-         "cosface-b), or merge them into one entry with a grid."),
+        (
+            "[{name: pod, label: mine}, {name: softmax, label: mine}]",
+            "field 'losses.1.label': 'mine' is already the method of losses.0; give each loss "
+            "entry its own label.",
+        ),
+        (
+            "[{name: cosface, params: {m: 0.2}}, {name: cosface, params: {m: 0.5}}]",
+            "field 'losses.1': loss 'cosface' is listed again (as losses.0) and both would be "
+            "reported as the one method 'cosface'; give one of them a label (e.g. label: "
+            "cosface-b), or merge them into one entry with a grid.",
+        ),
     ],
 )
 def test_two_loss_entries_of_one_method_are_refused(
@@ -335,8 +411,10 @@ def test_a_dataset_listed_twice_with_other_settings_is_refused(
 ) -> None:
     both = "datasets=[digits, {name: digits, epochs: 5}]"
     err = _refused(["validate", str(_write(tmp_path, PLAIN)), "--set", both], capsys)
-    assert "method 'pod' on digits / mlp would pool runs of different settings as its seeds " \
-           "(epochs 2 vs 5, milestones [1] vs [2, 3, 4])" in err
+    assert (
+        "method 'pod' on digits / mlp would pool runs of different settings as its seeds "
+        "(epochs 2 vs 5, milestones [1] vs [2, 3, 4])" in err
+    )
     assert "give each setting its own label" in err
 
 
@@ -367,12 +445,28 @@ def test_run_refuses_to_join_a_method_of_other_settings_in_the_results_folder(
     path, results = _write(tmp_path, PLAIN), tmp_path / "out"
     _recorded(results, load_suite(path, build_losses=False).expand())
     # the same settings again: every run is done, nothing starts (so it asks no CPUs of Ray)
-    assert main(["run", str(path), "--results", str(results), "--no-report", "--num-cpus", "1",
-                 "--set", "cpus=64"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--results",
+                str(results),
+                "--no-report",
+                "--num-cpus",
+                "1",
+                "--set",
+                "cpus=64",
+            ]
+        )
+        == 0
+    )
     assert "already have records" in capsys.readouterr().out
     err = _refused(["run", str(path), "--results", str(results), "--set", "epochs=3"], capsys)
-    assert f"method 'pod' on digits / mlp already has runs in {results} with other settings " \
-           "(epochs 2 vs 3, milestones [1] vs [1, 2])" in err
+    assert (
+        f"method 'pod' on digits / mlp already has runs in {results} with other settings "
+        "(epochs 2 vs 3, milestones [1] vs [1, 2])" in err
+    )
     assert "give the loss its own label, or use another --results folder" in err
     # under its own label the new setting is a method of its own
     own = ["losses=[{name: pod, label: pod-3}, {name: softmax, label: softmax-3}]", "epochs=3"]
@@ -385,12 +479,18 @@ def test_a_run_asking_for_more_cpus_than_ray_has_is_refused_before_ray_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _write(tmp_path, PLAIN)
-    err = _refused(["run", str(path), "--results", str(tmp_path / "r"), "--num-cpus", "1",
-                    "--set", "cpus=2"], capsys)
-    assert "field 'cpus': each run asks for 2 CPUs, more than any node of the embedded Ray on " \
-           "this machine (1 CPUs, --num-cpus 1; " in err
-    assert "has, so it would wait forever; lower it (--set cpus=1), raise --num-cpus to 2, or " \
-           "give --address of a larger cluster." in err
+    err = _refused(
+        ["run", str(path), "--results", str(tmp_path / "r"), "--num-cpus", "1", "--set", "cpus=2"],
+        capsys,
+    )
+    assert (
+        "field 'cpus': each run asks for 2 CPUs, more than any node of the embedded Ray on "
+        "this machine (1 CPUs, --num-cpus 1; " in err
+    )
+    assert (
+        "has, so it would wait forever; lower it (--set cpus=1), raise --num-cpus to 2, or "
+        "give --address of a larger cluster." in err
+    )
     assert not (tmp_path / "r").exists()  # nothing written
 
 
@@ -399,12 +499,16 @@ def test_a_gpu_run_on_a_machine_without_gpu_is_refused_with_the_cpu_fix(
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # this machine shows Ray no GPU
     path = _write(tmp_path, PLAIN)
-    err = _refused(["run", str(path), "--results", str(tmp_path / "r"), "--num-cpus", "1",
-                    "--set", "gpus=1"], capsys)
-    assert "field 'gpus': each run asks for 1 GPU, more than any node of the embedded Ray on " \
-           "this machine (1 CPUs, --num-cpus 1; 0 GPUs) has, so it would wait forever; train on " \
-           "the CPU with --set gpus=0 --set device=cpu, or give --address of a Ray cluster with " \
-           "GPUs." in err
+    err = _refused(
+        ["run", str(path), "--results", str(tmp_path / "r"), "--num-cpus", "1", "--set", "gpus=1"],
+        capsys,
+    )
+    assert (
+        "field 'gpus': each run asks for 1 GPU, more than any node of the embedded Ray on "
+        "this machine (1 CPUs, --num-cpus 1; 0 GPUs) has, so it would wait forever; train on "
+        "the CPU with --set gpus=0 --set device=cpu, or give --address of a Ray cluster with "
+        "GPUs." in err
+    )
 
 
 def test_a_run_needing_cpus_and_a_gpu_on_one_node_of_a_cluster() -> None:
@@ -414,11 +518,17 @@ def test_a_run_needing_cpus_and_a_gpu_on_one_node_of_a_cluster() -> None:
     # two nodes: 8 CPUs without GPU, 2 CPUs with one; a run of 4 CPUs and 1 GPU fits neither
     cluster = Capacity(((8.0, 0.0), (2.0, 1.0)), "the Ray cluster at h:1", embedded=False)
     check_resources([RunSettings(cpus=2, gpus=1), RunSettings(cpus=8)], cluster, "s.yaml")
-    with pytest.raises(UserError, match="fields 'cpus' and 'gpus': each run asks for 4 CPUs and 1 "
-                       "GPU on one node, but no node of the Ray cluster at h:1 has both"):
+    with pytest.raises(
+        UserError,
+        match="fields 'cpus' and 'gpus': each run asks for 4 CPUs and 1 "
+        "GPU on one node, but no node of the Ray cluster at h:1 has both",
+    ):
         check_resources([RunSettings(cpus=4, gpus=1)], cluster, "s.yaml")
-    with pytest.raises(UserError, match=r"asks for 9 CPUs, more than any node of the Ray cluster at "
-                       r"h:1 has.*lower it \(--set cpus=8\), or give --address"):
+    with pytest.raises(
+        UserError,
+        match=r"asks for 9 CPUs, more than any node of the Ray cluster at "
+        r"h:1 has.*lower it \(--set cpus=8\), or give --address",
+    ):
         check_resources([RunSettings(cpus=9)], cluster, "s.yaml")
 
 
@@ -434,8 +544,10 @@ def test_report_refuses_a_folder_that_pools_two_settings_of_one_method(
     assert len(mixed) == len(runs) == 4
     _recorded(results, mixed)
     err = _refused(["report", str(results)], capsys)
-    assert "method 'pod' on digits / mlp would pool runs of different settings as its seeds " \
-           "(epochs 2 vs 3" in err
+    assert (
+        "method 'pod' on digits / mlp would pool runs of different settings as its seeds "
+        "(epochs 2 vs 3" in err
+    )
     assert "rerun the odd ones under a label of their own" in err
     # one setting per method: the same folder without the odd run reports
     (results / "runs" / f"{mixed[-1].run_id}.json").unlink()
@@ -449,10 +561,12 @@ def test_cpu_benchmark_2_gives_fastnet_its_recipe_and_the_others_the_suites_sgd(
     runs = load_suite("cpu-benchmark-2").expand()
     fast = [r for r in runs if r.arch == "fastnet"]
     others = [r for r in runs if r.arch != "fastnet"]
-    assert fast and {(r.lr, r.momentum, r.nesterov, r.weight_decay, r.batch_size) for r in fast} == {
-        (1.5 * 512 / 1024, 0.85, True, 1.33e-3, 512)}  # fast-cifar10's lr per 1024 images, scaled
+    assert fast and {
+        (r.lr, r.momentum, r.nesterov, r.weight_decay, r.batch_size) for r in fast
+    } == {(1.5 * 512 / 1024, 0.85, True, 1.33e-3, 512)}  # fast-cifar10's lr per 1024 images, scaled
     assert {(r.lr, r.momentum, r.nesterov, r.weight_decay) for r in others} == {
-        (0.05, 0.9, False, 5e-4)}
+        (0.05, 0.9, False, 5e-4)
+    }
     assert {(r.amp, r.channels_last, r.cpus) for r in runs} == {("bf16", "auto", 1.0)}
     # full training sets: Fashion-MNIST for both networks, CIFAR-10 for fastnet; 32 px CIFAR-10
     assert {r.limit_train for r in runs if r.dataset == "fashion-mnist"} == {None}
@@ -469,8 +583,11 @@ def test_cpu_benchmark_2_fp32_is_its_cifar10_small_cnn_block_in_float32() -> Non
     def key(run: RunSpec) -> tuple:
         return (run.label, run.seed)
 
-    bf16 = {key(r): r for r in load_suite("cpu-benchmark-2").expand()
-            if (r.dataset, r.arch) == ("cifar10", "small-cnn")}
+    bf16 = {
+        key(r): r
+        for r in load_suite("cpu-benchmark-2").expand()
+        if (r.dataset, r.arch) == ("cifar10", "small-cnn")
+    }
     fp32 = {key(r): r for r in load_suite("cpu-benchmark-2-fp32").expand()}
     assert len(fp32) == 15 and set(fp32) == set(bf16)
     for k, run in fp32.items():

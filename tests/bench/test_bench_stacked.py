@@ -26,7 +26,9 @@ def _one_thread() -> Iterator[None]:
 
 def _copy(seed: int, loss: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(seed)
-    model = LatentNet(FastNet(3, widths=(4, 8, 8)), 8, 8, proj="linear" if loss == "pod" else "none")
+    model = LatentNet(
+        FastNet(3, widths=(4, 8, 8)), 8, 8, proj="linear" if loss == "pod" else "none"
+    )
     params = {} if loss == "pod" else {"bias": False}
     plugin = create_loss(loss, num_classes=4, feat_dim=8, **params)
     return model, plugin
@@ -34,8 +36,10 @@ def _copy(seed: int, loss: str) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def _batches(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(100 + seed)  # each copy its own data
-    return [(torch.randn(B, 3, 12, 12, generator=gen), torch.randint(0, 4, (B,), generator=gen))
-            for _ in range(STEPS)]
+    return [
+        (torch.randn(B, 3, 12, 12, generator=gen), torch.randint(0, 4, (B,), generator=gen))
+        for _ in range(STEPS)
+    ]
 
 
 def _sgd(params: list[torch.Tensor]) -> torch.optim.Optimizer:
@@ -61,8 +65,12 @@ def test_stacked_seeds_equal_separate_runs(loss: str) -> None:
     stacked = StackedNets([m for m, _ in copies], [p for _, p in copies])
     opt = _sgd(stacked.parameters())
     # as Lookahead.of: the network's whole state, the loss's parameters (not its statistics)
-    look = Lookahead([*stacked.params.values(),
-                      *(b for k, b in stacked.buffers.items() if k.startswith("model."))])
+    look = Lookahead(
+        [
+            *stacked.params.values(),
+            *(b for k, b in stacked.buffers.items() if k.startswith("model.")),
+        ]
+    )
     data = [_batches(seed) for seed in range(N)]
     for step in range(STEPS):
         xs = torch.stack([data[i][step][0] for i in range(N)])
@@ -76,18 +84,23 @@ def test_stacked_seeds_equal_separate_runs(loss: str) -> None:
     stacked.write_back()
     worst = 0.0
     for (ref_model, ref_plugin), (model, plugin) in zip(separate, copies, strict=True):
-        for ref, got in zip([*ref_model.state_dict().values(), *ref_plugin.state_dict().values()],
-                            [*model.state_dict().values(), *plugin.state_dict().values()],
-                            strict=True):
+        for ref, got in zip(
+            [*ref_model.state_dict().values(), *ref_plugin.state_dict().values()],
+            [*model.state_dict().values(), *plugin.state_dict().values()],
+            strict=True,
+        ):
             if ref.is_floating_point():
                 worst = max(worst, float((ref - got).abs().max()))
                 # float32 rounding: vmap runs the convolutions grouped (another summation order)
                 torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
     print(f"stacked vs separate, {N} seeds x {STEPS} steps: max |difference| {worst:.2e}")
     # and the copies did move apart from their initial weights
-    assert any(not torch.equal(a, b) for a, b in zip(copies[0][0].state_dict().values(),
-                                                      _copy(0, loss)[0].state_dict().values(),
-                                                      strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(
+            copies[0][0].state_dict().values(), _copy(0, loss)[0].state_dict().values(), strict=True
+        )
+    )
 
 
 def test_stacked_divergence_stays_in_its_copy_and_frozen_parameters_stay() -> None:
@@ -115,9 +128,20 @@ def test_stacked_divergence_stays_in_its_copy_and_frozen_parameters_stay() -> No
 def _suite_runs(loss: str, seeds: str = "[0, 1, 2]") -> list:
     from podbench.suite_spec import load_suite
 
-    overrides = ["epochs=2", "batch_size=32", "lr=0.05", f"seeds={seeds}", "datasets=[synthetic]",
-                 "limit_train=96", "limit_eval=64", "device=cpu", "gpus=0", "cpus=1",
-                 "amp='off'", "channels_last=false"]
+    overrides = [
+        "epochs=2",
+        "batch_size=32",
+        "lr=0.05",
+        f"seeds={seeds}",
+        "datasets=[synthetic]",
+        "limit_train=96",
+        "limit_eval=64",
+        "device=cpu",
+        "gpus=0",
+        "cpus=1",
+        "amp='off'",
+        "channels_last=false",
+    ]
     return [r for r in load_suite("fast-cifar10", overrides).expand() if r.label == loss]
 
 
@@ -134,9 +158,12 @@ def test_train_stacked_records_equal_separate_train_runs(loss: str) -> None:
         assert got["status"] == want["status"] == "completed", got["error"]
         assert got["run_id"] == want["run_id"]
         for key in ("train_loss", "lr"):
-            torch.testing.assert_close(torch.tensor([h[key] for h in got["history"]]),
-                                       torch.tensor([h[key] for h in want["history"]]),
-                                       rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(
+                torch.tensor([h[key] for h in got["history"]]),
+                torch.tensor([h[key] for h in want["history"]]),
+                rtol=1e-4,
+                atol=1e-6,
+            )
         # accuracies count predictions: equal unless a score sits on a float32 tie
         assert [h["test_acc"] for h in got["history"]] == [h["test_acc"] for h in want["history"]]
         assert got["geometry"].keys() == want["geometry"].keys()

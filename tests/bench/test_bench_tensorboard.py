@@ -19,13 +19,31 @@ plugin_data_pb2 = pytest.importorskip("tensorboard.plugins.hparams.plugin_data_p
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _run(loss: str = "pod", epochs: int = 3, params: dict | None = None,
-         **settings: Any) -> RunSpec:
-    base = dict(epochs=epochs, lr=0.05, batch_size=64, schedule="multistep", milestones=[1],
-                gamma=0.5, device="cpu", limit_train=300, limit_eval=100)
+def _run(
+    loss: str = "pod", epochs: int = 3, params: dict | None = None, **settings: Any
+) -> RunSpec:
+    base = dict(
+        epochs=epochs,
+        lr=0.05,
+        batch_size=64,
+        schedule="multistep",
+        milestones=[1],
+        gamma=0.5,
+        device="cpu",
+        limit_train=300,
+        limit_eval=100,
+    )
     base.update(settings)
-    return resolve_run(RunSettings(**base), suite="t", loss=loss, dataset="digits", arch="mlp",
-                       seed=0, feat_dim=16, loss_params=params)
+    return resolve_run(
+        RunSettings(**base),
+        suite="t",
+        loss=loss,
+        dataset="digits",
+        arch="mlp",
+        seed=0,
+        feat_dim=16,
+        loss_params=params,
+    )
 
 
 def _read(folder: Path) -> Any:
@@ -41,8 +59,10 @@ def _series(acc: Any, tag: str) -> list[tuple[int, float]]:
 def _hparams(acc: Any) -> dict[str, Any]:
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    return {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
-            for k, v in info.hparams.items()}
+    return {
+        k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+        for k, v in info.hparams.items()
+    }
 
 
 def test_curves_equal_the_record(tmp_path: Path) -> None:
@@ -54,12 +74,18 @@ def test_curves_equal_the_record(tmp_path: Path) -> None:
     acc = _read(folder)
     history = record["history"]
     steps = list(range(3))
-    for tag, key in [("train/loss", "train_loss"), ("accuracy/train", "train_acc"),
-                     ("accuracy/test", "test_acc"), ("lr", "lr"), ("seconds/epoch", "seconds")]:
+    for tag, key in [
+        ("train/loss", "train_loss"),
+        ("accuracy/train", "train_acc"),
+        ("accuracy/test", "test_acc"),
+        ("lr", "lr"),
+        ("seconds/epoch", "seconds"),
+    ]:
         assert _series(acc, tag) == [(e, pytest.approx(history[e][key], rel=1e-6)) for e in steps]
     for part in ("nac", "sc"):
         assert _series(acc, f"train/{part}") == [
-            (e, pytest.approx(history[e]["parts"][part], rel=1e-6)) for e in steps]
+            (e, pytest.approx(history[e]["parts"][part], rel=1e-6)) for e in steps
+        ]
     assert [v for _, v in _series(acc, "lr")] == pytest.approx([0.05, 0.025, 0.025])
     assert "accuracy/val" not in acc.Tags()["scalars"]
     # delta used in each epoch: delta_init first, then alpha (e + 1) x mean norm, growing
@@ -105,7 +131,8 @@ def test_resumed_run_has_each_epoch_once(tmp_path: Path) -> None:
     assert resumed["epochs_completed"] == 3
     acc = _read(folder)  # epoch 1 was written before the interruption, and again after it
     assert _series(acc, "accuracy/test") == [
-        (e, pytest.approx(resumed["history"][e]["test_acc"])) for e in range(3)]
+        (e, pytest.approx(resumed["history"][e]["test_acc"])) for e in range(3)
+    ]
 
 
 def test_a_rerun_from_an_earlier_epoch_replaces_the_later_points(tmp_path: Path) -> None:
@@ -119,7 +146,10 @@ def test_a_rerun_from_an_earlier_epoch_replaces_the_later_points(tmp_path: Path)
         again.epoch({"epoch": epoch, "test_acc": 0.5 + epoch})
     again.finish({"status": "completed", "history": []})
     assert _series(_read(tmp_path), "accuracy/test") == [
-        (0, pytest.approx(0.0)), (1, pytest.approx(1.5)), (2, pytest.approx(2.5))]
+        (0, pytest.approx(0.0)),
+        (1, pytest.approx(1.5)),
+        (2, pytest.approx(2.5)),
+    ]
 
 
 def test_curves_that_cannot_be_written_never_fail_the_run(tmp_path: Path) -> None:
@@ -141,6 +171,8 @@ def test_probe_values_are_curves_and_final_metrics(tmp_path: Path) -> None:
     calibration = record["evaluation"]["calibration"]
     for metric in ("ece", "acc", "nll"):
         assert _series(acc, f"evaluation/calibration/{metric}") == [
-            (1, pytest.approx(calibration[metric], rel=1e-6))]
+            (1, pytest.approx(calibration[metric], rel=1e-6))
+        ]
         assert _series(acc, f"final/evaluation/calibration/{metric}") == [
-            (1, pytest.approx(calibration[metric], rel=1e-6))]
+            (1, pytest.approx(calibration[metric], rel=1e-6))
+        ]

@@ -138,7 +138,9 @@ def postgres_server() -> Iterator[str]:
         return
     started = subprocess.run(
         ["bash", str(ROOT / ".ci" / "postgres"), "start", str(_free_port())],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if started.returncode != 0:
         reason = f"no PostgreSQL server could be started: {started.stderr.strip()[-300:]}"
@@ -186,10 +188,20 @@ def test_two_tune_drivers_share_one_postgres_study(postgres_url: str, tmp_path: 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
     def driver(name: str) -> subprocess.Popen[str]:
-        cmd = [str(Path(sys.executable).parent / "podbench"), "tune", str(path), "--storage",
-               postgres_url, "--results", str(tmp_path / name), "--num-cpus", "1"]
-        return subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+        cmd = [
+            str(Path(sys.executable).parent / "podbench"),
+            "tune",
+            str(path),
+            "--storage",
+            postgres_url,
+            "--results",
+            str(tmp_path / name),
+            "--num-cpus",
+            "1",
+        ]
+        return subprocess.Popen(
+            cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
 
     first = driver("a")
     # the second starts while the first has a trial running: it must leave that trial alone

@@ -254,7 +254,9 @@ def test_cli_unusable_storage_is_a_user_error(
         ["tune", str(path), "--results", str(tmp_path / "r"), "--storage", "nosuchdb://x/y"]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "--storage nosuchdb://x/y" in err and "postgresql+psycopg://" in err  # names the driver
+    assert (
+        code == 2 and "--storage nosuchdb://x/y" in err and "postgresql+psycopg://" in err
+    )  # names the driver
 
 
 def _tune_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -270,23 +272,38 @@ def _tune_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     ("loss", "field", "problem"),
     [
         # a fixed parameter of the wrong type: the old code failed every trial instead
-        ({"params": {"sc_weight": "heavy"}, "space": {"centroids": None}}, "losses.pod",
-         "pod: sc_weight='heavy' is invalid; give a finite number >= 0."),
+        (
+            {"params": {"sc_weight": "heavy"}, "space": {"centroids": None}},
+            "losses.pod",
+            "pod: sc_weight='heavy' is invalid; give a finite number >= 0.",
+        ),
         # one choice of a categorical of the wrong type, not the first (the corner)
-        ({"space": {"centroids": None, "nac_weight": {"type": "categorical",
-                                                      "choices": [1.0, "big"]}}},
-         "losses.pod.space.nac_weight", "pod: nac_weight='big' is invalid"),
+        (
+            {
+                "space": {
+                    "centroids": None,
+                    "nac_weight": {"type": "categorical", "choices": [1.0, "big"]},
+                }
+            },
+            "losses.pod.space.nac_weight",
+            "pod: nac_weight='big' is invalid",
+        ),
     ],
 )
 @pytest.mark.parametrize("verb", ["validate", "tune"])
 def test_a_loss_parameter_of_the_wrong_type_fails_when_the_file_loads(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], verb: str, loss: dict, field: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    verb: str,
+    loss: dict,
+    field: str,
     problem: str,
 ) -> None:
     path = write(tmp_path, {**TINY, "losses": {"pod": loss}})
-    err = _tune_refused([verb, str(path), "--results", str(tmp_path / "r")][: 2 if verb ==
-                                                                            "validate" else 4],
-                        capsys)
+    err = _tune_refused(
+        [verb, str(path), "--results", str(tmp_path / "r")][: 2 if verb == "validate" else 4],
+        capsys,
+    )
     assert f"tune.yaml: field '{field}' (for pod, feat_dim=16): {problem}" in err
     assert not (tmp_path / "r").exists()
 
@@ -296,16 +313,29 @@ def test_a_loss_parameter_of_the_wrong_type_fails_when_the_file_loads(
     [
         ({"feat_dim": "1e9"}, [], "field 'feat_dim': feat_dim 1000000000 is above 65536"),
         # (yaml.safe_dump sorts the losses: pod is checked first)
-        ({"space": {"feat_dim": {"type": "int", "low": 16, "high": 10**8}}}, [],
-         "field 'space.feat_dim' (for pod): feat_dim 100000000 is above 65536"),
-        ({"n_trials": 6000}, [], "field 'n_trials': 6000 trials for each of 2 loss(es) make "
-         "12,000 runs, more than --max-runs 10000"),
-        ({}, ["--seeds", "6000"], "--seeds 6000: reruns 12,000 runs (2 loss(es)), more than "
-         "--max-runs 10000"),
+        (
+            {"space": {"feat_dim": {"type": "int", "low": 16, "high": 10**8}}},
+            [],
+            "field 'space.feat_dim' (for pod): feat_dim 100000000 is above 65536",
+        ),
+        (
+            {"n_trials": 6000},
+            [],
+            "field 'n_trials': 6000 trials for each of 2 loss(es) make "
+            "12,000 runs, more than --max-runs 10000",
+        ),
+        (
+            {},
+            ["--seeds", "6000"],
+            "--seeds 6000: reruns 12,000 runs (2 loss(es)), more than --max-runs 10000",
+        ),
     ],
 )
 def test_tune_files_are_bounded_like_suites(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict, args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    changes: dict,
+    args: list[str],
     needle: str,
 ) -> None:
     path = write(tmp_path, {**TINY, **changes})
@@ -319,5 +349,7 @@ def test_tune_trials_asking_for_a_gpu_the_machine_lacks_are_refused(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     path = write(tmp_path, {**TINY, "gpus": 0.5})
     err = _tune_refused(["tune", str(path), "--results", str(tmp_path / "r")], capsys)
-    assert "field 'gpus': each trial asks for 0.5 GPU, more than any node of the embedded Ray" in err
+    assert (
+        "field 'gpus': each trial asks for 0.5 GPU, more than any node of the embedded Ray" in err
+    )
     assert "--set gpus=0 --set device=cpu" in err and not (tmp_path / "r").exists()

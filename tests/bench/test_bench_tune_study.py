@@ -244,14 +244,32 @@ def test_cli_seeds_reruns_best_points_on_test_as_suite_runs(
     path = tmp_path / "seeded.yaml"
     path.write_text(yaml.safe_dump(spec))
     # the README's sequence: a suite run into out/, then the tuned best point into the same out/
-    suite = {k: spec[k] for k in ("dataset", "arch", "feat_dim", "epochs", "batch_size", "schedule")}
-    suite = {"name": "untuned", "losses": [{"name": "pod", "params": {"centroids": "simplex"}}],
-             "datasets": [suite.pop("dataset")], "archs": [suite.pop("arch")], "seeds": 2, **suite}
+    suite = {
+        k: spec[k] for k in ("dataset", "arch", "feat_dim", "epochs", "batch_size", "schedule")
+    }
+    suite = {
+        "name": "untuned",
+        "losses": [{"name": "pod", "params": {"centroids": "simplex"}}],
+        "datasets": [suite.pop("dataset")],
+        "archs": [suite.pop("arch")],
+        "seeds": 2,
+        **suite,
+    }
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
     # the suite executor hands its progress stream to Ray, which cannot pickle pytest's capture
     with capsys.disabled():
-        assert main(["run", str(tmp_path / "suite.yaml"), "--results", str(tmp_path / "r"),
-                     "--no-report"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    str(tmp_path / "suite.yaml"),
+                    "--results",
+                    str(tmp_path / "r"),
+                    "--no-report",
+                ]
+            )
+            == 0
+        )
     before = len(reads(split_log))
     with capsys.disabled():
         assert main(["tune", str(path), "--results", str(tmp_path / "r"), "--seeds", "2"]) == 0
@@ -259,7 +277,11 @@ def test_cli_seeds_reruns_best_points_on_test_as_suite_runs(
     records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "runs").glob("*.json")]
     # the tuned point is a method of its own beside the suite's, not two more seeds of `pod`
     assert sorted((r["label"], r["seed"]) for r in records) == [
-        ("pod", 0), ("pod", 1), ("pod[tuned]", 0), ("pod[tuned]", 1)]
+        ("pod", 0),
+        ("pod", 1),
+        ("pod[tuned]", 0),
+        ("pod[tuned]", 1),
+    ]
     stats = json.loads((tmp_path / "r" / "report" / "stats.json").read_text())
     assert sorted(stats["labels"]) == ["pod", "pod[tuned]"]
     assert all(r["spec"]["lr"] == 0.1 for r in records if r["label"] == "pod")

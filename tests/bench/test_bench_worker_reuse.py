@@ -15,8 +15,15 @@ from podbench.suite_spec import SuiteSpec
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
-COMMON = {"datasets": ["digits"], "archs": ["mlp"], "feat_dim": [16], "epochs": 2,
-          "batch_size": 64, "schedule": "constant", "cpus": 1}
+COMMON = {
+    "datasets": ["digits"],
+    "archs": ["mlp"],
+    "feat_dim": [16],
+    "epochs": 2,
+    "batch_size": 64,
+    "schedule": "constant",
+    "cpus": 1,
+}
 
 FRESH = """
 import json, sys, torch
@@ -36,8 +43,7 @@ def _fingerprint(record: dict) -> list:
     return [[h.get(k) for k in keys] for h in record["history"]] + [record["final_test_acc"]]
 
 
-def test_two_runs_share_a_worker_and_the_second_equals_a_fresh_process_run(
-        tmp_path: Path) -> None:
+def test_two_runs_share_a_worker_and_the_second_equals_a_fresh_process_run(tmp_path: Path) -> None:
     import ray
 
     from podbench.executor import run_suite
@@ -49,13 +55,15 @@ def test_two_runs_share_a_worker_and_the_second_equals_a_fresh_process_run(
         {"name": "first", "losses": ["pod"], "seeds": [3], "deterministic": False, **COMMON}
     ).expand()
     second = SuiteSpec.model_validate(
-        {"name": "second", "losses": ["softmax"], "seeds": [0], **COMMON}).expand()
+        {"name": "second", "losses": ["softmax"], "seeds": [0], **COMMON}
+    ).expand()
     assert first[0].deterministic is False and second[0].deterministic is True
     if ray.is_initialized():
         ray.shutdown()
     try:
-        outcome = run_suite([*first, *second], tmp_path, num_cpus=1, max_concurrent=1,
-                            rich_display=False)
+        outcome = run_suite(
+            [*first, *second], tmp_path, num_cpus=1, max_concurrent=1, rich_display=False
+        )
     finally:
         ray.shutdown()
     assert outcome.completed == 2, outcome
@@ -64,8 +72,13 @@ def test_two_runs_share_a_worker_and_the_second_equals_a_fresh_process_run(
     assert a["env"]["pid"] == b["env"]["pid"], "the second run got a new worker process"
     assert b["started_at"] >= a["finished_at"]
 
-    fresh = subprocess.run([sys.executable, "-c", FRESH, second[0].model_dump_json()],
-                           capture_output=True, text=True, timeout=300, check=True)
+    fresh = subprocess.run(
+        [sys.executable, "-c", FRESH, second[0].model_dump_json()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     alone = json.loads(fresh.stdout.strip().splitlines()[-1])
     assert _fingerprint(b) == _fingerprint(alone["record"])
     assert b["env"]["threads"] == alone["record"]["env"]["threads"] == 1

@@ -20,7 +20,10 @@ from podbench.losses.testing import count_host_syncs
         ("bincount", lambda x, y: torch.bincount(y, minlength=4)),
         ("nonzero", lambda x, y: torch.nonzero(x > 0)),
         ("index with a boolean mask", lambda x, y: x[x > 0]),
-        ("index_put_ with a boolean mask", lambda x, y: x.clone().index_put_((x > 0,), x.new_zeros(()))),
+        (
+            "index_put_ with a boolean mask",
+            lambda x, y: x.clone().index_put_((x > 0,), x.new_zeros(())),
+        ),
         ("_unique2", lambda x, y: torch.unique(y)),
         ("repeat_interleave without output_size", lambda x, y: torch.repeat_interleave(y)),
         ("Tensor.cpu", lambda x, y: x.cpu()),

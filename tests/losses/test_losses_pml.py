@@ -22,9 +22,17 @@ from podbench.losses import create_loss, list_losses, loss_info  # noqa: E402
 from podbench.losses import pml as adapter  # noqa: E402
 from podbench.losses.testing import check_no_host_sync, count_host_syncs  # noqa: E402
 
-NAMED_IN_THE_ISSUE = ["ArcFaceLoss", "SubCenterArcFaceLoss", "ProxyAnchorLoss", "SoftTripleLoss",
-                      "NormalizedSoftmaxLoss", "LargeMarginSoftmaxLoss", "SphereFaceLoss",
-                      "CosFaceLoss", "ProxyNCALoss"]
+NAMED_IN_THE_ISSUE = [
+    "ArcFaceLoss",
+    "SubCenterArcFaceLoss",
+    "ProxyAnchorLoss",
+    "SoftTripleLoss",
+    "NormalizedSoftmaxLoss",
+    "LargeMarginSoftmaxLoss",
+    "SphereFaceLoss",
+    "CosFaceLoss",
+    "ProxyNCALoss",
+]
 PAIR_LOSSES = ["ContrastiveLoss", "TripletMarginLoss", "MultiSimilarityLoss", "SupConLoss"]
 
 
@@ -38,8 +46,9 @@ def _batch(seed: int = 0, b: int = 24, k: int = 5, d: int = 8) -> tuple[torch.Te
 
 
 def test_pml_every_loss_class_is_offered_or_left_out_with_a_reason() -> None:
-    classes = {n for n, c in vars(pml_losses).items()
-               if inspect.isclass(c) and issubclass(c, nn.Module)}
+    classes = {
+        n for n, c in vars(pml_losses).items() if inspect.isclass(c) and issubclass(c, nn.Module)
+    }
     offered = {n.removeprefix("pml:") for n in _pml_names()}
     left = adapter.left_out()
     assert offered | set(left) == classes and not offered & set(left)
@@ -64,37 +73,61 @@ def test_pml_kinds_and_descriptions() -> None:
 
 def test_pml_hyperparameters_are_the_constructor_defaults() -> None:
     # PML's own names, units and defaults (ArcFace's margin in degrees), as documented by PML
-    assert dict(loss_info("pml:ArcFaceLoss").defaults) == {"margin": 28.6, "scale": 64,
-                                                           "head_lr_scale": 1.0}
+    assert dict(loss_info("pml:ArcFaceLoss").defaults) == {
+        "margin": 28.6,
+        "scale": 64,
+        "head_lr_scale": 1.0,
+    }
     assert dict(loss_info("pml:SubCenterArcFaceLoss").defaults) == {
-        "margin": 28.6, "scale": 64, "sub_centers": 3, "head_lr_scale": 1.0}
-    assert dict(loss_info("pml:CosFaceLoss").defaults) == {"margin": 0.35, "scale": 64,
-                                                           "head_lr_scale": 1.0}
+        "margin": 28.6,
+        "scale": 64,
+        "sub_centers": 3,
+        "head_lr_scale": 1.0,
+    }
+    assert dict(loss_info("pml:CosFaceLoss").defaults) == {
+        "margin": 0.35,
+        "scale": 64,
+        "head_lr_scale": 1.0,
+    }
     # proxies learn at 100x the network's rate, as in the ProxyAnchor authors' code
-    assert dict(loss_info("pml:ProxyAnchorLoss").defaults) == {"margin": 0.1, "alpha": 32,
-                                                               "head_lr_scale": 100.0}
-    assert dict(loss_info("pml:ContrastiveLoss").defaults) == {"pos_margin": 0, "neg_margin": 1,
-                                                               "miner": None}
+    assert dict(loss_info("pml:ProxyAnchorLoss").defaults) == {
+        "margin": 0.1,
+        "alpha": 32,
+        "head_lr_scale": 100.0,
+    }
+    assert dict(loss_info("pml:ContrastiveLoss").defaults) == {
+        "pos_margin": 0,
+        "neg_margin": 1,
+        "miner": None,
+    }
     assert dict(loss_info("pml:TripletMarginLoss").defaults) == {
-        "margin": 0.05, "swap": False, "smooth_loss": False, "triplets_per_anchor": "all",
-        "miner": None}
-    loss = create_loss("pml:SoftTripleLoss", num_classes=3, feat_dim=4, centers_per_class=2,
-                       la=np.float64(10.0))
+        "margin": 0.05,
+        "swap": False,
+        "smooth_loss": False,
+        "triplets_per_anchor": "all",
+        "miner": None,
+    }
+    loss = create_loss(
+        "pml:SoftTripleLoss", num_classes=3, feat_dim=4, centers_per_class=2, la=np.float64(10.0)
+    )
     assert loss.loss.centers_per_class == 2 and loss.loss.la == 10.0
     assert tuple(loss.loss.fc.shape) == (4, 6)
 
 
-@pytest.mark.parametrize(("name", "params", "words"), [
-    ("pml:ArcFaceLoss", {"marginn": 1.0}, "no hyperparameter 'marginn'"),
-    ("pml:ArcFaceLoss", {"scale": -1.0}, "scale=-1.0 is invalid"),
-    ("pml:ArcFaceLoss", {"scale": "big"}, "scale='big' is invalid"),
-    ("pml:ArcFaceLoss", {"scale": math.nan}, "finite number"),
-    ("pml:SupConLoss", {"temperature": 0.0}, "> 0"),
-    ("pml:TripletMarginLoss", {"swap": 1}, "true or false"),
-    ("pml:TripletMarginLoss", {"miner": "NoSuchMiner"}, "not a PML miner"),
-    ("pml:ProxyAnchorLoss", {"head_lr_scale": 0}, "> 0"),
-    ("pml:SoftTripleLoss", {"centers_per_class": 2.5}, "PML rejects"),
-])
+@pytest.mark.parametrize(
+    ("name", "params", "words"),
+    [
+        ("pml:ArcFaceLoss", {"marginn": 1.0}, "no hyperparameter 'marginn'"),
+        ("pml:ArcFaceLoss", {"scale": -1.0}, "scale=-1.0 is invalid"),
+        ("pml:ArcFaceLoss", {"scale": "big"}, "scale='big' is invalid"),
+        ("pml:ArcFaceLoss", {"scale": math.nan}, "finite number"),
+        ("pml:SupConLoss", {"temperature": 0.0}, "> 0"),
+        ("pml:TripletMarginLoss", {"swap": 1}, "true or false"),
+        ("pml:TripletMarginLoss", {"miner": "NoSuchMiner"}, "not a PML miner"),
+        ("pml:ProxyAnchorLoss", {"head_lr_scale": 0}, "> 0"),
+        ("pml:SoftTripleLoss", {"centers_per_class": 2.5}, "PML rejects"),
+    ],
+)
 def test_pml_bad_hyperparameters_are_one_sentence(name: str, params: dict, words: str) -> None:
     with pytest.raises(UserError, match=words.replace("(", r"\(").replace("[", r"\[")):
         create_loss(name, num_classes=4, feat_dim=8, **params)
@@ -126,7 +159,9 @@ def test_pml_proxy_anchor_parts_are_its_two_terms() -> None:
     cos = nn.functional.normalize(x, dim=1) @ nn.functional.normalize(plugin.loss.proxies, dim=1).T
     pos = y[:, None] == torch.arange(5)[None, :]
     with_pos = pos.any(dim=0)
-    pos_term = torch.log1p((torch.exp(-32 * (cos - 0.1)) * pos).sum(0))[with_pos].sum() / with_pos.sum()
+    pos_term = (
+        torch.log1p((torch.exp(-32 * (cos - 0.1)) * pos).sum(0))[with_pos].sum() / with_pos.sum()
+    )
     neg_term = torch.log1p((torch.exp(32 * (cos + 0.1)) * ~pos).sum(0)).sum() / 5
     torch.testing.assert_close(parts["pos_loss"], pos_term, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(parts["neg_loss"], neg_term, rtol=1e-4, atol=1e-5)
@@ -154,8 +189,9 @@ def test_pml_arcface_agrees_with_ours(scale: float, margin_rad: float) -> None:
     torch.manual_seed(0)
     ours = create_loss("arcface", num_classes=6, feat_dim=8, s=scale, m=margin_rad)
     # PML's ArcFace margin is in degrees
-    theirs = create_loss("pml:ArcFaceLoss", num_classes=6, feat_dim=8, scale=scale,
-                         margin=math.degrees(margin_rad))
+    theirs = create_loss(
+        "pml:ArcFaceLoss", num_classes=6, feat_dim=8, scale=scale, margin=math.degrees(margin_rad)
+    )
     la, lb, ga, gb, x = _both(ours, theirs)
     torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-5)
@@ -193,7 +229,9 @@ def test_pml_nearest_class_mean_from_training_batches_only() -> None:
     plugin(x[:20], y[:20])
     plugin(x[20:], y[20:])
     plugin.eval()
-    plugin(torch.randn(10, 3, generator=gen) * 100, torch.zeros(10, dtype=torch.long))  # eval: ignored
+    plugin(
+        torch.randn(10, 3, generator=gen) * 100, torch.zeros(10, dtype=torch.long)
+    )  # eval: ignored
     plugin.on_epoch_end(0)
     # the means of the unit-normalised training features (TripletMarginLoss: normalised L2)
     unit = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
@@ -215,8 +253,7 @@ def test_pml_nearest_class_mean_from_training_batches_only() -> None:
 
 
 def test_pml_miner_tuples_reach_the_loss() -> None:
-    plugin = create_loss("pml:TripletMarginLoss", num_classes=4, feat_dim=8,
-                         miner="BatchHardMiner")
+    plugin = create_loss("pml:TripletMarginLoss", num_classes=4, feat_dim=8, miner="BatchHardMiner")
     assert type(plugin.miner).__name__ == "BatchHardMiner"
     x, y = _batch(4, k=4)
     miner = pml_miners.BatchHardMiner()

@@ -108,8 +108,9 @@ def test_losses_register_rejects_inconsistent_metadata(scratch_registry):
             search_space={"w": {"type": "float", "low": 2, "high": 1}},
         )(Tiny)  # fmt: skip
     with pytest.raises(ValueError, match="search space names 'v'"):
-        register_loss("tiny-x", description="x",
-                      search_space={"v": {"type": "int", "low": 1, "high": 2}})(Tiny)
+        register_loss(
+            "tiny-x", description="x", search_space={"v": {"type": "int", "low": 1, "high": 2}}
+        )(Tiny)
     with pytest.raises(ValueError, match="unknown 'v'"):
         register_loss("tiny-x", description="x", variants={"a": {"v": 2}})(Tiny)
     with pytest.raises(ValueError, match="already registered"):
@@ -145,16 +146,40 @@ DECORATOR_DEFAULTS = {
     "center": {"lam": 0.003, "alpha": 0.5},
     "cosface": {"s": 30.0, "m": 0.35},
     "cot": {"complement_norm": "released"},
-    "l-softmax": {"margin": 4, "lambda_base": 1000.0, "lambda_gamma": 2.5e-5,
-                  "lambda_power": 35.0, "lambda_min": 0.0},
+    "l-softmax": {
+        "margin": 4,
+        "lambda_base": 1000.0,
+        "lambda_gamma": 2.5e-5,
+        "lambda_power": 35.0,
+        "lambda_min": 0.0,
+    },
     "label-smoothing": {"epsilon": 0.1, "bias": True},
-    "pedcc": {"s": 15.0, "m": 0.5, "lam": 1.0, "n": 1.0, "mse_reduction": "sum",
-              "centroids": "charge", "centroid_seed": None},
-    "pod": {"nac_weight": 1.0, "sc_weight": 1.0, "delta_schedule": "official", "alpha": 0.01,
-            "delta_init": 0.05, "centroids": "simplex", "centroid_seed": None},
+    "pedcc": {
+        "s": 15.0,
+        "m": 0.5,
+        "lam": 1.0,
+        "n": 1.0,
+        "mse_reduction": "sum",
+        "centroids": "charge",
+        "centroid_seed": None,
+    },
+    "pod": {
+        "nac_weight": 1.0,
+        "sc_weight": 1.0,
+        "delta_schedule": "official",
+        "alpha": 0.01,
+        "delta_init": 0.05,
+        "centroids": "simplex",
+        "centroid_seed": None,
+    },
     "softmax": {"bias": True},
-    "sphereface": {"margin": 4, "lambda_base": 1000.0, "lambda_gamma": 0.12,
-                   "lambda_power": 1.0, "lambda_min": 5.0},
+    "sphereface": {
+        "margin": 4,
+        "lambda_base": 1000.0,
+        "lambda_gamma": 0.12,
+        "lambda_power": 1.0,
+        "lambda_min": 5.0,
+    },
 }
 
 
@@ -164,7 +189,8 @@ def test_losses_signature_defaults_equal_the_old_decorator_defaults(name):
     assert defaults == DECORATOR_DEFAULTS[name]
     # 4 stays an int and 1.0 a float: an Optuna int space and the run_id depend on the type
     assert [type(v) for v in defaults.values()] == [
-        type(v) for v in DECORATOR_DEFAULTS[name].values()]
+        type(v) for v in DECORATOR_DEFAULTS[name].values()
+    ]
     # a plugin built with no hyperparameters holds them (sphereface has its own lambda_min)
     seed = {"centroid_seed": 0} if "centroid_seed" in defaults else {}
     plugin = create_loss(name, num_classes=3, feat_dim=4, **seed)

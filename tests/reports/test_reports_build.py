@@ -182,8 +182,14 @@ def test_report_files_are_written(full_report: dict[str, Any]) -> None:
 
 def test_failed_and_diverged_runs_are_counted_and_explained(full_report: dict[str, Any]) -> None:
     s = full_report["stats"]
-    assert s["counts"] == {"runs": 68, "completed": 66, "diverged": 1, "failed": 1, "used": 66,
-                           "still_improving": 0}  # the fixture's records are flagged converged
+    assert s["counts"] == {
+        "runs": 68,
+        "completed": 66,
+        "diverged": 1,
+        "failed": 1,
+        "used": 66,
+        "still_improving": 0,
+    }  # the fixture's records are flagged converged
     excluded = {e["status"]: e for e in s["excluded_runs"]}
     assert excluded["diverged"]["error_message"] == DIVERGED_MSG
     assert excluded["diverged"]["error_epoch"] == 2
@@ -523,8 +529,14 @@ def test_report_when_every_run_failed(
     ]
     path = build_report(results_factory({}, extra=failed), control="pod", failed="exclude")
     s = _strict_json(path.with_name("stats.json"))
-    assert s["counts"] == {"runs": 4, "completed": 0, "diverged": 0, "failed": 4, "used": 0,
-                           "still_improving": 0}
+    assert s["counts"] == {
+        "runs": 4,
+        "completed": 0,
+        "diverged": 0,
+        "failed": 4,
+        "used": 0,
+        "still_improving": 0,
+    }
     assert s["verdicts"] == [
         "d / a: no comparison, the control 'pod' has no completed run in this block."
     ]
@@ -650,7 +662,7 @@ def test_default_report_marks_runs_still_improving(default_report: dict[str, Any
     assert "still improving" not in ce
     # the first screen (the summary above the first table) counts them, in HTML and stats.json
     assert s["counts"]["still_improving"] == 2  # centre's seed 0 on data1 and data2, set above
-    summary = html[html.index('<p class="summary">'): html.index('id="results"')]
+    summary = html[html.index('<p class="summary">') : html.index('id="results"')]
     assert f"2 of the {s['counts']['used']} runs that enter were still improving" in summary
     assert "(center: 2)" not in summary and "center: 2)" in summary
     assert s["improving"].startswith("2 of the ")
@@ -700,12 +712,18 @@ def test_cli_report_flags(
 
 
 def test_provenance_lists_ops_without_a_deterministic_kernel(
-    tmp_path: Path, record_maker: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+    record_maker: Callable[..., dict[str, Any]],
     results_writer: Callable[..., Path],
 ) -> None:
     # 3 runs asked for deterministic kernels: two hit ops without one; 1 run did not ask
-    envs = [(True, ["put_"]), (True, ["put_", "adaptive_avg_pool2d_backward_cuda"]), (True, []),
-            (False, None), (True, None)]  # the last: written before the field existed
+    envs = [
+        (True, ["put_"]),
+        (True, ["put_", "adaptive_avg_pool2d_backward_cuda"]),
+        (True, []),
+        (False, None),
+        (True, None),
+    ]  # the last: written before the field existed
     records = []
     for seed, (on, ops) in enumerate(envs):
         rec = record_maker("pod" if seed % 2 else "softmax", "d0", "mlp", seed, 0.9 - 0.01 * seed)
@@ -717,6 +735,10 @@ def test_provenance_lists_ops_without_a_deterministic_kernel(
     assert prov["deterministic"] == (
         "on in 4 of 5 runs; ops that had no deterministic kernel (torch warned, the run went on): "
         "adaptive_avg_pool2d_backward_cuda (1 runs), put_ (2 runs) (in the 3 runs that record it; "
-        "1 predate the record)")
+        "1 predate the record)"
+    )
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert "put_ (2 runs)" in html and "put\\_ (2 runs)" in (tmp_path / "out" / "report.tex").read_text()
+    assert (
+        "put_ (2 runs)" in html
+        and "put\\_ (2 runs)" in (tmp_path / "out" / "report.tex").read_text()
+    )

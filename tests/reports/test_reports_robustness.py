@@ -27,17 +27,27 @@ from podbench.reports.criteria import (
 from podbench.reports.records import load_results
 from podbench.reports.stats import mean_ranks
 
-COLUMNS = ["evaluation.calibration.ece", "evaluation.calibration.temperature",
-           "evaluation.ood.near.auroc", "evaluation.ood.far.auroc",
-           "evaluation.ood.open-set.msp.auroc",
-           "evaluation.ood.digits.msp.auroc", "evaluation.corruptions.fog.acc",
-           "evaluation.corruptions.contrast.acc", "final_test_acc"]
+COLUMNS = [
+    "evaluation.calibration.ece",
+    "evaluation.calibration.temperature",
+    "evaluation.ood.near.auroc",
+    "evaluation.ood.far.auroc",
+    "evaluation.ood.open-set.msp.auroc",
+    "evaluation.ood.digits.msp.auroc",
+    "evaluation.corruptions.fog.acc",
+    "evaluation.corruptions.contrast.acc",
+    "final_test_acc",
+]
 
 
 def test_metric_by_short_name_or_column_with_its_direction() -> None:
     ece = criterion_metric("ece", COLUMNS)
     assert (ece.name, ece.higher_is_better, ece.scale, ece.unit) == (
-        "evaluation.calibration.ece", False, 100.0, "%")
+        "evaluation.calibration.ece",
+        False,
+        100.0,
+        "%",
+    )
     # near and far are two headlines: the short name does not pick one
     with pytest.raises(UserError, match="ambiguous.*far.auroc.*near.auroc"):
         criterion_metric("auroc", COLUMNS)
@@ -59,24 +69,58 @@ def _runs(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def test_conditions_make_their_own_blocks() -> None:
-    runs = add_conditions(_runs([
-        {"dataset": "fmnist", "spec.label_noise.kind": None, "spec.label_noise.rate": None,
-         "spec.open_set.known": 6, "spec.open_set.seed": 0},
-        {"dataset": "fmnist", "spec.label_noise.kind": "symmetric", "spec.label_noise.rate": 0.4,
-         "spec.open_set.known": None, "spec.open_set.seed": None},
-        {"dataset": "fmnist", "spec.label_noise.kind": None, "spec.label_noise.rate": None,
-         "spec.open_set.known": None, "spec.open_set.seed": None},
-    ]))
-    assert runs["dataset"].tolist() == ["fmnist [open 6, split 0]", "fmnist [symmetric noise 0.4]",
-                                        "fmnist"]
+    runs = add_conditions(
+        _runs(
+            [
+                {
+                    "dataset": "fmnist",
+                    "spec.label_noise.kind": None,
+                    "spec.label_noise.rate": None,
+                    "spec.open_set.known": 6,
+                    "spec.open_set.seed": 0,
+                },
+                {
+                    "dataset": "fmnist",
+                    "spec.label_noise.kind": "symmetric",
+                    "spec.label_noise.rate": 0.4,
+                    "spec.open_set.known": None,
+                    "spec.open_set.seed": None,
+                },
+                {
+                    "dataset": "fmnist",
+                    "spec.label_noise.kind": None,
+                    "spec.label_noise.rate": None,
+                    "spec.open_set.known": None,
+                    "spec.open_set.seed": None,
+                },
+            ]
+        )
+    )
+    assert runs["dataset"].tolist() == [
+        "fmnist [open 6, split 0]",
+        "fmnist [symmetric noise 0.4]",
+        "fmnist",
+    ]
     assert runs["condition.dataset"].tolist() == ["fmnist"] * 3
     assert runs["condition.noise_rate"].tolist() == [0.0, 0.4, 0.0]
 
 
-def _corruption_row(label: str, seed: int, clean: float, errors: dict[str, tuple[float, float]],
-                    block: str = "a", n: int | None = 1000) -> dict[str, Any]:
-    row = {"dataset": block, "arch": "cnn", "label": label, "seed": seed, "status": "completed",
-           "evaluation.corruptions.clean.acc": clean}
+def _corruption_row(
+    label: str,
+    seed: int,
+    clean: float,
+    errors: dict[str, tuple[float, float]],
+    block: str = "a",
+    n: int | None = 1000,
+) -> dict[str, Any]:
+    row = {
+        "dataset": block,
+        "arch": "cnn",
+        "label": label,
+        "seed": seed,
+        "status": "completed",
+        "evaluation.corruptions.clean.acc": clean,
+    }
     if n is not None:
         row["evaluation.corruptions.n"] = n
     for name, (e1, e2) in errors.items():
@@ -86,22 +130,38 @@ def _corruption_row(label: str, seed: int, clean: float, errors: dict[str, tuple
 
 
 SOFTMAX_ERRORS = [  # two seeds, clean error 0.1 in both
-    {"fog": (0.2, 0.4), "pixelate": (0.11, 0.09), "contrast": (0.09, 0.08),
-     "speckle-noise": (0.3, 0.5)},
-    {"fog": (0.2, 0.4), "pixelate": (0.10, 0.12), "contrast": (0.09, 0.08),
-     "speckle-noise": (0.3, 0.5)},
+    {
+        "fog": (0.2, 0.4),
+        "pixelate": (0.11, 0.09),
+        "contrast": (0.09, 0.08),
+        "speckle-noise": (0.3, 0.5),
+    },
+    {
+        "fog": (0.2, 0.4),
+        "pixelate": (0.10, 0.12),
+        "contrast": (0.09, 0.08),
+        "speckle-noise": (0.3, 0.5),
+    },
 ]
-POD_ERRORS = {"fog": (0.1, 0.3), "pixelate": (0.2, 0.2), "contrast": (0.06, 0.06),
-              "speckle-noise": (0.2, 0.3)}
+POD_ERRORS = {
+    "fog": (0.1, 0.3),
+    "pixelate": (0.2, 0.2),
+    "contrast": (0.06, 0.06),
+    "speckle-noise": (0.2, 0.3),
+}
 
 
 def test_corruption_errors_against_softmax_by_hand() -> None:
-    runs = add_corruption_errors(_runs([
-        _corruption_row("softmax", 0, 0.9, SOFTMAX_ERRORS[0]),
-        _corruption_row("softmax", 1, 0.9, SOFTMAX_ERRORS[1]),
-        _corruption_row("pod", 0, 0.95, POD_ERRORS),
-        _corruption_row("pod", 0, 0.95, POD_ERRORS, block="no-softmax"),
-    ]))
+    runs = add_corruption_errors(
+        _runs(
+            [
+                _corruption_row("softmax", 0, 0.9, SOFTMAX_ERRORS[0]),
+                _corruption_row("softmax", 1, 0.9, SOFTMAX_ERRORS[1]),
+                _corruption_row("pod", 0, 0.95, POD_ERRORS),
+                _corruption_row("pod", 0, 0.95, POD_ERRORS, block="no-softmax"),
+            ]
+        )
+    )
     pod = runs.iloc[2]
     # the benchmark's corruptions (fog, pixelate, contrast): summed errors over softmax's means
     ce = np.mean([0.4 / 0.6, 0.4 / (0.105 + 0.105), 0.12 / 0.17])
@@ -110,7 +170,8 @@ def test_corruption_errors_against_softmax_by_hand() -> None:
     # relative: softmax's rise on fog is 0.1 + 0.3 = 0.4, far above its noise; on pixelate it
     # is 0.01 +- 0.0105 (within noise) and on contrast -0.03 (<= 0): both refused
     assert pod["evaluation.corruptions.rel_ce_vs_softmax"] == pytest.approx(
-        ((0.1 - 0.05) + (0.3 - 0.05)) / 0.4)
+        ((0.1 - 0.05) + (0.3 - 0.05)) / 0.4
+    )
     assert pod["evaluation.corruptions.rel_ce_vs_softmax_n"] == 1
     # the extras apart: speckle noise only
     assert pod["evaluation.corruptions.extras.ce_vs_softmax"] == pytest.approx(0.5 / 0.8)
@@ -121,8 +182,10 @@ def test_corruption_errors_against_softmax_by_hand() -> None:
 
 
 def test_softmax_denominators_and_their_standard_errors_by_hand() -> None:
-    runs = _runs([_corruption_row("softmax", s, 0.9, SOFTMAX_ERRORS[s]) for s in (0, 1)]
-                 + [_corruption_row("pod", 0, 0.95, POD_ERRORS)])
+    runs = _runs(
+        [_corruption_row("softmax", s, 0.9, SOFTMAX_ERRORS[s]) for s in (0, 1)]
+        + [_corruption_row("pod", 0, 0.95, POD_ERRORS)]
+    )
     table = corruption_denominators(runs).set_index("corruption")
     # pixelate: rises 0.0 and 0.02 -> D = 0.01; seeds: sd 0.01414 / sqrt(2) = 0.01; images
     # (n = 1000, shared by the seeds): mean rises per severity 0.005 and 0.005, each a paired
@@ -132,20 +195,30 @@ def test_softmax_denominators_and_their_standard_errors_by_hand() -> None:
     assert table.loc["pixelate", "se"] == pytest.approx(var**0.5)
     # fog: D = 0.1 + 0.3, no spread over seeds: SE from the images only
     assert table.loc["fog", "se"] == pytest.approx(((0.1 * 0.9 + 0.3 * 0.7) / 1000) ** 0.5)
-    assert table["entered"].to_dict() == {"fog": True, "pixelate": False, "contrast": False,
-                                          "speckle-noise": True}
-    assert table["benchmark"].to_dict() == {"fog": True, "pixelate": True, "contrast": True,
-                                            "speckle-noise": False}
+    assert table["entered"].to_dict() == {
+        "fog": True,
+        "pixelate": False,
+        "contrast": False,
+        "speckle-noise": True,
+    }
+    assert table["benchmark"].to_dict() == {
+        "fog": True,
+        "pixelate": True,
+        "contrast": True,
+        "speckle-noise": False,
+    }
     # records without the image count: the seeds' spread alone
-    old = corruption_denominators(_runs([_corruption_row("softmax", s, 0.9, SOFTMAX_ERRORS[s],
-                                                         n=None) for s in (0, 1)]))
+    old = corruption_denominators(
+        _runs([_corruption_row("softmax", s, 0.9, SOFTMAX_ERRORS[s], n=None) for s in (0, 1)])
+    )
     assert old.set_index("corruption").loc["pixelate", "se"] == pytest.approx(0.01)
 
 
 def test_relative_error_is_undefined_when_no_denominator_enters() -> None:
     flat = {"pixelate": (0.1, 0.1)}  # softmax's error does not rise at all
-    runs = add_corruption_errors(_runs([
-        _corruption_row("softmax", 0, 0.9, flat), _corruption_row("pod", 0, 0.95, flat)]))
+    runs = add_corruption_errors(
+        _runs([_corruption_row("softmax", 0, 0.9, flat), _corruption_row("pod", 0, 0.95, flat)])
+    )
     assert runs["evaluation.corruptions.rel_ce_vs_softmax"].isna().all()
     assert runs["evaluation.corruptions.rel_ce_vs_softmax_n"].isna().all()
     assert runs.iloc[1]["evaluation.corruptions.ce_vs_softmax"] == pytest.approx(0.1 / 0.1)
@@ -158,17 +231,21 @@ def test_mean_ranks_average_ties_on_the_shared_cases(case: RankCase) -> None:
     # pandas' own average ranks, per row, agree
     oriented = case.table if not case.higher_is_better else -case.table
     assert ranks.to_dict() == pytest.approx(
-        oriented.rank(axis=1, method="average").mean(axis=0).to_dict())
+        oriented.rank(axis=1, method="average").mean(axis=0).to_dict()
+    )
 
 
 def _with_probes(record: dict[str, Any], acc: float, noise: float | None) -> dict[str, Any]:
     """A record with probe values that follow its accuracy (better accuracy, lower ECE)."""
     rec = dict(record)
-    rec["spec"] = {**rec["spec"], "open_set": {"known": 6, "seed": 0},
-                   "label_noise": None if noise is None else {"kind": "symmetric",
-                                                              "rate": noise, "seed": None}}
-    cal = {"ece": 1 - acc, "nll": 2 * (1 - acc), "brier": 1 - acc, "temperature": 1.5,
-           "acc": acc}
+    rec["spec"] = {
+        **rec["spec"],
+        "open_set": {"known": 6, "seed": 0},
+        "label_noise": None
+        if noise is None
+        else {"kind": "symmetric", "rate": noise, "seed": None},
+    }
+    cal = {"ece": 1 - acc, "nll": 2 * (1 - acc), "brier": 1 - acc, "temperature": 1.5, "acc": acc}
     for m in range(15):
         centre = (m + 0.5) / 15
         cal[f"reliability.{m:02d}.conf"] = centre
@@ -189,7 +266,8 @@ def _with_probes(record: dict[str, Any], acc: float, noise: float | None) -> dic
 
 
 def test_report_compares_any_criterion_and_summarises_them(
-    tmp_path: Path, record_maker: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+    record_maker: Callable[..., dict[str, Any]],
     results_writer: Callable[..., Path],
 ) -> None:
     records = []
@@ -201,16 +279,22 @@ def test_report_compares_any_criterion_and_summarises_them(
                 records.append(_with_probes(rec, value, noise))
     root = results_writer(tmp_path / "results", records, "name: robust\n")
     data = with_criteria(load_results(root))
-    assert sorted(set(data.runs["dataset"])) == ["fmnist [open 6, split 0, symmetric noise 0.4]",
-                                                 "fmnist [open 6, split 0]"]
+    assert sorted(set(data.runs["dataset"])) == [
+        "fmnist [open 6, split 0, symmetric noise 0.4]",
+        "fmnist [open 6, split 0]",
+    ]
     html = build_report(root, control="softmax", metric="ece")
     stats = json.loads((html.parent / "stats.json").read_text())
     assert stats["metric"]["name"] == "evaluation.calibration.ece"
     assert stats["metric"]["higher_is_better"] is False
     by_name = {c["metric"]["name"]: c for c in stats["criteria"]}
-    assert set(by_name) >= {"final_test_acc", "evaluation.calibration.ece",
-                            "evaluation.ood.near.auroc", "evaluation.corruptions.mca",
-                            "evaluation.corruptions.rel_ce_vs_softmax"}
+    assert set(by_name) >= {
+        "final_test_acc",
+        "evaluation.calibration.ece",
+        "evaluation.ood.near.auroc",
+        "evaluation.corruptions.mca",
+        "evaluation.corruptions.rel_ce_vs_softmax",
+    }
     rel = by_name["evaluation.corruptions.rel_ce_vs_softmax"]["verdict"]
     assert "1 of 2 corruptions" in rel and "refused pixelate (D = 0.00 ±" in rel
     ece = by_name["evaluation.calibration.ece"]

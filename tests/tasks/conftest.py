@@ -12,26 +12,41 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 CIFAR_TARBALL_NAME = "cifar10-jpeg-q75.tar.gz"
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 def cifar_tarball() -> Path:
     """The shared CIFAR-10 JPEG tarball: <repo>/../shared/data/ (CI) or $PODBENCH_TEST_DATA."""
-    candidates = [REPO.parent / "shared" / "data" / CIFAR_TARBALL_NAME,
-                  Path("/work/shared/data") / CIFAR_TARBALL_NAME]
+    candidates = [
+        REPO.parent / "shared" / "data" / CIFAR_TARBALL_NAME,
+        Path("/work/shared/data") / CIFAR_TARBALL_NAME,
+    ]
     if os.environ.get("PODBENCH_TEST_DATA"):
         candidates.insert(0, Path(os.environ["PODBENCH_TEST_DATA"]) / CIFAR_TARBALL_NAME)
     for path in candidates:
         if path.is_file():
             return path
-    pytest.fail(f"the test data {CIFAR_TARBALL_NAME} is missing (looked in "
-                f"{', '.join(map(str, candidates))}); it ships in shared/data/.")
+    pytest.fail(
+        f"the test data {CIFAR_TARBALL_NAME} is missing (looked in "
+        f"{', '.join(map(str, candidates))}); it ships in shared/data/."
+    )
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-                  ) -> None:
+def _isolated_env(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # one cache per test session: decodes are shared between tests, never with the user's cache
     monkeypatch.setenv("PODBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "podbench-cache"))
     monkeypatch.delenv("PODBENCH_DATA", raising=False)
@@ -59,7 +74,7 @@ def cifar_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
         by_folder.setdefault(os.path.dirname(name), []).append(name)
     keep = set()
     for folder, items in by_folder.items():
-        keep.update(sorted(items)[:12 if folder.startswith("train/") else 6])
+        keep.update(sorted(items)[: 12 if folder.startswith("train/") else 6])
     with tarfile.open(cifar_tarball(), "r|gz") as tar:  # one forward pass, no seeking back
         for member in tar:
             if member.name in keep:

@@ -22,7 +22,12 @@ from podbench.tasks.fastnet import WHITEN_BIAS_EPOCHS, FastNet, WhiteningConv
 def test_airbench_protocol_is_reflect_translate_2_with_alternating_flips() -> None:
     p = image_protocol(32, 32, augment=True, crop_padding=4, hflip=True, policy="airbench")
     assert (p.train, p.padding, p.pad_mode, p.hflip, p.alternating_flip) == (
-        "pad-crop", 2, "reflect", True, True)
+        "pad-crop",
+        2,
+        "reflect",
+        True,
+        True,
+    )
     off = image_protocol(32, 32, augment=False, crop_padding=4, hflip=True, policy="airbench")
     assert (off.train, off.padding, off.hflip, off.alternating_flip) == ("none", 0, False, False)
 
@@ -53,7 +58,7 @@ def test_reflect_translation_equals_slicing_a_reflect_padded_image() -> None:
         idx = torch.tensor([2, 1, *range(8), 6, 5])
         padded = images[i][:, idx][:, :, idx]
         top, left = offsets[i].tolist()
-        crop = padded[:, top:top + 8, left:left + 8]
+        crop = padded[:, top : top + 8, left : left + 8]
         expected = crop.flip(-1) if flips[i] else crop
         assert torch.equal(got[i], expected), i
 
@@ -72,8 +77,9 @@ def test_tta_views_weight_airbench_level_2() -> None:
         return 0.5 * f(v) + 0.5 * f(v.flip(-1))
 
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    translated = torch.stack([mirror(padded[:, :, 0:10, 0:10]),
-                              mirror(padded[:, :, 2:12, 2:12])]).mean(0)
+    translated = torch.stack(
+        [mirror(padded[:, :, 0:10, 0:10]), mirror(padded[:, :, 2:12, 2:12])]
+    ).mean(0)
     expected = 0.5 * mirror(x) + 0.5 * translated
     views = tta_views(x)
     assert len(views) == 6 and sum(w for w, _ in views) == pytest.approx(1.0)
@@ -96,7 +102,9 @@ def _airbench_whitening(images: torch.Tensor, eps: float = 5e-4) -> torch.Tensor
 def test_whitening_filters_equal_airbench_up_to_each_eigenvector_sign() -> None:
     gen = torch.Generator().manual_seed(1)
     base = torch.randn(30, 1, 13, 13, generator=gen)
-    images = (base[..., 1:, 1:] + base[..., :-1, :-1]) * torch.tensor([1.0, 0.7, 0.4]).view(1, 3, 1, 1)
+    images = (base[..., 1:, 1:] + base[..., :-1, :-1]) * torch.tensor([1.0, 0.7, 0.4]).view(
+        1, 3, 1, 1
+    )
     images = images + 0.1 * torch.randn(30, 3, 12, 12, generator=gen)
     layer = WhiteningConv(3)
     layer.init_from_data(images)
@@ -106,8 +114,9 @@ def test_whitening_filters_equal_airbench_up_to_each_eigenvector_sign() -> None:
     # the filters' norms, largest eigenvalue first, and the operator sum_i w_i w_i^T they make
     torch.testing.assert_close(ours[:12].norm(dim=1), theirs[:12].norm(dim=1), rtol=1e-4, atol=0)
     operator = theirs[:12].T @ theirs[:12]  # the inverse of (covariance + eps I)
-    torch.testing.assert_close(ours[:12].T @ ours[:12], operator, rtol=1e-4,
-                               atol=1e-5 * float(operator.abs().max()))  # float32 filters
+    torch.testing.assert_close(
+        ours[:12].T @ ours[:12], operator, rtol=1e-4, atol=1e-5 * float(operator.abs().max())
+    )  # float32 filters
     # the leading eigenvalue is well separated: that filter matches up to its sign
     sign = torch.sign(ours[0] @ theirs[0])
     torch.testing.assert_close(ours[0], sign * theirs[0], rtol=1e-4, atol=1e-6)
@@ -145,6 +154,6 @@ def test_airbench_augmentation_on_the_in_memory_task() -> None:
         for pos in (0, 17, 63):
             img = stored[plan.order[pos]][:, idx][:, :, idx]
             top, left = plan.offsets[pos].tolist()
-            crop = img[:, top:top + 16, left:left + 16]
+            crop = img[:, top : top + 16, left : left + 16]
             crop = crop.flip(-1) if plan.flips[pos] else crop
             torch.testing.assert_close(x[pos], crop, rtol=1e-5, atol=1e-5)

@@ -48,12 +48,17 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
 
-@pytest.mark.parametrize(("name", "factory"), [
-    ("resnet18", torchvision.models.resnet18), ("resnet34", torchvision.models.resnet34),
-    ("resnet50", torchvision.models.resnet50), ("vgg16", torchvision.models.vgg16_bn),
-    ("densenet121", torchvision.models.densenet121),
-    ("mobilenet-v2", torchvision.models.mobilenet_v2),
-])
+@pytest.mark.parametrize(
+    ("name", "factory"),
+    [
+        ("resnet18", torchvision.models.resnet18),
+        ("resnet34", torchvision.models.resnet34),
+        ("resnet50", torchvision.models.resnet50),
+        ("vgg16", torchvision.models.vgg16_bn),
+        ("densenet121", torchvision.models.densenet121),
+        ("mobilenet-v2", torchvision.models.mobilenet_v2),
+    ],
+)
 def test_unmodified_networks_match_torchvision_parameter_counts(name: str, factory) -> None:
     # 224 px RGB: the standard stem; the backbone is torchvision's network minus its last Linear
     with torch.device("meta"):
@@ -68,8 +73,10 @@ def test_unmodified_networks_match_torchvision_parameter_counts(name: str, facto
 
 def test_published_parameter_counts() -> None:
     # torchvision's documented totals (ImageNet heads): resnet18 11,689,512; resnet50 25,557,032
-    for name, total, head in (("resnet18", 11_689_512, 512 * 1000 + 1000),
-                              ("resnet50", 25_557_032, 2048 * 1000 + 1000)):
+    for name, total, head in (
+        ("resnet18", 11_689_512, 512 * 1000 + 1000),
+        ("resnet50", 25_557_032, 2048 * 1000 + 1000),
+    ):
         assert arch_info(name, image_size=224).backbone_params == total - head
 
 
@@ -162,6 +169,7 @@ def test_user_errors() -> None:
 
 def test_register_arch_plugin() -> None:
     with ARCHS.scratch():
+
         @register_arch("test-linear", description="one flatten")
         def _linear(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
             return nn.Flatten(), in_channels * image_size * image_size
@@ -169,7 +177,9 @@ def test_register_arch_plugin() -> None:
         assert "test-linear" in list_archs()
         model = create_arch("test-linear", in_channels=2, image_size=3, feat_dim=4)
         assert model(torch.ones(1, 2, 3, 3)).shape == (1, 4)
-        assert arch_info("test-linear", in_channels=2, image_size=3, feat_dim=4).param_count \
+        assert (
+            arch_info("test-linear", in_channels=2, image_size=3, feat_dim=4).param_count
             == 18 * 4 + 4
+        )
         assert arch_info("test-linear").source == __name__  # registered outside podbench
     assert "test-linear" not in list_archs()

@@ -18,16 +18,38 @@ CELL = r"\s+([\d.]+) img/s x\s*([\d.]+)\s+([\d.]+)%"
 
 def test_bench_archs_prints_the_table_with_ratios_and_limit_shares() -> None:
     out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--archs", "fastnet,mlp", "--rounds", "1",
-         "--batch", str(BATCH), "--matmul", "256"],
-        check=True, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
-    limits = {p: max(float(a), float(b)) for p, a, b in re.findall(
-        r"^(fp32|bf16) limit: matrix product 256x256 ([\d.]+) GFLOP/s, 3x3 convolution "
-        r"([\d.]+) GFLOP/s", out, re.M)}
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--archs",
+            "fastnet,mlp",
+            "--rounds",
+            "1",
+            "--batch",
+            str(BATCH),
+            "--matmul",
+            "256",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    ).stdout
+    limits = {
+        p: max(float(a), float(b))
+        for p, a, b in re.findall(
+            r"^(fp32|bf16) limit: matrix product 256x256 ([\d.]+) GFLOP/s, 3x3 convolution "
+            r"([\d.]+) GFLOP/s",
+            out,
+            re.M,
+        )
+    }
     assert set(limits) == {"fp32", "bf16"}, out
-    rows = {m[1]: m.groups()[1:] for m in re.finditer(
-        r"^(\S+)\s+([\d.]+)" + CELL * 4 + r"\s+([\d.]+)%$", out, re.M)}
+    rows = {
+        m[1]: m.groups()[1:]
+        for m in re.finditer(r"^(\S+)\s+([\d.]+)" + CELL * 4 + r"\s+([\d.]+)%$", out, re.M)
+    }
     assert set(rows) == {"fastnet", "mlp"}, out
     # mlp: Linear 3072-256, 256-256, 256-128 and the softmax head 128-10; a step is the forward
     # (2 FLOPs per multiply-add), the weight gradients (as many) and the input gradients of all

@@ -18,7 +18,7 @@ from podbench.tasks.task import TensorTask
 def _numpy_crop_flip(img: np.ndarray, top: int, left: int, flip: bool, pad: int) -> np.ndarray:
     padded = np.pad(img, ((0, 0), (pad, pad), (pad, pad)))
     h, w = img.shape[1:]
-    out = padded[:, top:top + h, left:left + w]
+    out = padded[:, top : top + h, left : left + w]
     return out[:, :, ::-1] if flip else out
 
 
@@ -27,8 +27,9 @@ def test_random_crop_flip_matches_numpy() -> None:
     images = rng.integers(0, 256, size=(16, 3, 9, 7), dtype=np.uint8)
     offsets = rng.integers(0, 9, size=(16, 2))
     flips = rng.random(16) < 0.5
-    got = random_crop_flip(torch.from_numpy(images), torch.from_numpy(offsets),
-                           torch.from_numpy(flips), padding=4).numpy()
+    got = random_crop_flip(
+        torch.from_numpy(images), torch.from_numpy(offsets), torch.from_numpy(flips), padding=4
+    ).numpy()
     for i in range(16):
         expected = _numpy_crop_flip(images[i], offsets[i, 0], offsets[i, 1], flips[i], 4)
         np.testing.assert_array_equal(got[i], expected)
@@ -42,12 +43,26 @@ def _index_task(n: int = 40, size: int = 10, pad: int = 2, hflip: bool = True) -
     images[:, 1] = 1 + yy
     images[:, 2] = 1 + xx
     labels = np.arange(n) % 4
-    info = DatasetInfo(name="index", num_classes=4, channels=3, image_size=size,
-                       mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255),
-                       train_size=n, test_size=n, crop_padding=pad, hflip=hflip)
+    info = DatasetInfo(
+        name="index",
+        num_classes=4,
+        channels=3,
+        image_size=size,
+        mean=(0.0, 0.0, 0.0),
+        std=(1 / 255, 1 / 255, 1 / 255),
+        train_size=n,
+        test_size=n,
+        crop_padding=pad,
+        hflip=hflip,
+    )
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
-    return TensorTask(info, ("a", "b", "c", "d"), {"train": (x, y), "test": (x, y)},
-                      device=torch.device("cpu"), augment=True)
+    return TensorTask(
+        info,
+        ("a", "b", "c", "d"),
+        {"train": (x, y), "test": (x, y)},
+        device=torch.device("cpu"),
+        augment=True,
+    )
 
 
 def test_every_training_image_is_a_padded_crop_or_mirror_of_its_source() -> None:
@@ -61,8 +76,13 @@ def test_every_training_image_is_a_padded_crop_or_mirror_of_its_source() -> None
             index = int(img[0].max()) - 1  # the interior always survives a 2-px shift
             seen.append(index)
             assert label == index % 4
-            candidates = [(t, left, f) for t in range(5) for left in range(5) for f in (False, True)
-                          if np.array_equal(img, _numpy_crop_flip(originals[index], t, left, f, 2))]
+            candidates = [
+                (t, left, f)
+                for t in range(5)
+                for left in range(5)
+                for f in (False, True)
+                if np.array_equal(img, _numpy_crop_flip(originals[index], t, left, f, 2))
+            ]
             assert candidates, f"sample {index} is not a crop/flip of its source"
             flipped += any(f for *_, f in candidates) and not any(not f for *_, f in candidates)
     assert sorted(seen) == list(range(40))  # each sample exactly once per epoch
@@ -149,8 +169,9 @@ def test_use_val_carves_a_reproducible_stratified_split() -> None:
     assert np.all(np.abs(np.bincount(y_val) - 0.2 * np.bincount(y_full)) <= 1)
     # train and val images are disjoint and together the full training set
     flat = lambda t, s: torch.cat([x for x, _ in t.eval_batches(s, 5000)]).flatten(1)  # noqa: E731
-    rows = {tuple(r.tolist()) for r in flat(task, "train")} | {tuple(r.tolist())
-                                                             for r in flat(task, "val")}
+    rows = {tuple(r.tolist()) for r in flat(task, "train")} | {
+        tuple(r.tolist()) for r in flat(task, "val")
+    }
     assert rows == {tuple(r.tolist()) for r in flat(full, "train")}
     again = load_task("digits", augment=False, use_val=True, val_fraction=0.2, split_seed=7)
     assert torch.equal(flat(task, "val"), flat(again, "val"))
@@ -171,12 +192,16 @@ def test_limit_keeps_class_balanced_heads() -> None:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_streaming_equals_in_memory(cifar_tiny: Path, workers: int) -> None:
     memory = load_task("cifar10", cifar_tiny, use_val=True, val_fraction=0.25, stream=False)
-    stream = load_task("cifar10", cifar_tiny, use_val=True, val_fraction=0.25, stream=True,
-                       workers=workers)
+    stream = load_task(
+        "cifar10", cifar_tiny, use_val=True, val_fraction=0.25, stream=True, workers=workers
+    )
     assert type(stream).__name__ == "StreamingTask" and type(memory).__name__ == "TensorTask"
     for epoch in (0, 1):  # a persistent worker pool must see the new epoch's plan
-        pairs = zip(memory.train_batches(32, seed=5, epoch=epoch),
-                    stream.train_batches(32, seed=5, epoch=epoch), strict=True)
+        pairs = zip(
+            memory.train_batches(32, seed=5, epoch=epoch),
+            stream.train_batches(32, seed=5, epoch=epoch),
+            strict=True,
+        )
         for (xa, ya), (xb, yb) in pairs:
             assert torch.equal(ya, yb) and torch.equal(xa, xb)
     for split in ("train", "val", "test"):
@@ -220,18 +245,22 @@ def test_argument_errors() -> None:
             load_task("digits", device="cuda")
 
 
-@pytest.mark.parametrize(("dataset", "arch", "epochs", "floor"), [
-    ("synthetic", "small-cnn", 3, 0.9),
-    ("digits", "mlp", 8, 0.9),
-])
+@pytest.mark.parametrize(
+    ("dataset", "arch", "epochs", "floor"),
+    [
+        ("synthetic", "small-cnn", 3, 0.9),
+        ("digits", "mlp", 8, 0.9),
+    ],
+)
 def test_batches_are_learnable(dataset: str, arch: str, epochs: int, floor: float) -> None:
     # labels that did not match their images (or broken augmentation) would keep accuracy at chance
     from podbench.tasks import create_arch
 
     torch.manual_seed(0)
     task = load_task(dataset)
-    model = create_arch(arch, in_channels=task.info.channels, image_size=task.image_size,
-                        feat_dim=32)
+    model = create_arch(
+        arch, in_channels=task.info.channels, image_size=task.image_size, feat_dim=32
+    )
     head = torch.nn.Linear(32, len(task.classes))
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
     for epoch in range(epochs):
@@ -243,8 +272,9 @@ def test_batches_are_learnable(dataset: str, arch: str, epochs: int, floor: floa
             opt.step()
     model.eval()
     with torch.no_grad():
-        correct = sum(int((head(model(x)).argmax(1) == y).sum())
-                      for x, y in task.eval_batches("test", 256))
+        correct = sum(
+            int((head(model(x)).argmax(1) == y).sum()) for x, y in task.eval_batches("test", 256)
+        )
     assert correct / task.num_samples("test") >= floor
 
 
@@ -275,8 +305,11 @@ def test_protocol_depends_on_the_data_not_on_the_data_path(tmp_path: Path, size:
     assert memory.protocol.train == ("random-resized-crop" if large else "pad-crop")
     assert memory.protocol.eval == ("resize-centre-crop" if large else "resize")
     for epoch in (0, 1):
-        pairs = zip(memory.train_batches(4, seed=3, epoch=epoch),
-                    stream.train_batches(4, seed=3, epoch=epoch), strict=True)
+        pairs = zip(
+            memory.train_batches(4, seed=3, epoch=epoch),
+            stream.train_batches(4, seed=3, epoch=epoch),
+            strict=True,
+        )
         for (xa, ya), (xb, yb) in pairs:
             assert torch.equal(ya, yb) and torch.equal(xa, xb)
     pairs = zip(memory.eval_batches("test", 4), stream.eval_batches("test", 4), strict=True)
@@ -294,7 +327,8 @@ def test_large_image_evaluation_is_resize_then_centre_crop(tmp_path: Path) -> No
         for label in ("a", "b"):
             (tmp_path / split / label).mkdir(parents=True)
             Image.fromarray(smooth if label == "a" else 255 - smooth).save(
-                tmp_path / split / label / "0.png")
+                tmp_path / split / label / "0.png"
+            )
     task = load_task("imagefolder", tmp_path, augment=False, stream_bytes=10**12)
     x, y = next(task.eval_batches("test", 2))
     # by hand with Pillow: shorter side to round(80 * 256 / 224) = 91, then the centre 80 x 80
@@ -309,8 +343,10 @@ def test_large_image_evaluation_is_resize_then_centre_crop(tmp_path: Path) -> No
 def test_channels_last_batches_come_from_the_float_conversion() -> None:
     plain = load_task("synthetic", limit=20)
     last = load_task("synthetic", limit=20, channels_last=True)
-    for batches in (lambda t: t.train_batches(8, seed=0, epoch=0),
-                    lambda t: t.eval_batches("test", 8)):
+    for batches in (
+        lambda t: t.train_batches(8, seed=0, epoch=0),
+        lambda t: t.eval_batches("test", 8),
+    ):
         for (xa, ya), (xb, yb) in zip(batches(plain), batches(last), strict=True):
             assert xa.shape[1] == 3 and xa.is_contiguous()
             assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()

@@ -16,25 +16,42 @@ from podbench.tasks.devices import cpu_features
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-@pytest.mark.parametrize(("name", "model", "flags"), [
-    # (amx_bf16, avx512_bf16, avx512, avx2, arm_bf16, the native bf16 instructions)
-    # its second processor lists five flags: the first processor's count
-    ("sapphire-rapids", "Intel(R) Xeon(R) Platinum 8480+",
-     (True, True, True, True, False, "AMX-BF16")),
-    ("haswell", "Intel(R) Xeon(R) CPU E5-2680 v3 @ 2.50GHz",
-     (False, False, False, True, False, None)),
-    ("graviton3", None, (False, False, False, False, True, "Arm BF16")),
-])
-def test_cpu_features_read_the_first_processors_flags(name: str, model: str | None,
-                                                      flags: tuple) -> None:
+@pytest.mark.parametrize(
+    ("name", "model", "flags"),
+    [
+        # (amx_bf16, avx512_bf16, avx512, avx2, arm_bf16, the native bf16 instructions)
+        # its second processor lists five flags: the first processor's count
+        (
+            "sapphire-rapids",
+            "Intel(R) Xeon(R) Platinum 8480+",
+            (True, True, True, True, False, "AMX-BF16"),
+        ),
+        (
+            "haswell",
+            "Intel(R) Xeon(R) CPU E5-2680 v3 @ 2.50GHz",
+            (False, False, False, True, False, None),
+        ),
+        ("graviton3", None, (False, False, False, False, True, "Arm BF16")),
+    ],
+)
+def test_cpu_features_read_the_first_processors_flags(
+    name: str, model: str | None, flags: tuple
+) -> None:
     cpu = cpu_features(FIXTURES / f"cpuinfo-{name}.txt")
     assert cpu.model == model
-    assert (cpu.amx_bf16, cpu.avx512_bf16, cpu.avx512, cpu.avx2, cpu.arm_bf16,
-            cpu.bf16_kernels) == flags
+    assert (
+        cpu.amx_bf16,
+        cpu.avx512_bf16,
+        cpu.avx512,
+        cpu.avx2,
+        cpu.arm_bf16,
+        cpu.bf16_kernels,
+    ) == flags
 
 
-def test_no_cpuinfo_means_no_flags_and_emulated_bf16(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_cpuinfo_means_no_flags_and_emulated_bf16(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["doctor", "--no-measure", "--cpuinfo", str(tmp_path / "absent")]) == 0
     out = capsys.readouterr().out
     assert "CPU: unknown" in out and "AMX-BF16 no, AVX-512 BF16 no" in out
@@ -55,11 +72,15 @@ def test_doctor_json_reports_the_fixture_flags(capsys: pytest.CaptureFixture[str
 
 
 def test_doctor_measures_the_bf16_gain_as_the_ratio_of_its_figures(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    found = re.search(r"fp32 (\d+) GFLOP/s, bf16 (\d+) \(x([\d.]+)\); small-cnn training step "
-                      r"fp32 (\d+) images/s, bf16 (\d+) \(x([\d.]+)\)", out)
+    found = re.search(
+        r"fp32 (\d+) GFLOP/s, bf16 (\d+) \(x([\d.]+)\); small-cnn training step "
+        r"fp32 (\d+) images/s, bf16 (\d+) \(x([\d.]+)\)",
+        out,
+    )
     assert found, out
     mm32, mm16, mm_ratio, net32, net16, net_ratio = map(float, found.groups())
     # the ratios printed are those of the printed (rounded) figures

@@ -37,7 +37,7 @@ def _numpy_patches(images: np.ndarray, k: int) -> np.ndarray:
     rows = []
     for i in range(h - k + 1):
         for j in range(w - k + 1):
-            rows.append(images[:, :, i:i + k, j:j + k].reshape(n, c * k * k))
+            rows.append(images[:, :, i : i + k, j : j + k].reshape(n, c * k * k))
     return np.concatenate(rows)
 
 
@@ -147,7 +147,9 @@ def test_bf16_autocast_and_channels_last_match_float32() -> None:
         full = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             half = model(x)
-        cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        cl = model.to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last)
+        )
     assert (half.float() - full).abs().max() <= 0.05 * full.abs().max() + 1e-3
     torch.testing.assert_close(cl, full, rtol=1e-4, atol=1e-4)
 

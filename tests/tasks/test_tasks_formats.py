@@ -31,8 +31,9 @@ def _raw(task, split: str) -> tuple[np.ndarray, np.ndarray]:
 def _write_cifar_batch(path: Path, data: np.ndarray, labels: list[int], key: bytes) -> None:
     # the python-version layout: a dict with bytes keys, data (N, 3072) uint8 row-major RGB planes
     with open(path, "wb") as fh:
-        pickle.dump({b"batch_label": b"x", key: labels, b"data": data, b"filenames": []}, fh,
-                    protocol=2)
+        pickle.dump(
+            {b"batch_label": b"x", key: labels, b"data": data, b"filenames": []}, fh, protocol=2
+        )
 
 
 def test_cifar10_python_batches(tmp_path: Path) -> None:
@@ -68,8 +69,11 @@ def test_cifar100_python_files_fine_labels(tmp_path: Path) -> None:
     for name, n in (("train", 30), ("test", 10)):
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         with open(folder / name, "wb") as fh:
-            pickle.dump({b"fine_labels": list(range(n)), b"coarse_labels": [0] * n,
-                         b"data": data}, fh, protocol=2)
+            pickle.dump(
+                {b"fine_labels": list(range(n)), b"coarse_labels": [0] * n, b"data": data},
+                fh,
+                protocol=2,
+            )
     task = load_task("cifar100", tmp_path, augment=False)
     assert task.num_samples("train") == 30 and len(task.classes) == 100
     assert _raw(task, "test")[1].tolist() == list(range(10))
@@ -195,8 +199,17 @@ def test_default_places_and_environment(tmp_path: Path, monkeypatch) -> None:
 
 def test_registry_facts() -> None:
     names = list_datasets()
-    for expected in ("cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "tinyimagenet",
-                     "imagefolder", "digits", "synthetic"):
+    for expected in (
+        "cifar10",
+        "cifar100",
+        "mnist",
+        "fashion-mnist",
+        "svhn",
+        "tinyimagenet",
+        "imagefolder",
+        "digits",
+        "synthetic",
+    ):
         assert expected in names
     # the POD authors' settings (LOSSES.md)
     c10, c100, tin = dataset_info("cifar10"), dataset_info("cifar100"), dataset_info("tinyimagenet")

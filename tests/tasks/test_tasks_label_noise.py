@@ -36,8 +36,13 @@ def test_symmetric_matrix_and_counts() -> None:
 def test_asymmetric_cifar10_flips() -> None:
     t = transition_matrix("asymmetric", 0.4, CIFAR10)
     expected = np.eye(10)
-    for a, b in [("truck", "automobile"), ("bird", "airplane"), ("deer", "horse"), ("cat", "dog"),
-                 ("dog", "cat")]:
+    for a, b in [
+        ("truck", "automobile"),
+        ("bird", "airplane"),
+        ("deer", "horse"),
+        ("cat", "dog"),
+        ("dog", "cat"),
+    ]:
         i, j = CIFAR10.index(a), CIFAR10.index(b)
         expected[i, i], expected[i, j] = 0.6, 0.4
     assert np.array_equal(t, expected)
@@ -51,8 +56,11 @@ def test_asymmetric_cifar10_flips() -> None:
 
 def test_asymmetric_digits_and_pair_and_errors() -> None:
     t = transition_matrix("asymmetric", 0.3, DIGITS)
-    flipped = {(i, int(np.flatnonzero((t[i] > 0) & (np.arange(10) != i))[0]))
-               for i in range(10) if t[i, i] < 1}
+    flipped = {
+        (i, int(np.flatnonzero((t[i] > 0) & (np.arange(10) != i))[0]))
+        for i in range(10)
+        if t[i, i] < 1
+    }
     assert flipped == {(2, 7), (3, 8), (5, 6), (6, 5), (7, 1)}
     pair = transition_matrix("pair", 0.2, ("a", "b", "c"))
     assert np.allclose(pair, [[0.8, 0.2, 0], [0, 0.8, 0.2], [0.2, 0, 0.8]])
@@ -97,8 +105,13 @@ def test_load_task_open_set_and_noise() -> None:
     assert float((noisy_y != clean_y).float().mean()) == pytest.approx(task.label_noise_rate)
     assert task.label_noise_rate == pytest.approx(0.5, abs=0.06)
     # with a validation split: val and val-unknown, both clean
-    val = load_task("digits", known_classes=known, use_val=True, val_fraction=0.2,
-                    label_noise=LabelNoise("pair", 0.4, 1))
+    val = load_task(
+        "digits",
+        known_classes=known,
+        use_val=True,
+        val_fraction=0.2,
+        label_noise=LabelNoise("pair", 0.4, 1),
+    )
     assert {"val", "val-unknown", "test-unknown"} <= set(val.splits)
     assert set(next(val.eval_batches("val-unknown", 1000))[1].tolist()) == {-1}
 

@@ -24,8 +24,18 @@ from podbench.tasks import dataset_info, load_task
 from podbench.tasks.cache import cache_dir
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 def _raw_idx(path: Path, header: int) -> np.ndarray:
@@ -45,11 +55,14 @@ def _denormalise(x: torch.Tensor, mean, std) -> np.ndarray:
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
+
 @pytest.fixture(scope="module")
 def fashion():
     if not (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"Fashion-MNIST is missing from {FASHION_ROOT}: apt-get install "
-                    "dataset-fashion-mnist (install.sh does)")
+        pytest.fail(
+            f"Fashion-MNIST is missing from {FASHION_ROOT}: apt-get install "
+            "dataset-fashion-mnist (install.sh does)"
+        )
     return load_task("fashion-mnist", augment=False)  # default root: Debian's folder
 
 
@@ -66,8 +79,7 @@ def test_fashion_mnist_pixels_and_labels_equal_the_raw_idx(fashion) -> None:
     labels = _raw_idx(FASHION_ROOT / "train-labels-idx1-ubyte.gz", 8)
     x, y = next(fashion.eval_batches("train", 256))
     info = fashion.info
-    np.testing.assert_allclose(_denormalise(x, info.mean, info.std)[:, 0], images[:256],
-                               atol=1e-3)
+    np.testing.assert_allclose(_denormalise(x, info.mean, info.std)[:, 0], images[:256], atol=1e-3)
     assert y.tolist() == labels[:256].tolist()
     assert x.dtype == torch.float32 and y.dtype == torch.int64
 
@@ -82,14 +94,21 @@ def test_fashion_mnist_normalisation_constants_match_the_data() -> None:
 def test_fashion_mnist_uncompressed_and_torchvision_layout(tmp_path: Path) -> None:
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         with gzip.open(FASHION_ROOT / f"{name}.gz") as src, open(raw / name, "wb") as dst:
             shutil.copyfileobj(src, dst)
     task = load_task("fashion-mnist", tmp_path, augment=False, limit=50)
     reference = load_task("fashion-mnist", augment=False, limit=50)
     for split in ("train", "test"):
-        (a, ya), (b, yb) = next(task.eval_batches(split, 50)), next(reference.eval_batches(split, 50))
+        (a, ya), (b, yb) = (
+            next(task.eval_batches(split, 50)),
+            next(reference.eval_batches(split, 50)),
+        )
         assert torch.equal(a, b) and torch.equal(ya, yb)
 
 
@@ -109,6 +128,7 @@ def test_fashion_mnist_truncated_file_is_named(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- digits
 
+
 def test_digits_counts_match_scikit_learn() -> None:
     digits = load_digits()
     per_class = np.bincount(digits.target, minlength=10)  # independent: straight from sklearn
@@ -116,8 +136,9 @@ def test_digits_counts_match_scikit_learn() -> None:
     train, test = _all_labels(task, "train"), _all_labels(task, "test")
     assert len(train) + len(test) == 1797 == per_class.sum()
     assert len(test) == dataset_info("digits").test_size == 360
-    np.testing.assert_array_equal(np.bincount(train, minlength=10) + np.bincount(test, minlength=10),
-                                  per_class)
+    np.testing.assert_array_equal(
+        np.bincount(train, minlength=10) + np.bincount(test, minlength=10), per_class
+    )
     # stratified: each class's test share is within one sample of 360/1797 of it
     assert np.all(np.abs(np.bincount(test, minlength=10) - per_class * 360 / 1797) <= 1)
 
@@ -136,6 +157,7 @@ def test_digits_pixels_are_the_sklearn_images() -> None:
 
 # ---------------------------------------------------------------- CIFAR-10 JPEG (image folder)
 
+
 def test_cifar10_jpeg_full_dataset(cifar_archive: Path) -> None:
     task = load_task("cifar10", cifar_archive, augment=False)  # read from the tarball in place
     assert task.classes == CIFAR10_CLASSES
@@ -146,8 +168,16 @@ def test_cifar10_jpeg_full_dataset(cifar_archive: Path) -> None:
     x, y = next(task.eval_batches("test", 5))
     with tarfile.open(cifar_archive) as tar:
         names = sorted(n for n in tar.getnames() if n.startswith("test/airplane/"))[:5]
-        pil = np.stack([np.asarray(Image.open(io.BytesIO(tar.extractfile(n).read())).convert("RGB"))
-                        for n in names]).transpose(0, 3, 1, 2).astype(np.float64)
+        pil = (
+            np.stack(
+                [
+                    np.asarray(Image.open(io.BytesIO(tar.extractfile(n).read())).convert("RGB"))
+                    for n in names
+                ]
+            )
+            .transpose(0, 3, 1, 2)
+            .astype(np.float64)
+        )
     np.testing.assert_allclose(_denormalise(x, task.info.mean, task.info.std), pil, atol=2.01)
     assert y.tolist() == [0] * 5
     # the POD authors' CIFAR-10 means hold for this JPEG copy within the compression's shift
@@ -166,7 +196,10 @@ def test_archive_and_extracted_folder_agree(cifar_tiny: Path, tmp_path: Path) ->
     from_tar = load_task("cifar10", archive, augment=False)
     from_dir = load_task("cifar10", cifar_tiny, augment=False)
     for split in ("train", "test"):
-        (a, ya), (b, yb) = next(from_tar.eval_batches(split, 500)), next(from_dir.eval_batches(split, 500))
+        (a, ya), (b, yb) = (
+            next(from_tar.eval_batches(split, 500)),
+            next(from_dir.eval_batches(split, 500)),
+        )
         assert torch.equal(a, b) and torch.equal(ya, yb)
     with pytest.raises(UserError, match="archive .* has 10 classes in train/ but cifar100 has 100"):
         load_task("cifar100", archive)
@@ -181,7 +214,10 @@ def test_cifar10_second_load_comes_from_the_cache(cifar_tiny: Path) -> None:
     after = {p.name: p.stat().st_mtime_ns for p in cache_dir().glob("cifar10-*.pt")}
     assert after == entries  # read, not rewritten
     for split in ("train", "test"):
-        (a, ya), (b, yb) = next(first.eval_batches(split, 200)), next(second.eval_batches(split, 200))
+        (a, ya), (b, yb) = (
+            next(first.eval_batches(split, 200)),
+            next(second.eval_batches(split, 200)),
+        )
         assert torch.equal(a, b) and torch.equal(ya, yb)
 
 
@@ -198,8 +234,9 @@ def test_cache_key_follows_file_changes(cifar_tiny: Path, tmp_path: Path) -> Non
     a, b = next(before.eval_batches("test", 1))[0], next(after.eval_batches("test", 1))[0]
     assert not torch.equal(a, b)
     mirrored = np.asarray(Image.open(target).convert("RGB")).transpose(2, 0, 1)[None]
-    np.testing.assert_allclose(_denormalise(b, after.info.mean, after.info.std), mirrored,
-                               atol=2.01)
+    np.testing.assert_allclose(
+        _denormalise(b, after.info.mean, after.info.std), mirrored, atol=2.01
+    )
 
 
 def test_corrupt_image_is_named(cifar_tiny: Path, tmp_path: Path) -> None:

@@ -41,8 +41,15 @@ class _Another(_Nothing):
     pass
 
 
-FACTS = {"num_classes": 2, "channels": 1, "image_size": 8, "mean": (0.5,), "std": (0.25,),
-         "train_size": None, "test_size": None}
+FACTS = {
+    "num_classes": 2,
+    "channels": 1,
+    "image_size": 8,
+    "mean": (0.5,),
+    "std": (0.25,),
+    "train_size": None,
+    "test_size": None,
+}
 
 
 def test_duplicate_dataset_name_or_alias_is_refused() -> None:
@@ -57,8 +64,12 @@ def test_duplicate_dataset_name_or_alias_is_refused() -> None:
 
 def test_duplicate_architecture_name_is_refused() -> None:
     with ARCHS.scratch():
-        with pytest.raises(UserError, match="'resnet18' is already registered by "
-                                            r"podbench\.tasks\.archs\.resnet18"):
+        with pytest.raises(
+            UserError,
+            match="'resnet18' is already registered by "
+            r"podbench\.tasks\.archs\.resnet18",
+        ):
+
             @register_arch("resnet18", description="an impostor")
             def impostor(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
                 return nn.Flatten(), 1
@@ -71,7 +82,9 @@ def test_register_dataset_takes_a_name_and_facts_or_a_dataset_info() -> None:
         by_name = register_dataset("test-by-name", **FACTS)(_Other)
         info = DatasetInfo(name="test-by-info", **FACTS)
         by_info = register_dataset(info)(_Another)
-        assert dataset_source("test-by-name") is by_name and dataset_source("test-by-info") is by_info
+        assert (
+            dataset_source("test-by-name") is by_name and dataset_source("test-by-info") is by_info
+        )
         # the registry writes the source in: this test module, as it is in no distribution
         assert dataset_info("test-by-info") == dataclasses.replace(info, source=__name__)
         assert by_name.info.name == "test-by-name" and by_name.info.source == __name__

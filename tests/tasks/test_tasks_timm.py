@@ -42,13 +42,18 @@ def test_timm_resnet18_small_stem_matches_torchvision_count() -> None:
     assert count_parameters(big.proj) == 512 * 16 + 16
 
 
-@pytest.mark.parametrize(("model", "channels", "size", "dim"), [
-    ("resnet18", 1, 8, 512),              # digits: grayscale 8 px
-    ("resnet50d", 3, 32, 2048),           # deep stem replaced by the small stem
-    ("vit_tiny_patch16_224", 3, 32, 192),  # built for 32 px (img_size)
-    ("mobilenetv3_small_100", 3, 32, 1024),  # a hidden layer after pooling
-])
-def test_timm_pooled_features_and_projection(model: str, channels: int, size: int, dim: int) -> None:
+@pytest.mark.parametrize(
+    ("model", "channels", "size", "dim"),
+    [
+        ("resnet18", 1, 8, 512),  # digits: grayscale 8 px
+        ("resnet50d", 3, 32, 2048),  # deep stem replaced by the small stem
+        ("vit_tiny_patch16_224", 3, 32, 192),  # built for 32 px (img_size)
+        ("mobilenetv3_small_100", 3, 32, 1024),  # a hidden layer after pooling
+    ],
+)
+def test_timm_pooled_features_and_projection(
+    model: str, channels: int, size: int, dim: int
+) -> None:
     torch.manual_seed(0)
     net = create_arch(f"timm:{model}", in_channels=channels, image_size=size, feat_dim=8)
     assert net.backbone_dim == dim and net.proj.in_features == dim
@@ -80,9 +85,13 @@ def test_timm_cli_lists_matches_with_counts(capsys: pytest.CaptureFixture[str]) 
     assert main(["tasks", "--timm", "resnet18*", "--json", "--feat-dim", "16"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["archs"]}
     assert {"timm:resnet18", "timm:resnet18d"} <= set(rows)
-    expected = count_parameters(create_arch("timm:resnet18", in_channels=3, image_size=32,
-                                            feat_dim=16))
+    expected = count_parameters(
+        create_arch("timm:resnet18", in_channels=3, image_size=32, feat_dim=16)
+    )
     assert rows["timm:resnet18"]["params"] == expected
     assert main(["tasks"]) == 0
-    assert f"timm {timm.__version__}: {len(timm.list_models())} more networks" in capsys.readouterr().out
+    assert (
+        f"timm {timm.__version__}: {len(timm.list_models())} more networks"
+        in capsys.readouterr().out
+    )
     assert main(["tasks", "--timm", "nothing-like-this*"]) == 2
