@@ -209,7 +209,7 @@ def bootstrap_summary(
     )
     for lab in complete:
         groups = [runs[(b, lab)] for b in blocks]
-        iv = interquartile_mean(normalised[lab])
+        iv = interquartile_mean([list(g) for g in normalised[lab]])
         n_runs = sum(g.size for g in groups)
         iqm.append(MethodIqm(lab, n_runs, iv.estimate, iv.ci_low, iv.ci_high, iv.resampling))
         if lab != control and control in complete:

@@ -119,7 +119,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     """Print the report; exit status 0."""
     cpu = cpu_features(args.cpuinfo)
     gain = None if args.no_measure else bf16_gain()
-    report = {
+    report: dict[str, Any] = {
         "cpu": cpu.as_dict(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

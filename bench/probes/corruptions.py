@@ -172,7 +172,10 @@ def _symmetric_smooth(field: Tensor, sigma: float, truncate: float) -> Tensor:
         index = torch.remainder(torch.arange(-r, n + r), 2 * n)
         index = torch.where(index >= n, 2 * n - 1 - index, index).to(field.device)
         padded = field.index_select(dim, index)
-        field = sum(k[i] * padded.narrow(dim, i, n) for i in range(k.numel()))
+        total = k[0] * padded.narrow(dim, 0, n)
+        for i in range(1, k.numel()):
+            total = total + k[i] * padded.narrow(dim, i, n)
+        field = total
     return field
 
 

@@ -143,7 +143,7 @@ def _searcher(bridge: _Bridge) -> Any:
         def restore(self, checkpoint_path: str) -> None:
             """Nothing to restore: a rerun reopens the study in the Optuna storage."""
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # Ray's FINISHED is a str
             trial = bridge.ask()
             if trial is None:  # the budget is taken: end once this driver's trials are done
                 return Searcher.FINISHED
