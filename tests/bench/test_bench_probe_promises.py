@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from podbench.engine import _data_conditions
+from podbench.factory import _data_conditions
 from podbench.record import RunRecord
 from podbench.results import ResultsStore
 from podbench.runs import RunSpec
