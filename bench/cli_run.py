@@ -28,6 +28,7 @@ from podbench.cli_args import (
     results_folder,
 )
 from podbench.errors import UserError
+from podbench.fileio import local_path
 
 if TYPE_CHECKING:
     from podbench.runs import RunSettings
@@ -128,7 +129,8 @@ def run_run(args: argparse.Namespace) -> int:
     # every check before anything is written
     suite = load_suite(args.spec, args.overrides, max_runs=max_runs(args))
     runs = suite.expand()
-    done = ResultsStore(args.results or DEFAULT_RESULTS_ROOT / suite.name)  # read, not created
+    given = local_path(args.results, "--results") if args.results else None
+    done = ResultsStore(given or DEFAULT_RESULTS_ROOT / suite.name)  # read, not created
     todo = [run for run in runs if not done.has_final(run.run_id)]
     if todo:  # runs already done ask nothing of the cluster
         check_fits(todo, args.spec, address=address, num_cpus=args.num_cpus)

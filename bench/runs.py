@@ -333,7 +333,7 @@ def result_fields(spec: dict[str, Any]) -> dict[str, Any]:
     payload = {k: v for k, v in spec.items() if k not in _NAMES_AND_RESOURCES}
     payload.update(_HASHED_AT_DEFAULT)
     for key, default in _DROPPED_AT_DEFAULT.items():
-        if payload.get(key) == default:
+        if key in payload and payload[key] == default:
             del payload[key]
     return payload
 

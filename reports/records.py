@@ -157,7 +157,7 @@ def load_results(results_dir: str | Path) -> ResultsData:
     records = [m.to_json_dict() for m in models]
     # Runs of one label and block are pooled as seeds: refuse a folder where they differ.
     check_one_setting_per_method(
-        (r["spec"] for r in records),
+        ({**r["spec"], "label": r["label"]} for r in records),
         str(runs_dir),
         fix="the report pools a label's runs in a block as seeds; rerun the odd ones under a "
         "label of their own (label: in the suite's losses entry), or report them apart",

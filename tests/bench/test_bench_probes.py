@@ -165,6 +165,13 @@ def test_run_ids_of_runs_without_the_new_fields_are_unchanged() -> None:
             "label_noise",
             "open_set",
             "deterministic",
+            # and before the airbench recipe's settings (#20)
+            "warmup",
+            "drop_last",
+            "augmentation",
+            "lookahead",
+            "tta",
+            "proj",
         },
     )
     payload.update({"data_root": None, "device": "auto", "channels_last": False, "compile": False})

@@ -184,9 +184,10 @@ def test_small_suite_embedded_ray_and_resume_after_killed_driver(tmp_path: Path,
 
 def test_dying_worker_retried_raising_plugin_failed_nan_diverged(tmp_path: Path) -> None:
     marker = tmp_path / "died-once"
+    # (SMALL's own losses and seeds removed: a key given twice is refused)
     suite = _suite(
         tmp_path,
-        SMALL
+        SMALL.replace("losses: [softmax, pod]\n", "").replace("seeds: 2\n", "")
         + textwrap.dedent(f"""
         imports: [engine_test_plugins]
         seeds: 1
@@ -198,9 +199,7 @@ def test_dying_worker_retried_raising_plugin_failed_nan_diverged(tmp_path: Path)
           - test-nan
           - {{name: test-die-once, params: {{marker: "{marker}"}}}}
           - test-die-always
-    """)
-        .replace("losses: [softmax, pod]\n", "")
-        .replace("seeds: 2\n", ""),
+    """),
     )
     results = tmp_path / "results"
     proc = _podbench(
@@ -442,7 +441,9 @@ def test_a_node_lost_mid_suite_has_its_run_rerun_elsewhere(tmp_path: Path, three
     starts.mkdir()
     suite = _suite(
         tmp_path,
-        SMALL.replace("losses: [softmax, pod]\n", "").replace("seeds: 2", "seeds: 4")
+        SMALL.replace("losses: [softmax, pod]\n", "")
+        .replace("seeds: 2", "seeds: 4")
+        .replace("batch_size: 64\n", "")
         + textwrap.dedent(f"""
         imports: [engine_test_plugins]
         losses: [{{name: test-slow, params: {{folder: "{starts}", seconds: 0.5}}}}]
