@@ -148,7 +148,7 @@ def run_run(args: argparse.Namespace) -> int:
             + probe_datasets(suite),
             args.spec,
         )
-    results = results_folder(args.results, suite.name)
+    results = results_folder(given, suite.name)
     check_joins_results(runs, results, args.spec)
     store = ResultsStore(results)
     store.write_suite(suite.model_dump(mode="json"))  # with --set applied: rerunnable as is
